@@ -1,0 +1,117 @@
+"""The Sans-IO core: request validation, endpoint selection, authorization and response
+shaping, driven as a state machine.  Pure data in, decisions and effects out; no module
+here may import an IO library (tests/test_core_purity.py enforces it)."""
+
+from core._authorization import (
+    Allowed,
+    Denied,
+    Level,
+    Rule,
+    authorize,
+    check_rules,
+    may_use_cluster,
+)
+from core._catalog import Catalog
+from core._errors import (
+    BackendError,
+    ClientError,
+    ConfigurationError,
+    GatewayError,
+    LocalProtocolError,
+    error_body,
+    redact,
+    type_for_status,
+)
+from core._events import (
+    AdaptorFailed,
+    AdaptorReturned,
+    Authenticate,
+    CallAdaptor,
+    CancelUpstream,
+    ChunkReceived,
+    ClientDisconnected,
+    Effect,
+    EndStream,
+    Event,
+    IdentityResolved,
+    LogEntry,
+    RelayChunk,
+    RequestReceived,
+    Respond,
+    StartStream,
+    StreamEnded,
+    StreamOpened,
+    WriteLog,
+)
+from core._fixtures import load_catalog, parse_clusters, parse_endpoints
+from core._listing import cluster_for_jobs, endpoint_listing, filter_jobs, model_list
+from core._records import ClusterRecord, EndpointRecord, Identity, OpenAIRoute
+from core._request import TERMINAL, TRANSITIONS, RequestMachine, State, bearer_credentials
+from core._selection import select_endpoint, usable_endpoints
+from core._shaping import JSON_HEADERS, STREAM_HEADERS, Response, error_response
+from core._sse import SSEMonitor
+from core._validation import RESERVED_FIELDS, ValidRequest, validate_request
+
+__all__ = [
+    "JSON_HEADERS",
+    "RESERVED_FIELDS",
+    "STREAM_HEADERS",
+    "TERMINAL",
+    "TRANSITIONS",
+    "AdaptorFailed",
+    "AdaptorReturned",
+    "Allowed",
+    "Authenticate",
+    "BackendError",
+    "CallAdaptor",
+    "CancelUpstream",
+    "Catalog",
+    "ChunkReceived",
+    "ClientDisconnected",
+    "ClientError",
+    "ClusterRecord",
+    "ConfigurationError",
+    "Denied",
+    "Effect",
+    "EndStream",
+    "EndpointRecord",
+    "Event",
+    "GatewayError",
+    "Identity",
+    "IdentityResolved",
+    "Level",
+    "LocalProtocolError",
+    "LogEntry",
+    "OpenAIRoute",
+    "RelayChunk",
+    "RequestMachine",
+    "RequestReceived",
+    "Respond",
+    "Response",
+    "Rule",
+    "SSEMonitor",
+    "StartStream",
+    "State",
+    "StreamEnded",
+    "StreamOpened",
+    "ValidRequest",
+    "WriteLog",
+    "authorize",
+    "bearer_credentials",
+    "check_rules",
+    "cluster_for_jobs",
+    "endpoint_listing",
+    "error_body",
+    "error_response",
+    "filter_jobs",
+    "load_catalog",
+    "may_use_cluster",
+    "model_list",
+    "parse_clusters",
+    "parse_endpoints",
+    "redact",
+    "select_endpoint",
+    "type_for_status",
+    "usable_endpoints",
+    "validate_request",
+]

@@ -1,0 +1,118 @@
+"""What the gateway serves: clusters and endpoints, indexed for selection.
+
+Built once at start; every cross-entry rule (clusters exist, slugs unique, one endpoint
+per cluster/framework/model) is checked here so a running gateway never meets an
+ambiguous or dangling fixture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import attrs
+
+from core._errors import ConfigurationError
+from core._records import ClusterRecord, EndpointRecord
+
+__all__ = ["Catalog"]
+
+
+@attrs.frozen
+class Catalog:
+    clusters: tuple[ClusterRecord, ...]
+    endpoints: tuple[EndpointRecord, ...]
+    _clusters_by_name: dict[str, ClusterRecord] = attrs.field(init=False, repr=False, eq=False)
+    _endpoints_by_slug: dict[str, EndpointRecord] = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_clusters_by_name", {c.cluster_name: c for c in self.clusters})
+        object.__setattr__(
+            self, "_endpoints_by_slug", {e.endpoint_slug.lower(): e for e in self.endpoints}
+        )
+
+    @classmethod
+    def build(
+        cls,
+        clusters: Iterable[ClusterRecord],
+        endpoints: Iterable[EndpointRecord],
+        *,
+        clusters_file: str = "clusters.json",
+        endpoints_file: str = "endpoints.json",
+    ) -> Catalog:
+        """A catalog whose entries agree with each other; raises ConfigurationError."""
+        clusters = tuple(clusters)
+        endpoints = tuple(endpoints)
+        names: dict[str, ClusterRecord] = {}
+        for cluster in clusters:
+            if cluster.cluster_name in names:
+                raise ConfigurationError(
+                    f"cluster name {cluster.cluster_name!r} is already used by entry "
+                    f"pk={names[cluster.cluster_name].id}",
+                    file=clusters_file,
+                    entry=cluster.id,
+                    field="cluster_name",
+                )
+            names[cluster.cluster_name] = cluster
+        slugs: dict[str, EndpointRecord] = {}
+        triples: dict[tuple[str, str, str], EndpointRecord] = {}
+        for endpoint in endpoints:
+            home = names.get(endpoint.cluster)
+            if home is None:
+                raise ConfigurationError(
+                    f"cluster {endpoint.cluster!r} is not defined in {clusters_file}",
+                    file=endpoints_file,
+                    entry=endpoint.id,
+                    field="cluster",
+                )
+            if endpoint.framework not in home.frameworks:
+                raise ConfigurationError(
+                    f"framework {endpoint.framework!r} is not among cluster "
+                    f"{home.cluster_name!r}'s frameworks ({', '.join(home.frameworks)})",
+                    file=endpoints_file,
+                    entry=endpoint.id,
+                    field="framework",
+                )
+            slug = endpoint.endpoint_slug.lower()
+            if slug in slugs:
+                raise ConfigurationError(
+                    f"slug {endpoint.endpoint_slug!r} collides with entry pk={slugs[slug].id}",
+                    file=endpoints_file,
+                    entry=endpoint.id,
+                    field="endpoint_slug",
+                )
+            slugs[slug] = endpoint
+            triple = (endpoint.cluster, endpoint.framework, endpoint.model)
+            if triple in triples:
+                raise ConfigurationError(
+                    f"model {endpoint.model!r} is already served on {endpoint.cluster}/"
+                    f"{endpoint.framework} by entry pk={triples[triple].id}",
+                    file=endpoints_file,
+                    entry=endpoint.id,
+                    field="model",
+                )
+            triples[triple] = endpoint
+        return cls(clusters, endpoints)
+
+    def cluster(self, name: str) -> ClusterRecord | None:
+        return self._clusters_by_name.get(name)
+
+    def endpoint(self, slug: str) -> EndpointRecord | None:
+        return self._endpoints_by_slug.get(slug.lower())
+
+    def cluster_of(self, endpoint: EndpointRecord) -> ClusterRecord:
+        return self._clusters_by_name[endpoint.cluster]
+
+    def serving(self, model: str) -> tuple[EndpointRecord, ...]:
+        """Endpoints serving a model name, exact match first, else case-insensitively."""
+        exact = tuple(e for e in self.endpoints if e.model == model)
+        if exact:
+            return exact
+        folded = model.casefold()
+        return tuple(e for e in self.endpoints if e.model.casefold() == folded)
+
+    def on_cluster(self, cluster: str, framework: str | None = None) -> tuple[EndpointRecord, ...]:
+        return tuple(
+            e
+            for e in self.endpoints
+            if e.cluster == cluster and (framework is None or e.framework == framework)
+        )

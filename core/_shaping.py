@@ -1,0 +1,152 @@
+"""Turning what an adaptor returned into what the client receives.
+
+A backend's successful body goes out byte-for-byte (it is only parsed to check it is a
+JSON object and to read `usage`).  A backend's own 4xx with an OpenAI error body goes
+out unchanged too: it explains the caller's mistake better than we could.  Everything
+else that went wrong behind the gateway becomes a 502/503/504 naming the endpoint and
+what happened, and never the backend's URL, key or raw 5xx body (those go to the
+operator's log only).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+
+from core._errors import (
+    BackendError,
+    ClientError,
+    GatewayError,
+    error_body,
+    redact,
+    type_for_status,
+)
+from core._records import EndpointRecord
+
+__all__ = [
+    "JSON_HEADERS",
+    "STREAM_HEADERS",
+    "Response",
+    "Shaped",
+    "error_response",
+    "shape_failure",
+    "shape_result",
+]
+
+JSON_HEADERS = (("content-type", "application/json"),)
+# Proxies in front (nginx and friends) must not buffer a stream either.
+STREAM_HEADERS = (
+    ("content-type", "text/event-stream; charset=utf-8"),
+    ("cache-control", "no-cache"),
+    ("x-accel-buffering", "no"),
+)
+
+
+@attrs.frozen(kw_only=True)
+class Response:
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+
+
+@attrs.frozen(kw_only=True)
+class Shaped:
+    """A response plus what the operator's log should learn from it."""
+
+    response: Response
+    usage: dict[str, Any] | None = None
+    detail: str | None = None
+
+
+def error_response(error: GatewayError) -> Response:
+    return Response(
+        status=error.status, headers=JSON_HEADERS + error.headers, body=error_body(error)
+    )
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _is_openai_error(payload: dict[str, Any] | None) -> bool:
+    return payload is not None and isinstance(payload.get("error"), dict)
+
+
+def _where(endpoint: EndpointRecord) -> str:
+    return f"model '{endpoint.model}' on cluster '{endpoint.cluster}'"
+
+
+_FAILURE_PHRASES = {
+    502: "the backend could not be reached or gave an invalid answer",
+    503: "the backend is unavailable",
+    504: "the backend did not answer in time",
+}
+
+
+def _backend_failure(endpoint: EndpointRecord, status: int, code: str, detail: str) -> Shaped:
+    gateway_status = status if status in _FAILURE_PHRASES else 502
+    phrase = _FAILURE_PHRASES[gateway_status]
+    if status not in _FAILURE_PHRASES:
+        phrase = f"the backend answered with HTTP {status}"
+    error = BackendError(
+        f"The backend serving {_where(endpoint)} failed: {phrase}.",
+        status=gateway_status,
+        code=code,
+    )
+    return Shaped(response=error_response(error), detail=redact(detail))
+
+
+def shape_result(
+    endpoint: EndpointRecord,
+    *,
+    result: str | None,
+    error_message: str | None,
+    error_code: int | None,
+) -> Shaped:
+    """The client's response for a finished `submit_task` (or a streaming call that failed)."""
+    if error_code is None and error_message is None:
+        if result is None:
+            return _backend_failure(
+                endpoint, 502, "empty_backend_response", "adaptor returned nothing"
+            )
+        payload = _json_object(result)
+        if payload is None:
+            return _backend_failure(
+                endpoint, 502, "malformed_backend_response", "backend answer is not a JSON object"
+            )
+        usage = payload.get("usage")
+        return Shaped(
+            response=Response(status=200, headers=JSON_HEADERS, body=result.encode()),
+            usage=usage if isinstance(usage, dict) else None,
+        )
+    status = error_code if error_code is not None else 500
+    message = error_message or ""
+    if status in (401, 403, 407):
+        # The backend refused the *gateway's* credentials: the operator's problem, not the caller's.
+        return _backend_failure(endpoint, 502, "backend_auth_failed", f"HTTP {status}: {message}")
+    if 400 <= status < 500:
+        if _is_openai_error(_json_object(message)):
+            return Shaped(
+                response=Response(status=status, headers=JSON_HEADERS, body=message.encode()),
+                detail=redact(message),
+            )
+        error = ClientError(
+            redact(message) or f"The backend refused the request (HTTP {status}).",
+            status=status,
+            type=type_for_status(status),
+        )
+        return Shaped(response=error_response(error), detail=redact(message))
+    code = {503: "backend_unavailable", 504: "backend_timeout"}.get(status, "backend_error")
+    return _backend_failure(endpoint, status, code, f"HTTP {status}: {message}")
+
+
+def shape_failure(endpoint: EndpointRecord, status: int, detail: str) -> Shaped:
+    """The client's response when calling the adaptor raised instead of returning."""
+    code = {503: "backend_unavailable", 504: "backend_timeout"}.get(status, "backend_error")
+    return _backend_failure(endpoint, status, code, detail)

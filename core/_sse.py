@@ -1,0 +1,90 @@
+"""Watching a relayed server-sent-event stream without changing a byte of it.
+
+The gateway forwards each backend chunk as it arrives; it only needs to know whether
+the stream finished properly (`data: [DONE]`), whether the backend already reported an
+error in-band, and the `usage` of the last chunk that carried one.  Chunks split events
+and even lines anywhere, so the decoder keeps the unfinished tail between feeds
+(line rules from the WHATWG event-stream format: LF, CR or CRLF end a line; a blank
+line ends an event; `data:` lines join with LF).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+
+__all__ = ["SSEMonitor", "error_event"]
+
+_MAX_TAIL = 1 << 20  # an event larger than this is not one we need to understand
+
+
+@attrs.define
+class SSEMonitor:
+    done: bool = False
+    errored: bool = False
+    events: int = 0
+    usage: dict[str, Any] | None = None
+    _tail: bytes = b""
+    _data: list[str] = attrs.field(factory=list)
+
+    def feed(self, chunk: bytes) -> None:
+        lines = (self._tail + chunk).splitlines(keepends=True)
+        # A last line not ended by LF is unfinished, or a CR whose LF is in the next chunk.
+        self._tail = lines.pop() if lines and not lines[-1].endswith(b"\n") else b""
+        if len(self._tail) > _MAX_TAIL:
+            self._tail = b""
+        for line in lines:
+            self._line(line.rstrip(b"\r\n"))
+
+    def _line(self, line: bytes) -> None:
+        if not line:
+            self._dispatch()
+            return
+        name, _, value = line.partition(b":")
+        if name == b"data":
+            self._data.append(value.removeprefix(b" ").decode("utf-8", "replace"))
+
+    def _dispatch(self) -> None:
+        if not self._data:
+            return
+        data = "\n".join(self._data)
+        self._data = []
+        self.events += 1
+        if data.strip() == "[DONE]":
+            self.done = True
+            return
+        if '"error"' not in data and '"usage"' not in data:
+            return  # the common chunk: nothing to learn, so no parse on the hot path
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            return
+        if not isinstance(payload, dict):
+            return
+        if isinstance(payload.get("error"), dict):
+            self.errored = True
+        if isinstance(payload.get("usage"), dict):
+            self.usage = payload["usage"]
+
+    @property
+    def pending(self) -> bool:
+        """True while a line or an event has begun and not been ended."""
+        return bool(self._tail) or bool(self._data)
+
+    def finish(self) -> None:
+        """The stream closed: an event not yet ended by a blank line still counts."""
+        for line in self._tail.splitlines():
+            self._line(line)
+        self._tail = b""
+        self._dispatch()
+
+
+def error_event(body: bytes, *, after_partial: bool = False) -> bytes:
+    """An OpenAI error object as one SSE event; the official clients raise on it.
+
+    After a stream cut mid-event, blank lines first end the fragment, so the error
+    arrives as an event of its own rather than glued onto half a line.
+    """
+    return (b"\n\n" if after_partial else b"") + b"data: " + body + b"\n\n"

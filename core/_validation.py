@@ -1,0 +1,166 @@
+"""Checking a client's request body: only what the gateway itself relies on.
+
+The gateway needs `model` (to select an endpoint), `stream` (to choose the relay) and the
+input field's type (to refuse what no backend could take).  Everything else passes
+through untouched, because vLLM and friends accept extensions OpenAI does not know.
+Validation never raises on any input: it returns a `ValidRequest` or a `ClientError`
+whose `param` names the field to fix.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from core._errors import ClientError
+from core._records import OpenAIRoute
+
+__all__ = ["RESERVED_FIELDS", "ValidRequest", "validate_request"]
+
+# Keys of the envelope the gateway hands adaptors; in a body they would be misread.
+RESERVED_FIELDS = frozenset({"model_params", "openai_endpoint"})
+
+_INPUT_FIELD = {
+    OpenAIRoute.CHAT_COMPLETIONS: "messages",
+    OpenAIRoute.COMPLETIONS: "prompt",
+    OpenAIRoute.EMBEDDINGS: "input",
+}
+
+
+@attrs.frozen(kw_only=True)
+class ValidRequest:
+    route: OpenAIRoute
+    model: str
+    stream: bool
+    body: Mapping[str, Any] = attrs.field(eq=False)
+
+
+def _reject(message: str, *, param: str | None, code: str, status: int = 400) -> ClientError:
+    return ClientError(message, status=status, param=param, code=code)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_text_or_tokens(value: object) -> bool:
+    """OpenAI's prompt/input union: a string, strings, a token array, or token arrays."""
+    if isinstance(value, str):
+        return True
+    if not isinstance(value, list):
+        return False
+    return (
+        all(isinstance(v, str) for v in value)
+        or all(_is_int(v) for v in value)
+        or all(isinstance(v, list) and all(_is_int(t) for t in v) for v in value)
+    )
+
+
+def _json_object(content_type: str | None, raw: bytes) -> dict[str, Any] | ClientError:
+    if content_type is not None:
+        media = content_type.split(";", 1)[0].strip().lower()
+        if media and media != "application/json" and not media.endswith("+json"):
+            return _reject(
+                f"Unsupported Content-Type {media!r}; send the body as application/json.",
+                param=None,
+                code="unsupported_media_type",
+                status=415,
+            )
+    if not raw.strip():
+        return _reject(
+            "The request body is empty; send a JSON object.", param=None, code="empty_body"
+        )
+    try:
+        data = json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        return _reject(
+            "We could not parse the JSON body of your request.", param=None, code="invalid_json"
+        )
+    if not isinstance(data, dict):
+        return _reject("The request body must be a JSON object.", param=None, code="invalid_json")
+    return data
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def validate_request(
+    route: OpenAIRoute, content_type: str | None, raw: bytes
+) -> ValidRequest | ClientError:
+    data = _json_object(content_type, raw)
+    if isinstance(data, ClientError):
+        return data
+    return validate_body(route, data)
+
+
+def validate_body(route: OpenAIRoute, body: dict[str, Any]) -> ValidRequest | ClientError:
+    for name in sorted(RESERVED_FIELDS & body.keys()):
+        return _reject(
+            f"'{name}' is reserved by the gateway and may not be sent.",
+            param=name,
+            code="reserved_parameter",
+        )
+    model = body.get("model")
+    if model is None:
+        return _reject(
+            "You must provide a model parameter.", param="model", code="missing_required_parameter"
+        )
+    if not isinstance(model, str) or not model.strip():
+        return _reject("'model' must be a non-empty string.", param="model", code="invalid_type")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        return _reject("'stream' must be a boolean.", param="stream", code="invalid_type")
+    if route is OpenAIRoute.EMBEDDINGS and stream:
+        return _reject(
+            "Streaming is not supported for embeddings.",
+            param="stream",
+            code="unsupported_parameter",
+        )
+    problem = _check_input(route, body)
+    if problem is not None:
+        return problem
+    return ValidRequest(route=route, model=model, stream=bool(stream), body=body)
+
+
+def _check_input(route: OpenAIRoute, body: Mapping[str, Any]) -> ClientError | None:
+    field = _INPUT_FIELD[route]
+    if field not in body:
+        return _reject(
+            f"Missing required parameter: '{field}'.",
+            param=field,
+            code="missing_required_parameter",
+        )
+    value = body[field]
+    if route is OpenAIRoute.CHAT_COMPLETIONS:
+        if not isinstance(value, list):
+            return _reject(
+                "Invalid 'messages': expected an array.", param=field, code="invalid_type"
+            )
+        if not value:
+            return _reject(
+                "Invalid 'messages': empty array. Expected an array with minimum length 1.",
+                param=field,
+                code="empty_array",
+            )
+        for index, message in enumerate(value):
+            if not isinstance(message, dict):
+                return _reject(
+                    f"Invalid 'messages[{index}]': expected an object.",
+                    param=f"messages[{index}]",
+                    code="invalid_type",
+                )
+        return None
+    if not _is_text_or_tokens(value):
+        return _reject(
+            f"Invalid '{field}': expected a string, an array of strings, an array of tokens "
+            "or an array of token arrays.",
+            param=field,
+            code="invalid_type",
+        )
+    if isinstance(value, list) and not value:
+        return _reject(f"Invalid '{field}': empty array.", param=field, code="empty_array")
+    return None
