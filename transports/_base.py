@@ -1,0 +1,116 @@
+"""The one contract between adaptors and backend IO.
+
+Adaptors speak their backend's protocol by building a `BackendRequest` and handing it to
+the transport the gateway gave them; they never build an HTTP client of their own, so the
+same adaptor runs over httpx, a trio-native client or a replayed cassette.
+
+The contract is two calls and a close, as in httpx's transport: `send` for a whole
+answer, `open_stream` for an answer read chunk by chunk.  Every failure below HTTP
+(refused connection, timeout, a peer that breaks the protocol) surfaces as one of the
+`TransportError` subclasses here, whatever library sits underneath.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+__all__ = [
+    "BackendRequest",
+    "BackendResponse",
+    "BackendStream",
+    "ConnectError",
+    "ProtocolError",
+    "Timeout",
+    "Transport",
+    "TransportError",
+    "TransportTimeout",
+]
+
+
+Headers = tuple[tuple[str, str], ...]
+
+
+def _headers(value: object) -> Headers:
+    """Accept a mapping or pairs; keep order and duplicates, as HTTP does."""
+    items = value.items() if hasattr(value, "items") else value
+    return tuple((str(k), str(v)) for k, v in items)  # type: ignore[union-attr]
+
+
+@attrs.frozen(kw_only=True)
+class Timeout:
+    """How long a backend call may take, in seconds; None means no limit."""
+
+    connect: float | None = 10.0
+    read: float | None = 120.0
+    total: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class BackendRequest:
+    method: str = attrs.field(converter=str.upper)
+    url: str
+    headers: Headers = attrs.field(default=(), converter=_headers)
+    body: bytes = b""
+    timeout: Timeout = attrs.field(factory=Timeout)
+
+
+@attrs.frozen(kw_only=True)
+class BackendResponse:
+    status: int
+    headers: Headers = attrs.field(default=(), converter=_headers)
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        """First value of a header, compared case-insensitively."""
+        return _first_header(self.headers, name)
+
+
+def _first_header(headers: Headers, name: str) -> str | None:
+    lowered = name.lower()
+    return next((v for k, v in headers if k.lower() == lowered), None)
+
+
+@runtime_checkable
+class BackendStream(Protocol):
+    """An answer whose status and headers are known and whose body is still arriving.
+
+    Iterate `chunks()` once; always `aclose()` (also after a full read) so the
+    connection goes back to the pool or is shut down.
+    """
+
+    status: int
+    headers: Headers
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+    async def aread(self) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Transport(Protocol):
+    async def send(self, request: BackendRequest) -> BackendResponse: ...
+
+    async def open_stream(self, request: BackendRequest) -> BackendStream: ...
+
+    async def aclose(self) -> None: ...
+
+
+class TransportError(Exception):
+    """The backend could not be talked to; the message never holds a URL or a key."""
+
+
+class ConnectError(TransportError):
+    """No connection could be made (refused, unresolvable, TLS failure)."""
+
+
+class TransportTimeout(TransportError):
+    """A connect, read or total time limit ran out."""
+
+
+class ProtocolError(TransportError):
+    """The peer broke HTTP (closed mid-body, sent garbage)."""
