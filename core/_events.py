@@ -26,6 +26,7 @@ __all__ = [
     "EndStream",
     "Event",
     "IdentityResolved",
+    "IdentityUnavailable",
     "LogEntry",
     "RelayChunk",
     "RequestReceived",
@@ -70,6 +71,13 @@ class IdentityResolved:
 
 
 @attrs.frozen(kw_only=True)
+class IdentityUnavailable:
+    """The identity provider could not answer (down, slow): not the caller's fault."""
+
+    detail: str = ""
+
+
+@attrs.frozen(kw_only=True)
 class AdaptorReturned:
     """An adaptor's response model, reduced to the fields the seed contract defines."""
 
@@ -110,6 +118,7 @@ class ClientDisconnected:
 Event = (
     RequestReceived
     | IdentityResolved
+    | IdentityUnavailable
     | AdaptorReturned
     | AdaptorFailed
     | StreamOpened

@@ -10,6 +10,7 @@ that come back; the machine never awaits and never touches IO.
     AUTHENTICATING --IdentityResolved--> AWAITING_RESULT    (effect: CallAdaptor)
                                      \\-> AWAITING_STREAM    (effect: CallAdaptor, stream)
                                      \\-> DONE               (401, 400, 404 or 403)
+                   --IdentityUnavailable--> DONE            (503: provider down)
     AWAITING_RESULT --AdaptorReturned|AdaptorFailed--> DONE
     AWAITING_STREAM --StreamOpened--> STREAMING             (effect: StartStream)
                     --AdaptorReturned|AdaptorFailed--> DONE  (error before any byte)
@@ -44,6 +45,7 @@ from core._events import (
     EndStream,
     Event,
     IdentityResolved,
+    IdentityUnavailable,
     LogEntry,
     RelayChunk,
     RequestReceived,
@@ -78,6 +80,7 @@ TRANSITIONS: Mapping[State, Mapping[type[Any], frozenset[State]]] = {
     S.AWAITING_REQUEST: {RequestReceived: frozenset({S.AUTHENTICATING, S.DONE})},
     S.AUTHENTICATING: {
         IdentityResolved: frozenset({S.AWAITING_RESULT, S.AWAITING_STREAM, S.DONE}),
+        IdentityUnavailable: frozenset({S.DONE}),
         ClientDisconnected: frozenset({S.CANCELLED}),
     },
     S.AWAITING_RESULT: {
@@ -133,6 +136,7 @@ class RequestMachine:
         self._handlers: Mapping[type[Any], Callable[[Any], Outcome]] = {
             RequestReceived: self._on_request,
             IdentityResolved: self._on_identity,
+            IdentityUnavailable: self._on_identity_unavailable,
             AdaptorReturned: self._on_returned,
             AdaptorFailed: self._on_failed,
             StreamOpened: self._on_stream_opened,
@@ -219,6 +223,15 @@ class RequestMachine:
             },
         )
         return (S.AWAITING_STREAM if valid.stream else S.AWAITING_RESULT), (call,)
+
+    def _on_identity_unavailable(self, event: IdentityUnavailable) -> Outcome:
+        error = BackendError(
+            "The identity provider is unavailable; try again shortly.",
+            status=503,
+            code="identity_provider_unavailable",
+        )
+        shaped = Shaped(response=error_response(error), detail=event.detail)
+        return self._finish(shaped, error_code=error.code)
 
     def _on_returned(self, event: AdaptorReturned) -> Outcome:
         if (
