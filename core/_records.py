@@ -80,6 +80,10 @@ class ClusterRecord:
         return route.value in self.openai_endpoints
 
 
+def _group_set(value: Iterable[str]) -> frozenset[str]:
+    return frozenset(value)
+
+
 def _domain_of(username: str) -> str | None:
     _, at, domain = username.rpartition("@")
     return domain.lower() if at and domain else None
@@ -90,7 +94,7 @@ class Identity:
     """Who is calling, as an identity provider vouched for it (never the token itself)."""
 
     username: str
-    groups: frozenset[str] = attrs.field(factory=frozenset, converter=frozenset)
+    groups: frozenset[str] = attrs.field(factory=frozenset, converter=_group_set)
     provider: str = "static"
     subject: str | None = None
 

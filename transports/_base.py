@@ -39,6 +39,10 @@ def _headers(value: object) -> Headers:
     return tuple((str(k), str(v)) for k, v in items)  # type: ignore[union-attr]
 
 
+def _upper(value: str) -> str:
+    return value.upper()
+
+
 @attrs.frozen(kw_only=True)
 class Timeout:
     """How long a backend call may take, in seconds; None means no limit."""
@@ -50,7 +54,7 @@ class Timeout:
 
 @attrs.frozen(kw_only=True)
 class BackendRequest:
-    method: str = attrs.field(converter=str.upper)
+    method: str = attrs.field(converter=_upper)
     url: str
     headers: Headers = attrs.field(default=(), converter=_headers)
     body: bytes = b""
