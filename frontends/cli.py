@@ -1,0 +1,164 @@
+"""`inference-gateway serve | check | token`: the operator's entry points."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from core import ConfigurationError
+from frontends.gateway import Gateway
+from frontends.identity import StaticTokens, ensure_tokens_file, first_token
+from frontends.settings import Settings, load_settings
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="inference-gateway",
+        description="An OpenAI-compatible gateway in front of many model backends.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve the OpenAI API over HTTP (Hypercorn)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8000; 0 picks one)")
+    serve.add_argument("--fixtures", type=Path, help="folder with clusters.json and endpoints.json")
+    check = commands.add_parser("check", help="validate fixtures and import every adaptor")
+    check.add_argument("fixtures", type=Path, help="folder with clusters.json and endpoints.json")
+    commands.add_parser("token", help="print the local user's token from the tokens file")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            settings = load_settings(host=args.host, port=args.port, fixtures_dir=args.fixtures)
+            return _serve(settings)
+        if args.command == "check":
+            return _check(args.fixtures)
+        return _token(load_settings())
+    except ConfigurationError as exc:
+        print(f"inference-gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _check(fixtures: Path) -> int:
+    gateway = _build(fixtures, identity=StaticTokens({}))
+    rows = [("cluster", "framework", "model", "endpoint_slug", "adaptor")]
+    for endpoint in gateway.catalog.endpoints:
+        rows.append(
+            (
+                endpoint.cluster,
+                endpoint.framework,
+                endpoint.model,
+                endpoint.endpoint_slug,
+                endpoint.endpoint_adapter,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    print(
+        f"\nOK: {len(gateway.catalog.clusters)} cluster(s), "
+        f"{len(gateway.catalog.endpoints)} endpoint(s), every adaptor imported."
+    )
+    return 0
+
+
+def _token(settings: Settings) -> int:
+    token = first_token(settings.tokens_path)
+    if token is None:
+        print(
+            f"inference-gateway: no token in {settings.tokens_path}; "
+            "`inference-gateway serve` creates one on first start",
+            file=sys.stderr,
+        )
+        return 1
+    print(token)
+    return 0
+
+
+def _build(fixtures: Path, *, identity: StaticTokens, verify_tls: bool = True) -> Gateway:
+    from transports.httpx_transport import HttpxTransport
+
+    return Gateway.from_fixtures(
+        fixtures, identity=identity, transport=HttpxTransport(verify=verify_tls)
+    )
+
+
+def _listen(settings: Settings) -> socket.socket:
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
+            file="settings",
+            field="port",
+        ) from None
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _serve(settings: Settings) -> int:
+    from hypercorn.asyncio import serve as hypercorn_serve
+    from hypercorn.config import Config
+
+    from frontends.web import create_app
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    new_token = ensure_tokens_file(settings.tokens_path)
+    identity = StaticTokens.from_file(settings.tokens_path)
+    gateway = _build(settings.fixtures_dir, identity=identity, verify_tls=settings.verify_tls)
+    sock = _listen(settings)
+    host, port = sock.getsockname()[:2]
+    config = Config()
+    config.bind = [f"fd://{sock.fileno()}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")  # ours, not a second handler
+    _banner(settings, gateway, f"http://{host}:{port}", new_token)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await hypercorn_serve(create_app(gateway), config, shutdown_trigger=stop.wait)
+
+    asyncio.run(run())
+    sock.detach()  # Hypercorn closed the listening socket it was handed
+    return 0
+
+
+def _banner(settings: Settings, gateway: Gateway, url: str, new_token: str | None) -> None:
+    models = sorted({e.model for e in gateway.catalog.endpoints})
+    lines = [
+        f"inference-gateway serving the OpenAI API on {url}/v1",
+        f"  fixtures: {settings.fixtures_dir} ({len(gateway.catalog.clusters)} cluster(s), "
+        f"{len(models)} model(s): {', '.join(models)})",
+        f"  tokens:   {settings.tokens_path}",
+    ]
+    if new_token:
+        lines.append(f"  your token (new; also `inference-gateway token`): {new_token}")
+    else:
+        lines.append("  your token: run `inference-gateway token`")
+    example = models[0] if models else "MODEL"
+    lines += [
+        "  try:",
+        f"    curl {url}/v1/chat/completions \\",
+        '      -H "Authorization: Bearer $(inference-gateway token)" \\',
+        f'      -H \'Content-Type: application/json\' -d \'{{"model": "{example}", '
+        '"messages": [{"role": "user", "content": "Hello"}]}\'',
+    ]
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,442 @@
+"""The driver: feeds the core's request machine events and carries out its effects.
+
+One `Gateway` serves every front-end (the Quart app, direct embedding, replay), so no
+request logic lives in a web handler.  It is written against anyio only, never asyncio
+or trio directly, so it runs under either loop.  Adaptors are called here and nowhere
+else; whatever they raise is turned into an event at this one boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+import attrs
+
+from adaptors.clusters.cluster import BaseCluster
+from adaptors.endpoints.endpoint import BaseEndpoint, StreamingResponse
+from adaptors.loading import build_cluster, build_endpoint
+from core import (
+    JSON_HEADERS,
+    AdaptorFailed,
+    AdaptorReturned,
+    Authenticate,
+    BackendError,
+    CallAdaptor,
+    Catalog,
+    ChunkReceived,
+    ClientDisconnected,
+    ClientError,
+    ConfigurationError,
+    Effect,
+    Event,
+    GatewayError,
+    Identity,
+    IdentityResolved,
+    IdentityUnavailable,
+    LocalProtocolError,
+    LogEntry,
+    OpenAIRoute,
+    RelayChunk,
+    RequestMachine,
+    RequestReceived,
+    Respond,
+    StartStream,
+    StreamEnded,
+    StreamOpened,
+    WriteLog,
+    bearer_credentials,
+    cluster_for_jobs,
+    endpoint_listing,
+    error_response,
+    filter_jobs,
+    load_catalog,
+    model_list,
+    redact,
+)
+from frontends.identity import IdentityProvider
+from transports import Transport, TransportTimeout
+
+__all__ = ["Gateway", "GatewayRequest", "GatewayResponse"]
+
+request_log = logging.getLogger("inference_gateway.requests")
+log = logging.getLogger("inference_gateway")
+
+
+@attrs.frozen(kw_only=True)
+class GatewayRequest:
+    """An OpenAI call as any front-end sees it: route, the two headers we read, raw body."""
+
+    route: OpenAIRoute
+    body: bytes
+    content_type: str | None = None
+    authorization: str | None = None
+    cluster: str | None = None
+    framework: str | None = None
+    request_id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+
+
+@attrs.frozen(kw_only=True)
+class GatewayResponse:
+    """A whole answer (`body`) or a streamed one (`stream`, iterated exactly once)."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+    stream: StreamRelay | None = attrs.field(default=None, eq=False)
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def _respond(error: GatewayError) -> GatewayResponse:
+    response = error_response(error)
+    return GatewayResponse(status=response.status, headers=response.headers, body=response.body)
+
+
+def _json(payload: Any, status: int = 200) -> GatewayResponse:
+    return GatewayResponse(status=status, headers=JSON_HEADERS, body=json.dumps(payload).encode())
+
+
+def _failure(exc: BaseException) -> AdaptorFailed:
+    """The one place adaptor exceptions become events: 504 for time-outs, 502 otherwise."""
+    status = 504 if isinstance(exc, (TransportTimeout, TimeoutError)) else 502
+    return AdaptorFailed(status=status, detail=redact(f"{type(exc).__name__}: {exc}"))
+
+
+def _as_text(result: Any) -> str | None:
+    """Seed adaptors sometimes return the parsed JSON instead of text; accept both."""
+    if result is None or isinstance(result, str):
+        return result
+    return json.dumps(result)
+
+
+async def _as_bytes(chunks: AsyncIterable[bytes | str]) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        yield chunk.encode() if isinstance(chunk, str) else chunk
+
+
+class Gateway:
+    def __init__(
+        self,
+        *,
+        catalog: Catalog,
+        endpoints: Mapping[str, BaseEndpoint],
+        clusters: Mapping[str, BaseCluster],
+        identity: IdentityProvider,
+        transport: Transport,
+    ) -> None:
+        self.catalog = catalog
+        self._endpoints = {slug.lower(): adaptor for slug, adaptor in endpoints.items()}
+        self._clusters = dict(clusters)
+        self._identity = identity
+        self._transport = transport
+
+    @classmethod
+    def from_fixtures(
+        cls, fixtures_dir: Path, *, identity: IdentityProvider, transport: Transport
+    ) -> Gateway:
+        """Read `clusters.json` and `endpoints.json`, import and bind every adaptor."""
+        texts = {}
+        for name in ("clusters.json", "endpoints.json"):
+            path = fixtures_dir / name
+            try:
+                texts[name] = path.read_text()
+            except OSError as exc:
+                raise ConfigurationError(f"cannot read: {exc.strerror}", file=str(path)) from None
+        clusters_file = str(fixtures_dir / "clusters.json")
+        endpoints_file = str(fixtures_dir / "endpoints.json")
+        catalog = load_catalog(
+            clusters_text=texts["clusters.json"],
+            endpoints_text=texts["endpoints.json"],
+            clusters_file=clusters_file,
+            endpoints_file=endpoints_file,
+        )
+        clusters = {c.cluster_name: build_cluster(c, file=clusters_file) for c in catalog.clusters}
+        for cluster in clusters.values():
+            cluster.bind(transport=transport)
+        endpoints = {}
+        for record in catalog.endpoints:
+            endpoint = build_endpoint(record, file=endpoints_file)
+            endpoint.bind(transport=transport, cluster=clusters[record.cluster])
+            endpoints[record.endpoint_slug] = endpoint
+        return cls(
+            catalog=catalog,
+            endpoints=endpoints,
+            clusters=clusters,
+            identity=identity,
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+    # -- OpenAI operations --------------------------------------------------------------
+
+    async def handle(self, request: GatewayRequest) -> GatewayResponse:
+        """Run one OpenAI request through the core; a stream comes back not yet started."""
+        machine = RequestMachine(self.catalog)
+        pending = deque(
+            machine.receive(
+                RequestReceived(
+                    request_id=request.request_id,
+                    route=request.route,
+                    body=request.body,
+                    content_type=request.content_type,
+                    authorization=request.authorization,
+                    cluster=request.cluster,
+                    framework=request.framework,
+                )
+            )
+        )
+        upstream: StreamingResponse | None = None
+        try:
+            while pending:
+                effect = pending.popleft()
+                if isinstance(effect, WriteLog):
+                    self.write_log(effect.entry)
+                elif isinstance(effect, Respond):
+                    self._carry_out_logs(pending)
+                    r = effect.response
+                    return GatewayResponse(status=r.status, headers=r.headers, body=r.body)
+                elif isinstance(effect, Authenticate):
+                    pending.extend(machine.receive(await self._resolve(effect.credentials)))
+                elif isinstance(effect, CallAdaptor) and not effect.stream:
+                    pending.extend(machine.receive(await self._submit(effect)))
+                elif isinstance(effect, CallAdaptor):
+                    event, upstream = await self._open_stream(effect, request.request_id)
+                    pending.extend(machine.receive(event))
+                elif isinstance(effect, StartStream):
+                    assert upstream is not None
+                    relay = StreamRelay(self, machine, upstream)
+                    return GatewayResponse(
+                        status=effect.status, headers=effect.headers, stream=relay
+                    )
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                if not machine.finished:
+                    self._carry_out_logs(machine.receive(ClientDisconnected()))
+                if upstream is not None:
+                    await upstream.aclose()
+            raise
+        raise LocalProtocolError(f"request machine stopped in {machine.state} without answering")
+
+    def _carry_out_logs(self, effects: Iterable[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, WriteLog):
+                self.write_log(effect.entry)
+
+    async def _resolve(self, credentials: str) -> IdentityResolved | IdentityUnavailable:
+        try:
+            return IdentityResolved(identity=await self._identity.resolve(credentials))
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:
+            log.warning("identity provider failed: %s", type(exc).__name__)
+            return IdentityUnavailable(detail=redact(f"{type(exc).__name__}: {exc}"))
+
+    def _adaptor(self, slug: str) -> BaseEndpoint:
+        return self._endpoints[slug.lower()]
+
+    async def _submit(self, call: CallAdaptor) -> AdaptorReturned | AdaptorFailed:
+        try:
+            answer = await self._adaptor(call.endpoint_slug).submit_task(call.data)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:
+            log.warning("adaptor %s raised", call.endpoint_slug, exc_info=True)
+            return _failure(exc)
+        # getattr: the guide's own example returns a *streaming* response model from
+        # submit_task on error, which has no `result`; seed adaptors must keep working.
+        return AdaptorReturned(
+            result=_as_text(getattr(answer, "result", None)),
+            error_message=getattr(answer, "error_message", None),
+            error_code=getattr(answer, "error_code", None),
+        )
+
+    async def _open_stream(
+        self, call: CallAdaptor, request_id: str
+    ) -> tuple[Event, StreamingResponse | None]:
+        try:
+            answer = await self._adaptor(call.endpoint_slug).submit_streaming_task(
+                call.data, request_id
+            )
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:
+            log.warning("adaptor %s raised", call.endpoint_slug, exc_info=True)
+            return _failure(exc), None
+        if answer.response is None or answer.error_message or answer.error_code:
+            if answer.response is not None:
+                await _close_quietly(answer.response)
+            return (
+                AdaptorReturned(error_message=answer.error_message, error_code=answer.error_code),
+                None,
+            )
+        upstream = answer.response
+        if not isinstance(upstream, StreamingResponse):
+            upstream = StreamingResponse(content=upstream)
+        if not 200 <= upstream.status_code < 300:
+            body = await _read_capped(upstream)
+            return AdaptorReturned(error_message=body, error_code=upstream.status_code), None
+        return StreamOpened(), upstream
+
+    def write_log(self, entry: LogEntry) -> None:
+        """Where finished requests are recorded (a store replaces this in a later issue)."""
+        request_log.info(json.dumps(attrs.asdict(entry), default=str))
+
+    # -- listings -----------------------------------------------------------------------
+
+    async def authenticate(self, authorization: str | None) -> Identity | GatewayResponse:
+        """The caller of a listing route, or the 401/503 to answer them with."""
+        credentials = bearer_credentials(authorization)
+        resolved = await self._resolve(credentials) if credentials else None
+        if isinstance(resolved, IdentityUnavailable):
+            return _respond(
+                BackendError(
+                    "The identity provider is unavailable; try again shortly.",
+                    status=503,
+                    code="identity_provider_unavailable",
+                )
+            )
+        if resolved is None or resolved.identity is None:
+            challenge = 'Bearer realm="inference-gateway"'
+            if credentials:
+                challenge += ', error="invalid_token"'
+            return _respond(
+                ClientError(
+                    "Missing or invalid bearer token.",
+                    status=401,
+                    type="authentication_error",
+                    code="invalid_api_key",
+                    headers=(("www-authenticate", challenge),),
+                )
+            )
+        return resolved.identity
+
+    async def list_models(self, authorization: str | None) -> GatewayResponse:
+        identity = await self.authenticate(authorization)
+        if isinstance(identity, GatewayResponse):
+            return identity
+        return _json(model_list(self.catalog, identity))
+
+    async def list_endpoints(self, authorization: str | None) -> GatewayResponse:
+        identity = await self.authenticate(authorization)
+        if isinstance(identity, GatewayResponse):
+            return identity
+        return _json(endpoint_listing(self.catalog, identity))
+
+    async def jobs(self, authorization: str | None, cluster_name: str) -> GatewayResponse:
+        identity = await self.authenticate(authorization)
+        if isinstance(identity, GatewayResponse):
+            return identity
+        cluster = cluster_for_jobs(self.catalog, identity, cluster_name)
+        if isinstance(cluster, ClientError):
+            return _respond(cluster)
+        try:
+            answer = await self._clusters[cluster.cluster_name].get_jobs()
+        except Exception:
+            log.warning("cluster adaptor %s raised", cluster_name, exc_info=True)
+            answer = None
+        if answer is None or answer.jobs is None:
+            if answer is not None:
+                log.warning(
+                    "cluster %s status: %s", cluster_name, redact(answer.error_message or "")
+                )
+            status = answer.error_code if answer and answer.error_code in (503, 504) else 502
+            return _respond(
+                BackendError(
+                    f"The status of cluster '{cluster_name}' could not be read.",
+                    status=status,
+                    code="cluster_status_unavailable",
+                )
+            )
+        return _json(filter_jobs(self.catalog, identity, cluster, answer.jobs.model_dump()))
+
+    def health(self) -> GatewayResponse:
+        return _json({"status": "ok"})
+
+
+class StreamRelay:
+    """The client's side of a stream: each backend chunk goes through the machine and out.
+
+    An object rather than a generator so that `aclose()` closes the backend stream even
+    when the client left before the first chunk was asked for.
+    """
+
+    def __init__(self, gateway: Gateway, machine: RequestMachine, upstream: StreamingResponse):
+        self._gateway = gateway
+        self._machine = machine
+        self._upstream = upstream
+        self._chunks = _as_bytes(upstream.content)
+        self._out: deque[bytes] = deque()
+        self._closed = False
+
+    def __aiter__(self) -> StreamRelay:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._out:
+            if self._machine.finished:
+                await self.aclose()
+                raise StopAsyncIteration
+            try:
+                chunk = await self._chunks.__anext__()
+                event: Event = ChunkReceived(data=chunk)
+            except StopAsyncIteration:
+                event = StreamEnded()
+            except anyio.get_cancelled_exc_class():
+                await self.aclose()
+                raise
+            except Exception as exc:
+                event = _failure(exc)
+            for effect in self._machine.receive(event):
+                if isinstance(effect, RelayChunk):
+                    self._out.append(effect.data)
+                elif isinstance(effect, WriteLog):
+                    self._gateway.write_log(effect.entry)
+        return self._out.popleft()
+
+    async def aclose(self) -> None:
+        """Stop relaying; if the stream had not finished, the client left: say so and
+        cancel the backend call."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            if not self._machine.finished:
+                for effect in self._machine.receive(ClientDisconnected()):
+                    if isinstance(effect, WriteLog):
+                        self._gateway.write_log(effect.entry)
+            await _close_quietly(self._upstream)
+
+
+async def _close_quietly(upstream: Any) -> None:
+    close = getattr(upstream, "aclose", None)
+    if close is None:
+        return
+    try:
+        await close()
+    except Exception:
+        log.debug("closing a backend stream failed", exc_info=True)
+
+
+async def _read_capped(upstream: StreamingResponse, limit: int = 1 << 20) -> str:
+    """The body of a streaming answer that turned out to be an error, then close it."""
+    parts: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in _as_bytes(upstream.content):
+            parts.append(chunk)
+            size += len(chunk)
+            if size >= limit:
+                break
+    finally:
+        await _close_quietly(upstream)
+    return b"".join(parts).decode("utf-8", "replace")

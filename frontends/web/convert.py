@@ -1,0 +1,46 @@
+"""Between Quart's request/response objects and the Gateway's plain records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Response, current_app, request
+from werkzeug.datastructures import Headers
+
+from core import OpenAIRoute
+from core import Response as CoreResponse
+from frontends.gateway import Gateway, GatewayRequest, GatewayResponse
+
+__all__ = ["GATEWAY_KEY", "current_gateway", "gateway_request", "to_quart"]
+
+GATEWAY_KEY = "inference_gateway"
+
+
+def current_gateway() -> Gateway:
+    gateway: Gateway = current_app.extensions[GATEWAY_KEY]
+    return gateway
+
+
+async def gateway_request(
+    route: OpenAIRoute, *, cluster: str | None = None, framework: str | None = None
+) -> GatewayRequest:
+    return GatewayRequest(
+        route=route,
+        body=await request.get_data(cache=True, as_text=False, parse_form_data=False),
+        content_type=request.headers.get("Content-Type"),
+        authorization=request.headers.get("Authorization"),
+        cluster=cluster,
+        framework=framework,
+    )
+
+
+def to_quart(answer: GatewayResponse | CoreResponse) -> Response:
+    headers = Headers(list(answer.headers))
+    body: Any = answer.body
+    stream = getattr(answer, "stream", None)
+    response = Response(
+        stream if stream is not None else body, status=answer.status, headers=headers
+    )
+    if stream is not None:
+        response.timeout = None
+    return response

@@ -1,0 +1,36 @@
+"""The plain OpenAI routes: the model in the body alone picks the endpoint."""
+
+from __future__ import annotations
+
+from quart import Blueprint, Response, request
+
+from core import OpenAIRoute
+from frontends.web.convert import current_gateway, gateway_request, to_quart
+
+__all__ = ["openai_api"]
+
+openai_api = Blueprint("openai_api", __name__, url_prefix="/v1")
+
+
+@openai_api.post("/chat/completions")
+async def chat_completions() -> Response:
+    return await _forward(OpenAIRoute.CHAT_COMPLETIONS)
+
+
+@openai_api.post("/completions")
+async def completions() -> Response:
+    return await _forward(OpenAIRoute.COMPLETIONS)
+
+
+@openai_api.post("/embeddings")
+async def embeddings() -> Response:
+    return await _forward(OpenAIRoute.EMBEDDINGS)
+
+
+@openai_api.get("/models")
+async def models() -> Response:
+    return to_quart(await current_gateway().list_models(request.headers.get("Authorization")))
+
+
+async def _forward(route: OpenAIRoute) -> Response:
+    return to_quart(await current_gateway().handle(await gateway_request(route)))
