@@ -1,0 +1,191 @@
+"""`DirectAPIEndpoint`: a model behind an existing OpenAI-compatible HTTP API.
+
+The seed's guide configures it with a full route URL and the *name* of the environment
+variable holding the key; both stay exactly as the seed wrote them.  The body is sent as
+the client wrote it and the answer comes back as the backend's text, byte for byte: the
+core checks and relays it, so re-serialising here could only lose information.
+
+The key is read once, at construction, and lives only in the request headers this
+adaptor builds.  No message this module writes holds the key or the backend URL, because
+messages reach clients and logs; the backend is named by model and cluster instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from adaptors._urls import resolve_url
+from adaptors.endpoints.endpoint import (
+    BaseEndpoint,
+    StreamingResponse,
+    SubmitStreamingTaskResponse,
+    SubmitTaskResponse,
+    unpack_task_data,
+)
+from transports import (
+    BackendRequest,
+    BackendStream,
+    ConnectError,
+    Timeout,
+    TransportError,
+    TransportTimeout,
+)
+
+__all__ = ["DirectAPIEndpoint", "DirectAPIEndpointConfig"]
+
+
+class DirectAPIEndpointConfig(BaseModel):
+    """The `config` of a Direct API entry in `endpoints.json`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    api_url: str
+    api_key_env_name: str
+    api_request_timeout: float = Field(default=120, gt=0)
+
+    @field_validator("api_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
+def _failure(exc: TransportError, seconds: float) -> tuple[str, int]:
+    """The message and status for a call that never got an HTTP answer."""
+    if isinstance(exc, TransportTimeout):
+        return f"The backend request timed out after {seconds:g}s.", 504
+    if isinstance(exc, ConnectError):
+        return "The gateway could not connect to the backend.", 502
+    return f"The connection to the backend failed ({type(exc).__name__}).", 502
+
+
+def _refusal(status: int, body: bytes) -> tuple[str, int]:
+    """The message and status for a non-2xx answer: the backend's own words."""
+    if status >= 400:
+        return body.decode("utf-8", "replace"), status
+    return f"The backend answered with unexpected HTTP status {status}.", 502
+
+
+class DirectAPIEndpoint(BaseEndpoint):
+    """Forwards OpenAI calls to one backend API with one key."""
+
+    def __init__(
+        self,
+        id: str,
+        endpoint_slug: str,
+        cluster: str,
+        framework: str,
+        model: str,
+        endpoint_adapter: str,
+        allowed_globus_groups: str | Iterable[str] | None = None,
+        allowed_domains: str | Iterable[str] | None = None,
+        config: Mapping[str, Any] | DirectAPIEndpointConfig | None = None,
+    ) -> None:
+        super().__init__(
+            id,
+            endpoint_slug,
+            cluster,
+            framework,
+            model,
+            endpoint_adapter,
+            allowed_globus_groups,
+            allowed_domains,
+        )
+        self._config = (
+            config
+            if isinstance(config, DirectAPIEndpointConfig)
+            else DirectAPIEndpointConfig.model_validate(dict(config or {}))
+        )
+        self._api_url = self._config.api_url
+        self._api_key = os.environ.get(self._config.api_key_env_name) or None
+
+    @property
+    def config(self) -> DirectAPIEndpointConfig:
+        return self._config
+
+    @property
+    def api_url(self) -> str:
+        return self._api_url
+
+    def set_api_url(self, url: str) -> None:
+        """Point later calls at another URL (full route URL or base, as in the config)."""
+        self._api_url = url
+
+    # -- requests -------------------------------------------------------------------------
+
+    def _request(self, body: dict[str, Any], route: str | None, accept: str) -> BackendRequest:
+        seconds = self._config.api_request_timeout
+        headers = [("content-type", "application/json"), ("accept", accept)]
+        if self._api_key:
+            headers.append(("authorization", f"Bearer {self._api_key}"))
+        return BackendRequest(
+            method="POST",
+            url=resolve_url(self._api_url, route),
+            headers=headers,
+            body=json.dumps(body, ensure_ascii=False).encode(),
+            timeout=Timeout(connect=min(10.0, seconds), read=seconds, total=seconds),
+        )
+
+    async def submit_task(self, data: dict[str, Any]) -> SubmitTaskResponse:
+        body, route = unpack_task_data(data)
+        request = self._request(body, route, "application/json")
+        try:
+            response = await self.transport.send(request)
+        except TransportError as exc:
+            message, code = _failure(exc, self._config.api_request_timeout)
+            return SubmitTaskResponse(error_message=message, error_code=code)
+        if not 200 <= response.status < 300:
+            message, code = _refusal(response.status, response.body)
+            return SubmitTaskResponse(error_message=message, error_code=code)
+        try:
+            text = response.body.decode("utf-8")
+        except UnicodeDecodeError:
+            return SubmitTaskResponse(
+                error_message="The backend answered with a body that is not UTF-8 text.",
+                error_code=502,
+            )
+        return SubmitTaskResponse(result=text)
+
+    async def submit_streaming_task(
+        self, data: dict[str, Any], request_log_id: str
+    ) -> SubmitStreamingTaskResponse:
+        body, route = unpack_task_data(data)
+        request = self._request(body, route, "text/event-stream")
+        try:
+            stream = await self.transport.open_stream(request)
+        except TransportError as exc:
+            message, code = _failure(exc, self._config.api_request_timeout)
+            return SubmitStreamingTaskResponse(error_message=message, error_code=code)
+        if not 200 <= stream.status < 300:
+            message, code = await _read_refusal(stream, self._config.api_request_timeout)
+            return SubmitStreamingTaskResponse(error_message=message, error_code=code)
+        content_type = _header(stream, "content-type") or "text/event-stream"
+        return SubmitStreamingTaskResponse(
+            response=StreamingResponse(
+                content=stream.chunks(),
+                status_code=stream.status,
+                headers={"content-type": content_type},
+                on_close=stream.aclose,
+            ),
+            task_id=request_log_id,
+        )
+
+
+async def _read_refusal(stream: BackendStream, seconds: float) -> tuple[str, int]:
+    try:
+        body = await stream.aread()
+    except TransportError as exc:
+        return _failure(exc, seconds)
+    finally:
+        await stream.aclose()
+    return _refusal(stream.status, body)
+
+
+def _header(stream: BackendStream, name: str) -> str | None:
+    return next((v for k, v in stream.headers if k.lower() == name), None)
