@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from tests.support.fake_openai import FakeOpenAI, running_fake_openai
+from tests.support.fake_openai import EXACT_BODY, FakeOpenAI, running_fake_openai
 from tests.support.gateway_server import ALICE, running_gateway, write_fixtures, write_tokens
 
 pytestmark = pytest.mark.e2e
@@ -25,6 +25,7 @@ SECRET = "sk-backend-SECRET-7f3a9c2e1d"
 KEY_ENV = "IGW_TEST_BACKEND_KEY"
 MODELS = [
     "gpt-test",
+    "exact-body",
     "fail-500",
     "bad-json",
     "reject-400",
@@ -113,6 +114,30 @@ def test_key_arrives_as_bearer_and_answer_passes_through(
     assert sent[0].headers["authorization"] == f"Bearer {SECRET}"
     # The client's own token never travels to the backend.
     assert ALICE not in repr(sent[0].headers)
+
+
+def test_success_body_passes_through_byte_for_byte(gateway_url: str) -> None:
+    response = httpx.post(
+        f"{gateway_url}/v1/chat/completions",
+        json={"model": "exact-body", "messages": MESSAGES},
+        headers={"Authorization": f"Bearer {ALICE}"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.content == EXACT_BODY
+
+
+@pytest.mark.anyio
+async def test_async_client_plain_and_streamed(gateway_url: str) -> None:
+    async with openai.AsyncOpenAI(
+        base_url=f"{gateway_url}/v1", api_key=ALICE, max_retries=0
+    ) as client:
+        completion = await client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+        assert completion.choices[0].message.content
+        stream = await client.chat.completions.create(
+            model="gpt-test", messages=MESSAGES, stream=True
+        )
+        texts = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+        assert len(texts) > 1 and "".join(texts)
 
 
 def test_other_operations_reach_their_own_backend_routes(
