@@ -109,8 +109,10 @@ def type_for_status(status: int) -> str:
     return _STATUS_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
 
 
-_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
-_BEARER = re.compile(r"(?i)\b(bearer|token|api[_-]?key)(\s*[:=]?\s*)[A-Za-z0-9._~+/=-]{8,}")
+# No word-boundary anchors: a URL or key glued to a word ("upstream_http://...") must go too.
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
+_BEARER = re.compile(r"(?i)(bearer|token|api[_-]?key)(\s*[:=]?\s*)[A-Za-z0-9._~+/=-]{8,}")
+_KEY = re.compile(r"sk-[A-Za-z0-9_-]{8,}")
 
 
 def redact(text: str) -> str:
@@ -120,7 +122,8 @@ def redact(text: str) -> str:
     on that door, for adaptors written elsewhere.
     """
     text = _URL.sub("<backend>", text)
-    return _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}<redacted>", text)
+    text = _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}<redacted>", text)
+    return _KEY.sub("<redacted>", text)
 
 
 def error_body(error: GatewayError) -> bytes:

@@ -81,12 +81,15 @@ def _entries(text: str, file: str) -> list[Any]:
 
 
 def _first_problem(exc: pydantic.ValidationError) -> tuple[str, str]:
-    """The first broken field as `fields.x.y` minus the envelope, and what is wrong."""
+    """The first broken field, named as the fixture names it, and what is wrong.
+
+    Pydantic's location also holds list indexes and union-member tags (`pk.int`); the
+    operator needs the field: the key under `fields`, or the envelope key itself.
+    """
     error = exc.errors()[0]
     loc = [str(part) for part in error["loc"]]
-    if loc[:1] == ["fields"]:
-        loc = loc[1:]
-    field = ".".join(loc) or "entry"
+    under_fields = len(loc) > 1 and loc[0] == "fields"
+    field = loc[1] if under_fields else (loc[0] if loc else "entry")
     kind = error["type"]
     if kind == "missing":
         return field, "required field is missing"

@@ -75,7 +75,10 @@ def _json_object(text: str) -> dict[str, Any] | None:
 
 
 def _is_openai_error(payload: dict[str, Any] | None) -> bool:
-    return payload is not None and isinstance(payload.get("error"), dict)
+    """OpenAI's error shape: an `error` object with at least a text `message`."""
+    if payload is None or not isinstance(payload.get("error"), dict):
+        return False
+    return isinstance(payload["error"].get("message"), str)
 
 
 def _where(endpoint: EndpointRecord) -> str:
@@ -120,9 +123,15 @@ def shape_result(
             return _backend_failure(
                 endpoint, 502, "malformed_backend_response", "backend answer is not a JSON object"
             )
+        try:
+            body = result.encode()
+        except UnicodeEncodeError:  # lone surrogates from an adaptor's own text
+            return _backend_failure(
+                endpoint, 502, "malformed_backend_response", "backend answer is not valid UTF-8"
+            )
         usage = payload.get("usage")
         return Shaped(
-            response=Response(status=200, headers=JSON_HEADERS, body=result.encode()),
+            response=Response(status=200, headers=JSON_HEADERS, body=body),
             usage=usage if isinstance(usage, dict) else None,
         )
     status = error_code if error_code is not None else 500
