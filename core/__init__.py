@@ -45,7 +45,13 @@ from core._events import (
     WriteLog,
 )
 from core._fixtures import load_catalog, parse_clusters, parse_endpoints
-from core._listing import cluster_for_jobs, endpoint_listing, filter_jobs, model_list
+from core._listing import (
+    cluster_for_jobs,
+    endpoint_listing,
+    filter_jobs,
+    model_entry,
+    model_list,
+)
 from core._records import ClusterRecord, EndpointRecord, Identity, OpenAIRoute
 from core._request import TERMINAL, TRANSITIONS, RequestMachine, State, bearer_credentials
 from core._selection import select_endpoint, usable_endpoints
@@ -108,6 +114,7 @@ __all__ = [
     "filter_jobs",
     "load_catalog",
     "may_use_cluster",
+    "model_entry",
     "model_list",
     "parse_clusters",
     "parse_endpoints",

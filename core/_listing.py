@@ -11,7 +11,7 @@ from core._errors import ClientError
 from core._records import ClusterRecord, Identity
 from core._selection import usable_endpoints
 
-__all__ = ["cluster_for_jobs", "endpoint_listing", "filter_jobs", "model_list"]
+__all__ = ["cluster_for_jobs", "endpoint_listing", "filter_jobs", "model_entry", "model_list"]
 
 _JOB_LISTS = (
     "running",
@@ -35,6 +35,19 @@ def model_list(catalog: Catalog, identity: Identity) -> dict[str, Any]:
             for model, cluster in seen.items()
         ],
     }
+
+
+def model_entry(catalog: Catalog, identity: Identity, model: str) -> dict[str, Any] | ClientError:
+    """`GET /v1/models/{model}`: the entry, or OpenAI's 404 for a model the caller cannot use."""
+    for entry in model_list(catalog, identity)["data"]:
+        if entry["id"] == model:
+            return dict(entry)
+    return ClientError(
+        f"The model `{model}` does not exist or you do not have access to it.",
+        status=404,
+        param="model",
+        code="model_not_found",
+    )
 
 
 def endpoint_listing(catalog: Catalog, identity: Identity) -> dict[str, Any]:

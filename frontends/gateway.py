@@ -57,6 +57,7 @@ from core import (
     error_response,
     filter_jobs,
     load_catalog,
+    model_entry,
     model_list,
     redact,
 )
@@ -325,6 +326,13 @@ class Gateway:
         if isinstance(identity, GatewayResponse):
             return identity
         return _json(model_list(self.catalog, identity))
+
+    async def retrieve_model(self, authorization: str | None, model: str) -> GatewayResponse:
+        identity = await self.authenticate(authorization)
+        if isinstance(identity, GatewayResponse):
+            return identity
+        entry = model_entry(self.catalog, identity, model)
+        return _respond(entry) if isinstance(entry, ClientError) else _json(entry)
 
     async def list_endpoints(self, authorization: str | None) -> GatewayResponse:
         identity = await self.authenticate(authorization)

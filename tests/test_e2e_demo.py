@@ -150,6 +150,9 @@ def test_bad_requests_get_openai_shaped_errors(
 
 def test_listings(base_url: str, client: openai.OpenAI) -> None:
     assert [m.id for m in client.models.list()] == ["demo-model"]
+    assert client.models.retrieve("demo-model").id == "demo-model"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("meta-llama/not-here")
     auth = {"Authorization": f"Bearer {ALICE}"}
     listing = httpx.get(f"{base_url}/resource_server/list-endpoints", headers=auth).json()
     demo = listing["clusters"]["local"]["frameworks"]["demo"]

@@ -32,5 +32,12 @@ async def models() -> Response:
     return to_quart(await current_gateway().list_models(request.headers.get("Authorization")))
 
 
+@openai_api.get("/models/<path:model>")
+async def retrieve_model(model: str) -> Response:
+    """Model names may hold `/` (meta-llama/Llama-3.1-8B-Instruct), hence `path:`."""
+    gateway = current_gateway()
+    return to_quart(await gateway.retrieve_model(request.headers.get("Authorization"), model))
+
+
 async def _forward(route: OpenAIRoute) -> Response:
     return to_quart(await current_gateway().handle(await gateway_request(route)))
