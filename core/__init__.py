@@ -56,7 +56,7 @@ from core._records import ClusterRecord, EndpointRecord, Identity, OpenAIRoute
 from core._request import TERMINAL, TRANSITIONS, RequestMachine, State, bearer_credentials
 from core._selection import select_endpoint, usable_endpoints
 from core._shaping import JSON_HEADERS, STREAM_HEADERS, Response, error_response
-from core._sse import SSEMonitor
+from core._sse import SSEDecoder, SSEMonitor
 from core._validation import RESERVED_FIELDS, ValidRequest, validate_request
 
 __all__ = [
@@ -97,6 +97,7 @@ __all__ = [
     "Respond",
     "Response",
     "Rule",
+    "SSEDecoder",
     "SSEMonitor",
     "StartStream",
     "State",

@@ -15,42 +15,79 @@ from typing import Any
 
 import attrs
 
-__all__ = ["SSEMonitor", "error_event"]
+__all__ = ["SSEDecoder", "SSEMonitor", "error_event"]
 
 _MAX_TAIL = 1 << 20  # an event larger than this is not one we need to understand
 
 
 @attrs.define
-class SSEMonitor:
-    done: bool = False
-    errored: bool = False
-    events: int = 0
-    usage: dict[str, Any] | None = None
+class SSEDecoder:
+    """Bytes in, the `data` of each completed event out; nothing else is kept."""
+
     _tail: bytes = b""
     _data: list[str] = attrs.field(factory=list)
 
-    def feed(self, chunk: bytes) -> None:
+    @property
+    def pending(self) -> bool:
+        """True while a line or an event has begun and not been ended."""
+        return bool(self._tail) or bool(self._data)
+
+    def feed(self, chunk: bytes) -> list[str]:
         lines = (self._tail + chunk).splitlines(keepends=True)
         # A last line not ended by LF is unfinished, or a CR whose LF is in the next chunk.
         self._tail = lines.pop() if lines and not lines[-1].endswith(b"\n") else b""
         if len(self._tail) > _MAX_TAIL:
             self._tail = b""
-        for line in lines:
-            self._line(line.rstrip(b"\r\n"))
+        return [data for line in lines if (data := self._line(line.rstrip(b"\r\n"))) is not None]
 
-    def _line(self, line: bytes) -> None:
+    def finish(self) -> list[str]:
+        """The stream closed: an event not yet ended by a blank line still counts."""
+        events = [
+            data for line in self._tail.splitlines() if (data := self._line(line)) is not None
+        ]
+        self._tail = b""
+        last = self._dispatch()
+        return events if last is None else [*events, last]
+
+    def _line(self, line: bytes) -> str | None:
         if not line:
-            self._dispatch()
-            return
+            return self._dispatch()
         name, _, value = line.partition(b":")
         if name == b"data":
             self._data.append(value.removeprefix(b" ").decode("utf-8", "replace"))
+        return None
 
-    def _dispatch(self) -> None:
+    def _dispatch(self) -> str | None:
         if not self._data:
-            return
+            return None
         data = "\n".join(self._data)
         self._data = []
+        return data
+
+
+@attrs.define
+class SSEMonitor:
+    """What the gateway learns from a relayed stream, without changing a byte of it."""
+
+    done: bool = False
+    errored: bool = False
+    events: int = 0
+    usage: dict[str, Any] | None = None
+    _decoder: SSEDecoder = attrs.field(factory=SSEDecoder)
+
+    @property
+    def pending(self) -> bool:
+        return self._decoder.pending
+
+    def feed(self, chunk: bytes) -> None:
+        for data in self._decoder.feed(chunk):
+            self._observe(data)
+
+    def finish(self) -> None:
+        for data in self._decoder.finish():
+            self._observe(data)
+
+    def _observe(self, data: str) -> None:
         self.events += 1
         if data.strip() == "[DONE]":
             self.done = True
@@ -67,18 +104,6 @@ class SSEMonitor:
             self.errored = True
         if isinstance(payload.get("usage"), dict):
             self.usage = payload["usage"]
-
-    @property
-    def pending(self) -> bool:
-        """True while a line or an event has begun and not been ended."""
-        return bool(self._tail) or bool(self._data)
-
-    def finish(self) -> None:
-        """The stream closed: an event not yet ended by a blank line still counts."""
-        for line in self._tail.splitlines():
-            self._line(line)
-        self._tail = b""
-        self._dispatch()
 
 
 def error_event(body: bytes, *, after_partial: bool = False) -> bytes:
