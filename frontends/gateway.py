@@ -47,6 +47,7 @@ from core import (
     RequestMachine,
     RequestReceived,
     Respond,
+    SSEDecoder,
     StartStream,
     StreamEnded,
     StreamOpened,
@@ -94,6 +95,20 @@ class GatewayResponse:
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+    async def events(self) -> AsyncIterator[str]:
+        """A stream's events, decoded: the `data` of each, `[DONE]` included."""
+        if self.stream is None:
+            raise ValueError("not a streamed response; read .body or .json()")
+        decoder = SSEDecoder()
+        try:
+            async for chunk in self.stream:
+                for data in decoder.feed(chunk):
+                    yield data
+            for data in decoder.finish():
+                yield data
+        finally:
+            await self.stream.aclose()
 
 
 def _respond(error: GatewayError) -> GatewayResponse:
@@ -179,6 +194,38 @@ class Gateway:
         await self._transport.aclose()
 
     # -- OpenAI operations --------------------------------------------------------------
+
+    async def request(
+        self,
+        route: str,
+        body: Mapping[str, Any] | bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        cluster: str | None = None,
+        framework: str | None = None,
+    ) -> GatewayResponse:
+        """The embedding entry point: an OpenAI operation by name, a JSON body, headers.
+
+        `route` is "chat/completions", "completions" or "embeddings" (a leading "/v1/" is
+        accepted); `cluster` and `framework` select as the ALCF route does.
+        """
+        name = route.strip("/").removeprefix("v1/")
+        operation = OpenAIRoute.from_path(name)
+        if operation is None:
+            known = ", ".join(r.value for r in OpenAIRoute)
+            raise ValueError(f"unknown OpenAI operation {route!r}; known: {known}")
+        lowered = {k.lower(): v for k, v in (headers or {}).items()}
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return await self.handle(
+            GatewayRequest(
+                route=operation,
+                body=raw,
+                content_type=lowered.get("content-type", "application/json"),
+                authorization=lowered.get("authorization"),
+                cluster=cluster,
+                framework=framework,
+            )
+        )
 
     async def handle(self, request: GatewayRequest) -> GatewayResponse:
         """Run one OpenAI request through the core; a stream comes back not yet started."""

@@ -1,0 +1,52 @@
+"""Embedding the gateway in a Python program, under asyncio or trio alike.
+
+The same `Gateway` the HTTP server drives, without HTTP: build it from fixtures, call
+`request()`, read `.json()` or iterate `.events()`.  Everything underneath is written
+against anyio, so `asyncio.run(main())` and `trio.run(main)` both work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import attrs
+
+from core import Identity
+from frontends.gateway import Gateway
+from frontends.identity import IdentityProvider
+from frontends.settings import REPO_FIXTURES
+from transports import Transport
+
+__all__ = ["FixedIdentity", "open_gateway"]
+
+
+@attrs.frozen
+class FixedIdentity:
+    """Every caller is this identity: for a host program that has already decided who its
+    user is.  Fixture rules (groups, domains) still apply to it in full."""
+
+    identity: Identity
+
+    async def resolve(self, credentials: str) -> Identity | None:
+        return self.identity
+
+
+@asynccontextmanager
+async def open_gateway(
+    fixtures_dir: Path | str = REPO_FIXTURES,
+    *,
+    identity: IdentityProvider,
+    transport: Transport | None = None,
+) -> AsyncIterator[Gateway]:
+    """A Gateway over these fixtures, closed (with its transport) on exit."""
+    if transport is None:
+        from transports.httpx_transport import HttpxTransport
+
+        transport = HttpxTransport()
+    gateway = Gateway.from_fixtures(Path(fixtures_dir), identity=identity, transport=transport)
+    try:
+        yield gateway
+    finally:
+        await gateway.aclose()
