@@ -10,6 +10,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from core import ConfigurationError
 from frontends.gateway import Gateway
@@ -29,6 +30,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000; 0 picks one)")
     serve.add_argument("--fixtures", type=Path, help="folder with clusters.json and endpoints.json")
+    serve.add_argument(
+        "--loop",
+        choices=("asyncio", "trio"),
+        default="asyncio",
+        help="event loop: asyncio (Quart) or trio (quart-trio, Hypercorn's trio worker)",
+    )
     check = commands.add_parser("check", help="validate fixtures and import every adaptor")
     check.add_argument("fixtures", type=Path, help="folder with clusters.json and endpoints.json")
     commands.add_parser("token", help="print the local user's token from the tokens file")
@@ -36,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             settings = load_settings(host=args.host, port=args.port, fixtures_dir=args.fixtures)
-            return _serve(settings)
+            return _serve(settings, loop=args.loop)
         if args.command == "check":
             return _check(args.fixtures)
         return _token(load_settings())
@@ -107,11 +114,8 @@ def _listen(settings: Settings) -> socket.socket:
     return sock
 
 
-def _serve(settings: Settings) -> int:
-    from hypercorn.asyncio import serve as hypercorn_serve
+def _serve(settings: Settings, *, loop: str = "asyncio") -> int:
     from hypercorn.config import Config
-
-    from frontends.web import create_app
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     new_token = ensure_tokens_file(settings.tokens_path)
@@ -124,17 +128,47 @@ def _serve(settings: Settings) -> int:
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")  # ours, not a second handler
     _banner(settings, gateway, f"http://{host}:{port}", new_token)
+    if loop == "trio":
+        _serve_trio(gateway, config)
+    else:
+        _serve_asyncio(gateway, config)
+    sock.detach()  # Hypercorn closed the listening socket it was handed
+    return 0
+
+
+def _serve_asyncio(gateway: Gateway, config: Any) -> None:
+    from hypercorn.asyncio import serve
+
+    from frontends.web import create_app
 
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        await hypercorn_serve(create_app(gateway), config, shutdown_trigger=stop.wait)
+        await serve(create_app(gateway), config, shutdown_trigger=stop.wait)
 
     asyncio.run(run())
-    sock.detach()  # Hypercorn closed the listening socket it was handed
-    return 0
+
+
+def _serve_trio(gateway: Gateway, config: Any) -> None:
+    """The same app and Gateway on trio: only the Quart class and the worker differ."""
+    import trio
+    from hypercorn.trio import serve
+    from quart_trio import QuartTrio
+
+    from frontends.web import create_app
+
+    async def wait_for_signal() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                return
+
+    async def run() -> None:
+        app = create_app(gateway, app_class=QuartTrio)
+        await serve(app, config, shutdown_trigger=wait_for_signal)
+
+    trio.run(run)
 
 
 def _banner(settings: Settings, gateway: Gateway, url: str, new_token: str | None) -> None:

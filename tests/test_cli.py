@@ -25,9 +25,10 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def test_serve_on_embedded_defaults_answers_a_chat_completion(tmp_path: Path) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+def test_serve_on_embedded_defaults_answers_a_chat_completion(tmp_path: Path, loop: str) -> None:
     process = subprocess.Popen(
-        [*CLI, "serve", "--port", "0"],
+        [*CLI, "serve", "--port", "0", "--loop", loop],
         env=_env(tmp_path),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -43,7 +44,13 @@ def test_serve_on_embedded_defaults_answers_a_chat_completion(tmp_path: Path) ->
             reply = client.chat.completions.create(
                 model="demo-model", messages=[{"role": "user", "content": "ping"}]
             )
+            chunks = list(
+                client.chat.completions.create(
+                    model="demo-model", messages=[{"role": "user", "content": "ping"}], stream=True
+                )
+            )
         assert "ping" in (reply.choices[0].message.content or "")
+        assert chunks[-1].choices[0].finish_reason == "stop"
     finally:
         process.send_signal(signal.SIGINT)
         _out, err = process.communicate(timeout=30)

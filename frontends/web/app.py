@@ -18,8 +18,14 @@ __all__ = ["create_app"]
 log = logging.getLogger("inference_gateway")
 
 
-def create_app(gateway: Gateway, *, max_body_bytes: int = 16 * 1024 * 1024) -> Quart:
-    app = Quart("inference_gateway")
+def create_app(
+    gateway: Gateway,
+    *,
+    max_body_bytes: int = 16 * 1024 * 1024,
+    app_class: type[Quart] = Quart,
+) -> Quart:
+    """The app; `app_class=quart_trio.QuartTrio` gives the same app on trio."""
+    app = app_class("inference_gateway")
     app.config.update(
         RESPONSE_TIMEOUT=None,  # streams last as long as the model keeps talking
         MAX_CONTENT_LENGTH=max_body_bytes,
