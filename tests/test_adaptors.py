@@ -863,7 +863,7 @@ def test_loader_builds_with_keywords_and_plain_config(monkeypatch: pytest.Monkey
     assert SECRET not in repr(endpoint) and SECRET not in repr(endpoint.config)
 
     custom = build_endpoint(
-        _endpoint_record("tests.support.guide_examples.CustomEndpoint", {"answer": 42}),
+        _endpoint_record("tests.guide_adaptors.base_endpoint.CustomEndpoint", {"answer": 42}),
         file=ENDPOINTS_FILE,
     )
     assert custom.config == {"answer": 42}  # type: ignore[attr-defined]
@@ -873,7 +873,7 @@ def test_loader_builds_with_keywords_and_plain_config(monkeypatch: pytest.Monkey
         ClusterRecord(
             id=4,
             cluster_name="metis",
-            cluster_adapter="tests.support.guide_examples.CustomCluster",
+            cluster_adapter="tests.guide_adaptors.custom_cluster.CustomCluster",
             frameworks=["api"],
             openai_endpoints=["chat/completions", "completions"],
             config={"queued": ["Queued-Model"]},
@@ -892,7 +892,7 @@ async def test_the_guides_extension_adaptor_runs_unchanged(
         ClusterRecord(
             id=4,
             cluster_name="metis",
-            cluster_adapter="tests.support.guide_examples.CustomCluster",
+            cluster_adapter="tests.guide_adaptors.custom_cluster.CustomCluster",
             config={"queued": ["Queued-Model"]},
         ),
         file="fixtures/clusters.json",
@@ -900,7 +900,7 @@ async def test_the_guides_extension_adaptor_runs_unchanged(
     for model, expected in [("gpt-oss-120b-131072", None), ("Queued-Model", 503), ("Unknown", 503)]:
         endpoint = build_endpoint(
             _endpoint_record(
-                "tests.support.guide_examples.ExtendedDirectAPIEndpoint",
+                "tests.guide_adaptors.custom_endpoint.CustomEndpoint",
                 {"api_url": f"{url}/v1/chat/completions", "api_key_env_name": KEY_ENV},
                 model=model,
             ),

@@ -3,7 +3,8 @@ own status report in the guide's Metis format, naming which models run."""
 
 from typing import Any
 
-RUNNING_MODELS = ["guide-model"]
+RUNNING_MODELS = ["guide-model", "gpt-oss-120b-131072"]
+QUEUED_MODELS = ["Queued-Model"]
 
 
 async def fetch_status() -> dict[str, Any]:
@@ -18,9 +19,10 @@ async def fetch_status() -> dict[str, Any]:
         }
         for model in RUNNING_MODELS
     ]
+    queued = [{"Models": m, "Framework": "api", "Cluster": "guide-cluster"} for m in QUEUED_MODELS]
     return {
         "running": running,
-        "queued": [],
+        "queued": queued,
         "stopped": [],
         "cluster_status": {
             "cluster": "guide-cluster",
