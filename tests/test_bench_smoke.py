@@ -1,0 +1,24 @@
+"""The benchmark still runs (a handful of requests; its figures are not judged here)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_overhead_benchmark_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.overhead", "--requests", "3"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("whole", "stream"))]
+    assert len(rows) == 3
