@@ -9,7 +9,9 @@ from core._authorization import (
     Rule,
     authorize,
     check_rules,
+    domain_allowed,
     may_use_cluster,
+    normalise_domain,
 )
 from core._catalog import Catalog
 from core._errors import (
@@ -23,6 +25,7 @@ from core._errors import (
     type_for_status,
 )
 from core._events import (
+    REFUSAL_REASONS,
     AdaptorFailed,
     AdaptorReturned,
     Authenticate,
@@ -53,7 +56,14 @@ from core._listing import (
     model_list,
 )
 from core._records import ClusterRecord, EndpointRecord, Identity, OpenAIRoute
-from core._request import TERMINAL, TRANSITIONS, RequestMachine, State, bearer_credentials
+from core._request import (
+    TERMINAL,
+    TRANSITIONS,
+    RequestMachine,
+    State,
+    bearer_credentials,
+    identity_refusal,
+)
 from core._selection import select_endpoint, usable_endpoints
 from core._shaping import JSON_HEADERS, STREAM_HEADERS, Response, error_response
 from core._sse import SSEDecoder, SSEMonitor
@@ -61,6 +71,7 @@ from core._validation import RESERVED_FIELDS, ValidRequest, validate_request
 
 __all__ = [
     "JSON_HEADERS",
+    "REFUSAL_REASONS",
     "RESERVED_FIELDS",
     "STREAM_HEADERS",
     "TERMINAL",
@@ -109,14 +120,17 @@ __all__ = [
     "bearer_credentials",
     "check_rules",
     "cluster_for_jobs",
+    "domain_allowed",
     "endpoint_listing",
     "error_body",
     "error_response",
     "filter_jobs",
+    "identity_refusal",
     "load_catalog",
     "may_use_cluster",
     "model_entry",
     "model_list",
+    "normalise_domain",
     "parse_clusters",
     "parse_endpoints",
     "redact",

@@ -2,9 +2,16 @@
 
 A rule list that is empty restricts nothing.  A non-empty `allowed_globus_groups` needs
 at least one of the caller's groups; a non-empty `allowed_domains` needs the caller's
-domain (after the `@` of the username, compared case-insensitively) to be listed, so a
-caller without a domain is refused only where domains are restricted.  The cluster is
-checked first: an endpoint cannot loosen what its cluster forbids.
+domain (after the last `@` of the username) to be listed, so a caller without a domain is
+refused only where domains are restricted.  The cluster is checked first: an endpoint
+cannot loosen what its cluster forbids.
+
+Domains are compared normalised: lower-case, one trailing dot dropped, and non-ASCII
+labels turned into their IDNA A-label (`bücher.example` -> `xn--bcher-kva.example`), so
+a name matches only the name it really is.  A domain that is not a valid IDNA name (a
+confusable that IDNA 2008 refuses, an empty label) matches nothing.  Matching is exact;
+an entry `*.example.org` explicitly allows every subdomain of example.org (but not
+example.org itself, which is listed on its own if wanted).
 """
 
 from __future__ import annotations
@@ -13,10 +20,20 @@ import enum
 from collections.abc import Sequence
 
 import attrs
+import idna
 
 from core._records import ClusterRecord, EndpointRecord, Identity
 
-__all__ = ["Allowed", "Denied", "Level", "Rule", "authorize", "check_rules"]
+__all__ = [
+    "Allowed",
+    "Denied",
+    "Level",
+    "Rule",
+    "authorize",
+    "check_rules",
+    "domain_allowed",
+    "normalise_domain",
+]
 
 
 class Rule(enum.Enum):
@@ -51,16 +68,53 @@ class Denied:
 Decision = Allowed | Denied
 
 
+_LABEL_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def normalise_domain(domain: str | None) -> str | None:
+    """The domain as compared: lower-case ASCII (IDNA A-labels); None if it is no name."""
+    if domain is None:
+        return None
+    name = domain.strip().lower()
+    if name.endswith("."):
+        name = name[:-1]
+    if not name:
+        return None
+    if name.isascii():
+        labels = name.split(".")
+        if any(not label or not set(label) <= _LABEL_CHARACTERS for label in labels):
+            return None
+        return name
+    try:
+        return idna.encode(name, uts46=False).decode("ascii")
+    except (idna.IDNAError, UnicodeError, ValueError):
+        return None
+
+
+def domain_allowed(domain: str | None, allowed_domains: Sequence[str]) -> bool:
+    """Exact match, or a strict subdomain of an explicit `*.parent` entry."""
+    name = normalise_domain(domain)
+    if name is None:
+        return False
+    for entry in allowed_domains:
+        entry = entry.strip()
+        if entry.startswith("*."):
+            parent = normalise_domain(entry[2:])
+            if parent is not None and name.endswith("." + parent):
+                return True
+        elif normalise_domain(entry) == name:
+            return True
+    return False
+
+
 def check_rules(
     identity: Identity, allowed_groups: Sequence[str], allowed_domains: Sequence[str]
 ) -> Rule | None:
     """The first rule the identity breaks, or None when it passes both."""
     if allowed_groups and identity.groups.isdisjoint(allowed_groups):
         return Rule.GROUP
-    if allowed_domains:
-        domain = identity.domain
-        if domain is None or domain not in {d.strip().lower() for d in allowed_domains}:
-            return Rule.DOMAIN
+    if allowed_domains and not domain_allowed(identity.domain, allowed_domains):
+        return Rule.DOMAIN
     return None
 
 

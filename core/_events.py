@@ -11,10 +11,12 @@ from typing import Any
 
 import attrs
 
+from core._authorization import Rule
 from core._records import Identity, OpenAIRoute
 from core._shaping import Response
 
 __all__ = [
+    "REFUSAL_REASONS",
     "AdaptorFailed",
     "AdaptorReturned",
     "Authenticate",
@@ -63,11 +65,30 @@ class RequestReceived:
     framework: str | None = None
 
 
+# Why credentials were not accepted, as the `error_description` of a 401: a fixed
+# vocabulary, so nothing the caller sent (a token) can ride along into a response or log.
+REFUSAL_REASONS = frozenset(
+    {"unknown", "malformed", "expired", "inactive", "not yet valid", "unacceptable username"}
+)
+
+
+def _reason(instance: object, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+    if value is not None and value not in REFUSAL_REASONS:
+        raise ValueError(f"{attribute.name} must be one of {sorted(REFUSAL_REASONS)}")
+
+
 @attrs.frozen(kw_only=True)
 class IdentityResolved:
-    """The identity provider's answer for the credentials; None means not valid."""
+    """The identity provider's answer for the credentials; None means not valid.
+
+    With no identity, `reason` says why the credentials were refused (401), or
+    `refused_by` names the gateway-wide rule ("group" or "domain") the provider applied
+    to a valid identity (403).
+    """
 
     identity: Identity | None
+    reason: str | None = attrs.field(default=None, validator=_reason)
+    refused_by: Rule | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -84,6 +105,7 @@ class AdaptorReturned:
     result: str | None = None
     error_message: str | None = None
     error_code: int | None = None
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -97,7 +119,9 @@ class AdaptorFailed:
 
 @attrs.frozen(kw_only=True)
 class StreamOpened:
-    """The adaptor's stream is ready to be read."""
+    """The adaptor's stream is ready to be read; `headers` are the backend's."""
+
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @attrs.frozen(kw_only=True)

@@ -97,6 +97,8 @@ class Identity:
     groups: frozenset[str] = attrs.field(factory=frozenset, converter=_group_set)
     provider: str = "static"
     subject: str | None = None
+    # When the provider stops vouching for this identity (epoch seconds); None: no expiry.
+    expires_at: float | None = None
 
     @property
     def domain(self) -> str | None:

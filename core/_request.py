@@ -31,6 +31,7 @@ import enum
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from core._authorization import Rule
 from core._catalog import Catalog
 from core._errors import BackendError, ClientError, GatewayError, LocalProtocolError, error_body
 from core._events import (
@@ -57,11 +58,11 @@ from core._events import (
 )
 from core._records import EndpointRecord, Identity
 from core._selection import select_endpoint
-from core._shaping import STREAM_HEADERS, Shaped, error_response, shape_failure, shape_result
+from core._shaping import Shaped, error_response, shape_failure, shape_result, stream_headers
 from core._sse import SSEMonitor, error_event
 from core._validation import validate_request
 
-__all__ = ["TRANSITIONS", "RequestMachine", "State", "bearer_credentials"]
+__all__ = ["TRANSITIONS", "RequestMachine", "State", "bearer_credentials", "identity_refusal"]
 
 
 class State(enum.Enum):
@@ -120,6 +121,30 @@ def bearer_credentials(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer" or not token or any(c.isspace() for c in token):
         return None
     return token
+
+
+def identity_refusal(event: IdentityResolved) -> ClientError:
+    """The answer to credentials the provider did not accept: 401 with a Bearer challenge
+    (its `error_description` the provider's reason), or 403 for a gateway-wide rule."""
+    if event.refused_by is not None:
+        what = "group membership" if event.refused_by is Rule.GROUP else "identity domain"
+        return ClientError(
+            f"Permission denied: this gateway is restricted by {what}.",
+            status=403,
+            type="permission_error",
+            code="permission_denied",
+        )
+    reason = event.reason or "unknown"
+    challenge = f'{_REALM}, error="invalid_token", error_description="{reason} token"'
+    if reason == "unacceptable username":
+        challenge = f'{_REALM}, error="invalid_token", error_description="{reason}"'
+    return ClientError(
+        f"Invalid bearer token ({reason}).",
+        status=401,
+        type="authentication_error",
+        code="invalid_api_key",
+        headers=(("www-authenticate", challenge),),
+    )
 
 
 Outcome = tuple[State, tuple[Effect, ...]]
@@ -193,9 +218,7 @@ class RequestMachine:
     def _on_identity(self, event: IdentityResolved) -> Outcome:
         request = self._current_request()
         if event.identity is None:
-            return self._refuse_credentials(
-                "Invalid, expired or revoked token.", f'{_REALM}, error="invalid_token"'
-            )
+            return self._finish_with_error(identity_refusal(event))
         self._identity = event.identity
         valid = validate_request(request.route, request.content_type, request.body)
         if isinstance(valid, ClientError):
@@ -248,6 +271,7 @@ class RequestMachine:
             result=event.result,
             error_message=event.error_message,
             error_code=event.error_code,
+            headers=event.headers,
         )
         return self._finish(shaped)
 
@@ -261,7 +285,7 @@ class RequestMachine:
         return S.DONE, (*effects, self._log(shaped.response.status, detail=shaped.detail))
 
     def _on_stream_opened(self, event: StreamOpened) -> Outcome:
-        return S.STREAMING, (StartStream(status=200, headers=STREAM_HEADERS),)
+        return S.STREAMING, (StartStream(status=200, headers=stream_headers(event.headers)),)
 
     def _on_chunk(self, event: ChunkReceived) -> Outcome:
         if not event.data:

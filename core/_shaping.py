@@ -27,6 +27,7 @@ from core._records import EndpointRecord
 
 __all__ = [
     "JSON_HEADERS",
+    "RELAYED_HEADERS",
     "STREAM_HEADERS",
     "Response",
     "Shaped",
@@ -42,6 +43,38 @@ STREAM_HEADERS = (
     ("cache-control", "no-cache"),
     ("x-accel-buffering", "no"),
 )
+
+
+# What of a backend's headers reaches the client: its request id (what OpenAI support
+# asks for) and harmless metadata.  Never hop-by-hop headers, cookies, rate limits of the
+# gateway's own upstream key, or anything naming the upstream account.
+RELAYED_HEADERS = frozenset(
+    {"x-request-id", "openai-processing-ms", "openai-model", "openai-version"}
+)
+
+Headers = tuple[tuple[str, str], ...]
+
+
+def relayed(backend: Headers) -> Headers:
+    return tuple((k.lower(), v) for k, v in backend if k.lower() in RELAYED_HEADERS)
+
+
+def _content_type(backend: Headers, default: str, *, family: str) -> str:
+    """The backend's own Content-Type when it names the expected media family."""
+    value = next((v for k, v in backend if k.lower() == "content-type"), None)
+    if value is not None and value.split(";", 1)[0].strip().lower() == family:
+        return value
+    return default
+
+
+def stream_headers(backend: Headers) -> Headers:
+    content_type = _content_type(backend, STREAM_HEADERS[0][1], family="text/event-stream")
+    return (("content-type", content_type), *STREAM_HEADERS[1:], *relayed(backend))
+
+
+def _passed_through(backend: Headers) -> Headers:
+    content_type = _content_type(backend, "application/json", family="application/json")
+    return (("content-type", content_type), *relayed(backend))
 
 
 @attrs.frozen(kw_only=True)
@@ -92,7 +125,9 @@ _FAILURE_PHRASES = {
 }
 
 
-def _backend_failure(endpoint: EndpointRecord, status: int, code: str, detail: str) -> Shaped:
+def _backend_failure(
+    endpoint: EndpointRecord, status: int, code: str, detail: str, headers: Headers = ()
+) -> Shaped:
     gateway_status = status if status in _FAILURE_PHRASES else 502
     phrase = _FAILURE_PHRASES[gateway_status]
     if status not in _FAILURE_PHRASES:
@@ -101,6 +136,7 @@ def _backend_failure(endpoint: EndpointRecord, status: int, code: str, detail: s
         f"The backend serving {_where(endpoint)} failed: {phrase}.",
         status=gateway_status,
         code=code,
+        headers=relayed(headers),
     )
     return Shaped(response=error_response(error), detail=redact(detail))
 
@@ -111,6 +147,7 @@ def shape_result(
     result: str | None,
     error_message: str | None,
     error_code: int | None,
+    headers: Headers = (),
 ) -> Shaped:
     """The client's response for a finished `submit_task` (or a streaming call that failed)."""
     if error_code is None and error_message is None:
@@ -131,28 +168,33 @@ def shape_result(
             )
         usage = payload.get("usage")
         return Shaped(
-            response=Response(status=200, headers=JSON_HEADERS, body=body),
+            response=Response(status=200, headers=_passed_through(headers), body=body),
             usage=usage if isinstance(usage, dict) else None,
         )
     status = error_code if error_code is not None else 500
     message = error_message or ""
     if status in (401, 403, 407):
         # The backend refused the *gateway's* credentials: the operator's problem, not the caller's.
-        return _backend_failure(endpoint, 502, "backend_auth_failed", f"HTTP {status}: {message}")
+        return _backend_failure(
+            endpoint, 502, "backend_auth_failed", f"HTTP {status}: {message}", headers
+        )
     if 400 <= status < 500:
         if _is_openai_error(_json_object(message)):
             return Shaped(
-                response=Response(status=status, headers=JSON_HEADERS, body=message.encode()),
+                response=Response(
+                    status=status, headers=_passed_through(headers), body=message.encode()
+                ),
                 detail=redact(message),
             )
         error = ClientError(
             redact(message) or f"The backend refused the request (HTTP {status}).",
             status=status,
             type=type_for_status(status),
+            headers=relayed(headers),
         )
         return Shaped(response=error_response(error), detail=redact(message))
     code = {503: "backend_unavailable", 504: "backend_timeout"}.get(status, "backend_error")
-    return _backend_failure(endpoint, status, code, f"HTTP {status}: {message}")
+    return _backend_failure(endpoint, status, code, f"HTTP {status}: {message}", headers)
 
 
 def shape_failure(endpoint: EndpointRecord, status: int, detail: str) -> Shaped:

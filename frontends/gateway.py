@@ -57,12 +57,13 @@ from core import (
     endpoint_listing,
     error_response,
     filter_jobs,
+    identity_refusal,
     load_catalog,
     model_entry,
     model_list,
     redact,
 )
-from frontends.identity import IdentityProvider
+from frontends.identity import AccessRefused, CredentialsRejected, IdentityProvider
 from transports import Transport, TransportTimeout
 
 __all__ = ["Gateway", "GatewayRequest", "GatewayResponse"]
@@ -133,6 +134,10 @@ def _as_text(result: Any) -> str | None:
     return json.dumps(result)
 
 
+def _pairs(headers: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    return tuple((str(k), str(v)) for k, v in (headers or {}).items())
+
+
 async def _as_bytes(chunks: AsyncIterable[bytes | str]) -> AsyncIterator[bytes]:
     async for chunk in chunks:
         yield chunk.encode() if isinstance(chunk, str) else chunk
@@ -192,6 +197,9 @@ class Gateway:
 
     async def aclose(self) -> None:
         await self._transport.aclose()
+        close = getattr(self._identity, "aclose", None)
+        if close is not None:
+            await close()
 
     # -- OpenAI operations --------------------------------------------------------------
 
@@ -285,6 +293,10 @@ class Gateway:
             return IdentityResolved(identity=await self._identity.resolve(credentials))
         except anyio.get_cancelled_exc_class():
             raise
+        except CredentialsRejected as exc:
+            return IdentityResolved(identity=None, reason=exc.reason)
+        except AccessRefused as exc:
+            return IdentityResolved(identity=None, refused_by=exc.rule)
         except Exception as exc:
             log.warning("identity provider failed: %s", type(exc).__name__)
             return IdentityUnavailable(detail=redact(f"{type(exc).__name__}: {exc}"))
@@ -306,6 +318,7 @@ class Gateway:
             result=_as_text(getattr(answer, "result", None)),
             error_message=getattr(answer, "error_message", None),
             error_code=getattr(answer, "error_code", None),
+            headers=_pairs(getattr(answer, "headers", None)),
         )
 
     async def _open_stream(
@@ -323,17 +336,23 @@ class Gateway:
         if answer.response is None or answer.error_message or answer.error_code:
             if answer.response is not None:
                 await _close_quietly(answer.response)
-            return (
-                AdaptorReturned(error_message=answer.error_message, error_code=answer.error_code),
-                None,
+            returned = AdaptorReturned(
+                error_message=answer.error_message,
+                error_code=answer.error_code,
+                headers=_pairs(answer.headers),
             )
+            return returned, None
         upstream = answer.response
         if not isinstance(upstream, StreamingResponse):
             upstream = StreamingResponse(content=upstream)
+        headers = _pairs(upstream.headers)
         if not 200 <= upstream.status_code < 300:
             body = await _read_capped(upstream)
-            return AdaptorReturned(error_message=body, error_code=upstream.status_code), None
-        return StreamOpened(), upstream
+            refused = AdaptorReturned(
+                error_message=body, error_code=upstream.status_code, headers=headers
+            )
+            return refused, None
+        return StreamOpened(headers=headers), upstream
 
     def write_log(self, entry: LogEntry) -> None:
         """Where finished requests are recorded (a store replaces this in a later issue)."""
@@ -353,20 +372,35 @@ class Gateway:
                     code="identity_provider_unavailable",
                 )
             )
-        if resolved is None or resolved.identity is None:
-            challenge = 'Bearer realm="inference-gateway"'
-            if credentials:
-                challenge += ', error="invalid_token"'
+        if resolved is None:
             return _respond(
                 ClientError(
-                    "Missing or invalid bearer token.",
+                    "Missing bearer token in the Authorization header.",
                     status=401,
                     type="authentication_error",
                     code="invalid_api_key",
-                    headers=(("www-authenticate", challenge),),
+                    headers=(("www-authenticate", 'Bearer realm="inference-gateway"'),),
                 )
             )
+        if resolved.identity is None:
+            return _respond(identity_refusal(resolved))
         return resolved.identity
+
+    async def whoami(self, authorization: str | None) -> GatewayResponse:
+        """The caller's identity as the gateway sees it; never the credentials."""
+        identity = await self.authenticate(authorization)
+        if isinstance(identity, GatewayResponse):
+            return identity
+        return _json(
+            {
+                "username": identity.username,
+                "subject": identity.subject,
+                "domain": identity.domain,
+                "groups": sorted(identity.groups),
+                "provider": identity.provider,
+                "expires_at": identity.expires_at,
+            }
+        )
 
     async def list_models(self, authorization: str | None) -> GatewayResponse:
         identity = await self.authenticate(authorization)

@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -21,6 +23,9 @@ __all__ = ["REPO_FIXTURES", "Settings", "load_settings"]
 
 REPO_FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 CONFIG_ENV = "INFERENCE_GATEWAY_CONFIG"
+
+
+ProviderName = Literal["static", "globus", "oidc"]
 
 
 def _state_dir() -> Path:
@@ -39,9 +44,83 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     verify_tls: bool = True
 
+    # Identity providers, tried in this order (a JSON list or "static,globus").
+    identity_providers: Annotated[list[ProviderName], NoDecode] = ["static"]
+    identity_timeout: float = pydantic.Field(default=10.0, gt=0)
+    # Globus Auth (https://docs.globus.org/api/auth/)
+    globus_client_id: str | None = None
+    globus_client_secret: pydantic.SecretStr | None = None
+    globus_auth_base_url: str = "https://auth.globus.org"
+    globus_groups_base_url: str = "https://groups.api.globus.org"
+    globus_allowed_domains: Annotated[list[str], NoDecode] = []
+    globus_allowed_service_accounts: Annotated[list[str], NoDecode] = []
+    globus_required_group: str | None = None
+    # OIDC / JWT
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = None
+    oidc_username_claim: str = "preferred_username"
+    oidc_groups_claim: str = "groups"
+    oidc_algorithms: Annotated[list[str], NoDecode] = ["RS256", "ES256"]
+
+    @pydantic.field_validator(
+        "identity_providers",
+        "globus_allowed_domains",
+        "globus_allowed_service_accounts",
+        "oidc_algorithms",
+        mode="before",
+    )
+    @classmethod
+    def _list(cls, value: Any) -> Any:
+        """A list from TOML, or from the environment as JSON or comma-separated."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @pydantic.field_validator("identity_providers")
+    @classmethod
+    def _providers(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("name at least one identity provider")
+        if len(set(value)) != len(value):
+            raise ValueError("a provider is named twice")
+        return value
+
+    @pydantic.field_validator("oidc_algorithms")
+    @classmethod
+    def _algorithms(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name.lower() == "none" or name.upper().startswith("HS"):
+                raise ValueError(f"{name!r}: only asymmetric JWT algorithms are accepted")
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _provider_settings(self) -> Settings:
+        needed = {
+            "globus": ("globus_client_id", "globus_client_secret"),
+            "oidc": ("oidc_issuer", "oidc_audience"),
+        }
+        for provider, fields in needed.items():
+            if provider in self.identity_providers:
+                for name in fields:
+                    if not getattr(self, name):
+                        raise ValueError(
+                            f"field '{name}' is required when identity_providers "
+                            f"includes '{provider}' (INFERENCE_GATEWAY_{name.upper()})"
+                        )
+        return self
+
     @property
     def tokens_path(self) -> Path:
         return self.tokens_file or self.state_dir / "tokens.json"
+
+    @property
+    def local_key_path(self) -> Path:
+        """The local user's own copy of the key made on first start (mode 0600)."""
+        return self.state_dir / "local-key"
 
     @classmethod
     def settings_customise_sources(

@@ -145,11 +145,16 @@ def test_config_file_sets_the_fixtures(tmp_path: Path) -> None:
     assert str(tmp_path / "missing" / "clusters.json") in result.stderr
 
 
-def test_tokens_file_is_private(tmp_path: Path) -> None:
-    from frontends.identity import ensure_tokens_file
+def test_tokens_file_holds_only_a_hash_and_the_local_key_is_private(tmp_path: Path) -> None:
+    from frontends.identity import ensure_tokens_file, first_token
 
     path = tmp_path / "t" / "tokens.json"
-    token = ensure_tokens_file(path)
+    key_path = tmp_path / "t" / "local-key"
+    token = ensure_tokens_file(path, key_path)
     assert token and (path.stat().st_mode & 0o077) == 0
-    assert json.loads(path.read_text())["tokens"][0]["token"] == token
-    assert ensure_tokens_file(path) is None
+    assert (key_path.stat().st_mode & 0o077) == 0
+    assert token not in path.read_text()
+    entry = json.loads(path.read_text())["keys"][0]
+    assert set(entry) >= {"salt", "sha256", "username"}
+    assert first_token(path, key_path) == token
+    assert ensure_tokens_file(path, key_path) is None

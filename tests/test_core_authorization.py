@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import idna
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -27,6 +28,7 @@ from core import (
     Rule,
     ValidRequest,
     authorize,
+    domain_allowed,
     select_endpoint,
 )
 
@@ -41,6 +43,50 @@ def reference_domain(username: str) -> str | None:
     if after == "":
         return None
     return after.lower()
+
+
+HOSTNAME_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def reference_name(domain: str) -> str | None:
+    """A domain as compared: lower-case, one trailing dot dropped, every label non-empty
+    and made of hostname characters, non-ASCII names as their IDNA 2008 A-label; None
+    for anything that is not a name."""
+    name = domain.strip().lower()
+    if name.endswith("."):
+        name = name[: len(name) - 1]
+    if name == "":
+        return None
+    if not all(ord(c) < 128 for c in name):
+        try:
+            return idna.encode(name, uts46=False).decode("ascii")
+        except idna.IDNAError:
+            return None
+    for label in name.split("."):
+        if label == "":
+            return None
+        for c in label:
+            if c not in HOSTNAME_CHARACTERS:
+                return None
+    return name
+
+
+def reference_domain_listed(domain: str, allowed_domains: Sequence[str]) -> bool:
+    """Exactly listed, or under a `*.parent` entry (the parent itself is not)."""
+    name = reference_name(domain)
+    if name is None:
+        return False
+    for allowed in allowed_domains:
+        allowed = allowed.strip()
+        if allowed[:2] == "*.":
+            parent = reference_name(allowed[2:])
+            if parent is None or len(name) <= len(parent) + 1:
+                continue
+            if name[len(name) - len(parent) - 1 :] == "." + parent:
+                return True
+        elif reference_name(allowed) == name:
+            return True
+    return False
 
 
 def reference_passes(
@@ -58,11 +104,7 @@ def reference_passes(
         domain = reference_domain(identity.username)
         if domain is None:
             return False
-        listed = False
-        for allowed in allowed_domains:
-            if allowed.lower() == domain:
-                listed = True
-        if not listed:
+        if not reference_domain_listed(domain, allowed_domains):
             return False
     return True
 
@@ -78,17 +120,37 @@ def reference_allows(identity: Identity, cluster: ClusterRecord, endpoint: Endpo
 
 GROUPS = ["g1", "g2", "g3"]
 DOMAINS = ["anl.gov", "ANL.gov", "Anl.Gov", "uchicago.edu", "UCHICAGO.EDU", "x.org"]
+# Wildcards, subdomains, look-alikes and IDNA names: what the domain rule must get right.
+TRICKY_DOMAINS = [
+    "*.anl.gov",
+    "cels.anl.gov",
+    "CELS.ANL.gov",
+    "a.b.anl.gov",
+    "anl.gov.",
+    "evil-anl.gov",
+    "anl.gov.evil.com",
+    "\u0430nl.gov",  # Cyrillic a
+    "\uff41nl.gov",  # fullwidth a
+    "anl.gov\u200b",  # zero-width space
+    "anl..gov",
+    "*.anl.gov.evil",
+    "b\u00fccher.example",
+    "B\u00dcCHER.example",
+    "xn--bcher-kva.example",
+    "*.b\u00fccher.example",
+    "x.xn--bcher-kva.example",
+]
 
 group_sets = st.frozensets(st.sampled_from(GROUPS), max_size=3)
 group_rules = st.lists(st.sampled_from(GROUPS), max_size=2)
-domain_rules = st.lists(st.sampled_from(DOMAINS), max_size=2)
+domain_rules = st.lists(st.sampled_from(DOMAINS + TRICKY_DOMAINS), max_size=2)
 
 usernames = st.one_of(
     st.sampled_from(["alice", "bob", ""]),  # no @ at all
     st.builds(
         lambda local, domain: f"{local}@{domain}",
         st.sampled_from(["alice", "b"]),
-        st.sampled_from([*DOMAINS, ""]),
+        st.sampled_from([*DOMAINS, *TRICKY_DOMAINS, ""]),
     ),
     # more than one @: the domain is after the last one
     st.builds(lambda domain: f"a@anl.gov@{domain}", st.sampled_from([*DOMAINS, ""])),
@@ -191,6 +253,35 @@ def test_reference_domain_and_identity_domain_agree(username: str, domain: str |
     assert Identity(username=username).domain == domain
 
 
+@pytest.mark.parametrize(
+    ("domain", "allowed", "listed"),
+    [
+        ("example.org", ["example.org"], True),
+        ("EXAMPLE.ORG", ["example.org"], True),
+        ("example.org.", ["Example.Org"], True),
+        ("evil-example.org", ["example.org"], False),
+        ("example.org.evil.com", ["example.org"], False),
+        ("\u0435xample.org", ["example.org"], False),  # Cyrillic e
+        ("\uff45xample.org", ["example.org"], False),  # fullwidth e
+        ("exampIe.org", ["example.org"], False),
+        ("example.org\u200b", ["example.org"], False),
+        ("physics.example.org", ["example.org"], False),
+        ("physics.example.org", ["*.example.org"], True),
+        ("a.physics.example.org", ["*.example.org"], True),
+        ("example.org", ["*.example.org"], False),
+        ("evil-example.org", ["*.example.org"], False),
+        ("xample.org", ["*.example.org"], False),
+        ("*.example.org", ["*.example.org"], False),
+        ("b\u00fccher.example", ["xn--bcher-kva.example"], True),
+        ("xn--bcher-kva.example", ["B\u00dccher.example"], True),
+        ("buecher.example", ["b\u00fccher.example"], False),
+    ],
+)
+def test_domain_rules_table(domain: str, allowed: list[str], listed: bool) -> None:
+    assert reference_domain_listed(domain, allowed) is listed
+    assert domain_allowed(domain, allowed) is listed
+
+
 # -- properties --------------------------------------------------------------------------
 
 
@@ -219,7 +310,7 @@ def test_a_denial_names_the_broken_rule_and_never_the_allowed_values(
         level = cluster if decision.level is Level.CLUSTER else endpoint
         groups_ok = reference_passes(identity, level.allowed_globus_groups, ())
         assert decision.rule is (Rule.DOMAIN if groups_ok else Rule.GROUP)
-        for secret in [*GROUPS, *DOMAINS]:
+        for secret in [*GROUPS, *DOMAINS, *TRICKY_DOMAINS]:
             assert secret.lower() not in decision.message.lower()
 
 

@@ -43,6 +43,7 @@ from core import (
     RequestMachine,
     RequestReceived,
     Respond,
+    Rule,
     StartStream,
     State,
     StreamEnded,
@@ -117,6 +118,16 @@ IDENTITIES = [
     Identity(username="carol@uchicago.edu", groups={"staff"}),
     Identity(username="dave", groups={"team"}),
     Identity(username="eve@", groups={"other"}),
+    Identity(username="frank@cels.anl.gov", groups={"team"}),  # a subdomain: not anl.gov
+    Identity(username="gina@ANL.gov.", groups={"staff"}),  # the same name, spelled oddly
+    Identity(username="hank@\u0430nl.gov", groups={"staff", "team"}),  # Cyrillic a
+]
+# The provider's refusals: expired credentials (401), a gateway-wide rule (403).
+REFUSALS = [
+    IdentityResolved(identity=None, reason="expired"),
+    IdentityResolved(identity=None, reason="inactive"),
+    IdentityResolved(identity=None, refused_by=Rule.GROUP),
+    IdentityResolved(identity=None, refused_by=Rule.DOMAIN),
 ]
 
 
@@ -351,6 +362,7 @@ identity_answers = mostly(
     st.just(IdentityResolved(identity=ALICE)),
     st.sampled_from(
         [IdentityResolved(identity=i) for i in [*IDENTITIES, None]]
+        + REFUSALS
         + [IdentityUnavailable(detail="timeout")]
     ),
 )
@@ -747,6 +759,30 @@ def test_an_unknown_token_is_401_invalid_token() -> None:
     challenge = www_authenticate(effects)
     assert challenge.startswith("Bearer")
     assert 'error="invalid_token"' in challenge
+    assert CallAdaptor not in kinds(effects)
+    assert machine.state is State.DONE
+
+
+@pytest.mark.parametrize("reason", ["expired", "inactive", "not yet valid"])
+def test_the_providers_reason_is_the_401_error_description(reason: str) -> None:
+    _, effects = run(request(), IdentityResolved(identity=None, reason=reason))
+    challenge = www_authenticate(effects)
+    assert 'error="invalid_token"' in challenge
+    assert f'error_description="{reason} token"' in challenge
+    assert CallAdaptor not in kinds(effects)
+
+
+def test_a_reason_outside_the_vocabulary_cannot_exist() -> None:
+    with pytest.raises(ValueError):
+        IdentityResolved(identity=None, reason=f"token {TOKEN} expired")
+
+
+@pytest.mark.parametrize(("rule", "what"), [(Rule.GROUP, "group"), (Rule.DOMAIN, "domain")])
+def test_a_gateway_wide_refusal_is_403_naming_the_rule(rule: Rule, what: str) -> None:
+    machine, effects = run(request(), IdentityResolved(identity=None, refused_by=rule))
+    (respond,) = [e for e in effects if isinstance(e, Respond)]
+    assert respond.response.status == 403
+    assert what in json.loads(respond.response.body)["error"]["message"]
     assert CallAdaptor not in kinds(effects)
     assert machine.state is State.DONE
 

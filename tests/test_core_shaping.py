@@ -437,3 +437,87 @@ def test_an_unterminated_last_event_still_counts_when_the_stream_closes() -> Non
     assert not monitor.done
     monitor.finish()
     assert monitor.done and monitor.events == 1
+
+
+# -- which backend headers reach the client ---------------------------------------------
+
+UPSTREAM = (
+    ("Content-Type", "application/json; charset=utf-8"),
+    ("X-Request-Id", "req_123"),
+    ("Openai-Processing-Ms", "42"),
+    ("Set-Cookie", "session=1"),
+    ("Connection", "keep-alive"),
+    ("Transfer-Encoding", "chunked"),
+    ("X-Ratelimit-Remaining-Requests", "10"),
+    ("Openai-Project", "proj_x"),
+)
+
+
+@pytest.mark.parametrize(
+    ("result", "error_message", "error_code", "status"),
+    [
+        ('{"object": "chat.completion"}', None, None, 200),
+        (
+            None,
+            '{"error": {"message": "no such model", "type": "invalid_request_error"}}',
+            404,
+            404,
+        ),
+    ],
+)
+def test_passed_through_answers_keep_the_backend_content_type_and_request_id(
+    result: str | None, error_message: str | None, error_code: int | None, status: int
+) -> None:
+    from core._shaping import shape_result
+
+    shaped = shape_result(
+        ENDPOINT,
+        result=result,
+        error_message=error_message,
+        error_code=error_code,
+        headers=UPSTREAM,
+    )
+    headers = dict(shaped.response.headers)
+    assert shaped.response.status == status
+    assert headers == {
+        "content-type": "application/json; charset=utf-8",
+        "x-request-id": "req_123",
+        "openai-processing-ms": "42",
+    }
+
+
+def test_gateway_errors_keep_only_the_request_id() -> None:
+    from core._shaping import shape_result
+
+    shaped = shape_result(
+        ENDPOINT, result=None, error_message="boom", error_code=500, headers=UPSTREAM
+    )
+    assert dict(shaped.response.headers) == {
+        "content-type": "application/json",
+        "x-request-id": "req_123",
+        "openai-processing-ms": "42",
+    }
+
+
+@pytest.mark.parametrize(
+    ("backend_type", "sent_type"),
+    [
+        ("text/event-stream", "text/event-stream"),
+        ("text/event-stream; charset=utf-8", "text/event-stream; charset=utf-8"),
+        ("application/json", "text/event-stream; charset=utf-8"),
+        (None, "text/event-stream; charset=utf-8"),
+    ],
+)
+def test_stream_headers_follow_the_backend_but_never_buffer(
+    backend_type: str | None, sent_type: str
+) -> None:
+    from core._shaping import stream_headers
+
+    backend = (("content-type", backend_type),) if backend_type else ()
+    headers = dict(stream_headers((*backend, ("x-request-id", "r1"), ("connection", "close"))))
+    assert headers == {
+        "content-type": sent_type,
+        "cache-control": "no-cache",
+        "x-accel-buffering": "no",
+        "x-request-id": "r1",
+    }

@@ -116,6 +116,19 @@ def test_key_arrives_as_bearer_and_answer_passes_through(
     assert ALICE not in repr(sent[0].headers)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_backend_request_id_is_relayed_and_nothing_else(gateway_url: str, stream: bool) -> None:
+    response = httpx.post(
+        f"{gateway_url}/v1/chat/completions",
+        json={"model": "gpt-test", "messages": MESSAGES, "stream": stream},
+        headers={"Authorization": f"Bearer {ALICE}"},
+    )
+    assert response.status_code == 200
+    assert response.headers["x-request-id"].startswith("req_fake_")
+    for private in ("set-cookie", "x-ratelimit-remaining-requests", "openai-project"):
+        assert private not in response.headers
+
+
 def test_success_body_passes_through_byte_for_byte(gateway_url: str) -> None:
     response = httpx.post(
         f"{gateway_url}/v1/chat/completions",
@@ -163,6 +176,7 @@ def test_backend_4xx_reaches_the_client_unchanged(
         client.chat.completions.create(model="reject-400", messages=MESSAGES)
     assert raised.value.param == "temperature"
     assert raised.value.code == "invalid_value"
+    assert raised.value.response.headers["x-request-id"].startswith("req_fake_")
 
 
 @pytest.mark.parametrize(("model", "status"), [("fail-500", 502), ("bad-json", 502), ("slow", 504)])

@@ -140,9 +140,10 @@ class DirectAPIEndpoint(BaseEndpoint):
         except TransportError as exc:
             message, code = _failure(exc, self._config.api_request_timeout)
             return SubmitTaskResponse(error_message=message, error_code=code)
+        headers = _as_dict(response.headers)
         if not 200 <= response.status < 300:
             message, code = _refusal(response.status, response.body)
-            return SubmitTaskResponse(error_message=message, error_code=code)
+            return SubmitTaskResponse(error_message=message, error_code=code, headers=headers)
         try:
             text = response.body.decode("utf-8")
         except UnicodeDecodeError:
@@ -150,7 +151,7 @@ class DirectAPIEndpoint(BaseEndpoint):
                 error_message="The backend answered with a body that is not UTF-8 text.",
                 error_code=502,
             )
-        return SubmitTaskResponse(result=text)
+        return SubmitTaskResponse(result=text, headers=headers)
 
     async def submit_streaming_task(
         self, data: dict[str, Any], request_log_id: str
@@ -162,15 +163,18 @@ class DirectAPIEndpoint(BaseEndpoint):
         except TransportError as exc:
             message, code = _failure(exc, self._config.api_request_timeout)
             return SubmitStreamingTaskResponse(error_message=message, error_code=code)
+        headers = _as_dict(stream.headers)
         if not 200 <= stream.status < 300:
             message, code = await _read_refusal(stream, self._config.api_request_timeout)
-            return SubmitStreamingTaskResponse(error_message=message, error_code=code)
-        content_type = _header(stream, "content-type") or "text/event-stream"
+            return SubmitStreamingTaskResponse(
+                error_message=message, error_code=code, headers=headers
+            )
+        headers.setdefault("content-type", "text/event-stream")
         return SubmitStreamingTaskResponse(
             response=StreamingResponse(
                 content=stream.chunks(),
                 status_code=stream.status,
-                headers={"content-type": content_type},
+                headers=headers,
                 on_close=stream.aclose,
             ),
             task_id=request_log_id,
@@ -187,5 +191,10 @@ async def _read_refusal(stream: BackendStream, seconds: float) -> tuple[str, int
     return _refusal(stream.status, body)
 
 
-def _header(stream: BackendStream, name: str) -> str | None:
-    return next((v for k, v in stream.headers if k.lower() == name), None)
+def _as_dict(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Header pairs keyed by lower-case name; repeated headers joined as HTTP allows."""
+    merged: dict[str, str] = {}
+    for name, value in headers:
+        key = name.lower()
+        merged[key] = f"{merged[key]}, {value}" if key in merged else value
+    return merged

@@ -85,6 +85,9 @@ class SubmitTaskResponse(BaseModel):
     task_id: str | None = None
     error_message: str | None = None
     error_code: int | None = None
+    # Extension to the seed contract: the backend's response headers.  The gateway relays
+    # only an allow-list of them (content type, request id), never hop-by-hop ones.
+    headers: dict[str, str] | None = None
 
 
 class SubmitStreamingTaskResponse(BaseModel):
@@ -94,6 +97,7 @@ class SubmitStreamingTaskResponse(BaseModel):
     task_id: str | None = None
     error_message: str | None = None
     error_code: int | None = None
+    headers: dict[str, str] | None = None  # as on SubmitTaskResponse, for error answers
 
     @field_validator("response", mode="plain")
     @classmethod

@@ -34,6 +34,11 @@ async def jobs(cluster: str) -> Response:
     return to_quart(await current_gateway().jobs(request.headers.get("Authorization"), cluster))
 
 
+@resource_server.get("/whoami")
+async def whoami() -> Response:
+    return to_quart(await current_gateway().whoami(request.headers.get("Authorization")))
+
+
 @resource_server.get("/health")
 async def health() -> Response:
     return to_quart(current_gateway().health())

@@ -144,6 +144,16 @@ class FakeOpenAI:
             self._loop = asyncio.get_running_loop()
             self._release = asyncio.Event()
 
+        @app.after_request
+        async def upstream_headers(response: Response) -> Response:
+            # What a real OpenAI answer carries: a request id the gateway must relay, and
+            # headers it must not (a cookie, the upstream key's rate limits, hop-by-hop).
+            response.headers["x-request-id"] = f"req_fake_{len(self.requests)}"
+            response.headers["set-cookie"] = "upstream-session=abc; Path=/"
+            response.headers["x-ratelimit-remaining-requests"] = "4999"
+            response.headers["openai-project"] = "proj_upstream_account"
+            return response
+
         @app.before_request
         async def record_and_authorize() -> Response | None:
             body = await _raw_body()

@@ -3,6 +3,7 @@ Quart app under a real Hypercorn server on a free port."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from frontends.gateway import Gateway
-from frontends.identity import StaticTokens
+from frontends.identity import IdentityProvider, StaticKeys
 from frontends.web import create_app
 from tests.support.servers import serve_app
 from transports.httpx_transport import HttpxTransport
@@ -25,9 +26,23 @@ TOKENS = [
 ]
 
 
+def hashed_entry(token: str, username: str, groups: Sequence[str] = ()) -> dict[str, Any]:
+    """A tokens-file entry for a known test key: only its salted hash is written."""
+    salt = hashlib.sha256(b"test-salt:" + token.encode()).digest()[:16]
+    return {
+        "id": "k-" + hashlib.sha256(token.encode()).hexdigest()[:12],
+        "username": username,
+        "groups": list(groups),
+        "salt": salt.hex(),
+        "sha256": hashlib.sha256(salt + token.encode()).hexdigest(),
+    }
+
+
 def write_tokens(folder: Path, entries: Sequence[Mapping[str, Any]] = TOKENS) -> Path:
+    """A tokens file holding the salted hashes of these {token, username, groups}."""
     path = folder / "tokens.json"
-    path.write_text(json.dumps({"tokens": list(entries)}))
+    keys = [hashed_entry(e["token"], e["username"], e.get("groups", ())) for e in entries]
+    path.write_text(json.dumps({"keys": keys}))
     return path
 
 
@@ -48,10 +63,14 @@ def write_fixtures(
 
 
 @contextmanager
-def running_gateway(fixtures: Path, tokens_file: Path) -> Iterator[str]:
-    """The base URL of a gateway serving these fixtures through a real server."""
-    gateway = Gateway.from_fixtures(
-        fixtures, identity=StaticTokens.from_file(tokens_file), transport=HttpxTransport()
-    )
+def running_gateway(
+    fixtures: Path, tokens_file: Path | None = None, *, identity: IdentityProvider | None = None
+) -> Iterator[str]:
+    """The base URL of a gateway serving these fixtures through a real server; the
+    identity provider is static keys from `tokens_file` unless one is given."""
+    if identity is None:
+        assert tokens_file is not None
+        identity = StaticKeys.from_file(tokens_file)
+    gateway = Gateway.from_fixtures(fixtures, identity=identity, transport=HttpxTransport())
     with serve_app(create_app(gateway)) as url:
         yield url

@@ -1,0 +1,53 @@
+"""Identity at the edge: bearer credentials in, an `Identity` for the core out.
+
+One interface (`IdentityProvider.resolve`), three providers, tried in the operator's
+order by a `ChainProvider`: static API keys (the embedded default), Globus Auth token
+introspection, and OIDC/JWT.  `build_identity(settings)` makes the chain the settings ask
+for.
+"""
+
+from frontends.identity._base import (
+    AccessRefused,
+    ChainProvider,
+    CredentialsRejected,
+    IdentityProvider,
+    ProviderUnavailable,
+    acceptable_username,
+)
+from frontends.identity._build import build_identity
+from frontends.identity._globus import GlobusAuth
+from frontends.identity._oidc import OIDCProvider
+from frontends.identity._static import (
+    KeyEntry,
+    StaticKeys,
+    StaticTokens,
+    add_key,
+    ensure_tokens_file,
+    first_token,
+    local_key_path,
+    local_username,
+    read_entries,
+    revoke_keys,
+)
+
+__all__ = [
+    "AccessRefused",
+    "ChainProvider",
+    "CredentialsRejected",
+    "GlobusAuth",
+    "IdentityProvider",
+    "KeyEntry",
+    "OIDCProvider",
+    "ProviderUnavailable",
+    "StaticKeys",
+    "StaticTokens",
+    "acceptable_username",
+    "add_key",
+    "build_identity",
+    "ensure_tokens_file",
+    "first_token",
+    "local_key_path",
+    "local_username",
+    "read_entries",
+    "revoke_keys",
+]

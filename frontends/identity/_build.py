@@ -1,0 +1,52 @@
+"""The provider chain the settings ask for, in their order."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from frontends.identity._base import ChainProvider, IdentityProvider
+from frontends.identity._globus import GlobusAuth
+from frontends.identity._oidc import OIDCProvider
+from frontends.identity._static import StaticKeys
+
+if TYPE_CHECKING:
+    from frontends.settings import Settings
+
+__all__ = ["build_identity"]
+
+
+def build_identity(settings: Settings) -> ChainProvider:
+    providers: list[IdentityProvider] = []
+    for name in settings.identity_providers:
+        if name == "static":
+            providers.append(StaticKeys.from_file(settings.tokens_path))
+        elif name == "globus":
+            assert settings.globus_client_id and settings.globus_client_secret
+            providers.append(
+                GlobusAuth(
+                    client_id=settings.globus_client_id,
+                    client_secret=settings.globus_client_secret.get_secret_value(),
+                    auth_base_url=settings.globus_auth_base_url,
+                    groups_base_url=settings.globus_groups_base_url,
+                    allowed_domains=settings.globus_allowed_domains,
+                    allowed_service_accounts=settings.globus_allowed_service_accounts,
+                    required_group=settings.globus_required_group,
+                    timeout=settings.identity_timeout,
+                    verify_tls=settings.verify_tls,
+                )
+            )
+        elif name == "oidc":
+            assert settings.oidc_issuer and settings.oidc_audience
+            providers.append(
+                OIDCProvider(
+                    issuer=settings.oidc_issuer,
+                    audience=settings.oidc_audience,
+                    jwks_url=settings.oidc_jwks_url,
+                    username_claim=settings.oidc_username_claim,
+                    groups_claim=settings.oidc_groups_claim,
+                    algorithms=settings.oidc_algorithms,
+                    timeout=settings.identity_timeout,
+                    verify_tls=settings.verify_tls,
+                )
+            )
+    return ChainProvider(providers)

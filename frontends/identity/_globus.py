@@ -1,0 +1,223 @@
+"""Globus Auth: token introspection, then the caller's groups from the Groups API.
+
+The wire protocol, as Globus documents it:
+
+1. `POST {auth}/v2/oauth2/token/introspect`, HTTP Basic auth with the gateway's client
+   id and secret, form body `token=<token>&include=identity_set_detail`.  The answer is
+   `{"active": false}` or `{"active": true, "sub", "username", "exp", "aud": [...],
+   "scope", "client_id", "identity_set": [...], "identity_set_detail": [{"sub",
+   "username", "identity_provider", "status", ...}], ...}`.
+2. `POST {auth}/v2/oauth2/token`, the same Basic auth, form body
+   `grant_type=urn:globus:auth:grant_type:dependent_token&token=<token>`: a JSON list of
+   token responses, one per resource server the gateway's scope depends on; the one with
+   `"resource_server": "groups.api.globus.org"` is for the Groups API.
+3. `GET {groups}/v2/groups/my_groups` with that dependent token as Bearer: a JSON list of
+   groups `{"id", "name", "my_memberships": [{"identity_id", "username", "role",
+   "status"}], ...}`.  Group ids (not names, which anyone may choose) are the groups the
+   core's rules compare with `allowed_globus_groups`.
+
+Answers are cached under the SHA-256 of the token: a valid identity for min(10 min, time
+to the token's expiry), a refusal for 60 s.  When Globus cannot be reached the provider
+raises `ProviderUnavailable` (503) and keeps every cached identity.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import httpx
+
+from core import Identity, Rule, domain_allowed
+from frontends.identity._base import (
+    AccessRefused,
+    CredentialsRejected,
+    ProviderUnavailable,
+    acceptable_username,
+)
+from frontends.identity._cache import TokenCache
+
+__all__ = ["GlobusAuth"]
+
+log = logging.getLogger("inference_gateway.identity")
+
+DEPENDENT_TOKEN_GRANT = "urn:globus:auth:grant_type:dependent_token"
+GROUPS_RESOURCE_SERVER = "groups.api.globus.org"
+IDENTITY_TTL = 600.0
+FAILURE_TTL = 60.0
+
+_Cached = Identity | CredentialsRejected | AccessRefused
+
+
+class GlobusAuth:
+    name = "globus"
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        client_secret: str,
+        auth_base_url: str = "https://auth.globus.org",
+        groups_base_url: str = "https://groups.api.globus.org",
+        allowed_domains: Sequence[str] = (),
+        allowed_service_accounts: Sequence[str] = (),
+        required_group: str | None = None,
+        timeout: float = 10.0,
+        verify_tls: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client_id = client_id
+        self._auth = (client_id, client_secret)
+        self._auth_base = auth_base_url.rstrip("/")
+        self._groups_base = groups_base_url.rstrip("/")
+        self._allowed_domains = tuple(allowed_domains)
+        self._service_accounts = frozenset(a.lower() for a in allowed_service_accounts)
+        self._required_group = required_group
+        self._clock = clock
+        self._cache: TokenCache[_Cached] = TokenCache(clock)
+        self._http = httpx.AsyncClient(timeout=timeout, verify=verify_tls)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def resolve(self, credentials: str) -> Identity | None:
+        cached = self._cache.get(credentials)
+        if cached is None:
+            cached = await self._ask_globus(credentials)
+        if isinstance(cached, Identity):
+            return cached
+        if isinstance(cached, CredentialsRejected):
+            raise CredentialsRejected(cached.reason)
+        raise AccessRefused(cached.rule)
+
+    async def _ask_globus(self, token: str) -> _Cached:
+        answer: _Cached
+        try:
+            answer = await self._introspect(token)
+        except (CredentialsRejected, AccessRefused) as refusal:
+            answer = refusal
+        if isinstance(answer, Identity):
+            ttl = IDENTITY_TTL
+            if answer.expires_at is not None:
+                ttl = min(ttl, answer.expires_at - self._clock())
+            self._cache.put(token, answer, ttl)
+        else:
+            self._cache.put(token, answer, FAILURE_TTL)
+        return answer
+
+    async def _call(self, method: str, url: str, **kwargs: Any) -> Any:
+        """One request to Globus; anything but a JSON 200 is an outage (never the token)."""
+        try:
+            response = await self._http.request(method, url, **kwargs)
+        except httpx.TimeoutException:
+            raise ProviderUnavailable("Globus did not answer in time") from None
+        except httpx.HTTPError as exc:
+            raise ProviderUnavailable(f"Globus unreachable: {type(exc).__name__}") from None
+        if response.status_code != 200:
+            log.warning("Globus answered %s to %s %s", response.status_code, method, url)
+            raise ProviderUnavailable(f"Globus answered HTTP {response.status_code}")
+        try:
+            return response.json()
+        except ValueError:
+            raise ProviderUnavailable("Globus answered with something not JSON") from None
+
+    async def _introspect(self, token: str) -> Identity:
+        data = await self._call(
+            "POST",
+            f"{self._auth_base}/v2/oauth2/token/introspect",
+            auth=self._auth,
+            data={"token": token, "include": "identity_set_detail"},
+        )
+        if not isinstance(data, dict):
+            raise ProviderUnavailable("Globus introspection answer is not an object")
+        if data.get("active") is not True:
+            raise CredentialsRejected("inactive")
+        now = self._clock()
+        exp = data.get("exp")
+        if isinstance(exp, (int, float)) and exp <= now:
+            raise CredentialsRejected("expired")
+        nbf = data.get("nbf")
+        if isinstance(nbf, (int, float)) and nbf > now + 60:
+            raise CredentialsRejected("not yet valid")
+        aud = data.get("aud") or []
+        if isinstance(aud, str):
+            aud = [aud]
+        if self._client_id not in aud:
+            # A token meant for another service, not for this gateway.
+            raise CredentialsRejected("inactive")
+        username = self._username(data)
+        groups = await self._groups(token)
+        if self._required_group and self._required_group not in groups:
+            raise AccessRefused(Rule.GROUP)
+        return Identity(
+            username=username,
+            groups=groups,
+            provider=self.name,
+            subject=str(data.get("sub") or "") or None,
+            expires_at=float(exp) if isinstance(exp, (int, float)) else None,
+        )
+
+    def _username(self, data: dict[str, Any]) -> str:
+        """The username the rules see: the token's own identity, or, when identity
+        provider domains are restricted, the first linked identity from an allowed one."""
+        primary = data.get("username")
+        if not isinstance(primary, str) or not acceptable_username(primary):
+            raise CredentialsRejected("unacceptable username")
+        if primary.lower() in self._service_accounts or not self._allowed_domains:
+            return primary
+        candidates = [primary]
+        for detail in data.get("identity_set_detail") or []:
+            if (
+                isinstance(detail, dict)
+                and isinstance(detail.get("username"), str)
+                and detail.get("status", "used") == "used"
+            ):
+                candidates.append(detail["username"])
+        for username in candidates:
+            _, at, domain = username.rpartition("@")
+            if (
+                at
+                and acceptable_username(username)
+                and domain_allowed(domain, self._allowed_domains)
+            ):
+                return username
+        raise AccessRefused(Rule.DOMAIN)
+
+    async def _groups(self, token: str) -> frozenset[str]:
+        tokens = await self._call(
+            "POST",
+            f"{self._auth_base}/v2/oauth2/token",
+            auth=self._auth,
+            data={"grant_type": DEPENDENT_TOKEN_GRANT, "token": token},
+        )
+        if isinstance(tokens, dict):  # tolerate a single token response
+            tokens = tokens.get("other_tokens", [tokens])
+        groups_token = next(
+            (
+                t.get("access_token")
+                for t in tokens or []
+                if isinstance(t, dict) and t.get("resource_server") == GROUPS_RESOURCE_SERVER
+            ),
+            None,
+        )
+        if not isinstance(groups_token, str):
+            log.warning("Globus gave no dependent token for the Groups API (scope missing?)")
+            return frozenset()
+        found = await self._call(
+            "GET",
+            f"{self._groups_base}/v2/groups/my_groups",
+            headers={"Authorization": f"Bearer {groups_token}"},
+        )
+        ids = set()
+        for group in found if isinstance(found, list) else []:
+            if not isinstance(group, dict) or not isinstance(group.get("id"), str):
+                continue
+            memberships = group.get("my_memberships")
+            if isinstance(memberships, list) and not any(
+                isinstance(m, dict) and m.get("status", "active") == "active" for m in memberships
+            ):
+                continue  # invited or pending, not (yet) a member
+            ids.add(group["id"])
+        return frozenset(ids)

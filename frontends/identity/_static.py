@@ -1,0 +1,288 @@
+"""Static API keys: the embedded default provider.
+
+The tokens file holds only a salted SHA-256 of each key, never the key:
+
+    {"keys": [{"id": "k-3f9a0c2e1b7d", "username": "ada@example.org", "groups": ["g1"],
+               "salt": "<32 hex>", "sha256": "<64 hex>", "created": "2026-01-01T00:00:00Z"}]}
+
+Keys are 256-bit random strings, so a salted SHA-256 is as strong as a slow hash here
+and cheap enough to check on every request.  A presented key is hashed with every
+entry's salt and compared with `hmac.compare_digest`, all entries every time, so how long
+a lookup takes says nothing about which entry (or how much of one) matched.  The file
+is re-read when it changes, so `inference-gateway keys revoke` takes effect at once.
+
+The local user's own key (made on first start) is kept in a separate 0600 file in the
+state dir, like an SSH private key; `inference-gateway token` prints it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import getpass
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+import pydantic
+
+from core import ConfigurationError, Identity
+from frontends.identity._base import acceptable_username
+
+__all__ = [
+    "KeyEntry",
+    "StaticKeys",
+    "StaticTokens",
+    "add_key",
+    "ensure_tokens_file",
+    "first_token",
+    "local_key_path",
+    "local_username",
+    "read_entries",
+    "revoke_keys",
+]
+
+KEY_PREFIX = "igw-"
+
+
+class _KeyEntry(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+    id: str = pydantic.Field(min_length=1)
+    username: str = pydantic.Field(min_length=1)
+    groups: list[str] = []
+    salt: str = pydantic.Field(pattern=r"^[0-9a-f]{32}$")
+    sha256: str = pydantic.Field(pattern=r"^[0-9a-f]{64}$")
+    created: str = ""
+
+    @pydantic.field_validator("username")
+    @classmethod
+    def _username(cls, value: str) -> str:
+        if not acceptable_username(value):
+            raise ValueError("username may not contain '<', '>', whitespace or two '@'")
+        return value
+
+
+class _KeysFile(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+    keys: list[_KeyEntry]
+
+
+KeyEntry = _KeyEntry
+
+
+def _hash(salt: bytes, key: str) -> bytes:
+    return hashlib.sha256(salt + key.encode()).digest()
+
+
+@attrs.frozen
+class _Loaded:
+    entries: tuple[tuple[bytes, bytes, Identity], ...]
+    stamp: tuple[int, int, int] | None
+
+
+def read_entries(path: Path) -> list[_KeyEntry]:
+    """The entries of a tokens file; ConfigurationError names file, entry and field."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read tokens file: {exc.strerror}", file=str(path)
+        ) from None
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise ConfigurationError(f"not JSON: {exc}", file=str(path)) from None
+    if isinstance(raw, dict) and "tokens" in raw:
+        raise ConfigurationError(
+            "this tokens file holds plain tokens; it must hold only salted hashes. "
+            "Create keys with `inference-gateway keys add USER` and remove the file's "
+            "'tokens' list",
+            file=str(path),
+            field="tokens",
+        )
+    try:
+        return _KeysFile.model_validate(raw).keys
+    except pydantic.ValidationError as exc:
+        error = exc.errors()[0]
+        loc = [str(p) for p in error["loc"]]
+        entry = loc[1] if len(loc) > 1 and loc[0] == "keys" else None
+        field = ".".join(loc[2:]) if entry is not None else ".".join(loc)
+        raise ConfigurationError(
+            str(error["msg"]), file=str(path), entry=entry, field=field or None
+        ) from None
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What tells a changed file: writes go through a rename, so a new inode each time."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+def _load(path: Path) -> _Loaded:
+    stamp = _stamp(path)
+    entries = tuple(
+        (
+            bytes.fromhex(e.salt),
+            bytes.fromhex(e.sha256),
+            Identity(username=e.username, groups=e.groups, provider="static", subject=e.id),
+        )
+        for e in read_entries(path)
+    )
+    return _Loaded(entries=entries, stamp=stamp)
+
+
+class StaticKeys:
+    """Keys from a tokens file of salted hashes (or, for tests and `check`, from memory)."""
+
+    name = "static"
+
+    def __init__(self, path: Path | None = None, *, keys: Sequence[KeyEntry] = ()) -> None:
+        self._path = path
+        if path is not None:
+            self._loaded = _load(path)
+        else:
+            self._loaded = _Loaded(
+                entries=tuple(
+                    (
+                        bytes.fromhex(e.salt),
+                        bytes.fromhex(e.sha256),
+                        Identity(username=e.username, groups=e.groups, subject=e.id),
+                    )
+                    for e in keys
+                ),
+                stamp=None,
+            )
+
+    @classmethod
+    def from_file(cls, path: Path) -> StaticKeys:
+        return cls(path)
+
+    def _current(self) -> _Loaded:
+        if self._path is not None and _stamp(self._path) != self._loaded.stamp:
+            try:
+                self._loaded = _load(self._path)
+            except ConfigurationError:
+                # A half-written or broken file: keep the last good keys, but a file
+                # that is gone revokes everything.
+                if not self._path.exists():
+                    self._loaded = _Loaded(entries=(), stamp=None)
+        return self._loaded
+
+    async def resolve(self, credentials: str) -> Identity | None:
+        found: Identity | None = None
+        for salt, digest, identity in self._current().entries:
+            # Every entry, every time, in constant time: no early exit to time.
+            if hmac.compare_digest(_hash(salt, credentials), digest) and found is None:
+                found = identity
+        return found
+
+
+StaticTokens = StaticKeys  # the name the first issue gave it
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def _entry_for(key: str, username: str, groups: Sequence[str]) -> dict[str, object]:
+    salt = secrets.token_bytes(16)
+    return {
+        "id": "k-" + secrets.token_hex(6),
+        "username": username,
+        "groups": list(groups),
+        "salt": salt.hex(),
+        "sha256": _hash(salt, key).hex(),
+        "created": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def _write_private(path: Path, content: str) -> None:
+    """Write atomically (temp file + rename) with mode 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(content)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _write_entries(path: Path, entries: Sequence[object]) -> None:
+    _write_private(path, json.dumps({"keys": list(entries)}, indent=2) + "\n")
+
+
+def add_key(path: Path, username: str, groups: Sequence[str] = ()) -> tuple[str, str]:
+    """Add a new key for `username` to the tokens file; returns (key id, the key).
+
+    The key itself is returned once and stored nowhere."""
+    if not acceptable_username(username):
+        raise ConfigurationError(
+            "username may not contain '<', '>', whitespace or two '@'",
+            file=str(path),
+            field="username",
+        )
+    existing = [e.model_dump() for e in read_entries(path)] if path.exists() else []
+    key = new_key()
+    entry = _entry_for(key, username, groups)
+    _write_entries(path, [*existing, entry])
+    return str(entry["id"]), key
+
+
+def revoke_keys(path: Path, username: str, key_id: str | None = None) -> int:
+    """Remove the user's keys (or the one with `key_id`); returns how many went."""
+    entries = read_entries(path)
+    kept = [e for e in entries if not (e.username == username and key_id in (None, e.id))]
+    _write_entries(path, [e.model_dump() for e in kept])
+    return len(entries) - len(kept)
+
+
+def local_username() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "user"
+    return f"{user}@localhost"
+
+
+def local_key_path(tokens_path: Path) -> Path:
+    """Where the local user's own copy of their first key lives, beside the tokens file."""
+    return tokens_path.with_name("local-key")
+
+
+def ensure_tokens_file(path: Path, key_path: Path | None = None) -> str | None:
+    """Create a tokens file with one key for the local user if there is none.
+
+    The file gets only the key's salted hash; the key goes to `key_path` (default
+    `local_key_path(path)`), mode 0600, for `inference-gateway token`.  Returns the new
+    key (to show once in the start-up banner), or None if the tokens file existed.
+    """
+    if path.exists():
+        return None
+    key_path = key_path or local_key_path(path)
+    key = new_key()
+    _write_private(key_path, key + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"keys": [_entry_for(key, local_username(), [])]}, handle, indent=2)
+    return key
+
+
+def first_token(path: Path, key_path: Path | None = None) -> str | None:
+    """The local user's key, for `inference-gateway token` on one's own machine."""
+    try:
+        key = (key_path or local_key_path(path)).read_text().strip()
+    except OSError:
+        return None
+    return key or None
