@@ -13,8 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from core import ConfigurationError
+from frontends import cli_keys, replay
 from frontends.gateway import Gateway
-from frontends.identity import StaticTokens, ensure_tokens_file, first_token
+from frontends.identity import (
+    IdentityProvider,
+    StaticKeys,
+    build_identity,
+    ensure_tokens_file,
+    first_token,
+)
 from frontends.settings import Settings, load_settings
 
 __all__ = ["main"]
@@ -39,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = commands.add_parser("check", help="validate fixtures and import every adaptor")
     check.add_argument("fixtures", type=Path, help="folder with clusters.json and endpoints.json")
     commands.add_parser("token", help="print the local user's token from the tokens file")
+    cli_keys.add_parser(commands)
+    replay.add_replay_command(commands)
     args = parser.parse_args(argv)
     try:
         if args.command == "serve":
@@ -46,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(settings, loop=args.loop)
         if args.command == "check":
             return _check(args.fixtures)
+        if args.command == "replay":
+            return replay.run_replay_command(args)
+        if args.command == "keys":
+            return cli_keys.run(args, load_settings())
         return _token(load_settings())
     except ConfigurationError as exc:
         print(f"inference-gateway: configuration error: {exc}", file=sys.stderr)
@@ -53,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check(fixtures: Path) -> int:
-    gateway = _build(fixtures, identity=StaticTokens({}))
+    gateway = _build(fixtures, identity=StaticKeys())
     rows = [("cluster", "framework", "model", "endpoint_slug", "adaptor")]
     for endpoint in gateway.catalog.endpoints:
         rows.append(
@@ -76,10 +89,10 @@ def _check(fixtures: Path) -> int:
 
 
 def _token(settings: Settings) -> int:
-    token = first_token(settings.tokens_path)
+    token = first_token(settings.tokens_path, settings.local_key_path)
     if token is None:
         print(
-            f"inference-gateway: no token in {settings.tokens_path}; "
+            f"inference-gateway: no token in {settings.local_key_path}; "
             "`inference-gateway serve` creates one on first start",
             file=sys.stderr,
         )
@@ -88,7 +101,9 @@ def _token(settings: Settings) -> int:
     return 0
 
 
-def _build(fixtures: Path, *, identity: StaticTokens, verify_tls: bool = True) -> Gateway:
+def _build(
+    fixtures: Path, *, identity: IdentityProvider, verify_tls: bool = True
+) -> Gateway:
     from transports.httpx_transport import HttpxTransport
 
     return Gateway.from_fixtures(
@@ -118,8 +133,10 @@ def _serve(settings: Settings, *, loop: str = "asyncio") -> int:
     from hypercorn.config import Config
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
-    new_token = ensure_tokens_file(settings.tokens_path)
-    identity = StaticTokens.from_file(settings.tokens_path)
+    new_token = None
+    if "static" in settings.identity_providers:
+        new_token = ensure_tokens_file(settings.tokens_path, settings.local_key_path)
+    identity = build_identity(settings)
     gateway = _build(settings.fixtures_dir, identity=identity, verify_tls=settings.verify_tls)
     sock = _listen(settings)
     host, port = sock.getsockname()[:2]
