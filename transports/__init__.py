@@ -11,6 +11,7 @@ from transports._base import (
     TransportError,
     TransportTimeout,
 )
+from transports.h11_transport import TrioTransport
 
 __all__ = [
     "BackendRequest",
@@ -22,4 +23,5 @@ __all__ = [
     "Transport",
     "TransportError",
     "TransportTimeout",
+    "TrioTransport",
 ]

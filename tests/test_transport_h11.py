@@ -1,0 +1,183 @@
+"""What only `TrioTransport` promises: its pool, its reuse rules, its URL checks.
+
+The behaviour every transport shares is in `test_transport_conformance`; these cases
+run on trio and asyncio against the same scripted server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+
+from tests.support.scripted_http import Exchange, ScriptedServer, serving
+from transports import BackendRequest, Timeout, TransportError, TransportTimeout
+from transports.h11_transport import TrioTransport
+
+pytestmark = pytest.mark.anyio
+
+QUICK = Timeout(connect=5, read=5, total=20)
+
+
+@pytest.fixture(params=["trio", "asyncio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def transport() -> AsyncIterator[TrioTransport]:
+    transport = TrioTransport(max_connections_per_host=2)
+    try:
+        yield transport
+    finally:
+        await transport.aclose()
+
+
+def _get(server: ScriptedServer, path: str, timeout: Timeout = QUICK) -> BackendRequest:
+    return BackendRequest(method="GET", url=f"{server.url}{path}", timeout=timeout)
+
+
+async def _ok(exchange: Exchange) -> None:
+    await exchange.respond(200, body=b"ok")
+
+
+async def _one_chunk_then_silence(exchange: Exchange) -> None:
+    await exchange.start(200, [("content-type", "text/event-stream")])
+    await exchange.send(b"data: 1\n\n")
+    await exchange.wait_disconnect()
+
+
+async def test_the_pool_bounds_connections_per_host(transport: TrioTransport) -> None:
+    inside = 0
+    two_inside = anyio.Event()
+    release = anyio.Event()
+
+    async def held(exchange: Exchange) -> None:
+        nonlocal inside
+        inside += 1
+        if inside == 2:
+            two_inside.set()
+        await release.wait()
+        await exchange.respond(200, body=b"done")
+
+    bodies: list[bytes] = []
+    async with serving({"/held": held}) as server:
+
+        async def call() -> None:
+            bodies.append((await transport.send(_get(server, "/held"))).body)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(call)
+            await two_inside.wait()
+            release.set()
+    assert bodies == [b"done"] * 3
+    assert len(server.connections) == 2  # the third call waited for a slot, then reused
+
+
+async def test_waiting_for_a_slot_is_bounded_by_the_connect_timeout(
+    transport: TrioTransport,
+) -> None:
+    async with serving({"/hang": _one_chunk_then_silence, "/ok": _ok}) as server:
+        streams = [await transport.open_stream(_get(server, "/hang")) for _ in range(2)]
+        with pytest.raises(TransportTimeout, match="free backend connection"):
+            await transport.send(_get(server, "/ok", Timeout(connect=0.2, read=5)))
+        for stream in streams:
+            await stream.aclose()
+        assert (await transport.send(_get(server, "/ok"))).body == b"ok"
+
+
+async def test_cancellation_alone_closes_the_connection_and_frees_its_slot() -> None:
+    transport = TrioTransport(max_connections_per_host=1)
+    got_first = anyio.Event()
+    try:
+        async with serving({"/hang": _one_chunk_then_silence, "/ok": _ok}) as server:
+            async with anyio.create_task_group() as tg:
+
+                async def consume() -> None:
+                    stream = await transport.open_stream(_get(server, "/hang"))
+                    async for _ in stream.chunks():  # no aclose: cancellation must do it
+                        got_first.set()
+
+                tg.start_soon(consume)
+                await got_first.wait()
+                tg.cancel_scope.cancel()
+            with anyio.fail_after(10):
+                await server.connections[0].client_gone.wait()
+            assert (await transport.send(_get(server, "/ok"))).body == b"ok"
+            assert len(server.connections) == 2
+    finally:
+        await transport.aclose()
+
+
+async def test_connection_close_is_honoured(transport: TrioTransport) -> None:
+    async def closing(exchange: Exchange) -> None:
+        await exchange.respond(200, [("connection", "close")], b"bye")
+
+    async with serving({"/bye": closing}) as server:
+        for _ in range(2):
+            assert (await transport.send(_get(server, "/bye"))).body == b"bye"
+    assert len(server.connections) == 2
+
+
+async def test_an_idle_connection_the_server_closed_is_not_reused(
+    transport: TrioTransport,
+) -> None:
+    async def once(exchange: Exchange) -> None:
+        exchange.hang_up = True  # keep-alive by its headers, closed all the same
+        await exchange.respond(200, body=b"once")
+
+    async with serving({"/once": once}) as server:
+        assert (await transport.send(_get(server, "/once"))).body == b"once"
+        with anyio.fail_after(10):
+            await server.connections[0].closed.wait()
+        assert (await transport.send(_get(server, "/once"))).body == b"once"
+    assert len(server.connections) == 2
+
+
+async def test_a_half_read_stream_is_not_reused(transport: TrioTransport) -> None:
+    async def long(exchange: Exchange) -> None:
+        await exchange.start(200)
+        await exchange.send(b"part one;")
+        await exchange.send(b"part two")
+        await exchange.end()
+
+    async with serving({"/long": long}) as server:
+        stream = await transport.open_stream(_get(server, "/long"))
+        await stream.chunks().__anext__()
+        await stream.aclose()
+        with pytest.raises(TransportError, match="already read or closed"):
+            await stream.aread()
+        assert (await transport.send(_get(server, "/long"))).body == b"part one;part two"
+    assert len(server.connections) == 2
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("ftp://user:secret@example.invalid/x", "unsupported scheme"),
+        ("http://user:secret@example.invalid/x", "credentials"),
+        ("http://example.invalid:99999/x", "invalid"),
+        ("http:///x", "invalid"),
+        ("http://example.invalid/caf\u00e9", "invalid"),
+    ],
+)
+async def test_urls_it_cannot_use_are_refused_without_naming_them(
+    transport: TrioTransport, url: str, message: str
+) -> None:
+    with pytest.raises(TransportError, match=message) as caught:
+        await transport.send(BackendRequest(method="GET", url=url))
+    assert "secret" not in str(caught.value) and "example" not in str(caught.value)
+
+
+async def test_a_closed_transport_refuses_calls() -> None:
+    transport = TrioTransport()
+    await transport.aclose()
+    with pytest.raises(TransportError, match="closed"):
+        await transport.send(BackendRequest(method="GET", url="http://127.0.0.1:1/"))
+
+
+def test_the_pool_size_is_checked() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        TrioTransport(max_connections_per_host=0)

@@ -1,0 +1,465 @@
+"""A loop-native transport: HTTP/1.1 by h11 over anyio streams, pooled per host.
+
+Theory of operation.  h11 is a Sans-IO machine: it turns events (`Request`, `Data`,
+`EndOfMessage`) into bytes and bytes into events, and knows nothing of sockets.  This
+module is its driver.  It opens TCP (and TLS) streams with anyio, so the same code runs
+natively on trio and on asyncio, and moves bytes between those streams and one
+`h11.Connection` per socket:
+
+* **Pool.**  Connections are kept per (scheme, host, port) in a `_HostPool`: a semaphore
+  of `max_connections_per_host` slots bounds the connections in use, and a list holds the
+  idle ones.  A call takes a slot (waiting at most the connect timeout), then an idle
+  connection if one is still sound (not readable: an idle socket with something to read
+  was closed or spoken to by the peer), else a new one.  Because a new connection is
+  only made when no idle one is left, open sockets never outnumber the slots.
+* **Reuse.**  After a response, a connection goes back to the pool only when h11 says
+  both sides finished the exchange (`our_state is DONE and their_state is DONE`), and
+  then only after `start_next_cycle()`.  Anything else (a body not read to its end, a
+  `Connection: close`, a close-delimited body, an error, a cancellation) closes the
+  socket, so a half-read connection is never handed out again.
+* **Bodies.**  Requests are sent whole, with `Content-Length` (h11 frames them).
+  Responses may be framed by `Content-Length`, chunked, or delimited by the close of the
+  connection; h11 decides which.  `chunks()` yields the bytes of each h11 `Data` event
+  as it is parsed, so one read from the socket is never held back to be merged with the
+  next.  Bodies are handed over as sent: no content-encoding is asked for or decoded.
+* **Time.**  `Timeout.connect` bounds the wait for a pool slot and the TCP+TLS
+  connect; `Timeout.read` bounds each receive and the write of the request; `total`
+  bounds a whole `send`, and for a stream the time from `open_stream` to the last
+  read.  As in `transports.httpx_transport`, a stream keeps a deadline and opens a fresh
+  `fail_after` for each read, because a cancel scope may not stay open across the
+  yields of a generator the caller drives.
+* **Errors.**  Everything below HTTP is translated in one place, `_mapped_errors`, keyed
+  by the phase of the call (pool, connect, write, read, total), into the
+  `transports._base` family, with short messages of our own (no URL, host or header) and
+  the original chain dropped.  A request we cannot send (bad URL, bad header) is refused
+  before any IO, in the same family and manner.  Cancellation is never translated (only
+  `Exception`s are caught), but it always closes the connection it interrupted.
+
+The request goes out with the caller's headers, plus `Host` (unless given) and
+`Content-Length` (replacing any framing header given); nothing else is added: no
+`User-Agent`, `Accept` or `Accept-Encoding`.  Response header names come back
+lower-cased, values decoded as latin-1, order and duplicates kept.  A transport belongs
+to the event loop it is first used on.
+
+Supported: `http` and `https` URLs; certificate and hostname verification (with the
+system's CAs, a given `ssl.SSLContext`, or none with `verify=False`); keep-alive with a
+bounded pool per host; any method; 1xx interim responses are skipped.
+
+Not supported yet: HTTP/2 (ALPN offers only `http/1.1`); proxies; credentials in the
+URL; non-ASCII URLs (refused, not percent-encoded); content-encoding (gzip...);
+`Expect: 100-continue`; streaming request bodies; an expiry for idle connections (a
+stale one is only noticed by the readable check); retrying a request on a kept-alive
+connection the server closed at that very moment (it fails as a `ProtocolError`); and
+HTTP/1.1 pipelining.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import select
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit
+
+import anyio
+import anyio.abc
+import attrs
+import h11
+
+from transports._base import (
+    BackendRequest,
+    BackendResponse,
+    ConnectError,
+    Headers,
+    ProtocolError,
+    TransportError,
+    TransportTimeout,
+)
+
+__all__ = ["H11Stream", "TrioTransport"]
+
+READ_SIZE = 64 * 1024
+DEFAULT_PORTS = {"http": 80, "https": 443}
+# Headers we frame ourselves; a caller's copy would contradict the body we send.
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
+_METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+
+
+class _Phase(enum.Enum):
+    """Where in a call an error happened; it decides how the error is reported."""
+
+    POOL = "pool"
+    CONNECT = "connect"
+    WRITE = "write"
+    READ = "read"
+    TOTAL = "total"
+
+
+# How each kind of failure reads, by the phase it happened in.
+_TIMEOUTS: dict[_Phase, str] = {
+    _Phase.POOL: "timed out waiting for a free backend connection",
+    _Phase.CONNECT: "timed out connecting to the backend",
+    _Phase.WRITE: "timed out sending the request to the backend",
+    _Phase.READ: "timed out waiting for the backend to answer",
+    _Phase.TOTAL: "the backend call exceeded its total time limit",
+}
+# A socket or TLS stream that broke, in whichever form the loop reports it.
+_BROKEN: tuple[type[Exception], ...] = (OSError, anyio.BrokenResourceError, anyio.EndOfStream)
+_BROKEN_IN: dict[_Phase, tuple[type[TransportError], str]] = {
+    _Phase.CONNECT: (ConnectError, "could not connect to the backend"),
+    _Phase.WRITE: (ProtocolError, "the connection broke while sending the request"),
+    _Phase.READ: (ProtocolError, "the connection broke while reading the answer"),
+}
+_BROKEN_ELSEWHERE = (TransportError, "the backend call failed")
+# Failures that read the same in every phase.
+_ANY_PHASE: tuple[tuple[type[Exception], type[TransportError], str], ...] = (
+    (h11.RemoteProtocolError, ProtocolError, "the backend broke the HTTP protocol"),
+    (h11.LocalProtocolError, ProtocolError, "the request could not be sent as valid HTTP"),
+    (anyio.ClosedResourceError, TransportError, "the backend answer was already read or closed"),
+)
+
+
+@contextmanager
+def _mapped_errors(phase: _Phase) -> Iterator[None]:
+    """The one boundary where socket, TLS, h11 and deadline errors become transport errors.
+
+    TimeoutError is tried first, since it is itself an OSError.
+    """
+    try:
+        yield
+    except TransportError:
+        raise
+    except TimeoutError:
+        raise TransportTimeout(_TIMEOUTS[phase]) from None
+    except _BROKEN:
+        target, message = _BROKEN_IN.get(phase, _BROKEN_ELSEWHERE)
+        raise target(message) from None
+    except Exception as exc:
+        for source, target, message in _ANY_PHASE:
+            if isinstance(exc, source):
+                raise target(message) from None
+        raise
+
+
+@contextmanager
+def _until(deadline: float) -> Iterator[None]:
+    """`fail_after` for the time left before `deadline` (inf: no limit)."""
+    if deadline == math.inf:
+        yield
+        return
+    remaining = deadline - anyio.current_time()
+    if remaining <= 0:
+        raise TransportTimeout("the backend call exceeded its total time limit")
+    with anyio.fail_after(remaining):
+        yield
+
+
+@attrs.frozen(kw_only=True)
+class _Target:
+    """What a URL says about where and what to ask; validated once per request."""
+
+    scheme: str
+    host: str
+    port: int
+    path: bytes
+    authority: str
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.scheme, self.host, self.port)
+
+
+def _parse_url(url: str) -> _Target:
+    """Split a backend URL; errors name no part of it (it may hold a secret)."""
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in DEFAULT_PORTS:
+            raise TransportError("the backend URL has an unsupported scheme")
+        host = parts.hostname
+        port = parts.port or DEFAULT_PORTS[scheme]
+        if not host:
+            raise TransportError("the backend URL is invalid")
+        if parts.username is not None or parts.password is not None:
+            raise TransportError("credentials in the backend URL are not supported")
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        path_bytes = path.encode("ascii")
+    except TransportError:
+        raise
+    except (ValueError, UnicodeError):
+        raise TransportError("the backend URL is invalid") from None
+    shown_host = f"[{host}]" if ":" in host else host
+    authority = shown_host if port == DEFAULT_PORTS[scheme] else f"{shown_host}:{port}"
+    return _Target(scheme=scheme, host=host, port=port, path=path_bytes, authority=authority)
+
+
+def _request_head(request: BackendRequest, target: _Target) -> h11.Request:
+    headers = [(k, v) for k, v in request.headers if k.lower() not in _FRAMING_HEADERS]
+    if not any(k.lower() == "host" for k, _ in headers):
+        headers.insert(0, ("Host", target.authority))
+    if request.body or request.method in _METHODS_WITH_BODY:
+        headers.append(("Content-Length", str(len(request.body))))
+    try:
+        return h11.Request(method=request.method, target=target.path, headers=headers)
+    except (h11.LocalProtocolError, UnicodeError):  # messages quote the offending header
+        raise ProtocolError("the request could not be sent as valid HTTP") from None
+
+
+def _decode_headers(headers: list[tuple[bytes, bytes]]) -> Headers:
+    """Names lower-cased (as httpx gives them), order and duplicates kept."""
+    return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers)
+
+
+def _is_readable(stream: anyio.abc.ByteStream) -> bool:
+    """Whether an idle socket has something to read: EOF, a reset, or unasked-for bytes."""
+    sock = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+    if sock is None:
+        return False  # not a socket we can look at: trust it
+    if sock.fileno() < 0:
+        return True  # already closed: as unusable as a readable one
+    readable, _, _ = select.select([sock], [], [], 0)
+    return bool(readable)
+
+
+class _Connection:
+    """One socket and the h11 machine that speaks HTTP/1.1 on it."""
+
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+        self.stream = stream
+        self.h11 = h11.Connection(our_role=h11.CLIENT)
+
+    @property
+    def reusable(self) -> bool:
+        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+
+    async def write(self, events: list[h11.Event], timeout: float | None) -> None:
+        data = b"".join(self.h11.send(event) or b"" for event in events)
+        with _mapped_errors(_Phase.WRITE), anyio.fail_after(timeout):
+            await self.stream.send(data)
+
+    async def next_event(self, timeout: float | None) -> h11.Event | type[h11.PAUSED]:
+        """The next event from the peer, reading (each receive under `timeout`) as needed."""
+        with _mapped_errors(_Phase.READ):
+            while True:
+                event = self.h11.next_event()
+                if event is not h11.NEED_DATA:
+                    return event  # type: ignore[return-value]
+                with anyio.fail_after(timeout):
+                    try:
+                        data = await self.stream.receive(READ_SIZE)
+                    except anyio.EndOfStream:
+                        data = b""
+                self.h11.receive_data(data)
+
+    async def close(self) -> None:
+        """Close at once: no waiting on the peer, and it works inside a cancelled scope."""
+        await anyio.aclose_forcefully(self.stream)
+
+
+class _HostPool:
+    """Slots and idle connections for one (scheme, host, port)."""
+
+    def __init__(self, size: int) -> None:
+        self.slots = anyio.Semaphore(size)
+        self.idle: list[_Connection] = []
+        self.retired = False
+
+
+class TrioTransport:
+    """A `Transport` speaking HTTP/1.1 with h11 over anyio streams (trio or asyncio).
+
+    `ssl_context` is used as given for every https backend (`verify` is then ignored);
+    without one, the system's CAs are trusted and hostnames verified, unless
+    `verify=False` turns both off.  At most `max_connections_per_host` connections are
+    open to one (scheme, host, port); a call waits for one at most `Timeout.connect`.
+    """
+
+    def __init__(
+        self,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        verify: bool = True,
+        max_connections_per_host: int = 10,
+    ) -> None:
+        if max_connections_per_host < 1:
+            raise ValueError("max_connections_per_host must be at least 1")
+        if ssl_context is None:
+            ssl_context = ssl.create_default_context()
+            if not verify:
+                ssl_context.check_hostname = False
+                ssl_context.verify_mode = ssl.CERT_NONE
+            ssl_context.set_alpn_protocols(["http/1.1"])
+        self._ssl_context = ssl_context
+        self._max_per_host = max_connections_per_host
+        self._pools: dict[tuple[str, str, int], _HostPool] = {}
+        self._closed = False
+
+    async def send(self, request: BackendRequest) -> BackendResponse:
+        """The whole answer, read under the call's total time limit."""
+        with _mapped_errors(_Phase.TOTAL), anyio.fail_after(request.timeout.total):
+            stream = await self._open(request, math.inf)
+            try:
+                body = await stream.aread()
+            finally:
+                await stream.aclose()
+        return BackendResponse(status=stream.status, headers=stream.headers, body=body)
+
+    async def open_stream(self, request: BackendRequest) -> H11Stream:
+        """An answer whose headers have arrived; the body is read through the stream."""
+        total = request.timeout.total
+        deadline = math.inf if total is None else anyio.current_time() + total
+        with _mapped_errors(_Phase.TOTAL), _until(deadline):
+            return await self._open(request, deadline)
+
+    async def aclose(self) -> None:
+        """Close the idle connections; connections in use close when their answer ends."""
+        self._closed = True
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.retired = True
+            idle, pool.idle = pool.idle, []
+            for connection in idle:
+                await connection.close()
+
+    async def _open(self, request: BackendRequest, deadline: float) -> H11Stream:
+        if self._closed:
+            raise TransportError("the transport is closed")
+        target = _parse_url(request.url)
+        head = _request_head(request, target)
+        pool = self._pools.setdefault(target.key, _HostPool(self._max_per_host))
+        timeout = request.timeout
+        with _mapped_errors(_Phase.POOL), anyio.fail_after(timeout.connect):
+            await pool.slots.acquire()
+        lease = _Lease(pool)
+        try:
+            lease.connection = await self._checkout(pool, target, timeout.connect)
+            connection = lease.connection
+            await connection.write(
+                [head, h11.Data(data=request.body), h11.EndOfMessage()], timeout.read
+            )
+            while True:
+                event = await connection.next_event(timeout.read)
+                if isinstance(event, h11.InformationalResponse):
+                    continue
+                if isinstance(event, h11.Response):
+                    break
+                raise ProtocolError("the backend closed the connection without answering")
+        except BaseException:
+            await lease.release(reuse=False)
+            raise
+        return H11Stream(
+            lease,
+            status=event.status_code,
+            headers=_decode_headers(list(event.headers)),
+            read_timeout=timeout.read,
+            deadline=deadline,
+        )
+
+    async def _checkout(
+        self, pool: _HostPool, target: _Target, timeout: float | None
+    ) -> _Connection:
+        """An idle connection that is still sound, else a new one."""
+        while pool.idle:
+            connection = pool.idle.pop()
+            if not _is_readable(connection.stream):
+                return connection
+            await connection.close()
+        with _mapped_errors(_Phase.CONNECT), anyio.fail_after(timeout):
+            if target.scheme == "https":
+                stream: anyio.abc.ByteStream = await anyio.connect_tcp(
+                    target.host,
+                    target.port,
+                    tls=True,
+                    ssl_context=self._ssl_context,
+                    tls_standard_compatible=False,
+                )
+            else:
+                stream = await anyio.connect_tcp(target.host, target.port)
+        return _Connection(stream)
+
+
+class _Lease:
+    """A pool slot, and the connection on it once there is one; released exactly once."""
+
+    def __init__(self, pool: _HostPool) -> None:
+        self._pool = pool
+        self._released = False
+        self.connection: _Connection | None = None
+
+    async def release(self, *, reuse: bool) -> None:
+        """Give the slot back; keep the connection only if asked and h11 agrees."""
+        if self._released:
+            return
+        self._released = True
+        self._pool.slots.release()
+        connection, self.connection = self.connection, None
+        if connection is None:
+            return
+        if reuse and connection.reusable and not self._pool.retired:
+            connection.h11.start_next_cycle()
+            self._pool.idle.append(connection)
+        else:
+            await connection.close()
+
+
+class H11Stream:
+    """A `BackendStream` over one pooled h11 connection."""
+
+    def __init__(
+        self,
+        lease: _Lease,
+        *,
+        status: int,
+        headers: Headers,
+        read_timeout: float | None,
+        deadline: float,
+    ) -> None:
+        self._lease = lease
+        self._read_timeout = read_timeout
+        self._deadline = deadline
+        self._finished = False
+        self.status = status
+        self.headers = headers
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """Body bytes, one chunk per h11 `Data` event, as they arrive."""
+        while (chunk := await self._next_chunk()) is not None:
+            yield chunk
+
+    async def aread(self) -> bytes:
+        """The rest of the body at once."""
+        parts = []
+        while (chunk := await self._next_chunk()) is not None:
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def aclose(self) -> None:
+        """Give the connection back if the body was read to its end, else close it."""
+        await self._lease.release(reuse=self._finished)
+
+    async def _next_chunk(self) -> bytes | None:
+        """The next non-empty piece of body, or None at its end; any failure closes."""
+        if self._finished:
+            return None
+        connection = self._lease.connection
+        if connection is None:
+            raise TransportError("the backend answer was already read or closed")
+        try:
+            with _mapped_errors(_Phase.TOTAL), _until(self._deadline):
+                while True:
+                    event = await connection.next_event(self._read_timeout)
+                    if isinstance(event, h11.Data):
+                        if event.data:
+                            return bytes(event.data)
+                        continue
+                    if isinstance(event, h11.EndOfMessage):
+                        break
+                    raise ProtocolError("the backend broke the HTTP protocol")
+        except BaseException:
+            await self._lease.release(reuse=False)
+            raise
+        self._finished = True
+        await self._lease.release(reuse=True)
+        return None
