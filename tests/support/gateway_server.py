@@ -14,6 +14,7 @@ from frontends.gateway import Gateway
 from frontends.identity import IdentityProvider, StaticKeys
 from frontends.web import create_app
 from tests.support.servers import serve_app
+from transports import Transport
 from transports.httpx_transport import HttpxTransport
 
 REPO_FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
@@ -64,13 +65,20 @@ def write_fixtures(
 
 @contextmanager
 def running_gateway(
-    fixtures: Path, tokens_file: Path | None = None, *, identity: IdentityProvider | None = None
+    fixtures: Path,
+    tokens_file: Path | None = None,
+    *,
+    identity: IdentityProvider | None = None,
+    transport: Transport | None = None,
 ) -> Iterator[str]:
     """The base URL of a gateway serving these fixtures through a real server; the
-    identity provider is static keys from `tokens_file` unless one is given."""
+    identity provider is static keys from `tokens_file` unless one is given, the
+    transport httpx unless one is given."""
     if identity is None:
         assert tokens_file is not None
         identity = StaticKeys.from_file(tokens_file)
-    gateway = Gateway.from_fixtures(fixtures, identity=identity, transport=HttpxTransport())
+    gateway = Gateway.from_fixtures(
+        fixtures, identity=identity, transport=transport or HttpxTransport()
+    )
     with serve_app(create_app(gateway)) as url:
         yield url
