@@ -101,9 +101,7 @@ def _token(settings: Settings) -> int:
     return 0
 
 
-def _build(
-    fixtures: Path, *, identity: IdentityProvider, verify_tls: bool = True
-) -> Gateway:
+def _build(fixtures: Path, *, identity: IdentityProvider, verify_tls: bool = True) -> Gateway:
     from transports.httpx_transport import HttpxTransport
 
     return Gateway.from_fixtures(

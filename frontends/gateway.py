@@ -14,7 +14,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import attrs
@@ -66,7 +66,7 @@ from core import (
 from frontends.identity import AccessRefused, CredentialsRejected, IdentityProvider
 from transports import Transport, TransportTimeout
 
-__all__ = ["Gateway", "GatewayRequest", "GatewayResponse"]
+__all__ = ["ByteStream", "Gateway", "GatewayRequest", "GatewayResponse", "StreamRelay"]
 
 request_log = logging.getLogger("inference_gateway.requests")
 log = logging.getLogger("inference_gateway")
@@ -85,6 +85,14 @@ class GatewayRequest:
     request_id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
 
 
+class ByteStream(Protocol):
+    """A streamed body: iterate the chunks once, and always close (also when leaving early)."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
 @attrs.frozen(kw_only=True)
 class GatewayResponse:
     """A whole answer (`body`) or a streamed one (`stream`, iterated exactly once)."""
@@ -92,7 +100,7 @@ class GatewayResponse:
     status: int
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
-    stream: StreamRelay | None = attrs.field(default=None, eq=False)
+    stream: ByteStream | None = attrs.field(default=None, eq=False)
 
     def json(self) -> Any:
         return json.loads(self.body)

@@ -56,7 +56,7 @@ import anyio
 import attrs
 
 from core import ConfigurationError, Identity, OpenAIRoute, Rule
-from frontends.gateway import Gateway, GatewayRequest, GatewayResponse, StreamRelay
+from frontends.gateway import ByteStream, Gateway, GatewayRequest, GatewayResponse
 from frontends.identity import (
     AccessRefused,
     CredentialsRejected,
@@ -245,26 +245,26 @@ class ConversationRecorder:
         await self.gateway.aclose()
 
 
-class _RecordingRelay(StreamRelay):
-    """A `StreamRelay` that keeps each event it hands on; reports them when closed.
-
-    A subclass only so it fits `GatewayResponse.stream`; it does not use the parent's
-    state (hence no `super().__init__`), it delegates to the relay it wraps.
-    """
+class _RecordingRelay:
+    """Wraps a stream's relay, keeping each event it hands on; reports them when closed."""
 
     def __init__(
-        self, inner: StreamRelay, finish: Callable[[tuple[Chunk, ...], bool], None]
+        self, inner: ByteStream, finish: Callable[[tuple[Chunk, ...], bool], None]
     ) -> None:
         self._inner = inner
+        self._iterator = inner.__aiter__()
         self._finish = finish
         self._events: list[Chunk] = []
         self._opened = time.monotonic()
         self._complete = False
         self._reported = False
 
+    def __aiter__(self) -> _RecordingRelay:
+        return self
+
     async def __anext__(self) -> bytes:
         try:
-            event = await self._inner.__anext__()
+            event = await self._iterator.__anext__()
         except StopAsyncIteration:
             self._complete = True
             await self.aclose()
