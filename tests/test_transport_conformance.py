@@ -11,7 +11,7 @@ Adding a transport is one entry in `TRANSPORT_FACTORIES` and one or more in `KIN
 The `replay` kind is a record-then-replay round trip: each call goes to the live server
 through `RecordingTransport`, and the caller gets what `ReplayTransport` answers from
 that recording.  Cases that need the live peer to see the caller's pacing (chunk
-acknowledgements, a hang-up, connection reuse) call `kind.require_live()`.
+acknowledgements, a hang-up, connection reuse) are marked `live_peer`.
 """
 
 from __future__ import annotations
@@ -140,10 +140,6 @@ class Kind:
     ) -> AbstractAsyncContextManager[Transport]:
         return TRANSPORT_FACTORIES[self.transport](ssl_context)
 
-    def require_live(self) -> None:
-        if not self.live:
-            pytest.skip("answers from a recording; this case needs the peer to see the reads")
-
 
 KINDS = [
     Kind("httpx", "asyncio"),
@@ -154,9 +150,14 @@ KINDS = [
 ]
 
 
-@pytest.fixture(params=KINDS, ids=lambda kind: kind.id)
-def kind(request: pytest.FixtureRequest) -> Kind:
-    return request.param  # type: ignore[no-any-return]
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every case over every kind, except that a case marked `live_peer` (it needs the
+    server to see the client's reads as they happen) is not generated for replay, which
+    answers from a recording and has no peer."""
+    if "kind" in metafunc.fixturenames:
+        live_only = metafunc.definition.get_closest_marker("live_peer") is not None
+        kinds = [k for k in KINDS if k.live or not live_only]
+        metafunc.parametrize("kind", kinds, ids=[k.id for k in kinds])
 
 
 @pytest.fixture
@@ -338,11 +339,11 @@ async def test_response_bodies_in_every_framing(transport: Transport, framing: s
     )
 
 
+@pytest.mark.live_peer
 @pytest.mark.parametrize("framing", FRAMINGS)
 async def test_stream_chunk_boundaries_are_preserved(
     kind: Kind, transport: Transport, framing: str
 ) -> None:
-    kind.require_live()
     pieces = [b"data: %d\n\n" % i + b"x" * (i * 100) for i in range(6)]
     received_piece = [anyio.Event() for _ in pieces]
 
@@ -504,10 +505,10 @@ async def test_a_stream_that_stalls_times_out_while_iterating(
 # -- cancellation, closing and reuse -----------------------------------------------------------
 
 
+@pytest.mark.live_peer
 async def test_cancellation_mid_stream_closes_the_upstream_connection(
     kind: Kind, transport: Transport
 ) -> None:
-    kind.require_live()
     received: list[bytes] = []
     async with serving({"/hang": _one_chunk_then_silence}) as server:
         async with anyio.create_task_group() as tg:
@@ -526,10 +527,10 @@ async def test_cancellation_mid_stream_closes_the_upstream_connection(
     assert received == [b"data: 1\n\n"]
 
 
+@pytest.mark.live_peer
 async def test_aclose_mid_stream_closes_the_upstream_connection(
     kind: Kind, transport: Transport
 ) -> None:
-    kind.require_live()
     async with serving({"/hang": _one_chunk_then_silence}) as server:
         stream = await transport.open_stream(_get(server, "/hang"))
         first = await stream.chunks().__anext__()
@@ -540,10 +541,10 @@ async def test_aclose_mid_stream_closes_the_upstream_connection(
     assert first == b"data: 1\n\n"
 
 
+@pytest.mark.live_peer
 async def test_a_connection_is_reused_after_a_complete_answer(
     kind: Kind, transport: Transport
 ) -> None:
-    kind.require_live()
     async with serving({"/ok": _respond_ok}) as server:
         first = await transport.send(_get(server, "/ok"))
         second = await transport.send(_get(server, "/ok"))
