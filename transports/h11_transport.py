@@ -77,6 +77,7 @@ from transports._base import (
     TransportError,
     TransportTimeout,
 )
+from transports._deadline import deadline_after, until
 
 __all__ = ["H11Stream", "TrioTransport"]
 
@@ -141,19 +142,6 @@ def _mapped_errors(phase: _Phase) -> Iterator[None]:
             if isinstance(exc, source):
                 raise target(message) from None
         raise
-
-
-@contextmanager
-def _until(deadline: float) -> Iterator[None]:
-    """`fail_after` for the time left before `deadline` (inf: no limit)."""
-    if deadline == math.inf:
-        yield
-        return
-    remaining = deadline - anyio.current_time()
-    if remaining <= 0:
-        raise TransportTimeout("the backend call exceeded its total time limit")
-    with anyio.fail_after(remaining):
-        yield
 
 
 @attrs.frozen(kw_only=True)
@@ -309,8 +297,8 @@ class TrioTransport:
     async def open_stream(self, request: BackendRequest) -> H11Stream:
         """An answer whose headers have arrived; the body is read through the stream."""
         total = request.timeout.total
-        deadline = math.inf if total is None else anyio.current_time() + total
-        with _mapped_errors(_Phase.TOTAL), _until(deadline):
+        deadline = deadline_after(total)
+        with _mapped_errors(_Phase.TOTAL), until(deadline):
             return await self._open(request, deadline)
 
     async def aclose(self) -> None:
@@ -447,7 +435,7 @@ class H11Stream:
         if connection is None:
             raise TransportError("the backend answer was already read or closed")
         try:
-            with _mapped_errors(_Phase.TOTAL), _until(self._deadline):
+            with _mapped_errors(_Phase.TOTAL), until(self._deadline):
                 while True:
                     event = await connection.next_event(self._read_timeout)
                     if isinstance(event, h11.Data):

@@ -17,7 +17,6 @@ Only anyio is used, never asyncio or trio directly; httpx itself picks the runni
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
@@ -34,6 +33,7 @@ from transports._base import (
     TransportError,
     TransportTimeout,
 )
+from transports._deadline import deadline_after, until
 
 __all__ = ["HttpxStream", "HttpxTransport"]
 
@@ -126,8 +126,8 @@ class HttpxTransport:
     async def open_stream(self, request: BackendRequest) -> HttpxStream:
         """An answer whose headers have arrived; the body is read through the stream."""
         total = request.timeout.total
-        deadline = math.inf if total is None else anyio.current_time() + total
-        with _mapped_errors(), _until(deadline):
+        deadline = deadline_after(total)
+        with _mapped_errors(), until(deadline):
             response = await self._client.send(self._build(request), stream=True)
         return HttpxStream(response, deadline)
 
@@ -135,19 +135,6 @@ class HttpxTransport:
         """Close the pool, but only one we built: a client passed in belongs to its owner."""
         if self._owns_client:
             await self._client.aclose()
-
-
-@contextmanager
-def _until(deadline: float) -> Iterator[None]:
-    """`fail_after` for the time left before `deadline` (inf: no limit)."""
-    if deadline == math.inf:
-        yield
-        return
-    remaining = deadline - anyio.current_time()
-    if remaining <= 0:
-        raise TransportTimeout("the backend call exceeded its total time limit")
-    with anyio.fail_after(remaining):
-        yield
 
 
 class HttpxStream:
@@ -167,7 +154,7 @@ class HttpxStream:
         """
         reader = self._response.aiter_bytes()
         while True:
-            with _mapped_errors(), _until(self._deadline):
+            with _mapped_errors(), until(self._deadline):
                 try:
                     chunk = await reader.__anext__()
                 except StopAsyncIteration:
@@ -177,7 +164,7 @@ class HttpxStream:
 
     async def aread(self) -> bytes:
         """The rest of the body at once (for error answers, which are small)."""
-        with _mapped_errors(), _until(self._deadline):
+        with _mapped_errors(), until(self._deadline):
             return await self._response.aread()
 
     async def aclose(self) -> None:

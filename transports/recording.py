@@ -63,6 +63,19 @@ def _recorded(request: BackendRequest) -> RecordedRequest:
     )
 
 
+@contextmanager
+def _noting_failures(sink: Callable[[Exchange], None], request: BackendRequest) -> Iterator[None]:
+    """A call that never got an answer is recorded too: cancelled, or the error's class."""
+    try:
+        yield
+    except anyio.get_cancelled_exc_class():
+        sink(_failed(request, None, cancelled=True))
+        raise
+    except TransportError as exc:
+        sink(_failed(request, type(exc).__name__))
+        raise
+
+
 class RecordingTransport:
     """A `Transport` that records through `inner`; `path` None records to scopes only."""
 
@@ -85,14 +98,8 @@ class RecordingTransport:
 
     async def send(self, request: BackendRequest) -> BackendResponse:
         sink = self._sink()
-        try:
+        with _noting_failures(sink, request):
             response = await self._inner.send(request)
-        except anyio.get_cancelled_exc_class():
-            sink(_failed(request, None, cancelled=True))
-            raise
-        except TransportError as exc:
-            sink(_failed(request, type(exc).__name__))
-            raise
         sink(
             Exchange(
                 request=_recorded(request),
@@ -105,14 +112,8 @@ class RecordingTransport:
 
     async def open_stream(self, request: BackendRequest) -> RecordingStream:
         sink = self._sink()
-        try:
+        with _noting_failures(sink, request):
             stream = await self._inner.open_stream(request)
-        except anyio.get_cancelled_exc_class():
-            sink(_failed(request, None, cancelled=True))
-            raise
-        except TransportError as exc:
-            sink(_failed(request, type(exc).__name__))
-            raise
         return RecordingStream(stream, request, sink)
 
     async def aclose(self) -> None:
