@@ -63,6 +63,8 @@ from core._request import (
     State,
     bearer_credentials,
     identity_refusal,
+    identity_unavailable,
+    missing_credentials,
 )
 from core._selection import select_endpoint, usable_endpoints
 from core._shaping import JSON_HEADERS, STREAM_HEADERS, Response, error_response
@@ -126,8 +128,10 @@ __all__ = [
     "error_response",
     "filter_jobs",
     "identity_refusal",
+    "identity_unavailable",
     "load_catalog",
     "may_use_cluster",
+    "missing_credentials",
     "model_entry",
     "model_list",
     "normalise_domain",

@@ -123,6 +123,26 @@ def bearer_credentials(authorization: str | None) -> str | None:
     return token
 
 
+def missing_credentials() -> ClientError:
+    """The answer to a request without a bearer token: 401 with a Bearer challenge."""
+    return ClientError(
+        "Missing bearer token in the Authorization header.",
+        status=401,
+        type="authentication_error",
+        code="invalid_api_key",
+        headers=(("www-authenticate", _REALM),),
+    )
+
+
+def identity_unavailable() -> BackendError:
+    """The answer when the identity provider cannot be asked: not the caller's fault."""
+    return BackendError(
+        "The identity provider is unavailable; try again shortly.",
+        status=503,
+        code="identity_provider_unavailable",
+    )
+
+
 def identity_refusal(event: IdentityResolved) -> ClientError:
     """The answer to credentials the provider did not accept: 401 with a Bearer challenge
     (its `error_description` the provider's reason), or 403 for a gateway-wide rule."""
@@ -210,9 +230,7 @@ class RequestMachine:
         self._request = event
         credentials = bearer_credentials(event.authorization)
         if credentials is None:
-            return self._refuse_credentials(
-                "Missing bearer token in the Authorization header.", _REALM
-            )
+            return self._finish_with_error(missing_credentials())
         return S.AUTHENTICATING, (Authenticate(credentials=credentials),)
 
     def _on_identity(self, event: IdentityResolved) -> Outcome:
@@ -248,11 +266,7 @@ class RequestMachine:
         return (S.AWAITING_STREAM if valid.stream else S.AWAITING_RESULT), (call,)
 
     def _on_identity_unavailable(self, event: IdentityUnavailable) -> Outcome:
-        error = BackendError(
-            "The identity provider is unavailable; try again shortly.",
-            status=503,
-            code="identity_provider_unavailable",
-        )
+        error = identity_unavailable()
         shaped = Shaped(response=error_response(error), detail=event.detail)
         return self._finish(shaped, error_code=error.code)
 
@@ -324,16 +338,6 @@ class RequestMachine:
     def _current_endpoint(self) -> EndpointRecord:
         assert self._endpoint is not None, "adaptor events come only after selection"
         return self._endpoint
-
-    def _refuse_credentials(self, message: str, challenge: str) -> Outcome:
-        error = ClientError(
-            message,
-            status=401,
-            type="authentication_error",
-            code="invalid_api_key",
-            headers=(("www-authenticate", challenge),),
-        )
-        return self._finish_with_error(error)
 
     def _finish_with_error(self, error: GatewayError) -> Outcome:
         return self._finish(Shaped(response=error_response(error)), error_code=error.code)

@@ -58,7 +58,9 @@ from core import (
     error_response,
     filter_jobs,
     identity_refusal,
+    identity_unavailable,
     load_catalog,
+    missing_credentials,
     model_entry,
     model_list,
     redact,
@@ -373,23 +375,9 @@ class Gateway:
         credentials = bearer_credentials(authorization)
         resolved = await self._resolve(credentials) if credentials else None
         if isinstance(resolved, IdentityUnavailable):
-            return _respond(
-                BackendError(
-                    "The identity provider is unavailable; try again shortly.",
-                    status=503,
-                    code="identity_provider_unavailable",
-                )
-            )
+            return _respond(identity_unavailable())
         if resolved is None:
-            return _respond(
-                ClientError(
-                    "Missing bearer token in the Authorization header.",
-                    status=401,
-                    type="authentication_error",
-                    code="invalid_api_key",
-                    headers=(("www-authenticate", 'Bearer realm="inference-gateway"'),),
-                )
-            )
+            return _respond(missing_credentials())
         if resolved.identity is None:
             return _respond(identity_refusal(resolved))
         return resolved.identity
