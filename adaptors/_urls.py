@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["ROUTE_SUFFIXES", "api_base", "resolve_url"]
+__all__ = ["ROUTE_SUFFIXES", "resolve_url"]
 
 # Longest first: "/chat/completions" also ends with "/completions".
 ROUTE_SUFFIXES = ("/chat/completions", "/completions", "/embeddings")
@@ -22,12 +22,6 @@ def _strip_route(path: str) -> str:
         if path.endswith(suffix):
             return path[: -len(suffix)].rstrip("/")
     return path
-
-
-def api_base(api_url: str) -> str:
-    """The configured URL without a trailing route suffix or slash (query kept)."""
-    parts = urlsplit(api_url)
-    return urlunsplit(parts._replace(path=_strip_route(parts.path)))
 
 
 def resolve_url(api_url: str, route: str | None) -> str:

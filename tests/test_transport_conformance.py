@@ -41,7 +41,7 @@ from transports import (
     TransportError,
     TransportTimeout,
 )
-from transports.h11_transport import TrioTransport
+from transports.h11_transport import H11Transport
 from transports.httpx_transport import HttpxTransport
 
 pytestmark = pytest.mark.anyio
@@ -68,7 +68,7 @@ async def _httpx(ssl_context: ssl.SSLContext | None) -> AsyncIterator[Transport]
 
 @asynccontextmanager
 async def _h11(ssl_context: ssl.SSLContext | None) -> AsyncIterator[Transport]:
-    transport = TrioTransport(ssl_context=ssl_context)
+    transport = H11Transport(ssl_context=ssl_context)
     try:
         yield transport
     finally:

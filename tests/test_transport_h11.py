@@ -1,4 +1,4 @@
-"""What only `TrioTransport` promises: its pool, its reuse rules, its URL checks.
+"""What only `H11Transport` promises: its pool, its reuse rules, its URL checks.
 
 The behaviour every transport shares is in `test_transport_conformance`; these cases
 run on trio and asyncio against the same scripted server.
@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.scripted_http import Exchange, ScriptedServer, serving
 from transports import BackendRequest, Timeout, TransportError, TransportTimeout
-from transports.h11_transport import TrioTransport
+from transports.h11_transport import H11Transport
 
 pytestmark = pytest.mark.anyio
 
@@ -26,8 +26,8 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def transport() -> AsyncIterator[TrioTransport]:
-    transport = TrioTransport(max_connections_per_host=2)
+async def transport() -> AsyncIterator[H11Transport]:
+    transport = H11Transport(max_connections_per_host=2)
     try:
         yield transport
     finally:
@@ -48,7 +48,7 @@ async def _one_chunk_then_silence(exchange: Exchange) -> None:
     await exchange.wait_disconnect()
 
 
-async def test_the_pool_bounds_connections_per_host(transport: TrioTransport) -> None:
+async def test_the_pool_bounds_connections_per_host(transport: H11Transport) -> None:
     inside = 0
     two_inside = anyio.Event()
     release = anyio.Event()
@@ -77,7 +77,7 @@ async def test_the_pool_bounds_connections_per_host(transport: TrioTransport) ->
 
 
 async def test_waiting_for_a_slot_is_bounded_by_the_connect_timeout(
-    transport: TrioTransport,
+    transport: H11Transport,
 ) -> None:
     async with serving({"/hang": _one_chunk_then_silence, "/ok": _ok}) as server:
         streams = [await transport.open_stream(_get(server, "/hang")) for _ in range(2)]
@@ -89,7 +89,7 @@ async def test_waiting_for_a_slot_is_bounded_by_the_connect_timeout(
 
 
 async def test_cancellation_alone_closes_the_connection_and_frees_its_slot() -> None:
-    transport = TrioTransport(max_connections_per_host=1)
+    transport = H11Transport(max_connections_per_host=1)
     got_first = anyio.Event()
     try:
         async with serving({"/hang": _one_chunk_then_silence, "/ok": _ok}) as server:
@@ -111,7 +111,7 @@ async def test_cancellation_alone_closes_the_connection_and_frees_its_slot() -> 
         await transport.aclose()
 
 
-async def test_connection_close_is_honoured(transport: TrioTransport) -> None:
+async def test_connection_close_is_honoured(transport: H11Transport) -> None:
     async def closing(exchange: Exchange) -> None:
         await exchange.respond(200, [("connection", "close")], b"bye")
 
@@ -122,7 +122,7 @@ async def test_connection_close_is_honoured(transport: TrioTransport) -> None:
 
 
 async def test_an_idle_connection_the_server_closed_is_not_reused(
-    transport: TrioTransport,
+    transport: H11Transport,
 ) -> None:
     async def once(exchange: Exchange) -> None:
         exchange.hang_up = True  # keep-alive by its headers, closed all the same
@@ -136,7 +136,7 @@ async def test_an_idle_connection_the_server_closed_is_not_reused(
     assert len(server.connections) == 2
 
 
-async def test_a_half_read_stream_is_not_reused(transport: TrioTransport) -> None:
+async def test_a_half_read_stream_is_not_reused(transport: H11Transport) -> None:
     async def long(exchange: Exchange) -> None:
         await exchange.start(200)
         await exchange.send(b"part one;")
@@ -164,7 +164,7 @@ async def test_a_half_read_stream_is_not_reused(transport: TrioTransport) -> Non
     ],
 )
 async def test_urls_it_cannot_use_are_refused_without_naming_them(
-    transport: TrioTransport, url: str, message: str
+    transport: H11Transport, url: str, message: str
 ) -> None:
     with pytest.raises(TransportError, match=message) as caught:
         await transport.send(BackendRequest(method="GET", url=url))
@@ -172,7 +172,7 @@ async def test_urls_it_cannot_use_are_refused_without_naming_them(
 
 
 async def test_a_closed_transport_refuses_calls() -> None:
-    transport = TrioTransport()
+    transport = H11Transport()
     await transport.aclose()
     with pytest.raises(TransportError, match="closed"):
         await transport.send(BackendRequest(method="GET", url="http://127.0.0.1:1/"))
@@ -180,4 +180,4 @@ async def test_a_closed_transport_refuses_calls() -> None:
 
 def test_the_pool_size_is_checked() -> None:
     with pytest.raises(ValueError, match="at least 1"):
-        TrioTransport(max_connections_per_host=0)
+        H11Transport(max_connections_per_host=0)

@@ -11,17 +11,17 @@ from transports._base import (
     TransportError,
     TransportTimeout,
 )
-from transports.h11_transport import TrioTransport
+from transports.h11_transport import H11Transport
 
 __all__ = [
     "BackendRequest",
     "BackendResponse",
     "BackendStream",
     "ConnectError",
+    "H11Transport",
     "ProtocolError",
     "Timeout",
     "Transport",
     "TransportError",
     "TransportTimeout",
-    "TrioTransport",
 ]

@@ -2,7 +2,7 @@
 
 Adaptors speak their backend's protocol by building a `BackendRequest` and handing it to
 the transport the gateway gave them; they never build an HTTP client of their own, so the
-same adaptor runs over httpx, a trio-native client or a replayed cassette.
+same adaptor runs over httpx, h11 on anyio or a replayed cassette.
 
 The contract is two calls and a close, as in httpx's transport: `send` for a whole
 answer, `open_stream` for an answer read chunk by chunk.  Every failure below HTTP

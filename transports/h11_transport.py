@@ -79,7 +79,7 @@ from transports._base import (
 )
 from transports._deadline import deadline_after, until
 
-__all__ = ["H11Stream", "TrioTransport"]
+__all__ = ["H11Stream", "H11Transport"]
 
 READ_SIZE = 64 * 1024
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -255,7 +255,7 @@ class _HostPool:
         self.retired = False
 
 
-class TrioTransport:
+class H11Transport:
     """A `Transport` speaking HTTP/1.1 with h11 over anyio streams (trio or asyncio).
 
     `ssl_context` is used as given for every https backend (`verify` is then ignored);

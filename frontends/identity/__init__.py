@@ -18,9 +18,7 @@ from frontends.identity._build import build_identity
 from frontends.identity._globus import GlobusAuth
 from frontends.identity._oidc import OIDCProvider
 from frontends.identity._static import (
-    KeyEntry,
     StaticKeys,
-    StaticTokens,
     add_key,
     ensure_tokens_file,
     first_token,
@@ -36,11 +34,9 @@ __all__ = [
     "CredentialsRejected",
     "GlobusAuth",
     "IdentityProvider",
-    "KeyEntry",
     "OIDCProvider",
     "ProviderUnavailable",
     "StaticKeys",
-    "StaticTokens",
     "acceptable_username",
     "add_key",
     "build_identity",

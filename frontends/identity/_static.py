@@ -35,9 +35,7 @@ from core import ConfigurationError, Identity
 from frontends.identity._base import acceptable_username
 
 __all__ = [
-    "KeyEntry",
     "StaticKeys",
-    "StaticTokens",
     "add_key",
     "ensure_tokens_file",
     "first_token",
@@ -71,8 +69,6 @@ class _KeysFile(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", strict=True)
     keys: list[_KeyEntry]
 
-
-KeyEntry = _KeyEntry
 
 
 def _hash(salt: bytes, key: str) -> bytes:
@@ -144,7 +140,7 @@ class StaticKeys:
 
     name = "static"
 
-    def __init__(self, path: Path | None = None, *, keys: Sequence[KeyEntry] = ()) -> None:
+    def __init__(self, path: Path | None = None, *, keys: Sequence[_KeyEntry] = ()) -> None:
         self._path = path
         if path is not None:
             self._loaded = _load(path)
@@ -184,8 +180,6 @@ class StaticKeys:
                 found = identity
         return found
 
-
-StaticTokens = StaticKeys  # the name the first issue gave it
 
 
 def new_key() -> str:
