@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -92,38 +92,65 @@ def _construct(
         ) from exc
 
 
+# The seed constructors' keyword arguments, each taken from the record field of that name.
+_ENDPOINT_ARGUMENTS = (
+    "id",
+    "endpoint_slug",
+    "cluster",
+    "framework",
+    "model",
+    "endpoint_adapter",
+    "allowed_globus_groups",
+    "allowed_domains",
+    "config",
+)
+_CLUSTER_ARGUMENTS = (
+    "id",
+    "cluster_name",
+    "cluster_adapter",
+    "frameworks",
+    "openai_endpoints",
+    "allowed_globus_groups",
+    "allowed_domains",
+    "config",
+)
+
+
+def _plain(value: Any) -> Any:
+    """What seed adaptors expect: lists for the record's tuples, a private dict for config."""
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, Mapping):
+        return copy.deepcopy(dict(value))
+    return value
+
+
+def _build(
+    record: EndpointRecord | ClusterRecord,
+    base: type[Any],
+    adapter_field: str,
+    names: tuple[str, ...],
+    *,
+    file: str,
+) -> Any:
+    cls = import_adaptor(
+        getattr(record, adapter_field), base, file=file, entry=record.id, field=adapter_field
+    )
+    arguments = {name: _plain(getattr(record, name)) for name in names}
+    return _construct(cls, arguments, file=file, entry=record.id)
+
+
 def build_endpoint(record: EndpointRecord, *, file: str) -> BaseEndpoint:
     """An unbound endpoint adaptor for `record` (the gateway binds its transport)."""
-    cls: type[BaseEndpoint] = import_adaptor(
-        record.endpoint_adapter, BaseEndpoint, file=file, entry=record.id, field="endpoint_adapter"
+    endpoint: BaseEndpoint = _build(
+        record, BaseEndpoint, "endpoint_adapter", _ENDPOINT_ARGUMENTS, file=file
     )
-    arguments = {
-        "id": record.id,
-        "endpoint_slug": record.endpoint_slug,
-        "cluster": record.cluster,
-        "framework": record.framework,
-        "model": record.model,
-        "endpoint_adapter": record.endpoint_adapter,
-        "allowed_globus_groups": list(record.allowed_globus_groups),
-        "allowed_domains": list(record.allowed_domains),
-        "config": copy.deepcopy(dict(record.config)),
-    }
-    return _construct(cls, arguments, file=file, entry=record.id)
+    return endpoint
 
 
 def build_cluster(record: ClusterRecord, *, file: str) -> BaseCluster:
     """An unbound cluster adaptor for `record` (the gateway binds its transport)."""
-    cls: type[BaseCluster] = import_adaptor(
-        record.cluster_adapter, BaseCluster, file=file, entry=record.id, field="cluster_adapter"
+    cluster: BaseCluster = _build(
+        record, BaseCluster, "cluster_adapter", _CLUSTER_ARGUMENTS, file=file
     )
-    arguments = {
-        "id": record.id,
-        "cluster_name": record.cluster_name,
-        "cluster_adapter": record.cluster_adapter,
-        "frameworks": list(record.frameworks),
-        "openai_endpoints": list(record.openai_endpoints),
-        "allowed_globus_groups": list(record.allowed_globus_groups),
-        "allowed_domains": list(record.allowed_domains),
-        "config": copy.deepcopy(dict(record.config)),
-    }
-    return _construct(cls, arguments, file=file, entry=record.id)
+    return cluster

@@ -9,11 +9,12 @@ example answers validate.  As for endpoints, `BaseCluster.__init__` never touche
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from adaptors._binding import Bindable
 from adaptors._values import string_list
 from transports import Transport
 
@@ -44,7 +45,7 @@ class GetJobsResponse(BaseModel):
     error_code: int | None = None
 
 
-class BaseCluster(ABC):
+class BaseCluster(Bindable, ABC):
     """A place endpoints run, and the one that knows which of its models are up."""
 
     def __init__(
@@ -64,7 +65,6 @@ class BaseCluster(ABC):
         self._openai_endpoints = string_list(openai_endpoints)
         self._allowed_globus_groups = string_list(allowed_globus_groups)
         self._allowed_domains = string_list(allowed_domains)
-        self._transport: Transport | None = None
 
     @property
     def id(self) -> str:
@@ -98,18 +98,12 @@ class BaseCluster(ABC):
         # Deliberately without config: a config may name secrets or internal hosts.
         return f"{type(self).__name__}(cluster_name={self._cluster_name!r})"
 
-    def bind(self, *, transport: Transport) -> None:
-        """Give the adaptor the gateway's shared transport."""
-        self._transport = transport
+    def _describe(self) -> str:
+        return f"cluster '{self._cluster_name}'"
 
-    @property
-    def transport(self) -> Transport:
-        if self._transport is None:
-            raise RuntimeError(
-                f"cluster '{self._cluster_name}' has no transport: the gateway must call "
-                "bind(transport=...) before the adaptor is used"
-            )
-        return self._transport
+    def bind(self, *, transport: Transport, secrets: Mapping[str, str] | None = None) -> None:
+        """Give the adaptor the gateway's shared transport and the secrets its config names."""
+        self._bind_io(transport, secrets)
 
     @abstractmethod
     async def get_jobs(self) -> GetJobsResponse:

@@ -8,7 +8,6 @@ is down), a reply we cannot read answers 502; neither message holds the URL or t
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -80,8 +79,6 @@ class OpenAICompatibleCluster(BaseCluster):
             if isinstance(config, OpenAICompatibleClusterConfig)
             else OpenAICompatibleClusterConfig.model_validate(dict(config or {}))
         )
-        name = self._config.api_key_env_name
-        self._api_key = (os.environ.get(name) or None) if name else None
 
     @property
     def config(self) -> OpenAICompatibleClusterConfig:
@@ -93,8 +90,9 @@ class OpenAICompatibleCluster(BaseCluster):
     async def get_jobs(self) -> GetJobsResponse:
         seconds = self._config.api_request_timeout
         headers = [("accept", "application/json")]
-        if self._api_key:
-            headers.append(("authorization", f"Bearer {self._api_key}"))
+        key = self.secret(self._config.api_key_env_name)
+        if key:
+            headers.append(("authorization", f"Bearer {key}"))
         request = BackendRequest(
             method="GET",
             url=resolve_url(self._config.api_url, "models"),

@@ -5,15 +5,15 @@ variable holding the key; both stay exactly as the seed wrote them.  The body is
 the client wrote it and the answer comes back as the backend's text, byte for byte: the
 core checks and relays it, so re-serialising here could only lose information.
 
-The key is read once, at construction, and lives only in the request headers this
-adaptor builds.  No message this module writes holds the key or the backend URL, because
+The key is handed in by the gateway at `bind` (read from the environment variable the
+config names, once, at start) and lives only in the request headers this adaptor
+builds.  No message this module writes holds the key or the backend URL, because
 messages reach clients and logs; the backend is named by model and cluster instead.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -103,11 +103,15 @@ class DirectAPIEndpoint(BaseEndpoint):
             else DirectAPIEndpointConfig.model_validate(dict(config or {}))
         )
         self._api_url = self._config.api_url
-        self._api_key = os.environ.get(self._config.api_key_env_name) or None
 
     @property
     def config(self) -> DirectAPIEndpointConfig:
         return self._config
+
+    @property
+    def _api_key(self) -> str | None:
+        """The key named by `api_key_env_name`, as the gateway handed it in at `bind`."""
+        return self.secret(self._config.api_key_env_name)
 
     @property
     def api_url(self) -> str:

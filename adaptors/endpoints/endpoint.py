@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from adaptors._binding import Bindable
 from adaptors._values import string_list
 from adaptors.clusters.cluster import BaseCluster
 from transports import Transport
@@ -190,14 +191,7 @@ async def _endpoint_status(cluster: BaseCluster | None, model: str) -> GetEndpoi
     )
 
 
-def _not_bound(kind: str, name: str) -> RuntimeError:
-    return RuntimeError(
-        f"{kind} '{name}' has no transport: the gateway must call bind(transport=...) "
-        "before the adaptor is used"
-    )
-
-
-class BaseEndpoint(ABC):
+class BaseEndpoint(Bindable, ABC):
     """One model on one cluster, served through one backend protocol."""
 
     def __init__(
@@ -219,7 +213,6 @@ class BaseEndpoint(ABC):
         self._endpoint_adapter = endpoint_adapter
         self._allowed_globus_groups = string_list(allowed_globus_groups)
         self._allowed_domains = string_list(allowed_domains)
-        self._transport: Transport | None = None
         self._cluster_adaptor: BaseCluster | None = None
 
     # -- identity (read-only) -------------------------------------------------------------
@@ -262,16 +255,20 @@ class BaseEndpoint(ABC):
 
     # -- IO the gateway provides ----------------------------------------------------------
 
-    def bind(self, *, transport: Transport, cluster: BaseCluster | None = None) -> None:
-        """Give the adaptor the gateway's transport and its cluster's adaptor."""
-        self._transport = transport
-        self._cluster_adaptor = cluster
+    def _describe(self) -> str:
+        return f"endpoint '{self._endpoint_slug}'"
 
-    @property
-    def transport(self) -> Transport:
-        if self._transport is None:
-            raise _not_bound("endpoint", self._endpoint_slug)
-        return self._transport
+    def bind(
+        self,
+        *,
+        transport: Transport,
+        cluster: BaseCluster | None = None,
+        secrets: Mapping[str, str] | None = None,
+    ) -> None:
+        """Give the adaptor the gateway's transport, its cluster's adaptor and the secrets
+        its config names."""
+        self._bind_io(transport, secrets)
+        self._cluster_adaptor = cluster
 
     @property
     def cluster_adaptor(self) -> BaseCluster | None:
