@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from core import ConfigurationError
-from frontends import cli_keys, replay
+from frontends import cli_keys
+from frontends.assembly import build_gateway
 from frontends.gateway import Gateway
 from frontends.identity import (
     IdentityProvider,
@@ -22,6 +23,7 @@ from frontends.identity import (
     ensure_tokens_file,
     first_token,
 )
+from frontends.replay import add_replay_command, run_replay_command
 from frontends.settings import Settings, load_settings
 
 __all__ = ["main"]
@@ -47,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("fixtures", type=Path, help="folder with clusters.json and endpoints.json")
     commands.add_parser("token", help="print the local user's token from the tokens file")
     cli_keys.add_parser(commands)
-    replay.add_replay_command(commands)
+    add_replay_command(commands)
     args = parser.parse_args(argv)
     try:
         if args.command == "serve":
@@ -56,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             return _check(args.fixtures)
         if args.command == "replay":
-            return replay.run_replay_command(args)
+            return run_replay_command(args)
         if args.command == "keys":
             return cli_keys.run(args, load_settings())
         return _token(load_settings())
@@ -104,9 +106,7 @@ def _token(settings: Settings) -> int:
 def _build(fixtures: Path, *, identity: IdentityProvider, verify_tls: bool = True) -> Gateway:
     from transports.httpx_transport import HttpxTransport
 
-    return Gateway.from_fixtures(
-        fixtures, identity=identity, transport=HttpxTransport(verify=verify_tls)
-    )
+    return build_gateway(fixtures, identity=identity, transport=HttpxTransport(verify=verify_tls))
 
 
 def _listen(settings: Settings) -> socket.socket:

@@ -14,6 +14,7 @@ from pathlib import Path
 import attrs
 
 from core import Identity
+from frontends.assembly import build_gateway
 from frontends.gateway import Gateway
 from frontends.identity import IdentityProvider
 from frontends.settings import REPO_FIXTURES
@@ -45,7 +46,7 @@ async def open_gateway(
         from transports.httpx_transport import HttpxTransport
 
         transport = HttpxTransport()
-    gateway = Gateway.from_fixtures(Path(fixtures_dir), identity=identity, transport=transport)
+    gateway = build_gateway(fixtures_dir, identity=identity, transport=transport)
     try:
         yield gateway
     finally:

@@ -13,7 +13,7 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
-from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import anyio
@@ -21,25 +21,16 @@ import attrs
 
 from adaptors.clusters.cluster import BaseCluster
 from adaptors.endpoints.endpoint import BaseEndpoint, StreamingResponse
-from adaptors.loading import build_cluster, build_endpoint
 from core import (
-    JSON_HEADERS,
     AdaptorFailed,
     AdaptorReturned,
     Authenticate,
-    BackendError,
     CallAdaptor,
     Catalog,
     ChunkReceived,
     ClientDisconnected,
-    ClientError,
-    ConfigurationError,
     Effect,
     Event,
-    GatewayError,
-    Identity,
-    IdentityResolved,
-    IdentityUnavailable,
     LocalProtocolError,
     LogEntry,
     OpenAIRoute,
@@ -52,25 +43,15 @@ from core import (
     StreamEnded,
     StreamOpened,
     WriteLog,
-    bearer_credentials,
-    cluster_for_jobs,
-    endpoint_listing,
-    error_response,
-    filter_jobs,
-    identity_refusal,
-    identity_unavailable,
-    load_catalog,
-    missing_credentials,
-    model_entry,
-    model_list,
     redact,
 )
-from frontends.identity import AccessRefused, CredentialsRejected, IdentityProvider
+from frontends.caller import resolve_caller
+from frontends.identity import IdentityProvider
+from frontends.log_sink import LoggerSink, LogSink
 from transports import Transport, TransportTimeout
 
 __all__ = ["ByteStream", "Gateway", "GatewayRequest", "GatewayResponse", "StreamRelay"]
 
-request_log = logging.getLogger("inference_gateway.requests")
 log = logging.getLogger("inference_gateway")
 
 
@@ -122,15 +103,6 @@ class GatewayResponse:
             await self.stream.aclose()
 
 
-def _respond(error: GatewayError) -> GatewayResponse:
-    response = error_response(error)
-    return GatewayResponse(status=response.status, headers=response.headers, body=response.body)
-
-
-def _json(payload: Any, status: int = 200) -> GatewayResponse:
-    return GatewayResponse(status=status, headers=JSON_HEADERS, body=json.dumps(payload).encode())
-
-
 def _failure(exc: BaseException) -> AdaptorFailed:
     """The one place adaptor exceptions become events: 504 for time-outs, 502 otherwise."""
     status = 504 if isinstance(exc, (TransportTimeout, TimeoutError)) else 502
@@ -162,48 +134,24 @@ class Gateway:
         clusters: Mapping[str, BaseCluster],
         identity: IdentityProvider,
         transport: Transport,
+        log_sink: LogSink | None = None,
     ) -> None:
+        """A driver over adaptors already built and bound (see `frontends.assembly`)."""
         self.catalog = catalog
         self._endpoints = {slug.lower(): adaptor for slug, adaptor in endpoints.items()}
         self._clusters = dict(clusters)
         self._identity = identity
         self._transport = transport
+        self._log_sink: LogSink = log_sink or LoggerSink()
 
-    @classmethod
-    def from_fixtures(
-        cls, fixtures_dir: Path, *, identity: IdentityProvider, transport: Transport
-    ) -> Gateway:
-        """Read `clusters.json` and `endpoints.json`, import and bind every adaptor."""
-        texts = {}
-        for name in ("clusters.json", "endpoints.json"):
-            path = fixtures_dir / name
-            try:
-                texts[name] = path.read_text()
-            except OSError as exc:
-                raise ConfigurationError(f"cannot read: {exc.strerror}", file=str(path)) from None
-        clusters_file = str(fixtures_dir / "clusters.json")
-        endpoints_file = str(fixtures_dir / "endpoints.json")
-        catalog = load_catalog(
-            clusters_text=texts["clusters.json"],
-            endpoints_text=texts["endpoints.json"],
-            clusters_file=clusters_file,
-            endpoints_file=endpoints_file,
-        )
-        clusters = {c.cluster_name: build_cluster(c, file=clusters_file) for c in catalog.clusters}
-        for cluster in clusters.values():
-            cluster.bind(transport=transport)
-        endpoints = {}
-        for record in catalog.endpoints:
-            endpoint = build_endpoint(record, file=endpoints_file)
-            endpoint.bind(transport=transport, cluster=clusters[record.cluster])
-            endpoints[record.endpoint_slug] = endpoint
-        return cls(
-            catalog=catalog,
-            endpoints=endpoints,
-            clusters=clusters,
-            identity=identity,
-            transport=transport,
-        )
+    @property
+    def clusters(self) -> Mapping[str, BaseCluster]:
+        """The cluster adaptors, by cluster name."""
+        return MappingProxyType(self._clusters)
+
+    @property
+    def identity(self) -> IdentityProvider:
+        return self._identity
 
     async def aclose(self) -> None:
         await self._transport.aclose()
@@ -272,7 +220,8 @@ class Gateway:
                     r = effect.response
                     return GatewayResponse(status=r.status, headers=r.headers, body=r.body)
                 elif isinstance(effect, Authenticate):
-                    pending.extend(machine.receive(await self._resolve(effect.credentials)))
+                    verdict = await resolve_caller(self._identity, effect.credentials)
+                    pending.extend(machine.receive(verdict))
                 elif isinstance(effect, CallAdaptor) and not effect.stream:
                     pending.extend(machine.receive(await self._submit(effect)))
                 elif isinstance(effect, CallAdaptor):
@@ -297,19 +246,6 @@ class Gateway:
         for effect in effects:
             if isinstance(effect, WriteLog):
                 self.write_log(effect.entry)
-
-    async def _resolve(self, credentials: str) -> IdentityResolved | IdentityUnavailable:
-        try:
-            return IdentityResolved(identity=await self._identity.resolve(credentials))
-        except anyio.get_cancelled_exc_class():
-            raise
-        except CredentialsRejected as exc:
-            return IdentityResolved(identity=None, reason=exc.reason)
-        except AccessRefused as exc:
-            return IdentityResolved(identity=None, refused_by=exc.rule)
-        except Exception as exc:
-            log.warning("identity provider failed: %s", type(exc).__name__)
-            return IdentityUnavailable(detail=redact(f"{type(exc).__name__}: {exc}"))
 
     def _adaptor(self, slug: str) -> BaseEndpoint:
         return self._endpoints[slug.lower()]
@@ -365,87 +301,8 @@ class Gateway:
         return StreamOpened(headers=headers), upstream
 
     def write_log(self, entry: LogEntry) -> None:
-        """Where finished requests are recorded (a store replaces this in a later issue)."""
-        request_log.info(json.dumps(attrs.asdict(entry), default=str))
-
-    # -- listings -----------------------------------------------------------------------
-
-    async def authenticate(self, authorization: str | None) -> Identity | GatewayResponse:
-        """The caller of a listing route, or the 401/503 to answer them with."""
-        credentials = bearer_credentials(authorization)
-        resolved = await self._resolve(credentials) if credentials else None
-        if isinstance(resolved, IdentityUnavailable):
-            return _respond(identity_unavailable())
-        if resolved is None:
-            return _respond(missing_credentials())
-        if resolved.identity is None:
-            return _respond(identity_refusal(resolved))
-        return resolved.identity
-
-    async def whoami(self, authorization: str | None) -> GatewayResponse:
-        """The caller's identity as the gateway sees it; never the credentials."""
-        identity = await self.authenticate(authorization)
-        if isinstance(identity, GatewayResponse):
-            return identity
-        return _json(
-            {
-                "username": identity.username,
-                "subject": identity.subject,
-                "domain": identity.domain,
-                "groups": sorted(identity.groups),
-                "provider": identity.provider,
-                "expires_at": identity.expires_at,
-            }
-        )
-
-    async def list_models(self, authorization: str | None) -> GatewayResponse:
-        identity = await self.authenticate(authorization)
-        if isinstance(identity, GatewayResponse):
-            return identity
-        return _json(model_list(self.catalog, identity))
-
-    async def retrieve_model(self, authorization: str | None, model: str) -> GatewayResponse:
-        identity = await self.authenticate(authorization)
-        if isinstance(identity, GatewayResponse):
-            return identity
-        entry = model_entry(self.catalog, identity, model)
-        return _respond(entry) if isinstance(entry, ClientError) else _json(entry)
-
-    async def list_endpoints(self, authorization: str | None) -> GatewayResponse:
-        identity = await self.authenticate(authorization)
-        if isinstance(identity, GatewayResponse):
-            return identity
-        return _json(endpoint_listing(self.catalog, identity))
-
-    async def jobs(self, authorization: str | None, cluster_name: str) -> GatewayResponse:
-        identity = await self.authenticate(authorization)
-        if isinstance(identity, GatewayResponse):
-            return identity
-        cluster = cluster_for_jobs(self.catalog, identity, cluster_name)
-        if isinstance(cluster, ClientError):
-            return _respond(cluster)
-        try:
-            answer = await self._clusters[cluster.cluster_name].get_jobs()
-        except Exception:
-            log.warning("cluster adaptor %s raised", cluster_name, exc_info=True)
-            answer = None
-        if answer is None or answer.jobs is None:
-            if answer is not None:
-                log.warning(
-                    "cluster %s status: %s", cluster_name, redact(answer.error_message or "")
-                )
-            status = answer.error_code if answer and answer.error_code in (503, 504) else 502
-            return _respond(
-                BackendError(
-                    f"The status of cluster '{cluster_name}' could not be read.",
-                    status=status,
-                    code="cluster_status_unavailable",
-                )
-            )
-        return _json(filter_jobs(self.catalog, identity, cluster, answer.jobs.model_dump()))
-
-    def health(self) -> GatewayResponse:
-        return _json({"status": "ok"})
+        """Hand a finished request's record to the log sink (never awaited)."""
+        self._log_sink.write(entry)
 
 
 class StreamRelay:

@@ -28,7 +28,7 @@ from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from core import ClientError, OpenAIRoute, SSEDecoder, validate_request
-from frontends.gateway import Gateway
+from frontends.assembly import build_gateway
 from frontends.identity import StaticKeys
 from tests.support.gateway_server import ALICE, running_gateway, write_fixtures, write_tokens
 from transports import BackendRequest, BackendResponse, BackendStream
@@ -259,7 +259,7 @@ def test_embedded_under_trio(cassette: Path, route_kind: str, tokens: Path, tmp_
         for index, case in enumerate(_cases(cassette)):
             fixtures = _fixtures(tmp_path / f"fixtures-{index}", case)
             transport = ReplayTransport((case.exchange,))
-            gateway = Gateway.from_fixtures(
+            gateway = build_gateway(
                 fixtures, identity=StaticKeys.from_file(tokens), transport=transport
             )
             target = ROUTES[route_kind]

@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from core import OpenAIRoute
-from frontends.gateway import Gateway, GatewayRequest
+from frontends.assembly import build_gateway
+from frontends.gateway import GatewayRequest
 from frontends.replay import ConversationRecorder, replay_cassette
 from tests.support.cassettes import (
     BACKEND_KEY,
@@ -118,7 +119,7 @@ async def test_replay_transport_answers_a_gateway_built_by_hand(tmp_path: Path) 
     folder.mkdir()
     (folder / "clusters.json").write_text(source.fixtures.clusters)
     (folder / "endpoints.json").write_text(source.fixtures.endpoints)
-    gateway = Gateway.from_fixtures(
+    gateway = build_gateway(
         folder,
         identity=Tokens(),
         transport=ReplayTransport.from_file(CASSETTES / "fake-backend.jsonl"),

@@ -9,7 +9,8 @@ from werkzeug.exceptions import HTTPException
 
 from core import BackendError, ClientError, error_response, type_for_status
 from frontends.gateway import Gateway
-from frontends.web.convert import GATEWAY_KEY, to_quart
+from frontends.listings import Listings
+from frontends.web.convert import GATEWAY_KEY, LISTINGS_KEY, to_quart
 from frontends.web.openai_api import openai_api
 from frontends.web.resource_server import resource_server
 
@@ -32,6 +33,7 @@ def create_app(
         PROVIDE_AUTOMATIC_OPTIONS=True,
     )
     app.extensions[GATEWAY_KEY] = gateway
+    app.extensions[LISTINGS_KEY] = Listings.of(gateway)
     app.register_blueprint(openai_api)
     app.register_blueprint(resource_server)
     app.register_error_handler(HTTPException, _http_error)

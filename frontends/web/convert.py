@@ -10,15 +10,29 @@ from werkzeug.datastructures import Headers
 from core import OpenAIRoute
 from core import Response as CoreResponse
 from frontends.gateway import Gateway, GatewayRequest, GatewayResponse
+from frontends.listings import Listings
 
-__all__ = ["GATEWAY_KEY", "current_gateway", "gateway_request", "to_quart"]
+__all__ = [
+    "GATEWAY_KEY",
+    "LISTINGS_KEY",
+    "current_gateway",
+    "current_listings",
+    "gateway_request",
+    "to_quart",
+]
 
 GATEWAY_KEY = "inference_gateway"
+LISTINGS_KEY = "inference_gateway_listings"
 
 
 def current_gateway() -> Gateway:
     gateway: Gateway = current_app.extensions[GATEWAY_KEY]
     return gateway
+
+
+def current_listings() -> Listings:
+    listings: Listings = current_app.extensions[LISTINGS_KEY]
+    return listings
 
 
 async def gateway_request(

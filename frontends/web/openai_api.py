@@ -5,7 +5,7 @@ from __future__ import annotations
 from quart import Blueprint, Response, request
 
 from core import OpenAIRoute
-from frontends.web.convert import current_gateway, gateway_request, to_quart
+from frontends.web.convert import current_gateway, current_listings, gateway_request, to_quart
 
 __all__ = ["openai_api"]
 
@@ -29,14 +29,14 @@ async def embeddings() -> Response:
 
 @openai_api.get("/models")
 async def models() -> Response:
-    return to_quart(await current_gateway().list_models(request.headers.get("Authorization")))
+    return to_quart(await current_listings().list_models(request.headers.get("Authorization")))
 
 
 @openai_api.get("/models/<path:model>")
 async def retrieve_model(model: str) -> Response:
     """Model names may hold `/` (meta-llama/Llama-3.1-8B-Instruct), hence `path:`."""
-    gateway = current_gateway()
-    return to_quart(await gateway.retrieve_model(request.headers.get("Authorization"), model))
+    listings = current_listings()
+    return to_quart(await listings.retrieve_model(request.headers.get("Authorization"), model))
 
 
 async def _forward(route: OpenAIRoute) -> Response:

@@ -6,7 +6,7 @@ from quart import Blueprint, Response, request
 from werkzeug.exceptions import NotFound
 
 from core import OpenAIRoute
-from frontends.web.convert import current_gateway, gateway_request, to_quart
+from frontends.web.convert import current_gateway, current_listings, gateway_request, to_quart
 
 __all__ = ["resource_server"]
 
@@ -26,19 +26,19 @@ async def inference(cluster: str, framework: str, operation: str) -> Response:
 
 @resource_server.get("/list-endpoints")
 async def list_endpoints() -> Response:
-    return to_quart(await current_gateway().list_endpoints(request.headers.get("Authorization")))
+    return to_quart(await current_listings().list_endpoints(request.headers.get("Authorization")))
 
 
 @resource_server.get("/<cluster>/jobs")
 async def jobs(cluster: str) -> Response:
-    return to_quart(await current_gateway().jobs(request.headers.get("Authorization"), cluster))
+    return to_quart(await current_listings().jobs(request.headers.get("Authorization"), cluster))
 
 
 @resource_server.get("/whoami")
 async def whoami() -> Response:
-    return to_quart(await current_gateway().whoami(request.headers.get("Authorization")))
+    return to_quart(await current_listings().whoami(request.headers.get("Authorization")))
 
 
 @resource_server.get("/health")
 async def health() -> Response:
-    return to_quart(current_gateway().health())
+    return to_quart(current_listings().health())

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from frontends.gateway import Gateway
+from frontends.assembly import build_gateway
 from frontends.identity import IdentityProvider, StaticKeys
 from frontends.web import create_app
 from tests.support.servers import serve_app
@@ -77,8 +77,6 @@ def running_gateway(
     if identity is None:
         assert tokens_file is not None
         identity = StaticKeys.from_file(tokens_file)
-    gateway = Gateway.from_fixtures(
-        fixtures, identity=identity, transport=transport or HttpxTransport()
-    )
+    gateway = build_gateway(fixtures, identity=identity, transport=transport or HttpxTransport())
     with serve_app(create_app(gateway)) as url:
         yield url

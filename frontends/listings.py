@@ -1,0 +1,148 @@
+"""The read-only routes beside the driver: who am I, models, endpoints, jobs, health.
+
+They answer from the catalog and the cluster adaptors, never through the request
+machine, but they ask who the caller is exactly as the machine does (`resolve_caller`),
+and every error they give is the core's, in OpenAI's shape.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from adaptors.clusters.cluster import BaseCluster
+from core import (
+    JSON_HEADERS,
+    BackendError,
+    Catalog,
+    ClientError,
+    GatewayError,
+    Identity,
+    IdentityUnavailable,
+    bearer_credentials,
+    cluster_for_jobs,
+    endpoint_listing,
+    error_response,
+    filter_jobs,
+    identity_refusal,
+    identity_unavailable,
+    missing_credentials,
+    model_entry,
+    model_list,
+    redact,
+)
+from frontends.caller import resolve_caller
+from frontends.gateway import Gateway, GatewayResponse
+from frontends.identity import IdentityProvider
+
+__all__ = ["Listings"]
+
+log = logging.getLogger("inference_gateway")
+
+
+def _respond(error: GatewayError) -> GatewayResponse:
+    response = error_response(error)
+    return GatewayResponse(status=response.status, headers=response.headers, body=response.body)
+
+
+def _json(payload: Any, status: int = 200) -> GatewayResponse:
+    return GatewayResponse(status=status, headers=JSON_HEADERS, body=json.dumps(payload).encode())
+
+
+class Listings:
+    """The listing routes over one catalog, its cluster adaptors and an identity provider."""
+
+    def __init__(
+        self,
+        *,
+        catalog: Catalog,
+        clusters: Mapping[str, BaseCluster],
+        identity: IdentityProvider,
+    ) -> None:
+        self.catalog = catalog
+        self._clusters = dict(clusters)
+        self._identity = identity
+
+    @classmethod
+    def of(cls, gateway: Gateway) -> Listings:
+        """The listings of what this gateway serves, to the callers it accepts."""
+        return cls(catalog=gateway.catalog, clusters=gateway.clusters, identity=gateway.identity)
+
+    async def authenticate(self, authorization: str | None) -> Identity | GatewayResponse:
+        """The caller of a listing route, or the 401/503 to answer them with."""
+        credentials = bearer_credentials(authorization)
+        resolved = await resolve_caller(self._identity, credentials) if credentials else None
+        if isinstance(resolved, IdentityUnavailable):
+            return _respond(identity_unavailable())
+        if resolved is None:
+            return _respond(missing_credentials())
+        if resolved.identity is None:
+            return _respond(identity_refusal(resolved))
+        return resolved.identity
+
+    async def whoami(self, authorization: str | None) -> GatewayResponse:
+        """The caller's identity as the gateway sees it; never the credentials."""
+        identity = await self.authenticate(authorization)
+        if isinstance(identity, GatewayResponse):
+            return identity
+        return _json(
+            {
+                "username": identity.username,
+                "subject": identity.subject,
+                "domain": identity.domain,
+                "groups": sorted(identity.groups),
+                "provider": identity.provider,
+                "expires_at": identity.expires_at,
+            }
+        )
+
+    async def list_models(self, authorization: str | None) -> GatewayResponse:
+        identity = await self.authenticate(authorization)
+        if isinstance(identity, GatewayResponse):
+            return identity
+        return _json(model_list(self.catalog, identity))
+
+    async def retrieve_model(self, authorization: str | None, model: str) -> GatewayResponse:
+        identity = await self.authenticate(authorization)
+        if isinstance(identity, GatewayResponse):
+            return identity
+        entry = model_entry(self.catalog, identity, model)
+        return _respond(entry) if isinstance(entry, ClientError) else _json(entry)
+
+    async def list_endpoints(self, authorization: str | None) -> GatewayResponse:
+        identity = await self.authenticate(authorization)
+        if isinstance(identity, GatewayResponse):
+            return identity
+        return _json(endpoint_listing(self.catalog, identity))
+
+    async def jobs(self, authorization: str | None, cluster_name: str) -> GatewayResponse:
+        identity = await self.authenticate(authorization)
+        if isinstance(identity, GatewayResponse):
+            return identity
+        cluster = cluster_for_jobs(self.catalog, identity, cluster_name)
+        if isinstance(cluster, ClientError):
+            return _respond(cluster)
+        try:
+            answer = await self._clusters[cluster.cluster_name].get_jobs()
+        except Exception:
+            log.warning("cluster adaptor %s raised", cluster_name, exc_info=True)
+            answer = None
+        if answer is None or answer.jobs is None:
+            if answer is not None:
+                log.warning(
+                    "cluster %s status: %s", cluster_name, redact(answer.error_message or "")
+                )
+            status = answer.error_code if answer and answer.error_code in (503, 504) else 502
+            return _respond(
+                BackendError(
+                    f"The status of cluster '{cluster_name}' could not be read.",
+                    status=status,
+                    code="cluster_status_unavailable",
+                )
+            )
+        return _json(filter_jobs(self.catalog, identity, cluster, answer.jobs.model_dump()))
+
+    def health(self) -> GatewayResponse:
+        return _json({"status": "ok"})
