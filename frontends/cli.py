@@ -17,7 +17,6 @@ from frontends import cli_keys
 from frontends.assembly import build_gateway
 from frontends.gateway import Gateway
 from frontends.identity import (
-    IdentityProvider,
     StaticKeys,
     build_identity,
     ensure_tokens_file,
@@ -25,6 +24,7 @@ from frontends.identity import (
 )
 from frontends.replay import add_replay_command, run_replay_command
 from frontends.settings import Settings, load_settings
+from transports import Transport
 
 __all__ = ["main"]
 
@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check(fixtures: Path) -> int:
-    gateway = _build(fixtures, identity=StaticKeys())
+    gateway = build_gateway(fixtures, identity=StaticKeys(), transport=_transport())
     rows = [("cluster", "framework", "model", "endpoint_slug", "adaptor")]
     for endpoint in gateway.catalog.endpoints:
         rows.append(
@@ -103,10 +103,11 @@ def _token(settings: Settings) -> int:
     return 0
 
 
-def _build(fixtures: Path, *, identity: IdentityProvider, verify_tls: bool = True) -> Gateway:
+def _transport(verify_tls: bool = True) -> Transport:
+    """The one transport of a served gateway: adaptors and identity providers share it."""
     from transports.httpx_transport import HttpxTransport
 
-    return build_gateway(fixtures, identity=identity, transport=HttpxTransport(verify=verify_tls))
+    return HttpxTransport(verify=verify_tls)
 
 
 def _listen(settings: Settings) -> socket.socket:
@@ -134,8 +135,9 @@ def _serve(settings: Settings, *, loop: str = "asyncio") -> int:
     new_token = None
     if "static" in settings.identity_providers:
         new_token = ensure_tokens_file(settings.tokens_path, settings.local_key_path)
-    identity = build_identity(settings)
-    gateway = _build(settings.fixtures_dir, identity=identity, verify_tls=settings.verify_tls)
+    transport = _transport(settings.verify_tls)
+    identity = build_identity(settings, transport=transport)
+    gateway = build_gateway(settings.fixtures_dir, identity=identity, transport=transport)
     sock = _listen(settings)
     host, port = sock.getsockname()[:2]
     config = Config()

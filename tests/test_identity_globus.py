@@ -24,8 +24,23 @@ from tests.support.fake_globus import (
     GlobusUser,
     running_fake_globus,
 )
+from transports import H11Transport, Transport
+from transports.httpx_transport import HttpxTransport
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(params=["httpx", "h11"])
+async def transport(request: pytest.FixtureRequest) -> AsyncIterator[Transport]:
+    """Globus is called through the gateway's transport, whichever it is."""
+    made: Transport = HttpxTransport() if request.param == "httpx" else H11Transport()
+    yield made
+    await made.aclose()
 
 NOW = 1_900_000_000.0
 TOKEN = "globus-access-token-of-ada-0123456789"
@@ -60,10 +75,11 @@ def clock() -> Clock:
     return Clock()
 
 
-def provider(base: str, clock: Clock, **options: Any) -> GlobusAuth:
+def provider(base: str, clock: Clock, transport: Transport, **options: Any) -> GlobusAuth:
     return GlobusAuth(
         client_id=CLIENT_ID,
         client_secret=CLIENT_SECRET,
+        transport=transport,
         auth_base_url=base,
         groups_base_url=base,
         clock=clock,
@@ -72,10 +88,8 @@ def provider(base: str, clock: Clock, **options: Any) -> GlobusAuth:
 
 
 @pytest.fixture
-async def auth(globus: tuple[FakeGlobus, str], clock: Clock) -> AsyncIterator[GlobusAuth]:
-    provider_ = provider(globus[1], clock)
-    yield provider_
-    await provider_.aclose()
+def auth(globus: tuple[FakeGlobus, str], clock: Clock, transport: Transport) -> GlobusAuth:
+    return provider(globus[1], clock, transport)
 
 
 async def test_a_valid_token_gives_the_identity_with_its_groups(
@@ -204,51 +218,45 @@ async def test_an_outage_is_unavailable_and_keeps_cached_identities(
     assert await auth.resolve("t-new-during-outage") is not None
 
 
-async def test_an_unreachable_globus_is_unavailable(clock: Clock) -> None:
+async def test_an_unreachable_globus_is_unavailable(clock: Clock, transport: Transport) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    auth = provider(f"http://127.0.0.1:{port}", clock)
-    try:
-        with pytest.raises(ProviderUnavailable):
-            await auth.resolve(TOKEN)
-    finally:
-        await auth.aclose()
+    auth = provider(f"http://127.0.0.1:{port}", clock, transport)
+    with pytest.raises(ProviderUnavailable):
+        await auth.resolve(TOKEN)
 
 
 async def test_a_slow_globus_is_unavailable_after_the_timeout(
-    globus: tuple[FakeGlobus, str], fake: FakeGlobus, clock: Clock
+    globus: tuple[FakeGlobus, str], fake: FakeGlobus, clock: Clock, transport: Transport
 ) -> None:
     fake.slow = True
-    auth = provider(globus[1], clock, timeout=0.2)
+    auth = provider(globus[1], clock, transport, timeout=0.2)
     try:
         with pytest.raises(ProviderUnavailable):
             await auth.resolve(TOKEN)
     finally:
-        await auth.aclose()
         fake.slow = False
         fake.release()
 
 
 async def test_wrong_client_credentials_are_an_outage_not_the_callers_fault(
-    globus: tuple[FakeGlobus, str], fake: FakeGlobus, clock: Clock
+    globus: tuple[FakeGlobus, str], fake: FakeGlobus, clock: Clock, transport: Transport
 ) -> None:
     auth = GlobusAuth(
         client_id=CLIENT_ID,
         client_secret="wrong",
+        transport=transport,
         auth_base_url=globus[1],
         groups_base_url=globus[1],
         clock=clock,
     )
-    try:
-        with pytest.raises(ProviderUnavailable):
-            await auth.resolve(TOKEN)
-    finally:
-        await auth.aclose()
+    with pytest.raises(ProviderUnavailable):
+        await auth.resolve(TOKEN)
 
 
 async def test_allowed_idp_domains_pick_a_linked_identity_or_refuse(
-    globus: tuple[FakeGlobus, str], fake: FakeGlobus, clock: Clock
+    globus: tuple[FakeGlobus, str], fake: FakeGlobus, clock: Clock, transport: Transport
 ) -> None:
     fake.add(
         GlobusUser(token="t-linked-000000000", username="ada@gmail.com", linked=["ada@anl.gov"])
@@ -258,35 +266,30 @@ async def test_allowed_idp_domains_pick_a_linked_identity_or_refuse(
     auth = provider(
         globus[1],
         clock,
+        transport,
         allowed_domains=["anl.gov", "*.anl.gov"],
         allowed_service_accounts=["svc@clients.auth.globus.org"],
     )
-    try:
-        identity = await auth.resolve("t-linked-000000000")
-        assert identity is not None and identity.username == "ada@anl.gov"
-        with pytest.raises(AccessRefused) as refused:
-            await auth.resolve("t-outsider-0000000")
-        assert refused.value.rule is Rule.DOMAIN
-        service = await auth.resolve("t-service-0000000")
-        assert service is not None and service.username == "svc@clients.auth.globus.org"
-    finally:
-        await auth.aclose()
+    identity = await auth.resolve("t-linked-000000000")
+    assert identity is not None and identity.username == "ada@anl.gov"
+    with pytest.raises(AccessRefused) as refused:
+        await auth.resolve("t-outsider-0000000")
+    assert refused.value.rule is Rule.DOMAIN
+    service = await auth.resolve("t-service-0000000")
+    assert service is not None and service.username == "svc@clients.auth.globus.org"
 
 
 async def test_a_required_group_refuses_non_members(
-    globus: tuple[FakeGlobus, str], fake: FakeGlobus, clock: Clock
+    globus: tuple[FakeGlobus, str], fake: FakeGlobus, clock: Clock, transport: Transport
 ) -> None:
     fake.add(
         GlobusUser(token="t-member-000000000", username="m@example.org", groups=["g-required"])
     )
-    auth = provider(globus[1], clock, required_group="g-required")
-    try:
-        assert await auth.resolve("t-member-000000000") is not None
-        with pytest.raises(AccessRefused) as refused:
-            await auth.resolve(TOKEN)
-        assert refused.value.rule is Rule.GROUP
-    finally:
-        await auth.aclose()
+    auth = provider(globus[1], clock, transport, required_group="g-required")
+    assert await auth.resolve("t-member-000000000") is not None
+    with pytest.raises(AccessRefused) as refused:
+        await auth.resolve(TOKEN)
+    assert refused.value.rule is Rule.GROUP
 
 
 async def test_no_token_or_secret_reaches_the_logs(

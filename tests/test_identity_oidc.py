@@ -12,8 +12,23 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from frontends.identity import CredentialsRejected, OIDCProvider, ProviderUnavailable
 from tests.support.oidc_issuer import AUDIENCE, OIDCIssuer, running_oidc_issuer
+from transports import H11Transport, Transport
+from transports.httpx_transport import HttpxTransport
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(params=["httpx", "h11"])
+async def transport(request: pytest.FixtureRequest) -> AsyncIterator[Transport]:
+    """The issuer is called through the gateway's transport, whichever it is."""
+    made: Transport = HttpxTransport() if request.param == "httpx" else H11Transport()
+    yield made
+    await made.aclose()
 
 
 @pytest.fixture(scope="module")
@@ -30,15 +45,13 @@ def fresh_issuer(issuer: OIDCIssuer) -> Iterator[OIDCIssuer]:
     issuer.release()
 
 
-def oidc(issuer: OIDCIssuer, **options: Any) -> OIDCProvider:
-    return OIDCProvider(issuer=issuer.url, audience=AUDIENCE, **options)
+def oidc(issuer: OIDCIssuer, transport: Transport, **options: Any) -> OIDCProvider:
+    return OIDCProvider(issuer=issuer.url, audience=AUDIENCE, transport=transport, **options)
 
 
 @pytest.fixture
-async def provider(fresh_issuer: OIDCIssuer) -> AsyncIterator[OIDCProvider]:
-    p = oidc(fresh_issuer, refresh_interval=0)
-    yield p
-    await p.aclose()
+def provider(fresh_issuer: OIDCIssuer, transport: Transport) -> OIDCProvider:
+    return oidc(fresh_issuer, transport, refresh_interval=0)
 
 
 async def test_a_valid_token_gives_username_groups_and_expiry(
@@ -54,15 +67,12 @@ async def test_a_valid_token_gives_username_groups_and_expiry(
     assert identity.expires_at == jwt.decode(token, options={"verify_signature": False})["exp"]
 
 
-async def test_claims_are_configurable(fresh_issuer: OIDCIssuer) -> None:
-    p = oidc(fresh_issuer, username_claim="email", groups_claim="roles")
-    try:
-        token = fresh_issuer.mint(email="e@example.org", roles=["admin"])
-        identity = await p.resolve(token)
-        assert identity is not None
-        assert (identity.username, identity.groups) == ("e@example.org", {"admin"})
-    finally:
-        await p.aclose()
+async def test_claims_are_configurable(fresh_issuer: OIDCIssuer, transport: Transport) -> None:
+    p = oidc(fresh_issuer, transport, username_claim="email", groups_claim="roles")
+    token = fresh_issuer.mint(email="e@example.org", roles=["admin"])
+    identity = await p.resolve(token)
+    assert identity is not None
+    assert (identity.username, identity.groups) == ("e@example.org", {"admin"})
 
 
 @pytest.mark.parametrize(
@@ -95,14 +105,14 @@ async def test_a_bad_signature_is_refused(provider: OIDCProvider, fresh_issuer: 
 
 
 async def test_alg_none_and_hmac_with_the_public_key_are_refused(
-    provider: OIDCProvider, fresh_issuer: OIDCIssuer
+    provider: OIDCProvider, fresh_issuer: OIDCIssuer, transport: Transport
 ) -> None:
     claims = jwt.decode(fresh_issuer.mint(), options={"verify_signature": False})
     unsigned = jwt.encode(claims, None, algorithm="none", headers={"kid": fresh_issuer.current_kid})
     with pytest.raises(CredentialsRejected):
         await provider.resolve(unsigned)
     with pytest.raises(ValueError):
-        OIDCProvider(issuer=fresh_issuer.url, audience=AUDIENCE, algorithms=["HS256"])
+        oidc(fresh_issuer, transport, algorithms=["HS256"])
 
 
 async def test_an_unknown_kid_forces_one_jwks_refresh(
@@ -121,58 +131,50 @@ async def test_an_unknown_kid_forces_one_jwks_refresh(
         )
 
 
-async def test_refreshes_are_rate_limited(fresh_issuer: OIDCIssuer) -> None:
+async def test_refreshes_are_rate_limited(fresh_issuer: OIDCIssuer, transport: Transport) -> None:
     now = [0.0]
-    p = oidc(fresh_issuer, refresh_interval=30, clock=lambda: now[0])
-    try:
-        assert await p.resolve(fresh_issuer.mint()) is not None
-        fetched = fresh_issuer.jwks_requests
-        for _ in range(5):
-            with pytest.raises(CredentialsRejected):
-                await p.resolve(
-                    fresh_issuer.mint(kid="random-kid", key=ec.generate_private_key(ec.SECP256R1()))
-                )
-        assert fresh_issuer.jwks_requests == fetched
-        now[0] += 31
-        fresh_issuer.rotate()
-        assert await p.resolve(fresh_issuer.mint()) is not None
-        assert fresh_issuer.jwks_requests == fetched + 1
-    finally:
-        await p.aclose()
+    p = oidc(fresh_issuer, transport, refresh_interval=30, clock=lambda: now[0])
+    assert await p.resolve(fresh_issuer.mint()) is not None
+    fetched = fresh_issuer.jwks_requests
+    for _ in range(5):
+        with pytest.raises(CredentialsRejected):
+            await p.resolve(
+                fresh_issuer.mint(kid="random-kid", key=ec.generate_private_key(ec.SECP256R1()))
+            )
+    assert fresh_issuer.jwks_requests == fetched
+    now[0] += 31
+    fresh_issuer.rotate()
+    assert await p.resolve(fresh_issuer.mint()) is not None
+    assert fresh_issuer.jwks_requests == fetched + 1
 
 
 async def test_a_token_that_is_no_jwt_is_not_this_providers(provider: OIDCProvider) -> None:
     assert await provider.resolve("igw-some-static-key-0123456789") is None
 
 
-async def test_an_issuer_that_is_down_is_unavailable(fresh_issuer: OIDCIssuer) -> None:
+async def test_an_issuer_that_is_down_is_unavailable(
+    fresh_issuer: OIDCIssuer, transport: Transport
+) -> None:
     fresh_issuer.down = True
-    p = oidc(fresh_issuer)
-    try:
-        with pytest.raises(ProviderUnavailable):
-            await p.resolve(fresh_issuer.mint())
-    finally:
-        await p.aclose()
+    p = oidc(fresh_issuer, transport)
+    with pytest.raises(ProviderUnavailable):
+        await p.resolve(fresh_issuer.mint())
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    p = OIDCProvider(
-        issuer=fresh_issuer.url, audience=AUDIENCE, jwks_url=f"http://127.0.0.1:{port}/jwks.json"
-    )
-    try:
-        with pytest.raises(ProviderUnavailable):
-            await p.resolve(fresh_issuer.mint())
-    finally:
-        await p.aclose()
+    p = oidc(fresh_issuer, transport, jwks_url=f"http://127.0.0.1:{port}/jwks.json")
+    with pytest.raises(ProviderUnavailable):
+        await p.resolve(fresh_issuer.mint())
 
 
-async def test_a_slow_issuer_is_unavailable_after_the_timeout(fresh_issuer: OIDCIssuer) -> None:
+async def test_a_slow_issuer_is_unavailable_after_the_timeout(
+    fresh_issuer: OIDCIssuer, transport: Transport
+) -> None:
     fresh_issuer.slow = True
-    p = oidc(fresh_issuer, timeout=0.2)
+    p = oidc(fresh_issuer, transport, timeout=0.2)
     try:
         with pytest.raises(ProviderUnavailable):
             await p.resolve(fresh_issuer.mint())
     finally:
         fresh_issuer.slow = False
         fresh_issuer.release()
-        await p.aclose()

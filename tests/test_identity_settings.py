@@ -12,6 +12,7 @@ import pytest
 from core import ConfigurationError
 from frontends.identity import GlobusAuth, OIDCProvider, StaticKeys, build_identity
 from frontends.settings import load_settings
+from transports.httpx_transport import HttpxTransport
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,11 +40,13 @@ async def test_providers_are_built_in_the_configured_order(
     settings = load_settings()
     assert settings.globus_allowed_domains == ["anl.gov", "*.anl.gov"]
     assert "s3cr3t-value" not in repr(settings)
-    chain = build_identity(settings)
+    transport = HttpxTransport()
+    chain = build_identity(settings, transport=transport)
     try:
         assert [type(p) for p in chain.providers] == [OIDCProvider, GlobusAuth, StaticKeys]
     finally:
         await chain.aclose()
+        await transport.aclose()
 
 
 def test_the_readme_toml_example_loads(

@@ -39,6 +39,7 @@ from tests.support.fake_globus import (
 from tests.support.fake_openai import FakeOpenAI, running_fake_openai
 from tests.support.gateway_server import running_gateway, write_fixtures, write_tokens
 from tests.support.oidc_issuer import AUDIENCE, OIDCIssuer, running_oidc_issuer
+from transports.httpx_transport import HttpxTransport
 
 pytestmark = pytest.mark.e2e
 
@@ -137,13 +138,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             )
             globus.add(GlobusUser(token=GLOBUS_INACTIVE, username="ina@example.org", active=False))
             globus.add(GlobusUser(token=GLOBUS_UNCACHED, username="unc@example.org"))
+            transport = HttpxTransport()
             identity = ChainProvider(
                 [
                     StaticKeys.from_file(tokens),
-                    OIDCProvider(issuer=issuer.url, audience=AUDIENCE, timeout=5),
+                    OIDCProvider(
+                        issuer=issuer.url, audience=AUDIENCE, transport=transport, timeout=5
+                    ),
                     GlobusAuth(
                         client_id=CLIENT_ID,
                         client_secret=CLIENT_SECRET,
+                        transport=transport,
                         auth_base_url=globus_url,
                         groups_base_url=globus_url,
                         timeout=5,
@@ -170,7 +175,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 globus_inactive=GLOBUS_INACTIVE,
                 globus_uncached=GLOBUS_UNCACHED,
             )
-            with running_gateway(fixtures, identity=identity) as url:
+            with running_gateway(fixtures, identity=identity, transport=transport) as url:
                 yield World(url, backend, globus, issuer, credentials, tokens)
     finally:
         os.environ.pop(KEY_ENV, None)

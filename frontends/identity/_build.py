@@ -1,4 +1,4 @@
-"""The provider chain the settings ask for, in their order."""
+"""The provider chain the settings ask for, in their order, calling out through `transport`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from frontends.identity._base import ChainProvider, IdentityProvider
 from frontends.identity._globus import GlobusAuth
 from frontends.identity._oidc import OIDCProvider
 from frontends.identity._static import StaticKeys
+from transports import Transport
 
 if TYPE_CHECKING:
     from frontends.settings import Settings
@@ -15,7 +16,8 @@ if TYPE_CHECKING:
 __all__ = ["build_identity"]
 
 
-def build_identity(settings: Settings) -> ChainProvider:
+def build_identity(settings: Settings, *, transport: Transport) -> ChainProvider:
+    """Globus and OIDC make their HTTP calls through `transport` (the gateway's own)."""
     providers: list[IdentityProvider] = []
     for name in settings.identity_providers:
         if name == "static":
@@ -31,8 +33,8 @@ def build_identity(settings: Settings) -> ChainProvider:
                     allowed_domains=settings.globus_allowed_domains,
                     allowed_service_accounts=settings.globus_allowed_service_accounts,
                     required_group=settings.globus_required_group,
+                    transport=transport,
                     timeout=settings.identity_timeout,
-                    verify_tls=settings.verify_tls,
                 )
             )
         elif name == "oidc":
@@ -45,8 +47,8 @@ def build_identity(settings: Settings) -> ChainProvider:
                     username_claim=settings.oidc_username_claim,
                     groups_claim=settings.oidc_groups_claim,
                     algorithms=settings.oidc_algorithms,
+                    transport=transport,
                     timeout=settings.identity_timeout,
-                    verify_tls=settings.verify_tls,
                 )
             )
     return ChainProvider(providers)

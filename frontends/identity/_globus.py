@@ -28,8 +28,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import httpx
-
 from core import Identity, Rule, domain_allowed
 from frontends.identity._base import (
     AccessRefused,
@@ -38,6 +36,8 @@ from frontends.identity._base import (
     acceptable_username,
 )
 from frontends.identity._cache import TokenCache
+from frontends.identity._http import basic_authorization, call_json, timeout_of
+from transports import Transport
 
 __all__ = ["GlobusAuth"]
 
@@ -59,17 +59,19 @@ class GlobusAuth:
         *,
         client_id: str,
         client_secret: str,
+        transport: Transport,
         auth_base_url: str = "https://auth.globus.org",
         groups_base_url: str = "https://groups.api.globus.org",
         allowed_domains: Sequence[str] = (),
         allowed_service_accounts: Sequence[str] = (),
         required_group: str | None = None,
         timeout: float = 10.0,
-        verify_tls: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._client_id = client_id
-        self._auth = (client_id, client_secret)
+        self._client_authorization = basic_authorization(client_id, client_secret)
+        self._transport = transport
+        self._timeout = timeout_of(timeout)
         self._auth_base = auth_base_url.rstrip("/")
         self._groups_base = groups_base_url.rstrip("/")
         self._allowed_domains = tuple(allowed_domains)
@@ -77,10 +79,6 @@ class GlobusAuth:
         self._required_group = required_group
         self._clock = clock
         self._cache: TokenCache[_Cached] = TokenCache(clock)
-        self._http = httpx.AsyncClient(timeout=timeout, verify=verify_tls)
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     async def resolve(self, credentials: str) -> Identity | None:
         cached = self._cache.get(credentials)
@@ -107,28 +105,31 @@ class GlobusAuth:
             self._cache.put(token, answer, FAILURE_TTL)
         return answer
 
-    async def _call(self, method: str, url: str, **kwargs: Any) -> Any:
-        """One request to Globus; anything but a JSON 200 is an outage (never the token)."""
-        try:
-            response = await self._http.request(method, url, **kwargs)
-        except httpx.TimeoutException:
-            raise ProviderUnavailable("Globus did not answer in time") from None
-        except httpx.HTTPError as exc:
-            raise ProviderUnavailable(f"Globus unreachable: {type(exc).__name__}") from None
-        if response.status_code != 200:
-            log.warning("Globus answered %s to %s %s", response.status_code, method, url)
-            raise ProviderUnavailable(f"Globus answered HTTP {response.status_code}")
-        try:
-            return response.json()
-        except ValueError:
-            raise ProviderUnavailable("Globus answered with something not JSON") from None
+    async def _call(
+        self,
+        method: str,
+        url: str,
+        *,
+        bearer: str | None = None,
+        form: dict[str, str] | None = None,
+    ) -> Any:
+        """One request to Globus: with the gateway's client credentials, or `bearer`."""
+        authorization = f"Bearer {bearer}" if bearer else self._client_authorization
+        return await call_json(
+            self._transport,
+            method,
+            url,
+            who="Globus",
+            timeout=self._timeout,
+            headers=[("authorization", authorization)],
+            form=form,
+        )
 
     async def _introspect(self, token: str) -> Identity:
         data = await self._call(
             "POST",
             f"{self._auth_base}/v2/oauth2/token/introspect",
-            auth=self._auth,
-            data={"token": token, "include": "identity_set_detail"},
+            form={"token": token, "include": "identity_set_detail"},
         )
         if not isinstance(data, dict):
             raise ProviderUnavailable("Globus introspection answer is not an object")
@@ -189,8 +190,7 @@ class GlobusAuth:
         tokens = await self._call(
             "POST",
             f"{self._auth_base}/v2/oauth2/token",
-            auth=self._auth,
-            data={"grant_type": DEPENDENT_TOKEN_GRANT, "token": token},
+            form={"grant_type": DEPENDENT_TOKEN_GRANT, "token": token},
         )
         if isinstance(tokens, dict):  # tolerate a single token response
             tokens = tokens.get("other_tokens", [tokens])
@@ -208,7 +208,7 @@ class GlobusAuth:
         found = await self._call(
             "GET",
             f"{self._groups_base}/v2/groups/my_groups",
-            headers={"Authorization": f"Bearer {groups_token}"},
+            bearer=groups_token,
         )
         ids = set()
         for group in found if isinstance(found, list) else []:

@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
-import httpx
 import jwt
 
 from core import Identity
@@ -30,6 +29,8 @@ from frontends.identity._base import (
     ProviderUnavailable,
     acceptable_username,
 )
+from frontends.identity._http import call_json, timeout_of
+from transports import Transport
 
 __all__ = ["OIDCProvider"]
 
@@ -46,6 +47,7 @@ class OIDCProvider:
         *,
         issuer: str,
         audience: str,
+        transport: Transport,
         jwks_url: str | None = None,
         username_claim: str = "preferred_username",
         groups_claim: str = "groups",
@@ -53,7 +55,6 @@ class OIDCProvider:
         leeway: float = 30.0,
         refresh_interval: float = 30.0,
         timeout: float = 10.0,
-        verify_tls: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if any(a.lower() == "none" or a.upper().startswith("HS") for a in algorithms):
@@ -70,11 +71,9 @@ class OIDCProvider:
         self._keys: dict[str, jwt.PyJWK] | None = None
         self._fetched_at: float | None = None
         self._lock = anyio.Lock()
-        self._http = httpx.AsyncClient(timeout=timeout, verify=verify_tls)
+        self._transport = transport
+        self._timeout = timeout_of(timeout)
         self.jwks_fetches = 0
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     async def resolve(self, credentials: str) -> Identity | None:
         try:
@@ -145,18 +144,9 @@ class OIDCProvider:
         )
 
     async def _get_json(self, url: str) -> Any:
-        try:
-            response = await self._http.get(url)
-        except httpx.TimeoutException:
-            raise ProviderUnavailable("the OIDC issuer did not answer in time") from None
-        except httpx.HTTPError as exc:
-            raise ProviderUnavailable(f"OIDC issuer unreachable: {type(exc).__name__}") from None
-        if response.status_code != 200:
-            raise ProviderUnavailable(f"the OIDC issuer answered HTTP {response.status_code}")
-        try:
-            return response.json()
-        except ValueError:
-            raise ProviderUnavailable("the OIDC issuer answered with something not JSON") from None
+        return await call_json(
+            self._transport, "GET", url, who="the OIDC issuer", timeout=self._timeout
+        )
 
     async def _refresh(self) -> None:
         url = self._jwks_url
