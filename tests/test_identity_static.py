@@ -6,8 +6,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import anyio
 import pytest
 
 from core import ConfigurationError, Identity, Rule
@@ -22,6 +24,8 @@ from frontends.identity import (
     read_entries,
     revoke_keys,
 )
+from frontends.identity import _static as static_module
+from tests.support.clock import ManualClock
 from tests.support.gateway_server import write_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,11 +75,52 @@ async def test_revocation_takes_effect_without_a_restart(tmp_path: Path) -> None
     path = tmp_path / "tokens.json"
     _, key = add_key(path, "ada@example.org")
     _, kept = add_key(path, "bob@example.org")
-    keys = StaticKeys.from_file(path)
+    clock = ManualClock()
+    keys = StaticKeys.from_file(path, recheck_every=1.0, clock=clock)
     assert await keys.resolve(key) is not None
     assert revoke_keys(path, "ada@example.org") == 1
+    clock.advance(1.0)
     assert await keys.resolve(key) is None
     assert await keys.resolve(kept) is not None
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def loop(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_the_tokens_file_is_watched_off_the_loop_not_on_every_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loop: str
+) -> None:
+    path = tmp_path / "tokens.json"
+    _, key = add_key(path, "ada@example.org")
+    clock = ManualClock()
+    keys = StaticKeys.from_file(path, recheck_every=1.0, clock=clock)
+    looked: list[str] = []
+    stamp = static_module._stamp
+
+    def watched_stamp(at: Path) -> tuple[int, int, int] | None:
+        looked.append(threading.current_thread().name)
+        return stamp(at)
+
+    monkeypatch.setattr(static_module, "_stamp", watched_stamp)
+
+    async def main() -> None:
+        loop_thread = threading.current_thread().name
+        for _ in range(5):
+            assert await keys.resolve(key) is not None
+        assert looked == []  # within the interval: the keys in memory, no file access
+        path.unlink()  # every key revoked
+        clock.advance(0.5)
+        assert await keys.resolve(key) is not None
+        clock.advance(0.5)
+        assert await keys.resolve(key) is None
+        assert looked and loop_thread not in looked
+        seen = len(looked)
+        await keys.refresh()  # an explicit re-check, also off the loop
+        assert len(looked) > seen and loop_thread not in looked
+
+    anyio.run(main, backend=loop)
 
 
 def test_a_file_of_plain_tokens_is_refused_naming_the_field(tmp_path: Path) -> None:

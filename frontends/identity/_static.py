@@ -9,7 +9,8 @@ Keys are 256-bit random strings, so a salted SHA-256 is as strong as a slow hash
 and cheap enough to check on every request.  A presented key is hashed with every
 entry's salt and compared with `hmac.compare_digest`, all entries every time, so how long
 a lookup takes says nothing about which entry (or how much of one) matched.  The file
-is re-read when it changes, so `inference-gateway keys revoke` takes effect at once.
+is watched (off the event loop, at most once a second) and re-read when it changes, so
+`inference-gateway keys revoke` takes effect within a second, without a restart.
 
 The local user's own key (made on first start) is kept in a separate 0600 file in the
 state dir, like an SSH private key; `inference-gateway token` prints it.
@@ -25,9 +26,12 @@ import json
 import os
 import secrets
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import anyio
+import anyio.to_thread
 import attrs
 import pydantic
 
@@ -46,6 +50,8 @@ __all__ = [
 ]
 
 KEY_PREFIX = "igw-"
+# How stale the keys in memory may get: a revoked key works at most this long (seconds).
+RECHECK_EVERY = 1.0
 
 
 class _KeyEntry(pydantic.BaseModel):
@@ -136,12 +142,29 @@ def _load(path: Path) -> _Loaded:
 
 
 class StaticKeys:
-    """Keys from a tokens file of salted hashes (or, for tests and `check`, from memory)."""
+    """Keys from a tokens file of salted hashes (or, for tests and `check`, from memory).
+
+    The file is watched off the request path: a request finds the keys already in memory,
+    and at most once per `recheck_every` seconds (by `clock`) one request has the file's
+    stamp compared, in a worker thread, so the event loop never waits on the disk.  A
+    changed file is re-read there too; `refresh()` re-checks at once.
+    """
 
     name = "static"
 
-    def __init__(self, path: Path | None = None, *, keys: Sequence[_KeyEntry] = ()) -> None:
+    def __init__(
+        self,
+        path: Path | None = None,
+        *,
+        keys: Sequence[_KeyEntry] = (),
+        recheck_every: float = RECHECK_EVERY,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._path = path
+        self._recheck_every = recheck_every
+        self._clock = clock
+        self._next_check = clock() + recheck_every
+        self._checking = False
         if path is not None:
             self._loaded = _load(path)
         else:
@@ -158,28 +181,46 @@ class StaticKeys:
             )
 
     @classmethod
-    def from_file(cls, path: Path) -> StaticKeys:
-        return cls(path)
+    def from_file(
+        cls,
+        path: Path,
+        *,
+        recheck_every: float = RECHECK_EVERY,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> StaticKeys:
+        return cls(path, recheck_every=recheck_every, clock=clock)
 
-    def _current(self) -> _Loaded:
-        if self._path is not None and _stamp(self._path) != self._loaded.stamp:
-            try:
-                self._loaded = _load(self._path)
-            except ConfigurationError:
-                # A half-written or broken file: keep the last good keys, but a file
-                # that is gone revokes everything.
-                if not self._path.exists():
-                    self._loaded = _Loaded(entries=(), stamp=None)
-        return self._loaded
+    def _reread(self, path: Path, loaded: _Loaded) -> _Loaded:
+        """The keys now in the file (blocking: runs in a worker thread)."""
+        if _stamp(path) == loaded.stamp:
+            return loaded
+        try:
+            return _load(path)
+        except ConfigurationError:
+            # A half-written or broken file: keep the last good keys, but a file
+            # that is gone revokes everything.
+            return loaded if path.exists() else _Loaded(entries=(), stamp=None)
+
+    async def refresh(self) -> None:
+        """Re-check the tokens file now, off the event loop."""
+        if self._path is None or self._checking:
+            return
+        self._checking = True
+        try:
+            self._next_check = self._clock() + self._recheck_every
+            self._loaded = await anyio.to_thread.run_sync(self._reread, self._path, self._loaded)
+        finally:
+            self._checking = False
 
     async def resolve(self, credentials: str) -> Identity | None:
+        if self._clock() >= self._next_check:
+            await self.refresh()
         found: Identity | None = None
-        for salt, digest, identity in self._current().entries:
+        for salt, digest, identity in self._loaded.entries:
             # Every entry, every time, in constant time: no early exit to time.
             if hmac.compare_digest(_hash(salt, credentials), digest) and found is None:
                 found = identity
         return found
-
 
 
 def new_key() -> str:
