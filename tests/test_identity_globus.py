@@ -6,6 +6,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -24,8 +25,10 @@ from tests.support.fake_globus import (
     GlobusUser,
     running_fake_globus,
 )
-from transports import H11Transport, Transport
+from transports import BackendResponse, FunctionTransport, H11Transport, Transport
 from transports.httpx_transport import HttpxTransport
+from transports.recording import RecordingTransport, capture
+from transports.replay import ReplayTransport
 
 pytestmark = pytest.mark.anyio
 
@@ -303,3 +306,32 @@ async def test_no_token_or_secret_reaches_the_logs(
     text = caplog.text + str(raised.value)
     for secret in [TOKEN, "t-secret-during-outage", CLIENT_SECRET]:
         assert secret not in text
+
+
+async def test_globus_calls_go_through_the_transport_so_they_record_and_replay(
+    globus: tuple[FakeGlobus, str], fake: FakeGlobus, clock: Clock, transport: Transport
+) -> None:
+    live = provider(globus[1], clock, RecordingTransport(transport))
+    with capture() as exchanges:
+        identity = await live.resolve(TOKEN)
+    paths = [urlsplit(e.request.url).path for e in exchanges]
+    assert paths == ["/v2/oauth2/token/introspect", "/v2/oauth2/token", "/v2/groups/my_groups"]
+    before = dict(fake.calls)
+    offline = provider("http://globus.invalid", clock, ReplayTransport(exchanges))
+    assert await offline.resolve(TOKEN) == identity
+    assert fake.calls == before
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        BackendResponse(status=200, body=b"<html>not json</html>"),
+        BackendResponse(status=500, body=b'{"error": "boom"}'),
+    ],
+)
+async def test_a_globus_answering_nonsense_is_unavailable(
+    clock: Clock, answer: BackendResponse
+) -> None:
+    auth = provider("http://globus.invalid", clock, FunctionTransport(lambda r: answer))
+    with pytest.raises(ProviderUnavailable):
+        await auth.resolve(TOKEN)

@@ -11,6 +11,7 @@ from transports._base import (
     TransportError,
     TransportTimeout,
 )
+from transports.function import FunctionTransport
 from transports.h11_transport import H11Transport
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "BackendResponse",
     "BackendStream",
     "ConnectError",
+    "FunctionTransport",
     "H11Transport",
     "ProtocolError",
     "Timeout",

@@ -1,13 +1,31 @@
-"""The one contract between adaptors and backend IO.
+"""The one contract between adaptors (and identity providers) and backend IO.
 
 Adaptors speak their backend's protocol by building a `BackendRequest` and handing it to
 the transport the gateway gave them; they never build an HTTP client of their own, so the
 same adaptor runs over httpx, h11 on anyio or a replayed cassette.
 
-The contract is two calls and a close, as in httpx's transport: `send` for a whole
-answer, `open_stream` for an answer read chunk by chunk.  Every failure below HTTP
+The contract is two calls and a close: `send` for a whole answer, `open_stream` for an
+answer read chunk by chunk, `aclose` to release the pool.  Every failure below HTTP
 (refused connection, timeout, a peer that breaks the protocol) surfaces as one of the
 `TransportError` subclasses here, whatever library sits underneath.
+
+Why three methods and not httpx's one (`handle(request) -> response`, body as a stream):
+
+* Most calls want the whole answer, and a whole answer is what a transport can bound
+  best: `send` runs under one total deadline and returns with the connection already
+  back in the pool.  With one streaming method, every such caller would have to read
+  and close the body itself, and a forgotten close leaks a pooled connection.
+* A stream is a different obligation: its status and headers arrive first (so an
+  adaptor can turn a refusal into an error before relaying anything), its body is read
+  under a deadline renewed per read, and it must be closed early when the client
+  leaves, which cancels the backend call.  `open_stream` returns that object, typed
+  `BackendStream`, so the obligation is visible where it is taken on.
+* Adaptors, identity providers and the recording and replay transports already call
+  `send` and `open_stream`; one method would change every one of them for no new power.
+
+What one method buys httpx, a trivial function-backed test double, we keep anyway:
+`transports.function.FunctionTransport(handler)` derives `open_stream` from the
+handler's answer, so a test double is still one function.
 """
 
 from __future__ import annotations
