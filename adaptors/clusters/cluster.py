@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from adaptors._binding import Bindable
+from adaptors._common import AdaptorBase
 from adaptors._values import string_list
 from transports import Transport
 
@@ -45,8 +45,11 @@ class GetJobsResponse(BaseModel):
     error_code: int | None = None
 
 
-class BaseCluster(Bindable, ABC):
+class BaseCluster(AdaptorBase, ABC):
     """A place endpoints run, and the one that knows which of its models are up."""
+
+    _kind = "cluster"
+    _name_field = "cluster_name"
 
     def __init__(
         self,
@@ -85,21 +88,6 @@ class BaseCluster(Bindable, ABC):
     @property
     def openai_endpoints(self) -> list[str]:
         return list(self._openai_endpoints)
-
-    @property
-    def allowed_globus_groups(self) -> list[str]:
-        return list(self._allowed_globus_groups)
-
-    @property
-    def allowed_domains(self) -> list[str]:
-        return list(self._allowed_domains)
-
-    def __repr__(self) -> str:
-        # Deliberately without config: a config may name secrets or internal hosts.
-        return f"{type(self).__name__}(cluster_name={self._cluster_name!r})"
-
-    def _describe(self) -> str:
-        return f"cluster '{self._cluster_name}'"
 
     def bind(self, *, transport: Transport, secrets: Mapping[str, str] | None = None) -> None:
         """Give the adaptor the gateway's shared transport and the secrets its config names."""

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from adaptors._binding import Bindable
+from adaptors._common import AdaptorBase
 from adaptors._values import string_list
 from adaptors.clusters.cluster import BaseCluster
 from transports import Transport
@@ -191,8 +191,11 @@ async def _endpoint_status(cluster: BaseCluster | None, model: str) -> GetEndpoi
     )
 
 
-class BaseEndpoint(Bindable, ABC):
+class BaseEndpoint(AdaptorBase, ABC):
     """One model on one cluster, served through one backend protocol."""
+
+    _kind = "endpoint"
+    _name_field = "endpoint_slug"
 
     def __init__(
         self,
@@ -241,22 +244,7 @@ class BaseEndpoint(Bindable, ABC):
     def endpoint_adapter(self) -> str:
         return self._endpoint_adapter
 
-    @property
-    def allowed_globus_groups(self) -> list[str]:
-        return list(self._allowed_globus_groups)
-
-    @property
-    def allowed_domains(self) -> list[str]:
-        return list(self._allowed_domains)
-
-    def __repr__(self) -> str:
-        # Deliberately without config: a config may name secrets or internal hosts.
-        return f"{type(self).__name__}(endpoint_slug={self._endpoint_slug!r})"
-
     # -- IO the gateway provides ----------------------------------------------------------
-
-    def _describe(self) -> str:
-        return f"endpoint '{self._endpoint_slug}'"
 
     def bind(
         self,

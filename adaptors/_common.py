@@ -1,6 +1,7 @@
-"""What the gateway hands every adaptor before its first call: a transport and its secrets.
+"""What endpoint and cluster adaptors share: their access rules, how they are named, and
+what the gateway hands them before their first call (a transport and its secrets).
 
-Endpoint and cluster adaptors are bound alike, so it is written once, here.  The seed's
+Both are bound alike, so it is written once, here.  The seed's
 constructors stay exactly the guide's (subclasses call them positionally), which is why
 nothing IO-related goes through them: the assembler calls `bind` afterwards.
 
@@ -15,22 +16,42 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import ClassVar
 
 from transports import Transport
 
-__all__ = ["Bindable"]
+__all__ = ["AdaptorBase"]
 
 
-class Bindable:
-    """The transport and secrets of one adaptor; the base classes add `bind`."""
+class AdaptorBase:
+    """The part of `BaseEndpoint` and `BaseCluster` that is the same; they add `bind`."""
 
+    _kind: ClassVar[str]  # "endpoint" or "cluster"
+    _name_field: ClassVar[str]  # the property that names one: "endpoint_slug", ...
+    _allowed_globus_groups: list[str]
+    _allowed_domains: list[str]
     # Class-level defaults: the seed's `__init__` never sets these, `bind` does.
     _transport: Transport | None = None
     _secrets: Mapping[str, str] | None = None
 
+    @property
+    def allowed_globus_groups(self) -> list[str]:
+        return list(self._allowed_globus_groups)
+
+    @property
+    def allowed_domains(self) -> list[str]:
+        return list(self._allowed_domains)
+
+    def _name(self) -> str:
+        return str(getattr(self, self._name_field))
+
+    def __repr__(self) -> str:
+        # Deliberately without config: a config may name secrets or internal hosts.
+        return f"{type(self).__name__}({self._name_field}={self._name()!r})"
+
     def _describe(self) -> str:
         """How errors name the adaptor, e.g. "endpoint 'slug'"; never its config."""
-        raise NotImplementedError
+        return f"{self._kind} '{self._name()}'"
 
     def _bind_io(self, transport: Transport, secrets: Mapping[str, str] | None) -> None:
         self._transport = transport
