@@ -4,6 +4,11 @@ One `Gateway` serves every front-end (the Quart app, direct embedding, replay), 
 request logic lives in a web handler.  It is written against anyio only, never asyncio
 or trio directly, so it runs under either loop.  Adaptors are called here and nowhere
 else; whatever they raise is turned into an event at this one boundary.
+
+The driver only drives: it is handed adaptors already built and bound
+(`frontends.assembly`), asks who the caller is through `frontends.caller`, and hands
+finished records to a log sink (`frontends.log_sink`).  The read-only routes beside it
+(models, endpoints, jobs, whoami, health) are `frontends.listings`.
 """
 
 from __future__ import annotations
