@@ -45,6 +45,7 @@ async def transport(request: pytest.FixtureRequest) -> AsyncIterator[Transport]:
     yield made
     await made.aclose()
 
+
 NOW = 1_900_000_000.0
 TOKEN = "globus-access-token-of-ada-0123456789"
 

@@ -76,7 +76,6 @@ class _KeysFile(pydantic.BaseModel):
     keys: list[_KeyEntry]
 
 
-
 def _hash(salt: bytes, key: str) -> bytes:
     return hashlib.sha256(salt + key.encode()).digest()
 

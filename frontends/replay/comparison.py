@@ -56,9 +56,7 @@ def _error_type(body: bytes) -> object:
         return None
 
 
-def differences(
-    case: Case, actual: RecordedResponse, *, reached_backend: bool = True
-) -> list[str]:
+def differences(case: Case, actual: RecordedResponse, *, reached_backend: bool = True) -> list[str]:
     expected = case.expected
     found: list[str] = []
     if not case.strict_headers and not reached_backend and expected.status >= 400:
