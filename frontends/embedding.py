@@ -7,7 +7,7 @@ against anyio, so `asyncio.run(main())` and `trio.run(main)` both work.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -40,13 +40,18 @@ async def open_gateway(
     *,
     identity: IdentityProvider,
     transport: Transport | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Gateway]:
-    """A Gateway over these fixtures, closed (with its transport) on exit."""
+    """A Gateway over these fixtures, closed (with its transport) on exit.
+
+    The keys the fixtures name (`api_key_env_name`) are looked up in `environ`, the
+    process environment by default.
+    """
     if transport is None:
         from transports.httpx_transport import HttpxTransport
 
         transport = HttpxTransport()
-    gateway = build_gateway(fixtures_dir, identity=identity, transport=transport)
+    gateway = build_gateway(fixtures_dir, identity=identity, transport=transport, environ=environ)
     try:
         yield gateway
     finally:
