@@ -13,6 +13,14 @@ from core._authorization import (
     may_use_cluster,
     normalise_domain,
 )
+from core._caller import (
+    bearer_credentials,
+    caller,
+    credentials,
+    identity_refusal,
+    identity_unavailable,
+    missing_credentials,
+)
 from core._catalog import Catalog
 from core._errors import (
     BackendError,
@@ -55,19 +63,11 @@ from core._listing import (
     model_entry,
     model_list,
 )
-from core._records import ClusterRecord, EndpointRecord, Identity, OpenAIRoute
-from core._request import (
-    TERMINAL,
-    TRANSITIONS,
-    RequestMachine,
-    State,
-    bearer_credentials,
-    identity_refusal,
-    identity_unavailable,
-    missing_credentials,
-)
-from core._selection import select_endpoint, usable_endpoints
-from core._shaping import JSON_HEADERS, STREAM_HEADERS, Response, error_response
+from core._machine import Cell, Kernel
+from core._records import ClusterRecord, EndpointRecord, Identity, OpenAIRoute, Response, Usage
+from core._request import TABLE, TERMINAL, RequestMachine, State
+from core._selection import select_endpoint, usable_cluster, usable_endpoints
+from core._shaping import JSON_HEADERS, STREAM_HEADERS, error_response, json_object
 from core._sse import SSEDecoder, SSEMonitor
 from core._validation import RESERVED_FIELDS, ValidRequest, validate_request
 
@@ -76,8 +76,8 @@ __all__ = [
     "REFUSAL_REASONS",
     "RESERVED_FIELDS",
     "STREAM_HEADERS",
+    "TABLE",
     "TERMINAL",
-    "TRANSITIONS",
     "AdaptorFailed",
     "AdaptorReturned",
     "Allowed",
@@ -86,6 +86,7 @@ __all__ = [
     "CallAdaptor",
     "CancelUpstream",
     "Catalog",
+    "Cell",
     "ChunkReceived",
     "ClientDisconnected",
     "ClientError",
@@ -100,6 +101,7 @@ __all__ = [
     "Identity",
     "IdentityResolved",
     "IdentityUnavailable",
+    "Kernel",
     "Level",
     "LocalProtocolError",
     "LogEntry",
@@ -116,12 +118,15 @@ __all__ = [
     "State",
     "StreamEnded",
     "StreamOpened",
+    "Usage",
     "ValidRequest",
     "WriteLog",
     "authorize",
     "bearer_credentials",
+    "caller",
     "check_rules",
     "cluster_for_jobs",
+    "credentials",
     "domain_allowed",
     "endpoint_listing",
     "error_body",
@@ -129,6 +134,7 @@ __all__ = [
     "filter_jobs",
     "identity_refusal",
     "identity_unavailable",
+    "json_object",
     "load_catalog",
     "may_use_cluster",
     "missing_credentials",
@@ -140,6 +146,7 @@ __all__ = [
     "redact",
     "select_endpoint",
     "type_for_status",
+    "usable_cluster",
     "usable_endpoints",
     "validate_request",
 ]

@@ -7,13 +7,10 @@ work for the edge to carry out.  Nothing here does IO.
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 
 from core._authorization import Rule
-from core._records import Identity, OpenAIRoute
-from core._shaping import Response
+from core._records import Headers, Identity, OpenAIRoute, Response, Usage, header_pairs, http_status
 
 __all__ = [
     "REFUSAL_REASONS",
@@ -40,9 +37,18 @@ __all__ = [
 ]
 
 
-def _status(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if not 100 <= value <= 599:
-        raise ValueError(f"{attribute.name} must be an HTTP status, got {value}")
+def _optional_status(
+    instance: object, attribute: attrs.Attribute[int | None], value: int | None
+) -> None:
+    if value is not None:
+        http_status(instance, attribute, value)  # type: ignore[arg-type]
+
+
+_text = attrs.validators.instance_of(str)
+_nonempty_text = attrs.validators.and_(_text, attrs.validators.min_len(1))
+_optional_text = attrs.validators.optional(attrs.validators.instance_of(str))
+_bytes = attrs.validators.instance_of(bytes)
+_flag = attrs.validators.instance_of(bool)
 
 
 # -- events -----------------------------------------------------------------------------
@@ -56,13 +62,17 @@ class RequestReceived:
     `/v1/...` routes, where the model alone selects the endpoint.
     """
 
-    request_id: str
-    route: OpenAIRoute
-    body: bytes
-    content_type: str | None = None
-    authorization: str | None = None
-    cluster: str | None = None
-    framework: str | None = None
+    request_id: str = attrs.field(validator=_nonempty_text)
+    route: OpenAIRoute = attrs.field(validator=attrs.validators.instance_of(OpenAIRoute))
+    body: bytes = attrs.field(validator=_bytes)
+    content_type: str | None = attrs.field(default=None, validator=_optional_text)
+    authorization: str | None = attrs.field(default=None, validator=_optional_text, repr=False)
+    cluster: str | None = attrs.field(default=None, validator=_optional_text)
+    framework: str | None = attrs.field(default=None, validator=_optional_text)
+
+    def __attrs_post_init__(self) -> None:
+        if (self.cluster is None) != (self.framework is None):
+            raise ValueError("cluster and framework come together (the ALCF route) or not at all")
 
 
 # Why credentials were not accepted, as the `error_description` of a 401: a fixed
@@ -86,26 +96,45 @@ class IdentityResolved:
     to a valid identity (403).
     """
 
-    identity: Identity | None
+    identity: Identity | None = attrs.field(
+        validator=attrs.validators.optional(attrs.validators.instance_of(Identity))
+    )
     reason: str | None = attrs.field(default=None, validator=_reason)
-    refused_by: Rule | None = None
+    refused_by: Rule | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(Rule))
+    )
+
+    def __attrs_post_init__(self) -> None:
+        given = [self.identity is not None, self.reason is not None, self.refused_by is not None]
+        if given.count(True) != 1:
+            raise ValueError(
+                "IdentityResolved holds exactly one of: an identity, a refusal reason "
+                "(401) or the gateway-wide rule that refused it (403)"
+            )
 
 
 @attrs.frozen(kw_only=True)
 class IdentityUnavailable:
     """The identity provider could not answer (down, slow): not the caller's fault."""
 
-    detail: str = ""
+    detail: str = attrs.field(default="", validator=_text)
 
 
 @attrs.frozen(kw_only=True)
 class AdaptorReturned:
-    """An adaptor's response model, reduced to the fields the seed contract defines."""
+    """An adaptor's response model, reduced to the fields the seed contract defines.
 
-    result: str | None = None
-    error_message: str | None = None
-    error_code: int | None = None
-    headers: tuple[tuple[str, str], ...] = ()
+    `result` is the backend's answer: its exact bytes when the driver has them (so they
+    reach the client unchanged), or the adaptor's text.
+    """
+
+    result: bytes | str | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(attrs.validators.instance_of((bytes, str))),
+    )
+    error_message: str | None = attrs.field(default=None, validator=_optional_text)
+    error_code: int | None = attrs.field(default=None, validator=_optional_status)
+    headers: Headers = attrs.field(default=(), converter=header_pairs)
 
 
 @attrs.frozen(kw_only=True)
@@ -113,20 +142,20 @@ class AdaptorFailed:
     """Calling the adaptor, or reading its stream, raised; `status` is the edge's hint
     (504 for a timeout, 502 otherwise) and `detail` is for the operator's log only."""
 
-    status: int = attrs.field(default=502, validator=_status)
-    detail: str = ""
+    status: int = attrs.field(default=502, validator=http_status)
+    detail: str = attrs.field(default="", validator=_text)
 
 
 @attrs.frozen(kw_only=True)
 class StreamOpened:
     """The adaptor's stream is ready to be read; `headers` are the backend's."""
 
-    headers: tuple[tuple[str, str], ...] = ()
+    headers: Headers = attrs.field(default=(), converter=header_pairs)
 
 
 @attrs.frozen(kw_only=True)
 class ChunkReceived:
-    data: bytes
+    data: bytes = attrs.field(validator=_bytes)
 
 
 @attrs.frozen(kw_only=True)
@@ -159,32 +188,39 @@ Event = (
 class Authenticate:
     """Resolve these bearer credentials to an identity, then send IdentityResolved."""
 
-    credentials: str = attrs.field(repr=False)
+    credentials: str = attrs.field(repr=False, validator=_nonempty_text)
 
 
 @attrs.frozen(kw_only=True)
 class CallAdaptor:
-    """Call the endpoint adaptor with the seed's task data; `stream` picks the method."""
+    """Call the endpoint adaptor; `stream` picks `submit_streaming_task` over `submit_task`.
 
-    endpoint_slug: str
-    stream: bool
-    data: dict[str, Any] = attrs.field(eq=False)
+    `body` is the exact bytes to send: the client's own, or (only when the client spelled
+    the model differently from the fixture) the same JSON with the fixture's model name.
+    The driver builds the seed's task data (`model_params`, `openai_endpoint`) from it.
+    """
+
+    endpoint_slug: str = attrs.field(validator=_text)
+    route: OpenAIRoute = attrs.field(validator=attrs.validators.instance_of(OpenAIRoute))
+    request_id: str = attrs.field(validator=_text)
+    stream: bool = attrs.field(validator=_flag)
+    body: bytes = attrs.field(validator=_bytes, repr=False)
 
 
 @attrs.frozen(kw_only=True)
 class Respond:
-    response: Response
+    response: Response = attrs.field(validator=attrs.validators.instance_of(Response))
 
 
 @attrs.frozen(kw_only=True)
 class StartStream:
-    status: int
-    headers: tuple[tuple[str, str], ...]
+    status: int = attrs.field(validator=http_status)
+    headers: Headers = attrs.field(converter=header_pairs)
 
 
 @attrs.frozen(kw_only=True)
 class RelayChunk:
-    data: bytes
+    data: bytes = attrs.field(validator=_bytes)
 
 
 @attrs.frozen(kw_only=True)
@@ -201,21 +237,23 @@ class CancelUpstream:
 class LogEntry:
     """One finished request, for the operator: who, what, outcome; never a credential."""
 
-    request_id: str
-    route: str
-    status: int
-    username: str | None = None
-    endpoint_slug: str | None = None
-    stream: bool = False
-    usage: dict[str, Any] | None = None
-    error_code: str | None = None
-    detail: str | None = None
-    cancelled: bool = False
+    request_id: str = attrs.field(validator=_text)
+    route: str = attrs.field(validator=_text)
+    status: int = attrs.field(validator=http_status)
+    username: str | None = attrs.field(default=None, validator=_optional_text)
+    endpoint_slug: str | None = attrs.field(default=None, validator=_optional_text)
+    stream: bool = attrs.field(default=False, validator=_flag)
+    usage: Usage | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(Usage))
+    )
+    error_code: str | None = attrs.field(default=None, validator=_optional_text)
+    detail: str | None = attrs.field(default=None, validator=_optional_text)
+    cancelled: bool = attrs.field(default=False, validator=_flag)
 
 
 @attrs.frozen(kw_only=True)
 class WriteLog:
-    entry: LogEntry
+    entry: LogEntry = attrs.field(validator=attrs.validators.instance_of(LogEntry))
 
 
 Effect = (

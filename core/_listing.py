@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from core._authorization import may_use_cluster
 from core._catalog import Catalog
 from core._errors import ClientError
 from core._records import ClusterRecord, Identity
-from core._selection import usable_endpoints
+from core._selection import usable_cluster, usable_endpoints
 
 __all__ = ["cluster_for_jobs", "endpoint_listing", "filter_jobs", "model_entry", "model_list"]
 
@@ -74,17 +73,7 @@ def cluster_for_jobs(
     catalog: Catalog, identity: Identity, name: str
 ) -> ClusterRecord | ClientError:
     """The cluster whose jobs a caller asked for: 404 if unknown, 403 if not theirs."""
-    cluster = catalog.cluster(name)
-    if cluster is None:
-        return ClientError(
-            f"Cluster '{name}' does not exist.", status=404, code="cluster_not_found"
-        )
-    denial = may_use_cluster(identity, cluster)
-    if denial is not None:
-        return ClientError(
-            denial.message, status=403, type="permission_error", code="permission_denied"
-        )
-    return cluster
+    return usable_cluster(catalog, identity, name)
 
 
 def filter_jobs(

@@ -16,8 +16,13 @@ import attrs
 __all__ = [
     "ClusterRecord",
     "EndpointRecord",
+    "Headers",
     "Identity",
     "OpenAIRoute",
+    "Response",
+    "Usage",
+    "header_pairs",
+    "http_status",
 ]
 
 
@@ -104,3 +109,68 @@ class Identity:
     def domain(self) -> str | None:
         """The part after `@` of the username, lower-cased; None when there is none."""
         return _domain_of(self.username)
+
+
+# -- what the gateway answers and counts ---------------------------------------------------
+
+Headers = tuple[tuple[str, str], ...]
+
+
+def http_status(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    """attrs validator: an HTTP status code, 100..599."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599:
+        raise ValueError(f"{attribute.name} must be an HTTP status in 100..599, got {value!r}")
+
+
+def header_pairs(value: Iterable[tuple[str, str]]) -> Headers:
+    """attrs converter: header pairs as a tuple of (str, str), order and repeats kept."""
+    pairs = tuple(tuple(pair) for pair in value)
+    for pair in pairs:
+        if len(pair) != 2 or not all(isinstance(part, str) for part in pair):
+            raise ValueError(f"a header must be a (name, value) pair of strings, got {pair!r}")
+    return pairs  # type: ignore[return-value]
+
+
+@attrs.frozen(kw_only=True)
+class Response:
+    """A whole answer for the client: status, headers and the exact body bytes."""
+
+    status: int = attrs.field(validator=http_status)
+    headers: Headers = attrs.field(default=(), converter=header_pairs)
+    body: bytes = attrs.field(default=b"", validator=attrs.validators.instance_of(bytes))
+
+
+def _count(instance: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ValueError(f"{attribute.name} must be a non-negative integer, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Usage:
+    """The token counts a backend reported for one request (OpenAI's `usage` object).
+
+    Each count is None when the backend did not report it; counts of the wrong type are
+    not the gateway's to guess at, so `from_json` leaves them out rather than failing.
+    """
+
+    prompt_tokens: int | None = attrs.field(default=None, validator=_count)
+    completion_tokens: int | None = attrs.field(default=None, validator=_count)
+    total_tokens: int | None = attrs.field(default=None, validator=_count)
+
+    @classmethod
+    def from_json(cls, value: object) -> Usage | None:
+        """The counts of a decoded `usage` object; None when it is not an object."""
+        if not isinstance(value, dict):
+            return None
+
+        def count(name: str) -> int | None:
+            number = value.get(name)
+            if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+                return None
+            return number
+
+        return cls(
+            prompt_tokens=count("prompt_tokens"),
+            completion_tokens=count("completion_tokens"),
+            total_tokens=count("total_tokens"),
+        )

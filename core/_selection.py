@@ -13,10 +13,10 @@ from collections.abc import Iterable
 from core._authorization import Allowed, Denied, authorize, may_use_cluster
 from core._catalog import Catalog
 from core._errors import ClientError
-from core._records import EndpointRecord, Identity
+from core._records import ClusterRecord, EndpointRecord, Identity
 from core._validation import ValidRequest
 
-__all__ = ["select_endpoint", "usable_endpoints"]
+__all__ = ["select_endpoint", "usable_cluster", "usable_endpoints"]
 
 _MAX_LISTED = 50
 
@@ -43,6 +43,17 @@ def _denied(denial: Denied) -> ClientError:
     return ClientError(
         denial.message, status=403, type="permission_error", code="permission_denied"
     )
+
+
+def usable_cluster(catalog: Catalog, identity: Identity, name: str) -> ClusterRecord | ClientError:
+    """The cluster a caller named in a URL: 404 if there is none, 403 if it is not theirs."""
+    cluster = catalog.cluster(name)
+    if cluster is None:
+        return ClientError(
+            f"Cluster '{name}' does not exist.", status=404, code="cluster_not_found"
+        )
+    denial = may_use_cluster(identity, cluster)
+    return cluster if denial is None else _denied(denial)
 
 
 def _model_not_found(model: str, where: str, usable: Iterable[EndpointRecord]) -> ClientError:
@@ -80,14 +91,9 @@ def select_endpoint(
 def _select_on_cluster(
     catalog: Catalog, identity: Identity, request: ValidRequest, name: str, framework: str
 ) -> EndpointRecord | ClientError:
-    cluster = catalog.cluster(name)
-    if cluster is None:
-        return ClientError(
-            f"Cluster '{name}' does not exist.", status=404, code="cluster_not_found"
-        )
-    denial = may_use_cluster(identity, cluster)
-    if denial is not None:
-        return _denied(denial)
+    cluster = usable_cluster(catalog, identity, name)
+    if isinstance(cluster, ClientError):
+        return cluster
     if framework not in cluster.frameworks:
         return ClientError(
             f"Framework '{framework}' is not available on cluster '{name}'; "

@@ -1,11 +1,11 @@
 """Turning what an adaptor returned into what the client receives.
 
-A backend's successful body goes out byte-for-byte (it is only parsed to check it is a
-JSON object and to read `usage`).  A backend's own 4xx with an OpenAI error body goes
-out unchanged too: it explains the caller's mistake better than we could.  Everything
-else that went wrong behind the gateway becomes a 502/503/504 naming the endpoint and
-what happened, and never the backend's URL, key or raw 5xx body (those go to the
-operator's log only).
+A backend's successful body goes out byte-for-byte: it is parsed once, from its bytes,
+to check it is a JSON object and to read `usage`, and never decoded or encoded again.
+A backend's own 4xx with an OpenAI error body goes out unchanged too: it explains the
+caller's mistake better than we could.  Everything else that went wrong behind the
+gateway becomes a 502/503/504 naming the endpoint and what happened, and never the
+backend's URL, key or raw 5xx body (those go to the operator's log only).
 """
 
 from __future__ import annotations
@@ -23,13 +23,12 @@ from core._errors import (
     redact,
     type_for_status,
 )
-from core._records import EndpointRecord
+from core._records import EndpointRecord, Headers, Response, Usage
 
 __all__ = [
     "JSON_HEADERS",
     "RELAYED_HEADERS",
     "STREAM_HEADERS",
-    "Response",
     "Shaped",
     "error_response",
     "shape_failure",
@@ -51,8 +50,6 @@ STREAM_HEADERS = (
 RELAYED_HEADERS = frozenset(
     {"x-request-id", "openai-processing-ms", "openai-model", "openai-version"}
 )
-
-Headers = tuple[tuple[str, str], ...]
 
 
 def relayed(backend: Headers) -> Headers:
@@ -78,18 +75,11 @@ def _passed_through(backend: Headers) -> Headers:
 
 
 @attrs.frozen(kw_only=True)
-class Response:
-    status: int
-    headers: tuple[tuple[str, str], ...] = ()
-    body: bytes = b""
-
-
-@attrs.frozen(kw_only=True)
 class Shaped:
     """A response plus what the operator's log should learn from it."""
 
     response: Response
-    usage: dict[str, Any] | None = None
+    usage: Usage | None = None
     detail: str | None = None
 
 
@@ -99,9 +89,10 @@ def error_response(error: GatewayError) -> Response:
     )
 
 
-def _json_object(text: str) -> dict[str, Any] | None:
+def json_object(data: bytes | str) -> dict[str, Any] | None:
+    """`data` parsed as a JSON object, or None for anything else (or too deeply nested)."""
     try:
-        value = json.loads(text)
+        value = json.loads(data)
     except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
@@ -125,6 +116,11 @@ _FAILURE_PHRASES = {
 }
 
 
+def _failure_code(status: int) -> str:
+    """The error code for a backend failure with this status."""
+    return {503: "backend_unavailable", 504: "backend_timeout"}.get(status, "backend_error")
+
+
 def _backend_failure(
     endpoint: EndpointRecord, status: int, code: str, detail: str, headers: Headers = ()
 ) -> Shaped:
@@ -144,7 +140,7 @@ def _backend_failure(
 def shape_result(
     endpoint: EndpointRecord,
     *,
-    result: str | None,
+    result: bytes | str | None,
     error_message: str | None,
     error_code: int | None,
     headers: Headers = (),
@@ -155,21 +151,21 @@ def shape_result(
             return _backend_failure(
                 endpoint, 502, "empty_backend_response", "adaptor returned nothing"
             )
-        payload = _json_object(result)
-        if payload is None:
-            return _backend_failure(
-                endpoint, 502, "malformed_backend_response", "backend answer is not a JSON object"
-            )
         try:
-            body = result.encode()
+            # An adaptor's own text is encoded once; a backend's bytes are used as they are.
+            body = result.encode() if isinstance(result, str) else result
         except UnicodeEncodeError:  # lone surrogates from an adaptor's own text
             return _backend_failure(
                 endpoint, 502, "malformed_backend_response", "backend answer is not valid UTF-8"
             )
-        usage = payload.get("usage")
+        payload = json_object(body)
+        if payload is None:
+            return _backend_failure(
+                endpoint, 502, "malformed_backend_response", "backend answer is not a JSON object"
+            )
         return Shaped(
             response=Response(status=200, headers=_passed_through(headers), body=body),
-            usage=usage if isinstance(usage, dict) else None,
+            usage=Usage.from_json(payload.get("usage")),
         )
     status = error_code if error_code is not None else 500
     message = error_message or ""
@@ -179,7 +175,7 @@ def shape_result(
             endpoint, 502, "backend_auth_failed", f"HTTP {status}: {message}", headers
         )
     if 400 <= status < 500:
-        if _is_openai_error(_json_object(message)):
+        if _is_openai_error(json_object(message)):
             return Shaped(
                 response=Response(
                     status=status, headers=_passed_through(headers), body=message.encode()
@@ -193,11 +189,11 @@ def shape_result(
             headers=relayed(headers),
         )
         return Shaped(response=error_response(error), detail=redact(message))
-    code = {503: "backend_unavailable", 504: "backend_timeout"}.get(status, "backend_error")
-    return _backend_failure(endpoint, status, code, f"HTTP {status}: {message}", headers)
+    return _backend_failure(
+        endpoint, status, _failure_code(status), f"HTTP {status}: {message}", headers
+    )
 
 
 def shape_failure(endpoint: EndpointRecord, status: int, detail: str) -> Shaped:
     """The client's response when calling the adaptor raised instead of returning."""
-    code = {503: "backend_unavailable", 504: "backend_timeout"}.get(status, "backend_error")
-    return _backend_failure(endpoint, status, code, detail)
+    return _backend_failure(endpoint, status, _failure_code(status), detail)

@@ -11,13 +11,29 @@ line ends an event; `data:` lines join with LF).
 from __future__ import annotations
 
 import json
-from typing import Any
+import re
 
 import attrs
 
-__all__ = ["SSEDecoder", "SSEMonitor", "error_event"]
+from core._records import Usage
+
+__all__ = ["SSEDecoder", "SSEMonitor", "error_event", "nesting_depth"]
 
 _MAX_TAIL = 1 << 20  # an event larger than this is not one we need to understand
+# OpenAI's chunks nest a handful of levels; anything deeper is not a chunk we need to read,
+# and parsing it would only spend the stack (a 200,000-deep `usage` raises RecursionError).
+_MAX_DEPTH = 64
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def nesting_depth(text: str) -> int:
+    """How deeply the JSON text nests arrays and objects (brackets inside strings aside)."""
+    depth = deepest = 0
+    for bracket in _BRACKET.findall(_STRING.sub("", text)):
+        depth = depth + 1 if bracket in "[{" else depth - 1
+        deepest = max(deepest, depth)
+    return deepest
 
 
 @attrs.define
@@ -72,7 +88,7 @@ class SSEMonitor:
     done: bool = False
     errored: bool = False
     events: int = 0
-    usage: dict[str, Any] | None = None
+    usage: Usage | None = None
     _decoder: SSEDecoder = attrs.field(factory=SSEDecoder)
 
     @property
@@ -94,6 +110,8 @@ class SSEMonitor:
             return
         if '"error"' not in data and '"usage"' not in data:
             return  # the common chunk: nothing to learn, so no parse on the hot path
+        if nesting_depth(data) > _MAX_DEPTH:
+            return
         try:
             payload = json.loads(data)
         except ValueError:
@@ -102,8 +120,9 @@ class SSEMonitor:
             return
         if isinstance(payload.get("error"), dict):
             self.errored = True
-        if isinstance(payload.get("usage"), dict):
-            self.usage = payload["usage"]
+        usage = Usage.from_json(payload.get("usage"))
+        if usage is not None:
+            self.usage = usage
 
 
 def error_event(body: bytes, *, after_partial: bool = False) -> bytes:

@@ -10,6 +10,7 @@ whose `param` names the field to fix.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -59,7 +60,54 @@ def _is_text_or_tokens(value: object) -> bool:
     )
 
 
-def _json_object(content_type: str | None, raw: bytes) -> dict[str, Any] | ClientError:
+class _NonFinite(ValueError):
+    """A number JSON cannot carry: NaN, Infinity, or a literal too large for a double."""
+
+
+_MARK = object()  # stands in for a non-finite number while finding where it is
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise _NonFinite(text)
+    return number
+
+
+def _non_finite(name: str) -> float:
+    raise _NonFinite(name)
+
+
+def _where_non_finite(raw: bytes) -> str | None:
+    """The path (`temperature`, `messages[0].x`) of the first non-finite number in `raw`.
+
+    Only asked after a parse failed on one, so the refusal can name the field to fix.
+    """
+
+    def mark(text: str) -> object:
+        return _MARK if text in ("NaN", "Infinity", "-Infinity") or math.isinf(float(text)) else 0
+
+    def find(value: object, path: str) -> str | None:
+        if value is _MARK:
+            return path or None
+        children: Any = ()
+        if isinstance(value, dict):
+            children = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            children = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+        for child_path, child in children:
+            found = find(child, child_path)
+            if found is not None:
+                return found
+        return None
+
+    try:
+        return find(json.loads(raw, parse_float=mark, parse_constant=mark), "")
+    except (ValueError, RecursionError):
+        return None
+
+
+def _parse_body(content_type: str | None, raw: bytes) -> dict[str, Any] | ClientError:
     if content_type is not None:
         media = content_type.split(";", 1)[0].strip().lower()
         if media and media != "application/json" and not media.endswith("+json"):
@@ -74,7 +122,15 @@ def _json_object(content_type: str | None, raw: bytes) -> dict[str, Any] | Clien
             "The request body is empty; send a JSON object.", param=None, code="empty_body"
         )
     try:
-        data = json.loads(raw, parse_constant=_refuse_constant)
+        data = json.loads(raw, parse_float=_finite, parse_constant=_non_finite)
+    except _NonFinite:
+        where = _where_non_finite(raw)
+        return _reject(
+            f"Invalid number{f' for {where!r}' if where else ''}: JSON numbers must be finite "
+            "(NaN, Infinity and literals beyond a double's range such as 1e400 are refused).",
+            param=where,
+            code="invalid_value",
+        )
     except (ValueError, RecursionError):
         return _reject(
             "We could not parse the JSON body of your request.", param=None, code="invalid_json"
@@ -84,14 +140,10 @@ def _json_object(content_type: str | None, raw: bytes) -> dict[str, Any] | Clien
     return data
 
 
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
 def validate_request(
     route: OpenAIRoute, content_type: str | None, raw: bytes
 ) -> ValidRequest | ClientError:
-    data = _json_object(content_type, raw)
+    data = _parse_body(content_type, raw)
     if isinstance(data, ClientError):
         return data
     return validate_body(route, data)

@@ -24,7 +24,7 @@ async def resolve_caller(
 ) -> IdentityResolved | IdentityUnavailable:
     """The provider's verdict on `credentials`: an identity, a refusal, or an outage."""
     try:
-        return IdentityResolved(identity=await provider.resolve(credentials))
+        identity = await provider.resolve(credentials)
     except anyio.get_cancelled_exc_class():
         raise
     except CredentialsRejected as exc:
@@ -34,3 +34,6 @@ async def resolve_caller(
     except Exception as exc:
         log.warning("identity provider failed: %s", type(exc).__name__)
         return IdentityUnavailable(detail=redact(f"{type(exc).__name__}: {exc}"))
+    if identity is None:  # the provider does not know these credentials
+        return IdentityResolved(identity=None, reason="unknown")
+    return IdentityResolved(identity=identity)

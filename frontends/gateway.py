@@ -25,7 +25,8 @@ import anyio
 import attrs
 
 from adaptors.clusters.cluster import BaseCluster
-from adaptors.endpoints.endpoint import BaseEndpoint, StreamingResponse
+from adaptors.endpoints._body import ClientBody
+from adaptors.endpoints.endpoint import BaseEndpoint, StreamingResponse, SubmitTaskResponse
 from core import (
     AdaptorFailed,
     AdaptorReturned,
@@ -119,6 +120,34 @@ def _as_text(result: Any) -> str | None:
     if result is None or isinstance(result, str):
         return result
     return json.dumps(result)
+
+
+def _returned(answer: Any) -> AdaptorReturned | AdaptorFailed:
+    """An adaptor's response model as the event the core reads.
+
+    getattr: the guide's own example returns a *streaming* response model from
+    submit_task on error, which has no `result`; seed adaptors must keep working.
+    """
+    body = answer.body() if isinstance(answer, SubmitTaskResponse) else None
+    try:
+        return AdaptorReturned(
+            result=body if body is not None else _as_text(getattr(answer, "result", None)),
+            error_message=getattr(answer, "error_message", None),
+            error_code=getattr(answer, "error_code", None),
+            headers=_pairs(getattr(answer, "headers", None)),
+        )
+    except (TypeError, ValueError) as exc:  # e.g. an error_code that is no HTTP status
+        return AdaptorFailed(status=502, detail=redact(f"adaptor answer refused: {exc}"))
+
+
+def _task_data(adaptor: BaseEndpoint, call: CallAdaptor) -> dict[str, Any]:
+    """The seed's task data for an adaptor call, `model_params` holding the client's bytes."""
+    lazy = not adaptor.reads_model_params(call.stream)
+    return {
+        "model_params": ClientBody(call.body, lazy=lazy),
+        "openai_endpoint": call.route.value,
+        "request_id": call.request_id,
+    }
 
 
 def _pairs(headers: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
@@ -256,29 +285,22 @@ class Gateway:
         return self._endpoints[slug.lower()]
 
     async def _submit(self, call: CallAdaptor) -> AdaptorReturned | AdaptorFailed:
+        adaptor = self._adaptor(call.endpoint_slug)
         try:
-            answer = await self._adaptor(call.endpoint_slug).submit_task(call.data)
+            answer = await adaptor.submit_task(_task_data(adaptor, call))
         except anyio.get_cancelled_exc_class():
             raise
         except Exception as exc:
             log.warning("adaptor %s raised", call.endpoint_slug, exc_info=True)
             return _failure(exc)
-        # getattr: the guide's own example returns a *streaming* response model from
-        # submit_task on error, which has no `result`; seed adaptors must keep working.
-        return AdaptorReturned(
-            result=_as_text(getattr(answer, "result", None)),
-            error_message=getattr(answer, "error_message", None),
-            error_code=getattr(answer, "error_code", None),
-            headers=_pairs(getattr(answer, "headers", None)),
-        )
+        return _returned(answer)
 
     async def _open_stream(
         self, call: CallAdaptor, request_id: str
     ) -> tuple[Event, StreamingResponse | None]:
+        adaptor = self._adaptor(call.endpoint_slug)
         try:
-            answer = await self._adaptor(call.endpoint_slug).submit_streaming_task(
-                call.data, request_id
-            )
+            answer = await adaptor.submit_streaming_task(_task_data(adaptor, call), request_id)
         except anyio.get_cancelled_exc_class():
             raise
         except Exception as exc:
@@ -287,12 +309,7 @@ class Gateway:
         if answer.response is None or answer.error_message or answer.error_code:
             if answer.response is not None:
                 await _close_quietly(answer.response)
-            returned = AdaptorReturned(
-                error_message=answer.error_message,
-                error_code=answer.error_code,
-                headers=_pairs(answer.headers),
-            )
-            return returned, None
+            return _returned(answer), None
         upstream = answer.response
         if not isinstance(upstream, StreamingResponse):
             upstream = StreamingResponse(content=upstream)

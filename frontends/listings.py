@@ -1,8 +1,9 @@
 """The read-only routes beside the driver: who am I, models, endpoints, jobs, health.
 
 They answer from the catalog and the cluster adaptors, never through the request
-machine, but they ask who the caller is exactly as the machine does (`resolve_caller`),
-and every error they give is the core's, in OpenAI's shape.
+machine, but they decide who the caller is exactly as the machine does (the core's
+`credentials` then `caller`, on what `resolve_caller` heard from the provider), and every
+error they give is the core's, in OpenAI's shape.
 """
 
 from __future__ import annotations
@@ -20,15 +21,12 @@ from core import (
     ClientError,
     GatewayError,
     Identity,
-    IdentityUnavailable,
-    bearer_credentials,
+    caller,
     cluster_for_jobs,
+    credentials,
     endpoint_listing,
     error_response,
     filter_jobs,
-    identity_refusal,
-    identity_unavailable,
-    missing_credentials,
     model_entry,
     model_list,
     redact,
@@ -71,16 +69,13 @@ class Listings:
         return cls(catalog=gateway.catalog, clusters=gateway.clusters, identity=gateway.identity)
 
     async def authenticate(self, authorization: str | None) -> Identity | GatewayResponse:
-        """The caller of a listing route, or the 401/503 to answer them with."""
-        credentials = bearer_credentials(authorization)
-        resolved = await resolve_caller(self._identity, credentials) if credentials else None
-        if isinstance(resolved, IdentityUnavailable):
-            return _respond(identity_unavailable())
-        if resolved is None:
-            return _respond(missing_credentials())
-        if resolved.identity is None:
-            return _respond(identity_refusal(resolved))
-        return resolved.identity
+        """The caller of a listing route, or the 401/403/503 to answer them with: the
+        core's one decision (`credentials`, then `caller`), as the request machine makes it."""
+        token = credentials(authorization)
+        if isinstance(token, ClientError):
+            return _respond(token)
+        identity = caller(await resolve_caller(self._identity, token))
+        return _respond(identity) if isinstance(identity, GatewayError) else identity
 
     async def whoami(self, authorization: str | None) -> GatewayResponse:
         """The caller's identity as the gateway sees it; never the credentials."""

@@ -20,8 +20,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from core import (
     STREAM_HEADERS,
+    TABLE,
     TERMINAL,
-    TRANSITIONS,
     AdaptorFailed,
     AdaptorReturned,
     Authenticate,
@@ -48,6 +48,7 @@ from core import (
     State,
     StreamEnded,
     StreamOpened,
+    Usage,
     WriteLog,
 )
 from tests.test_core_authorization import reference_allows
@@ -168,6 +169,34 @@ def logs(effects: list[Any]) -> list[WriteLog]:
 
 # -- every state x every event -----------------------------------------------------------
 
+# The expected cells, written out here rather than read from the implementation's TABLE:
+# (state, event type) -> the states it may lead to.  A pair not listed is refused.
+S = State
+EXPECTED: dict[tuple[State, type[Any]], frozenset[State]] = {
+    (S.AWAITING_REQUEST, RequestReceived): frozenset({S.AUTHENTICATING, S.DONE}),
+    (S.AUTHENTICATING, IdentityResolved): frozenset(
+        {S.AWAITING_RESULT, S.AWAITING_STREAM, S.DONE}
+    ),
+    (S.AUTHENTICATING, IdentityUnavailable): frozenset({S.DONE}),
+    (S.AUTHENTICATING, ClientDisconnected): frozenset({S.CANCELLED}),
+    (S.AWAITING_RESULT, AdaptorReturned): frozenset({S.DONE}),
+    (S.AWAITING_RESULT, AdaptorFailed): frozenset({S.DONE}),
+    (S.AWAITING_RESULT, ClientDisconnected): frozenset({S.CANCELLED}),
+    (S.AWAITING_STREAM, StreamOpened): frozenset({S.STREAMING}),
+    (S.AWAITING_STREAM, AdaptorReturned): frozenset({S.DONE}),
+    (S.AWAITING_STREAM, AdaptorFailed): frozenset({S.DONE}),
+    (S.AWAITING_STREAM, ClientDisconnected): frozenset({S.CANCELLED}),
+    (S.STREAMING, ChunkReceived): frozenset({S.STREAMING}),
+    (S.STREAMING, StreamEnded): frozenset({S.DONE}),
+    (S.STREAMING, AdaptorFailed): frozenset({S.DONE}),
+    (S.STREAMING, ClientDisconnected): frozenset({S.CANCELLED}),
+}
+
+
+def expected(state: State, event_type: type[Any]) -> frozenset[State] | None:
+    return EXPECTED.get((state, event_type))
+
+
 SAMPLE_EVENTS: list[Event] = [
     request(),
     IdentityResolved(identity=ALICE),
@@ -209,7 +238,7 @@ def machine_in(state: State) -> RequestMachine:
 
 def check_one_transition(state: State, event: Event) -> None:
     machine = machine_in(state)
-    allowed = TRANSITIONS[state].get(type(event))
+    allowed = expected(state, type(event))
     if allowed is not None:
         machine.receive(event)
         assert machine.state in allowed
@@ -223,13 +252,13 @@ def check_one_transition(state: State, event: Event) -> None:
         assert machine.state is State.ERROR
 
 
-def test_the_table_covers_every_state_and_terminal_states_accept_nothing() -> None:
-    assert set(TRANSITIONS) == set(State)
-    for state in (*TERMINAL, State.ERROR):
-        assert TRANSITIONS[state] == {}
-    for targets in TRANSITIONS.values():
-        for allowed in targets.values():
-            assert State.ERROR not in allowed
+def test_the_table_is_the_expected_one_and_terminal_states_accept_nothing() -> None:
+    assert {key: cell.next_states for key, cell in TABLE.items()} == EXPECTED
+    assert {State.DONE, State.CANCELLED} == TERMINAL
+    for state, _ in TABLE:
+        assert state not in (*TERMINAL, State.ERROR)
+    for cell in TABLE.values():
+        assert State.ERROR not in cell.next_states
 
 
 @pytest.mark.parametrize("event", SAMPLE_EVENTS, ids=lambda e: type(e).__name__)
@@ -361,7 +390,8 @@ def mostly(common: st.SearchStrategy[Any], rare: st.SearchStrategy[Any]) -> st.S
 identity_answers = mostly(
     st.just(IdentityResolved(identity=ALICE)),
     st.sampled_from(
-        [IdentityResolved(identity=i) for i in [*IDENTITIES, None]]
+        [IdentityResolved(identity=i) for i in IDENTITIES]
+        + [IdentityResolved(identity=None, reason="unknown")]
         + REFUSALS
         + [IdentityUnavailable(detail="timeout")]
     ),
@@ -370,7 +400,8 @@ any_events = (
     st.sampled_from(SAMPLE_EVENTS)
     | adaptor_results
     | adaptor_failures
-    | st.builds(IdentityResolved, identity=st.sampled_from([None, *IDENTITIES]))
+    | st.builds(IdentityResolved, identity=st.sampled_from(IDENTITIES))
+    | st.sampled_from(REFUSALS)
 )
 # What may come next in each live state, leaning towards going on; disconnects have a
 # rule of their own.
@@ -401,7 +432,7 @@ class RequestMachineRules(RuleBasedStateMachine):
     def feed(self, event: Event) -> None:
         assert self.machine is not None
         before = self.machine.state
-        allowed = TRANSITIONS[before].get(type(event))
+        allowed = expected(before, type(event))
         try:
             effects = self.machine.receive(event)
         except LocalProtocolError:
@@ -458,8 +489,10 @@ class RequestMachineRules(RuleBasedStateMachine):
         sent = json.loads(self.request.body)
         assert endpoint.model.casefold() == sent["model"].casefold()
         assert call.stream is bool(sent.get("stream"))
-        assert call.data["openai_endpoint"] == self.request.route.value
-        assert call.data["model_params"] == {**sent, "model": endpoint.model}
+        assert call.route is self.request.route
+        assert json.loads(call.body) == {**sent, "model": endpoint.model}
+        if sent["model"] == endpoint.model:  # the client's own bytes, untouched
+            assert call.body == self.request.body
 
     def begin(self, drawn: tuple[RequestReceived, bool]) -> None:
         """A new request on a new machine: the effects and identity start over."""
@@ -622,11 +655,8 @@ def test_happy_non_stream_path() -> None:
     (call,) = machine.receive(IdentityResolved(identity=ALICE))
     assert isinstance(call, CallAdaptor)
     assert (call.endpoint_slug, call.stream) == ("open-vllm-m1", False)
-    assert call.data == {
-        "model_params": json.loads(body()),
-        "openai_endpoint": "chat/completions",
-        "request_id": "req-1",
-    }
+    assert (call.route, call.request_id) == (OpenAIRoute.CHAT_COMPLETIONS, "req-1")
+    assert call.body == body()  # the client's bytes, exactly
     awaiting = machine.state
     assert awaiting is State.AWAITING_RESULT
 
@@ -636,7 +666,7 @@ def test_happy_non_stream_path() -> None:
     assert respond.response.status == 200
     assert respond.response.body == result.encode()
     assert log.entry.status == 200
-    assert log.entry.usage == {"total_tokens": 12}
+    assert log.entry.usage == Usage(total_tokens=12)
     assert log.entry.username == "alice@anl.gov"
     assert log.entry.endpoint_slug == "open-vllm-m1"
     assert machine.state is State.DONE and machine.finished
@@ -646,7 +676,7 @@ def test_the_model_is_sent_with_the_catalogs_spelling() -> None:
     raw = json.dumps({"model": "M1", "messages": [{"role": "user"}], "top_k": 3}).encode()
     _, effects = run(request(raw=raw), IdentityResolved(identity=ALICE))
     (call,) = [e for e in effects if isinstance(e, CallAdaptor)]
-    assert call.data["model_params"] == {"model": "m1", "messages": [{"role": "user"}], "top_k": 3}
+    assert json.loads(call.body) == {"model": "m1", "messages": [{"role": "user"}], "top_k": 3}
 
 
 def test_happy_stream_path_relays_chunks_byte_for_byte() -> None:
@@ -664,7 +694,7 @@ def test_happy_stream_path_relays_chunks_byte_for_byte() -> None:
     assert Respond not in kinds(effects)
     (log,) = logs(effects)
     assert (log.entry.status, log.entry.stream) == (200, True)
-    assert log.entry.usage == {"total_tokens": 5}
+    assert log.entry.usage == Usage(total_tokens=5)
     assert machine.state is State.DONE
 
 
@@ -755,7 +785,7 @@ def test_the_bearer_scheme_is_case_insensitive() -> None:
 
 
 def test_an_unknown_token_is_401_invalid_token() -> None:
-    machine, effects = run(request(), IdentityResolved(identity=None))
+    machine, effects = run(request(), IdentityResolved(identity=None, reason="unknown"))
     challenge = www_authenticate(effects)
     assert challenge.startswith("Bearer")
     assert 'error="invalid_token"' in challenge
@@ -867,7 +897,7 @@ SCENARIOS: list[tuple[str, Callable[[], list[Event]]]] = [
             StreamEnded(),
         ],
     ),
-    ("invalid token", lambda: [request(), IdentityResolved(identity=None)]),
+    ("invalid token", lambda: [request(), IdentityResolved(identity=None, reason="unknown")]),
     ("not bearer", lambda: [request(authorization=f"Basic {TOKEN}")]),
     ("bearer with junk", lambda: [request(authorization=f"Bearer {TOKEN} junk")]),
     ("provider down", lambda: [request(), IdentityUnavailable(detail="down")]),

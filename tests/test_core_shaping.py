@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core import EndpointRecord, SSEMonitor, redact
+from core import EndpointRecord, SSEMonitor, Usage, redact
 from core._shaping import shape_failure, shape_result
 
 ENDPOINT = EndpointRecord(
@@ -243,7 +243,7 @@ def test_a_success_goes_out_byte_for_byte_and_its_usage_is_read() -> None:
     shaped = shape_result(ENDPOINT, result=result, error_message=None, error_code=None)
     assert shaped.response.status == 200
     assert shaped.response.body == result.encode()
-    assert shaped.usage == {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
+    assert shaped.usage == Usage(prompt_tokens=5, completion_tokens=7, total_tokens=12)
 
 
 @pytest.mark.parametrize("usage", ['"lots"', "null", "[1]"])
@@ -350,7 +350,7 @@ def sse_streams(draw: st.DrawFn) -> tuple[bytes, dict[str, Any]]:
         "done": any(kind == "done" for kind, _ in events),
         "errored": any(kind == "error" for kind, _ in events),
         "events": len(events),
-        "usage": usages[-1] if usages else None,
+        "usage": Usage.from_json(usages[-1]) if usages else None,
     }
     return out, expected
 

@@ -472,13 +472,32 @@ def test_an_empty_body_is_a_400(raw: bytes) -> None:
         b'{"model": "m", "messages": [{"role": "user"}], "temperature": NaN}',
         b'{"model": "m", "messages": [{"role": "user"}], "temperature": Infinity}',
         b'{"model": "m", "messages": [{"role": "user"}], "temperature": -Infinity}',
+        b'{"model": "m", "messages": [{"role": "user"}], "temperature": 1e400}',
+        b'{"model": "m", "messages": [{"role": "user"}], "temperature": -1E+999}',
     ],
-    ids=["NaN", "Infinity", "-Infinity"],
+    ids=["NaN", "Infinity", "-Infinity", "1e400", "-1E+999"],
 )
-def test_non_json_number_literals_are_refused(raw: bytes) -> None:
+def test_non_finite_numbers_are_refused_naming_the_field(raw: bytes) -> None:
+    """Issue 8: a 400 naming the field, for the literals JSON lacks and for numbers beyond
+    a double (which Python would read as infinity and a backend could not read at all)."""
     result = validate_request(CHAT, JSON, raw)
     assert isinstance(result, ClientError)
-    assert (result.status, result.param, result.code) == (400, None, "invalid_json")
+    assert (result.status, result.param, result.code) == (400, "temperature", "invalid_value")
+
+
+def test_a_non_finite_number_deep_in_the_body_is_named_by_its_path() -> None:
+    raw = b'{"model": "m", "messages": [{"role": "user", "x": [1, {"y": NaN}]}]}'
+    result = validate_request(CHAT, JSON, raw)
+    assert isinstance(result, ClientError)
+    assert result.param == "messages[0].x[1].y"
+
+
+@pytest.mark.parametrize(
+    "number", [b"1.0E2", b"1e308", b"-0.0", b"5e-324", b"12345678901234567890"]
+)
+def test_large_but_finite_numbers_pass(number: bytes) -> None:
+    raw = b'{"model": "m", "messages": [{"role": "user"}], "temperature": ' + number + b"}"
+    assert not isinstance(validate_request(CHAT, JSON, raw), ClientError)
 
 
 @pytest.mark.parametrize(

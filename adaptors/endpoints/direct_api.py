@@ -2,8 +2,9 @@
 
 The seed's guide configures it with a full route URL and the *name* of the environment
 variable holding the key; both stay exactly as the seed wrote them.  The body is sent as
-the client wrote it and the answer comes back as the backend's text, byte for byte: the
-core checks and relays it, so re-serialising here could only lose information.
+the client wrote it, byte for byte, unless an adaptor changed it (then it is serialised
+once), and the answer comes back as the backend's text with its exact bytes kept beside
+it: the core checks and relays those, so nothing is re-serialised on the way.
 
 The key is handed in by the gateway at `bind` (read from the environment variable the
 config names, once, at start) and lives only in the request headers this adaptor
@@ -13,13 +14,13 @@ messages reach clients and logs; the backend is named by model and cluster inste
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from adaptors._urls import resolve_url
+from adaptors.endpoints._body import body_bytes
 from adaptors.endpoints.endpoint import (
     BaseEndpoint,
     StreamingResponse,
@@ -123,6 +124,11 @@ class DirectAPIEndpoint(BaseEndpoint):
 
     # -- requests -------------------------------------------------------------------------
 
+    def reads_model_params(self, stream: bool) -> bool:
+        """Only a subclass that overrides the method about to run may read the body."""
+        name = "submit_streaming_task" if stream else "submit_task"
+        return getattr(type(self), name) is not getattr(DirectAPIEndpoint, name)
+
     def _request(self, body: dict[str, Any], route: str | None, accept: str) -> BackendRequest:
         seconds = self._config.api_request_timeout
         headers = [("content-type", "application/json"), ("accept", accept)]
@@ -132,7 +138,7 @@ class DirectAPIEndpoint(BaseEndpoint):
             method="POST",
             url=resolve_url(self._api_url, route),
             headers=headers,
-            body=json.dumps(body, ensure_ascii=False).encode(),
+            body=body_bytes(body),
             timeout=Timeout(connect=min(10.0, seconds), read=seconds, total=seconds),
         )
 
@@ -155,7 +161,7 @@ class DirectAPIEndpoint(BaseEndpoint):
                 error_message="The backend answered with a body that is not UTF-8 text.",
                 error_code=502,
             )
-        return SubmitTaskResponse(result=text, headers=headers)
+        return SubmitTaskResponse(result=text, headers=headers).keep_body(response.body)
 
     async def submit_streaming_task(
         self, data: dict[str, Any], request_log_id: str

@@ -17,11 +17,12 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mappin
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, PrivateAttr, field_validator
 
 from adaptors._common import AdaptorBase
 from adaptors._values import string_list
 from adaptors.clusters.cluster import BaseCluster
+from adaptors.endpoints._body import ClientBody
 from transports import Transport
 
 __all__ = [
@@ -89,6 +90,21 @@ class SubmitTaskResponse(BaseModel):
     # Extension to the seed contract: the backend's response headers.  The gateway relays
     # only an allow-list of them (content type, request id), never hop-by-hop ones.
     headers: dict[str, str] | None = None
+    # The backend's exact bytes behind `result`, so the client gets them unchanged.
+    _body: tuple[str, bytes] | None = PrivateAttr(default=None)
+
+    def keep_body(self, body: bytes) -> SubmitTaskResponse:
+        """Remember the bytes `result` was decoded from; returns self."""
+        if self.result is not None:
+            self._body = (self.result, body)
+        return self
+
+    def body(self) -> bytes | None:
+        """The bytes behind `result`, while `result` is still the text decoded from them
+        (an adaptor that replaced `result` gets its new text sent instead)."""
+        if self._body is None or self._body[0] is not self.result:
+            return None
+        return self._body[1]
 
 
 class SubmitStreamingTaskResponse(BaseModel):
@@ -148,7 +164,7 @@ def unpack_task_data(data: Mapping[str, Any]) -> tuple[dict[str, Any], str | Non
     if isinstance(params, dict):
         route = data.get("openai_endpoint")
         return params, route if isinstance(route, str) else None
-    body = dict(data)
+    body = data if isinstance(data, ClientBody) else dict(data)
     route = next((r for key, r in _ROUTE_BY_INPUT if key in body), None)
     return body, route
 
@@ -265,6 +281,14 @@ class BaseEndpoint(AdaptorBase, ABC):
     async def get_endpoint_status(self) -> GetEndpointStatusResponse:
         """Whether this model is running, per the bound cluster (status "unknown" if none)."""
         return await _endpoint_status(self._cluster_adaptor, self._model)
+
+    def reads_model_params(self, stream: bool) -> bool:
+        """Whether the method the gateway calls next may look at `data["model_params"]`.
+
+        True unless an adaptor knows better: the gateway then hands it a parsed dict up
+        front.  An adaptor answering False gets a dict that is parsed only if touched.
+        """
+        return True
 
     # -- required ---------------------------------------------------------------------------
 
