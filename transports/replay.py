@@ -1,10 +1,13 @@
 """`ReplayTransport`: answers backend calls from recorded exchanges, with no network.
 
 Theory of operation.  Each request is matched against the records in recorded order by
-four fields, compared in this order: method, URL path, URL query, body.  Bodies that
-both parse as JSON are compared as JSON (key order and spacing do not matter; `1` and
-`true` differ), any other bodies as bytes.  Headers, scheme and host never take part:
-the replay fixture may point an adaptor anywhere, and secrets were redacted anyway.
+four fields, compared in this order: method, URL path, URL query, body.  Bodies are
+compared byte for byte when the recording was made by this gateway (`bodies="bytes"`,
+the default for our own JSON Lines cassettes): the gateway sends the client's bytes, so
+any difference is one.  Bodies recorded elsewhere (go-vcr) are compared as JSON when
+both parse (key order and spacing do not matter; `1` and `true` differ), else as bytes.
+Headers, scheme and host never take part: the replay fixture may point an adaptor
+anywhere, and secrets were redacted anyway.
 
 The first unused record that matches answers, and is then used up (`reuse=True` lets
 every record answer any number of times).  When nothing matches, `ReplayMismatch` is
@@ -28,7 +31,7 @@ import json
 import math
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import anyio
@@ -46,7 +49,14 @@ from transports._base import (
 )
 from transports.cassette import Exchange, RecordedResponse, load_cassette
 
-__all__ = ["Difference", "ReplayMismatch", "ReplayStream", "ReplayTransport", "first_difference"]
+__all__ = [
+    "BodyMatch",
+    "Difference",
+    "ReplayMismatch",
+    "ReplayStream",
+    "ReplayTransport",
+    "first_difference",
+]
 
 _ERRORS: dict[str, type[TransportError]] = {
     cls.__name__: cls for cls in (TransportError, ConnectError, TransportTimeout, ProtocolError)
@@ -126,21 +136,30 @@ def _json_difference(recorded: Any, sent: Any, path: str) -> tuple[str, Any, Any
     return None if _same_scalar(recorded, sent) else (path, recorded, sent)
 
 
-def _body_difference(recorded: bytes, sent: bytes) -> Difference | None:
+BodyMatch = Literal["bytes", "json"]
+
+
+def _body_difference(recorded: bytes, sent: bytes, bodies: BodyMatch) -> Difference | None:
     if recorded == sent:
         return None
-    a, b = _json(recorded), _json(sent)
-    if a is not _MISSING and b is not _MISSING:
-        found = _json_difference(a, b, "")
-        if found is None:
-            return None
-        where, was, now = found
-        field = f"body field {where}" if where else "body"
-        return Difference(field=field, recorded=_show(was), sent=_show(now))
     at = next(
         (i for i, (x, y) in enumerate(zip(recorded, sent, strict=False)) if x != y),
         min(len(recorded), len(sent)),
     )
+    a, b = _json(recorded), _json(sent)
+    if a is not _MISSING and b is not _MISSING:
+        found = _json_difference(a, b, "")
+        if found is not None:  # named by the JSON field, in either mode: easier to read
+            where, was, now = found
+            field = f"body field {where}" if where else "body"
+            return Difference(field=field, recorded=_show(was), sent=_show(now))
+        if bodies == "json":
+            return None
+        return Difference(
+            field="body bytes",
+            recorded=f"{len(recorded)} bytes",
+            sent=f"the same JSON in other bytes (first difference at byte {at})",
+        )
     return Difference(
         field="body",
         recorded=f"{len(recorded)} bytes",
@@ -148,7 +167,9 @@ def _body_difference(recorded: bytes, sent: bytes) -> Difference | None:
     )
 
 
-def first_difference(exchange: Exchange, request: BackendRequest) -> Difference | None:
+def first_difference(
+    exchange: Exchange, request: BackendRequest, bodies: BodyMatch = "json"
+) -> Difference | None:
     """None when `request` matches the record, else the first field that differs."""
     was, now = exchange.request, request
     if was.method != now.method:
@@ -158,16 +179,22 @@ def first_difference(exchange: Exchange, request: BackendRequest) -> Difference 
         return Difference(field="path", recorded=repr(old.path), sent=repr(new.path))
     if sorted(old.query.split("&")) != sorted(new.query.split("&")):
         return Difference(field="query", recorded=repr(old.query), sent=repr(new.query))
-    return _body_difference(was.body, now.body)
+    return _body_difference(was.body, now.body, bodies)
 
 
 class ReplayTransport:
     """A `Transport` whose answers are `exchanges`, matched as the module doc says."""
 
     def __init__(
-        self, exchanges: Iterable[Exchange], *, reuse: bool = False, timing: bool = False
+        self,
+        exchanges: Iterable[Exchange],
+        *,
+        reuse: bool = False,
+        timing: bool = False,
+        bodies: BodyMatch = "json",
     ) -> None:
         self._exchanges = tuple(exchanges)
+        self._bodies = bodies
         self._used = [False] * len(self._exchanges)
         self._reuse = reuse
         self._timing = timing
@@ -177,8 +204,11 @@ class ReplayTransport:
     def from_file(
         cls, path: Path | str, *, reuse: bool = False, timing: bool = False
     ) -> ReplayTransport:
-        """Every exchange of a cassette (ours or go-vcr), conversations' ones included."""
-        return cls(load_cassette(path).all_exchanges(), reuse=reuse, timing=timing)
+        """Every exchange of a cassette (ours or go-vcr), conversations' ones included;
+        bodies matched by bytes in our own recordings, as JSON in go-vcr's."""
+        cassette = load_cassette(path)
+        bodies: BodyMatch = "bytes" if cassette.format == "jsonl" else "json"
+        return cls(cassette.all_exchanges(), reuse=reuse, timing=timing, bodies=bodies)
 
     @property
     def unused(self) -> tuple[Exchange, ...]:
@@ -188,7 +218,7 @@ class ReplayTransport:
         nearest: tuple[int, Difference] | None = None
         used_match: int | None = None
         for index, exchange in enumerate(self._exchanges):
-            difference = first_difference(exchange, request)
+            difference = first_difference(exchange, request, self._bodies)
             if difference is None:
                 if self._used[index] and not self._reuse:
                     used_match = index if used_match is None else used_match

@@ -104,7 +104,7 @@ async def replay_cassette(
     results: list[Replayed] = []
     try:
         for index, case in enumerate(cases(cassette)):
-            records = ReplayTransport(case.exchanges)
+            records = ReplayTransport(case.exchanges, bodies=case.bodies)
             transport.switch(records)
             identity.answer_as(case.request)
             actual = await _run_case(gateway, case, index)
