@@ -78,6 +78,10 @@ def _non_finite(name: str) -> float:
     raise _NonFinite(name)
 
 
+# One decoder for every request: json.loads with hooks would build a new one per call.
+_DECODER = json.JSONDecoder(parse_float=_finite, parse_constant=_non_finite)
+
+
 def _where_non_finite(raw: bytes) -> str | None:
     """The path (`temperature`, `messages[0].x`) of the first non-finite number in `raw`.
 
@@ -122,7 +126,7 @@ def _parse_body(content_type: str | None, raw: bytes) -> dict[str, Any] | Client
             "The request body is empty; send a JSON object.", param=None, code="empty_body"
         )
     try:
-        data = json.loads(raw, parse_float=_finite, parse_constant=_non_finite)
+        data = _DECODER.decode(raw.decode("utf-8-sig"))
     except _NonFinite:
         where = _where_non_finite(raw)
         return _reject(
