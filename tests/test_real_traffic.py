@@ -1,8 +1,9 @@
 """Transparent in front of a real backend: OpenAI's own recorded answers through the gateway.
 
-Every go-vcr cassette in ../shared/real-traffic/openai-go-vcr (new files are picked up by
-the glob) is served by a DirectAPIEndpoint whose `api_url` is the recorded URL and whose
-transport replays the cassette.  The recorded request body goes to the gateway's plain
+Every go-vcr cassette in tests/cassettes/openai-go-vcr (new files are picked up by the
+glob; a missing folder stops the run when the tests are collected) is served by a
+DirectAPIEndpoint whose `api_url` is the recorded URL and whose transport replays the
+cassette.  The recorded request body goes to the gateway's plain
 `/v1/...` route and to the ALCF route, through a real Hypercorn server with raw HTTP and
 with the official `openai` client, and through the embedded Gateway under trio.  What the
 client sees must be what OpenAI answered: status, JSON body, Content-Type, the SSE events
@@ -30,6 +31,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from core import ClientError, OpenAIRoute, SSEDecoder, validate_request
 from frontends.assembly import build_gateway
 from frontends.identity import StaticKeys
+from tests.support.cassettes import GO_VCR, GO_VCR_COUNT, GO_VCR_DIR
 from tests.support.gateway_server import ALICE, running_gateway, write_fixtures, write_tokens
 from transports import BackendRequest, BackendResponse, BackendStream
 from transports.cassette import Exchange, load_cassette
@@ -37,8 +39,7 @@ from transports.replay import ReplayTransport
 
 pytestmark = pytest.mark.e2e
 
-REAL_TRAFFIC = Path(__file__).resolve().parents[2] / "shared" / "real-traffic" / "openai-go-vcr"
-CASSETTES = sorted(REAL_TRAFFIC.glob("*.yaml"))
+CASSETTES = GO_VCR
 KEY_ENV = "IGW_REAL_TRAFFIC_KEY"
 ROUTES = {"plain": None, "alcf": ("openai", "api")}
 # Backend headers that describe OpenAI's edge or the gateway's own upstream account.
@@ -65,7 +66,7 @@ STATUS_ERRORS = {400: openai.BadRequestError, 404: openai.NotFoundError}
 
 
 def test_the_recorded_traffic_is_there() -> None:
-    assert len(CASSETTES) >= 26, f"expected OpenAI's recorded cassettes in {REAL_TRAFFIC}"
+    assert len(CASSETTES) == GO_VCR_COUNT == 26, f"expected OpenAI's cassettes in {GO_VCR_DIR}"
 
 
 class _GatedStream:

@@ -1,6 +1,6 @@
 """Recording and replaying: cassettes, `RecordingTransport`, `ReplayTransport`, and
 `inference-gateway replay` over our own cassettes and the real OpenAI traffic in
-/work/shared/real-traffic/openai-go-vcr (go-vcr v2 YAML)."""
+tests/cassettes/openai-go-vcr (go-vcr v2 YAML)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ from tests.support.cassettes import (
     CLIENT_TOKEN,
     FAKE_MODELS,
     FAKE_REQUESTS,
+    GO_VCR,
+    GO_VCR_COUNT,
+    GO_VCR_DIR,
     KEY_ENV,
     Tokens,
     drain,
@@ -48,7 +51,6 @@ from transports.replay import ReplayMismatch, ReplayStream, ReplayTransport
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "frontends.cli"]
-GO_VCR = sorted(Path("/work/shared/real-traffic/openai-go-vcr").glob("*.yaml"))
 URL = "https://api.example.test/v1/chat/completions"
 
 
@@ -392,7 +394,11 @@ async def test_recording_a_transport_failure(tmp_path: Path) -> None:
 
 
 def test_the_real_traffic_is_there() -> None:
-    assert len(GO_VCR) >= 20
+    assert len(GO_VCR) == GO_VCR_COUNT == 26
+    assert all(path.parent == GO_VCR_DIR for path in GO_VCR)
+    notice = (GO_VCR_DIR / "NOTICE").read_text()
+    assert "envoyproxy/ai-gateway" in notice and "Apache License" in notice
+    assert (GO_VCR_DIR / "LICENSE").is_file()
 
 
 @pytest.mark.parametrize("path", GO_VCR, ids=[p.name for p in GO_VCR])

@@ -17,7 +17,7 @@ produces the same model, so replay has one code path:
 Two formats load into it.  Ours is JSON Lines, one record per line with a `type` of
 `exchange`, `conversation` or `fixtures`; bodies are UTF-8 text under `body`/`data`, or
 base64 under `body_b64`/`data_b64` when they are not.  go-vcr v2 YAML (the format of
-`/work/shared/real-traffic/openai-go-vcr`) becomes exchanges; a streamed answer (an
+`tests/cassettes/openai-go-vcr`) becomes exchanges; a streamed answer (an
 `text/event-stream` content type) is split into its SSE events, one chunk each, all at
 time 0 because go-vcr keeps no timing.
 

@@ -32,6 +32,9 @@ __all__ = [
     "EXPIRED_TOKEN",
     "FAKE_MODELS",
     "FAKE_REQUESTS",
+    "GO_VCR",
+    "GO_VCR_COUNT",
+    "GO_VCR_DIR",
     "KEY_ENV",
     "Tokens",
     "drain",
@@ -40,6 +43,24 @@ __all__ = [
 ]
 
 CASSETTES = Path(__file__).resolve().parents[1] / "cassettes"
+# OpenAI's own recorded answers (envoyproxy/ai-gateway, Apache-2.0; see its NOTICE).
+GO_VCR_DIR = CASSETTES / "openai-go-vcr"
+GO_VCR_COUNT = 26
+
+
+def _go_vcr() -> list[Path]:
+    """The recorded cassettes, checked when the tests are collected: a missing folder
+    would parametrise nothing and skip silently, so it stops the run instead."""
+    found = sorted(GO_VCR_DIR.glob("*.yaml"))
+    if len(found) < GO_VCR_COUNT:
+        raise RuntimeError(
+            f"expected {GO_VCR_COUNT} go-vcr cassettes in {GO_VCR_DIR}, found {len(found)}: "
+            "the test data is missing from this checkout"
+        )
+    return found
+
+
+GO_VCR = _go_vcr()
 BACKEND_KEY = "sk-backend-REPLAY-SECRET-4b1d"
 KEY_ENV = "IGW_TEST_REPLAY_BACKEND_KEY"
 CLIENT_TOKEN = "igw-test-replay-client-0123456789"
