@@ -17,7 +17,7 @@ from core import Identity
 from frontends.assembly import build_gateway
 from frontends.gateway import Gateway
 from frontends.identity import IdentityProvider
-from frontends.settings import REPO_FIXTURES
+from frontends.settings import default_fixtures
 from transports import Transport
 
 __all__ = ["FixedIdentity", "open_gateway"]
@@ -36,17 +36,20 @@ class FixedIdentity:
 
 @asynccontextmanager
 async def open_gateway(
-    fixtures_dir: Path | str = REPO_FIXTURES,
+    fixtures_dir: Path | str | None = None,
     *,
     identity: IdentityProvider,
     transport: Transport | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Gateway]:
-    """A Gateway over these fixtures, closed (with its transport) on exit.
+    """A Gateway over these fixtures (default: the built-in demo catalog), closed (with its
+    transport) on exit.
 
     The keys the fixtures name (`api_key_env_name`) are looked up in `environ`, the
     process environment by default.
     """
+    if fixtures_dir is None:
+        fixtures_dir = default_fixtures()
     if transport is None:
         from transports.httpx_transport import HttpxTransport
 

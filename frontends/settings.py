@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
 from pathlib import Path
@@ -19,10 +20,30 @@ from pydantic_settings import (
 
 from core import ConfigurationError
 
-__all__ = ["REPO_FIXTURES", "Settings", "load_settings"]
+__all__ = ["Settings", "default_fixtures", "load_settings"]
 
-REPO_FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 CONFIG_ENV = "INFERENCE_GATEWAY_CONFIG"
+# The demo catalog ships inside the wheel as this package (setup.py maps the repository's
+# top-level fixtures/ onto it), so an installed gateway finds it from any directory.
+FIXTURES_PACKAGE = "frontends._fixtures"
+
+
+def default_fixtures() -> Path:
+    """The built-in demo catalog: the package data of an installed gateway, or, run from a
+    source checkout (an editable install included), the repository's own `fixtures/`.
+    Both are the same files; `fixtures/` is their one source."""
+    try:
+        catalog = importlib.resources.files(FIXTURES_PACKAGE) / "clusters.json"
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "fixtures"
+    if not isinstance(catalog, Path):
+        raise ConfigurationError(
+            f"the built-in fixtures ({FIXTURES_PACKAGE}) are not a folder on disk; "
+            "name a fixtures folder with INFERENCE_GATEWAY_FIXTURES_DIR",
+            file="settings",
+            field="fixtures_dir",
+        )
+    return catalog.parent
 
 
 ProviderName = Literal["static", "globus", "oidc"]
@@ -38,7 +59,7 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = pydantic.Field(default=8000, ge=0, le=65535)
-    fixtures_dir: Path = REPO_FIXTURES
+    fixtures_dir: Path = pydantic.Field(default_factory=default_fixtures)
     state_dir: Path = pydantic.Field(default_factory=_state_dir)
     tokens_file: Path | None = None
     log_level: str = "INFO"
