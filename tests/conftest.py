@@ -1,20 +1,18 @@
-"""Hypothesis profiles for the whole suite, and the repo root on sys.path.
+"""Hypothesis profiles for the whole suite.
 
 "ci" is derandomized so a CI run is reproducible; "dev" explores fresh examples on each
 run.  CI=<anything non-empty> picks "ci".
+
+The gateway's packages are imported as installed (`pip install -e '.[test]'`, or a
+wheel); nothing here edits sys.path.  `tests.support` is found because `tests` is a
+package at the root pytest starts from.
 """
 
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 from hypothesis import HealthCheck, settings
-
-_REPO_ROOT = str(Path(__file__).resolve().parent.parent)
-if _REPO_ROOT not in sys.path:
-    sys.path.insert(0, _REPO_ROOT)
 
 settings.register_profile(
     "ci",
