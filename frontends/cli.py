@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shlex
+import shutil
 import signal
 import socket
 import sys
@@ -21,12 +23,14 @@ from frontends.identity import (
     build_identity,
     ensure_tokens_file,
     first_token,
+    holds_key,
+    local_username,
 )
 from frontends.replay import add_replay_command, run_replay_command
 from frontends.settings import Settings, load_settings
 from transports import Transport
 
-__all__ = ["main"]
+__all__ = ["command_name", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,17 +94,50 @@ def _check(fixtures: Path) -> int:
     return 0
 
 
+def command_name() -> str:
+    """How to run this command again from another shell: the bare name only if PATH finds
+    this very program (an activated virtualenv, an installed tool), else its full path."""
+    program = Path(sys.argv[0])
+    if program.name != "inference-gateway":  # python -m frontends.cli
+        return f"{shlex.quote(sys.executable)} -m frontends.cli"
+    found = shutil.which("inference-gateway")
+    if found and Path(found).resolve() == program.resolve():
+        return "inference-gateway"
+    return shlex.quote(str(program.resolve()))
+
+
 def _token(settings: Settings) -> int:
+    command = command_name()
     token = first_token(settings.tokens_path, settings.local_key_path)
-    if token is None:
-        print(
-            f"inference-gateway: no token in {settings.local_key_path}; "
-            "`inference-gateway serve` creates one on first start",
-            file=sys.stderr,
-        )
+    problem = _token_problem(settings, token, command)
+    if problem:
+        print(f"inference-gateway: {problem}", file=sys.stderr)
         return 1
     print(token)
     return 0
+
+
+def _token_problem(settings: Settings, token: str | None, command: str) -> str | None:
+    """What is wrong with the local user's key, and what to run; None if nothing."""
+    if "static" not in settings.identity_providers:
+        return (
+            "static API keys are off (identity providers: "
+            f"{', '.join(settings.identity_providers)}); use a token from your provider"
+        )
+    if token is None:
+        return (
+            f"no key of yours in {settings.local_key_path}: `{command} serve` makes one "
+            f"at its next start (adding it to {settings.tokens_path}), or "
+            f"`{command} keys add USER` makes a key now and prints it once"
+        )
+    if not holds_key(settings.tokens_path, token):
+        return (
+            f"the key in {settings.local_key_path} is not in {settings.tokens_path} "
+            f"(revoked, or the file was replaced): remove {settings.local_key_path} and "
+            f"`{command} serve` makes a new one at its next start, or "
+            f"`{command} keys add {local_username()}` makes a key now and prints it once"
+        )
+    return None
 
 
 def _transport(verify_tls: bool = True) -> Transport:
@@ -189,6 +226,7 @@ def _serve_trio(gateway: Gateway, config: Any) -> None:
 
 
 def _banner(settings: Settings, gateway: Gateway, url: str, new_token: str | None) -> None:
+    command = command_name()
     models = sorted({e.model for e in gateway.catalog.endpoints})
     lines = [
         f"inference-gateway serving the OpenAI API on {url}/v1",
@@ -197,14 +235,18 @@ def _banner(settings: Settings, gateway: Gateway, url: str, new_token: str | Non
         f"  tokens:   {settings.tokens_path}",
     ]
     if new_token:
-        lines.append(f"  your token (new; also `inference-gateway token`): {new_token}")
+        lines.append(
+            f"  your token (new, for {local_username()}; also `{command} token`): {new_token}"
+        )
     else:
-        lines.append("  your token: run `inference-gateway token`")
+        token = first_token(settings.tokens_path, settings.local_key_path)
+        problem = _token_problem(settings, token, command)
+        lines.append(f"  your token: {problem or f'`{command} token` prints it'}")
     example = models[0] if models else "MODEL"
     lines += [
-        "  try:",
+        "  serving in the foreground (Ctrl-C stops it); try, in a second terminal:",
         f"    curl {url}/v1/chat/completions \\",
-        '      -H "Authorization: Bearer $(inference-gateway token)" \\',
+        f'      -H "Authorization: Bearer $({command} token)" \\',
         f'      -H \'Content-Type: application/json\' -d \'{{"model": "{example}", '
         '"messages": [{"role": "user", "content": "Hello"}]}\'',
     ]

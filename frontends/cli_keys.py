@@ -26,9 +26,11 @@ def add_parser(commands: Any) -> None:
     )
     listing = actions.add_parser("list", help="list keys (never the keys themselves)")
     listing.add_argument("user", nargs="?", help="only this user's keys")
-    revoke = actions.add_parser("revoke", help="revoke USER's keys")
-    revoke.add_argument("user")
-    revoke.add_argument("--id", dest="key_id", help="only the key with this id")
+    revoke = actions.add_parser(
+        "revoke", help="revoke USER's keys, or the key --id names (USER may then be left out)"
+    )
+    revoke.add_argument("user", nargs="?", help="the username whose keys go")
+    revoke.add_argument("--id", dest="key_id", help="only the key with this id (k-...)")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -49,6 +51,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 groups = ",".join(entry.groups) or "-"
                 print(f"{entry.id}  {entry.username}  groups={groups}  created={entry.created}")
         return 0
+    if args.user is None and args.key_id is None:
+        print(
+            "inference-gateway: keys revoke: name a USER, a key with --id, or both", file=sys.stderr
+        )
+        return 2
     removed = revoke_keys(path, args.user, args.key_id)
-    print(f"revoked {removed} key(s) of {args.user}")
+    if args.key_id:
+        which = f"key {args.key_id}" + (f" of {args.user}" if args.user else "")
+    else:
+        which = f"keys of {args.user}"
+    print(f"revoked {removed} key(s): {which}")
     return 0 if removed else 1

@@ -10,9 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
+from frontends.cli import command_name
+from frontends.identity import ensure_tokens_file, local_username
 from tests.support.gateway_server import REPO_FIXTURES, write_fixtures
 
 CLI = [sys.executable, "-m", "frontends.cli"]
@@ -158,3 +161,92 @@ def test_tokens_file_holds_only_a_hash_and_the_local_key_is_private(tmp_path: Pa
     assert set(entry) >= {"salt", "sha256", "username"}
     assert first_token(path, key_path) == token
     assert ensure_tokens_file(path, key_path) is None
+
+
+def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], env=_env(tmp_path), capture_output=True, text=True, timeout=60
+    )
+
+
+def test_a_tokens_file_without_a_local_key_gets_one_on_the_next_start(tmp_path: Path) -> None:
+    # `keys add` before the first `serve` makes the tokens file, but no key of the user's own.
+    assert _cli(tmp_path, "keys", "add", "ada@example.org").returncode == 0
+    assert not (tmp_path / "state" / "local-key").exists()
+    before = _cli(tmp_path, "token")
+    assert before.returncode == 1 and before.stdout == ""
+    assert f"no key of yours in {tmp_path / 'state' / 'local-key'}" in before.stderr
+    assert "serve` makes one at its next start" in before.stderr
+    assert "keys add USER` makes a key now" in before.stderr
+    process = subprocess.Popen(
+        [*CLI, "serve", "--port", "0"],
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        banner = [process.stdout.readline() for _ in range(5)]
+        url = re.search(r"on (http://\S+)/v1", banner[0])
+        token = re.search(r"your token \(new.*\): (\S+)", banner[3])
+        assert url and token, banner
+        assert "in a second terminal" in banner[4]
+        reply = httpx.post(
+            f"{url[1]}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {token[1]}"},
+            json={"model": "demo-model", "messages": [{"role": "user", "content": "ping"}]},
+            timeout=30,
+        )
+        assert reply.status_code == 200, reply.text
+    finally:
+        process.send_signal(signal.SIGINT)
+        _out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    listed = _cli(tmp_path, "keys", "list").stdout
+    assert "ada@example.org" in listed and local_username() in listed
+    assert _cli(tmp_path, "token").stdout.strip() == token[1]
+
+
+def test_token_says_so_when_the_local_key_was_revoked(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    key = ensure_tokens_file(state / "tokens.json", state / "local-key")
+    assert key and _cli(tmp_path, "token").stdout.strip() == key
+    assert _cli(tmp_path, "keys", "revoke", local_username()).returncode == 0
+    after = _cli(tmp_path, "token")
+    assert after.returncode == 1 and key not in after.stdout
+    assert f"the key in {state / 'local-key'} is not in {state / 'tokens.json'}" in after.stderr
+    assert f"keys add {local_username()}` makes a key now" in after.stderr
+    # A restart does not undo the revocation.
+    assert ensure_tokens_file(state / "tokens.json", state / "local-key") is None
+
+
+def test_token_says_when_static_keys_are_off(tmp_path: Path) -> None:
+    env = _env(
+        tmp_path,
+        INFERENCE_GATEWAY_IDENTITY_PROVIDERS="oidc",
+        INFERENCE_GATEWAY_OIDC_ISSUER="https://issuer.example.org",
+        INFERENCE_GATEWAY_OIDC_AUDIENCE="gateway",
+    )
+    done = subprocess.run([*CLI, "token"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "static API keys are off (identity providers: oidc)" in done.stderr
+
+
+def test_the_banner_names_a_command_a_fresh_shell_can_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = tmp_path / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    program = bin_dir / "inference-gateway"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    monkeypatch.setattr(sys, "argv", [str(program), "serve"])
+    # Not activated: PATH does not lead to this program, so only its full path works.
+    monkeypatch.setenv("PATH", str(tmp_path / "elsewhere"))
+    assert command_name() == str(program.resolve())
+    # Activated (or installed on PATH): the bare name is this very program.
+    monkeypatch.setenv("PATH", str(bin_dir))
+    assert command_name() == "inference-gateway"
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "frontends" / "cli.py")])
+    assert command_name().endswith(" -m frontends.cli")

@@ -169,6 +169,22 @@ def test_keys_command_add_list_revoke(tmp_path: Path) -> None:
     assert cli(tmp_path, "keys", "revoke", "ada@example.org").returncode == 1
 
 
+def test_keys_revoke_by_id_alone_as_the_readme_says(tmp_path: Path) -> None:
+    cli(tmp_path, "keys", "add", "ada@example.org")
+    cli(tmp_path, "keys", "add", "ada@example.org")
+    first, second = (line.split()[0] for line in cli(tmp_path, "keys", "list").stdout.splitlines())
+    revoked = cli(tmp_path, "keys", "revoke", "--id", first)
+    assert revoked.returncode == 0, revoked.stderr
+    assert f"revoked 1 key(s): key {first}" in revoked.stdout
+    listed = cli(tmp_path, "keys", "list").stdout
+    assert first not in listed and second in listed
+    # An id of another user's key, named with the wrong user, revokes nothing.
+    assert cli(tmp_path, "keys", "revoke", "bob@example.org", "--id", second).returncode == 1
+    assert second in cli(tmp_path, "keys", "list").stdout
+    neither = cli(tmp_path, "keys", "revoke")
+    assert neither.returncode == 2 and "name a USER, a key with --id, or both" in neither.stderr
+
+
 class Answer:
     def __init__(self, outcome: Identity | Exception | None) -> None:
         self.outcome = outcome

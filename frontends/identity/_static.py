@@ -43,6 +43,7 @@ __all__ = [
     "add_key",
     "ensure_tokens_file",
     "first_token",
+    "holds_key",
     "local_key_path",
     "local_username",
     "read_entries",
@@ -273,10 +274,15 @@ def add_key(path: Path, username: str, groups: Sequence[str] = ()) -> tuple[str,
     return str(entry["id"]), key
 
 
-def revoke_keys(path: Path, username: str, key_id: str | None = None) -> int:
-    """Remove the user's keys (or the one with `key_id`); returns how many went."""
+def revoke_keys(path: Path, username: str | None, key_id: str | None = None) -> int:
+    """Remove the user's keys, or the one with `key_id` (of that user, if one is named);
+    returns how many went."""
+    if username is None and key_id is None:
+        raise ValueError("name a user, a key id or both")
     entries = read_entries(path)
-    kept = [e for e in entries if not (e.username == username and key_id in (None, e.id))]
+    kept = [
+        e for e in entries if not (username in (None, e.username) and key_id in (None, e.id))
+    ]
     _write_entries(path, [e.model_dump() for e in kept])
     return len(entries) - len(kept)
 
@@ -295,22 +301,33 @@ def local_key_path(tokens_path: Path) -> Path:
 
 
 def ensure_tokens_file(path: Path, key_path: Path | None = None) -> str | None:
-    """Create a tokens file with one key for the local user if there is none.
+    """Give the local user a key of their own if `key_path` holds none.
 
-    The file gets only the key's salted hash; the key goes to `key_path` (default
+    The new key's salted hash is added to the tokens file (created if absent; the keys
+    already in it are kept) and the key itself goes to `key_path` (default
     `local_key_path(path)`), mode 0600, for `inference-gateway token`.  Returns the new
-    key (to show once in the start-up banner), or None if the tokens file existed.
+    key (to show once in the start-up banner), or None if the local user had one.
     """
-    if path.exists():
-        return None
     key_path = key_path or local_key_path(path)
+    if first_token(path, key_path) is not None:
+        return None
+    existing = [e.model_dump() for e in read_entries(path)] if path.exists() else []
     key = new_key()
     _write_private(key_path, key + "\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump({"keys": [_entry_for(key, local_username(), [])]}, handle, indent=2)
+    _write_entries(path, [*existing, _entry_for(key, local_username(), [])])
     return key
+
+
+def holds_key(path: Path, key: str) -> bool:
+    """Whether the tokens file vouches for `key` (False for a missing or broken file)."""
+    try:
+        entries = read_entries(path)
+    except ConfigurationError:
+        return False
+    return any(
+        hmac.compare_digest(_hash(bytes.fromhex(e.salt), key), bytes.fromhex(e.sha256))
+        for e in entries
+    )
 
 
 def first_token(path: Path, key_path: Path | None = None) -> str | None:
