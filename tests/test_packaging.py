@@ -164,3 +164,43 @@ def test_the_installed_command_serves_the_demo_model_from_any_directory(
         process.send_signal(signal.SIGINT)
         _out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
+
+
+# Written in pieces so that this file does not match itself.
+MACHINE_PATHS = re.compile(
+    "|".join(
+        re.escape(piece)
+        for piece in ("/" + "work/", "/" + "root/", "/" + "home/", "/" + "Users/", "../" + "shared")
+    )
+    + r"|/tmp/[A-Za-z]"
+)
+
+
+def _repository_files() -> list[Path]:
+    """Tracked files and new ones git does not ignore (a venv, caches and builds are not
+    the repository)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [ROOT / name for name in sorted(set(listed.split("\0"))) if name]
+
+
+def test_no_path_of_a_particular_machine_appears_in_the_repository() -> None:
+    files = [path for path in _repository_files() if path.is_file()]
+    assert len(files) > 100
+    found = []
+    for path in files:
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        found += [
+            f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+            for number, line in enumerate(text.splitlines(), 1)
+            if MACHINE_PATHS.search(line)
+        ]
+    assert found == []
