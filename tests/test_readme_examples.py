@@ -22,7 +22,7 @@ def test_embedding_example_runs_as_written(tmp_path: Path, runner: str) -> None:
     result = subprocess.run(
         [sys.executable, str(script)],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=os.environ,  # the installed gateway, as the reader has it
         capture_output=True,
         text=True,
         timeout=120,
@@ -53,13 +53,17 @@ def test_the_readme_says_where_to_run_the_examples() -> None:
 def test_the_static_keys_commands_run_as_written(tmp_path: Path) -> None:
     [block] = [b for b in SHELL if "keys revoke --id" in b]
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_GATEWAY_")}
-    env.update(INFERENCE_GATEWAY_STATE_DIR=str(tmp_path / "state"), PYTHONPATH=str(ROOT))
+    env.update(INFERENCE_GATEWAY_STATE_DIR=str(tmp_path / "state"))
+    # The command the install made, in the virtualenv running these tests.
+    program = Path(sys.executable).parent / "inference-gateway"
+    assert program.is_file(), f"{program}: install the gateway first (pip install -e '.[test]')"
 
     def run(line: str) -> subprocess.CompletedProcess[str]:
         args = line.split("#", 1)[0].split()
         assert args[0] == ".venv/bin/inference-gateway"
         return subprocess.run(
-            [sys.executable, "-m", "frontends.cli", *args[1:]],
+            [program, *args[1:]],
+            cwd=tmp_path,
             env=env,
             capture_output=True,
             text=True,
