@@ -55,7 +55,7 @@ from core._events import (
     StreamOpened,
     WriteLog,
 )
-from core._fixtures import load_catalog, parse_clusters, parse_endpoints
+from core._fixtures import load_catalog, parse_clusters, parse_endpoints, slugify
 from core._listing import (
     cluster_for_jobs,
     endpoint_listing,
@@ -145,6 +145,7 @@ __all__ = [
     "parse_endpoints",
     "redact",
     "select_endpoint",
+    "slugify",
     "type_for_status",
     "usable_cluster",
     "usable_endpoints",

@@ -4,20 +4,79 @@ Pure: the caller reads the files and hands over their text, so the same checks r
 `inference-gateway check`, at server start and in tests.  Every problem is a
 `ConfigurationError` naming the file, the entry (its pk) and the field, because an
 operator with forty endpoints needs to know which line to fix, not that "config is bad".
+
+The seed system keeps these entries in a database and dumps them; an operator moving
+here brings those dumps, so their spellings are accepted as well as the guides' ones:
+
+* `config` as JSON *text* (the seed's column is a text field holding `json.dumps` of the
+  object; blank text is an empty object) as well as an object;
+* `openai_endpoints` with the API prefix (`"/v1/chat/completions"`), normalised to the
+  short form; an entry ending in `/` stays an error, as the seed's model has it;
+* `tpm_model` and `tpm_user` on endpoints (tokens per minute, whole numbers, 0 disables;
+  the seed's defaults when absent);
+* an empty `endpoint_slug`, filled in as the seed's `save()` does: Django's `slugify` of
+  `"cluster framework model"`.
+
+Everything else stays strict: an unknown field is an error naming file, entry and field.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import unicodedata
 from typing import Annotated, Any, Literal
 
 import pydantic
 
 from core._catalog import Catalog
 from core._errors import ConfigurationError
-from core._records import ClusterRecord, EndpointRecord, OpenAIRoute
+from core._records import (
+    DEFAULT_TPM_MODEL,
+    DEFAULT_TPM_USER,
+    ClusterRecord,
+    EndpointRecord,
+    OpenAIRoute,
+)
 
-__all__ = ["load_catalog", "parse_clusters", "parse_endpoints"]
+__all__ = ["load_catalog", "parse_clusters", "parse_endpoints", "slugify"]
+
+# The prefix the seed system's database spells its OpenAI routes with.
+API_PREFIX = "/v1/"
+
+
+def slugify(value: str) -> str:
+    """Django's `django.utils.text.slugify` (allow_unicode=False), rule for rule.
+
+    NFKD-normalise and drop what is not ASCII; lower-case; remove every character that
+    is not a word character, a space or a hyphen; collapse runs of hyphens and spaces
+    to one hyphen; strip hyphens and underscores from both ends.  So `.` and `/` vanish
+    rather than becoming hyphens: `"sophia vllm meta-llama/Llama-3.1"` becomes
+    `"sophia-vllm-meta-llamallama-31"`, as in the seed system's database.
+    """
+    text = unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode("ascii")
+    text = re.sub(r"[^\w\s-]", "", text.lower())
+    return re.sub(r"[-\s]+", "-", text).strip("-_")
+
+
+def _config_object(value: Any) -> Any:
+    """The seed's config column is text holding `json.dumps` of the object; accept both."""
+    if not isinstance(value, str):
+        return value
+    if not value.strip():
+        return {}
+    try:
+        parsed = json.loads(value)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        where = (
+            f" (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+            if isinstance(exc, json.JSONDecodeError)
+            else ""
+        )
+        raise ValueError(f"config text is not valid JSON{where}") from None
+    if not isinstance(parsed, dict):
+        raise ValueError("config text must hold a JSON object")
+    return parsed
 
 
 def _split_commas(value: Any) -> Any:
@@ -29,6 +88,8 @@ def _split_commas(value: Any) -> Any:
 
 StrList = Annotated[list[str], pydantic.BeforeValidator(_split_commas)]
 Name = Annotated[str, pydantic.Field(min_length=1)]
+Config = Annotated[dict[str, Any], pydantic.BeforeValidator(_config_object)]
+TokensPerMinute = Annotated[int, pydantic.Field(ge=0)]
 
 
 class _Strict(pydantic.BaseModel):
@@ -36,14 +97,16 @@ class _Strict(pydantic.BaseModel):
 
 
 class _EndpointFields(_Strict):
-    endpoint_slug: Name
+    endpoint_slug: str  # empty: filled in from cluster, framework and model
     cluster: Name
     framework: Name
     model: Name
     endpoint_adapter: Name
     allowed_globus_groups: StrList = []
     allowed_domains: StrList = []
-    config: dict[str, Any] = {}
+    config: Config = {}
+    tpm_model: TokensPerMinute = DEFAULT_TPM_MODEL
+    tpm_user: TokensPerMinute = DEFAULT_TPM_USER
 
 
 class _ClusterFields(_Strict):
@@ -53,7 +116,7 @@ class _ClusterFields(_Strict):
     openai_endpoints: StrList
     allowed_globus_groups: StrList = []
     allowed_domains: StrList = []
-    config: dict[str, Any] = {}
+    config: Config = {}
 
 
 class _EndpointEntry(_Strict):
@@ -118,17 +181,64 @@ def _parse(text: str, file: str, entry_type: type[_Strict]) -> list[Any]:
 def parse_endpoints(text: str, *, file: str) -> tuple[EndpointRecord, ...]:
     """Endpoint records from the text of an `endpoints.json`; raises ConfigurationError."""
     records = []
+    filled: set[str] = set()  # pks whose slug was filled in
     for entry in _parse(text, file, _EndpointEntry):
         fields = entry.fields
-        if "/" in fields.endpoint_slug:
+        values = fields.model_dump()
+        if not fields.endpoint_slug:
+            values["endpoint_slug"] = slugify(
+                " ".join((fields.cluster, fields.framework, fields.model))
+            )
+            if not values["endpoint_slug"]:
+                raise ConfigurationError(
+                    "the slug is empty and cluster, framework and model give no slug to "
+                    "fill in (no letters or digits)",
+                    file=file,
+                    entry=entry.pk,
+                    field="endpoint_slug",
+                )
+            filled.add(str(entry.pk))
+        elif "/" in fields.endpoint_slug:
             raise ConfigurationError(
                 "a slug may not contain '/' (seed rule: cluster-framework-model)",
                 file=file,
                 entry=entry.pk,
                 field="endpoint_slug",
             )
-        records.append(EndpointRecord(id=entry.pk, **fields.model_dump()))
+        records.append(EndpointRecord(id=entry.pk, **values))
+    _filled_slugs_are_unique(records, filled, file)
     return tuple(records)
+
+
+def _filled_slugs_are_unique(records: list[EndpointRecord], filled: set[str], file: str) -> None:
+    """A filled-in slug must not meet another entry's slug; the error names both entries.
+
+    Checked here, where it is known which slugs were filled in, so the message can say
+    where the slug came from; the catalog checks given slugs against each other.
+    """
+    seen: dict[str, EndpointRecord] = {}
+    for record in records:
+        slug = record.endpoint_slug.lower()
+        other = seen.get(slug)
+        if other is not None and filled & {record.id, other.id}:
+            derived = record if record.id in filled else other
+            given = other if derived is record else record
+            how = "filled in" if given.id in filled else "given"
+            raise ConfigurationError(
+                f"the empty slug was filled in as {derived.endpoint_slug!r} (slug of "
+                f"cluster, framework and model), which collides with the slug {how} for "
+                f"entry pk={given.id}",
+                file=file,
+                entry=derived.id,
+                field="endpoint_slug",
+            )
+        seen.setdefault(slug, record)
+
+
+def _short_route(route: str) -> str | None:
+    """The short form of an OpenAI route as the seed's database spells it, else None."""
+    short = route[len(API_PREFIX) :] if route.startswith(API_PREFIX) else route
+    return short if short in {r.value for r in OpenAIRoute} else None
 
 
 def parse_clusters(text: str, *, file: str) -> tuple[ClusterRecord, ...]:
@@ -136,15 +246,22 @@ def parse_clusters(text: str, *, file: str) -> tuple[ClusterRecord, ...]:
     supported = [route.value for route in OpenAIRoute]
     records = []
     for entry in _parse(text, file, _ClusterEntry):
+        routes = []
         for route in entry.fields.openai_endpoints:
-            if route not in supported:
+            short = _short_route(route)
+            if short is None:
+                ending = " (an entry may not end in '/')" if route.endswith("/") else ""
                 raise ConfigurationError(
-                    f"unknown OpenAI endpoint {route!r}; supported: {', '.join(supported)}",
+                    f"unknown OpenAI endpoint {route!r}{ending}; supported: "
+                    f"{', '.join(supported)}, or each with the prefix {API_PREFIX!r}",
                     file=file,
                     entry=entry.pk,
                     field="openai_endpoints",
                 )
-        records.append(ClusterRecord(id=entry.pk, **entry.fields.model_dump()))
+            if short not in routes:
+                routes.append(short)
+        values = {**entry.fields.model_dump(), "openai_endpoints": routes}
+        records.append(ClusterRecord(id=entry.pk, **values))
     return tuple(records)
 
 

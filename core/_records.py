@@ -14,6 +14,8 @@ from typing import Any
 import attrs
 
 __all__ = [
+    "DEFAULT_TPM_MODEL",
+    "DEFAULT_TPM_USER",
     "ClusterRecord",
     "EndpointRecord",
     "Headers",
@@ -49,6 +51,16 @@ def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(value or {}))
 
 
+def _tokens_per_minute(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{attribute.name} must be a whole number >= 0 (0 disables the limit)")
+
+
+# The seed system's defaults for its tokens-per-minute columns.
+DEFAULT_TPM_MODEL = 100_000
+DEFAULT_TPM_USER = 60_000
+
+
 @attrs.frozen(kw_only=True)
 class EndpointRecord:
     """One fixture entry of `endpoints.json`: a model served by one adaptor on one cluster."""
@@ -64,6 +76,10 @@ class EndpointRecord:
     config: Mapping[str, Any] = attrs.field(
         factory=dict, converter=_frozen_mapping, eq=False, hash=False
     )
+    # Tokens per minute for the model as a whole and for each user; 0 disables.  Kept as
+    # the seed system stores them; the quota machinery enforces them.
+    tpm_model: int = attrs.field(default=DEFAULT_TPM_MODEL, validator=_tokens_per_minute)
+    tpm_user: int = attrs.field(default=DEFAULT_TPM_USER, validator=_tokens_per_minute)
 
 
 @attrs.frozen(kw_only=True)
