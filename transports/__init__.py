@@ -7,10 +7,12 @@ from transports._base import (
     ConnectError,
     ProtocolError,
     Timeout,
+    TLSOptions,
     Transport,
     TransportError,
     TransportTimeout,
 )
+from transports._tls import ssl_context_for
 from transports.function import FunctionTransport
 from transports.h11_transport import H11Transport
 
@@ -22,8 +24,10 @@ __all__ = [
     "FunctionTransport",
     "H11Transport",
     "ProtocolError",
+    "TLSOptions",
     "Timeout",
     "Transport",
     "TransportError",
     "TransportTimeout",
+    "ssl_context_for",
 ]

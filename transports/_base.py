@@ -41,6 +41,7 @@ __all__ = [
     "BackendStream",
     "ConnectError",
     "ProtocolError",
+    "TLSOptions",
     "Timeout",
     "Transport",
     "TransportError",
@@ -70,6 +71,34 @@ class Timeout:
     total: float | None = None
 
 
+def _key_needs_cert(instance: TLSOptions, _: object, value: str | None) -> None:
+    if value is not None and instance.client_cert_path is None:
+        raise ValueError("client_key_path needs client_cert_path (the certificate it belongs to)")
+
+
+@attrs.frozen(kw_only=True)
+class TLSOptions:
+    """How one backend is trusted and how the gateway proves itself to it.
+
+    `ca_cert_path`: a PEM bundle (or an OpenSSL hashed directory) of the CAs to trust
+    instead of the default ones.  `client_cert_path` / `client_key_path`: the client
+    certificate for mutual TLS (the key may sit in the certificate file).
+    `check_hostname`: False accepts a certificate, still signed by a trusted CA, issued
+    for another name.  `trust_env`, as in httpx: read `SSL_CERT_FILE` / `SSL_CERT_DIR`
+    (when no `ca_cert_path` is given) and the proxy variables (`HTTP_PROXY`,
+    `HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`); None leaves it to the transport.
+
+    Equal options share one SSL context and one pool in a transport; a request without
+    options (`BackendRequest.tls is None`) uses the transport's own defaults.
+    """
+
+    ca_cert_path: str | None = None
+    client_cert_path: str | None = None
+    client_key_path: str | None = attrs.field(default=None, validator=_key_needs_cert)
+    check_hostname: bool = True
+    trust_env: bool | None = None
+
+
 @attrs.frozen(kw_only=True)
 class BackendRequest:
     method: str = attrs.field(converter=_upper)
@@ -77,6 +106,7 @@ class BackendRequest:
     headers: Headers = attrs.field(default=(), converter=_headers)
     body: bytes = b""
     timeout: Timeout = attrs.field(factory=Timeout)
+    tls: TLSOptions | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -35,6 +35,19 @@ natively on trio and on asyncio, and moves bytes between those streams and one
   before any IO, in the same family and manner.  Cancellation is never translated (only
   `Exception`s are caught), but it always closes the connection it interrupted.
 
+* **TLS options.**  A request with `TLSOptions` gets the SSL context built for those
+  options by `transports._tls` (kept, one per distinct set) and pools of its own, so a
+  connection made with one client certificate is never handed to a request that asked
+  for another.  `trust_env` (the options' own, else the transport's, default False) reads
+  `SSL_CERT_FILE` / `SSL_CERT_DIR` when no CA is given, and the proxy variables:
+  `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` (lower-case too) name an `http://` proxy
+  (credentials in it become `Proxy-Authorization: Basic`), `NO_PROXY` exempts hosts.
+  An https backend is reached through a `CONNECT` tunnel (spoken with h11, then TLS to
+  the backend inside it); an http backend by sending the request to the proxy in
+  absolute form.  A proxy this module cannot speak to (`https://`, `socks5://`) is
+  refused by `check_tls` (called at start) and by every request that would use it,
+  never bypassed.  The environment is read once, when the transport is made.
+
 The request goes out with the caller's headers, plus `Host` (unless given) and
 `Content-Length` (replacing any framing header given); nothing else is added: no
 `User-Agent`, `Accept` or `Accept-Encoding`.  Response header names come back
@@ -45,8 +58,9 @@ Supported: `http` and `https` URLs; certificate and hostname verification (with 
 system's CAs, a given `ssl.SSLContext`, or none with `verify=False`); keep-alive with a
 bounded pool per host; any method; 1xx interim responses are skipped.
 
-Not supported yet: HTTP/2 (ALPN offers only `http/1.1`); proxies; credentials in the
-URL; non-ASCII URLs (refused, not percent-encoded); content-encoding (gzip...);
+Not supported yet: HTTP/2 (ALPN offers only `http/1.1`); proxies other than `http://`
+ones from the environment (with `trust_env`); credentials in the backend URL; non-ASCII
+URLs (refused, not percent-encoded); content-encoding (gzip...);
 `Expect: 100-continue`; streaming request bodies; an expiry for idle connections (a
 stale one is only noticed by the readable check); retrying a request on a kept-alive
 connection the server closed at that very moment (it fails as a `ProtocolError`); and
@@ -55,18 +69,21 @@ HTTP/1.1 pipelining.
 
 from __future__ import annotations
 
+import base64
 import enum
 import math
 import select
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
+from urllib.request import getproxies_environment
 
 import anyio
 import anyio.abc
 import attrs
 import h11
+from anyio.streams.tls import TLSStream
 
 from transports._base import (
     BackendRequest,
@@ -74,10 +91,12 @@ from transports._base import (
     ConnectError,
     Headers,
     ProtocolError,
+    TLSOptions,
     TransportError,
     TransportTimeout,
 )
 from transports._deadline import deadline_after, until
+from transports._tls import TLSConfigError, ssl_context_for
 
 __all__ = ["H11Stream", "H11Transport"]
 
@@ -183,14 +202,86 @@ def _parse_url(url: str) -> _Target:
     return _Target(scheme=scheme, host=host, port=port, path=path_bytes, authority=authority)
 
 
-def _request_head(request: BackendRequest, target: _Target) -> h11.Request:
+@attrs.frozen(kw_only=True)
+class _Proxy:
+    """An `http://` proxy from the environment, and what to tell it about us."""
+
+    host: str
+    port: int
+    authorization: str | None = attrs.field(default=None, repr=False)
+
+
+_PROXY_KINDS = ("https", "http", "all")
+
+
+def _environment_proxies() -> dict[str, str]:
+    """The proxy variables as urllib reads them (lower- and upper-case, `no` for NO_PROXY)."""
+    return getproxies_environment()
+
+
+def _proxy_from_url(url: str) -> _Proxy:
+    """A proxy URL from the environment; only `http://` ones can be spoken to here."""
+    try:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        scheme, host, port = parts.scheme.lower(), parts.hostname, parts.port
+    except ValueError:
+        raise TLSConfigError("trust_env: a proxy variable holds an invalid URL") from None
+    if scheme != "http":
+        raise TLSConfigError(
+            f"trust_env: the environment names a {scheme}:// proxy; the h11 transport "
+            "speaks only to http:// proxies (use the httpx transport, or trust_env: false)"
+        )
+    if not host:
+        raise TLSConfigError("trust_env: a proxy variable holds an invalid URL")
+    authorization = None
+    if parts.username is not None:
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        authorization = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+    return _Proxy(host=host, port=port or 80, authorization=authorization)
+
+
+def _proxy_for(target: _Target, proxies: Mapping[str, str]) -> _Proxy | None:
+    """The proxy the environment names for this backend, None if none or exempted."""
+    url = proxies.get(target.scheme) or proxies.get("all")
+    if not url or _exempt(target, proxies.get("no", "")):
+        return None
+    return _proxy_from_url(url)
+
+
+def _exempt(target: _Target, no_proxy: str) -> bool:
+    """Whether NO_PROXY exempts the backend: `*`, its host (or `host:port`), or a parent
+    domain (`example.org` and `.example.org` both cover `api.example.org`)."""
+    host = target.host.lower()
+    for entry in (part.strip().lower() for part in no_proxy.split(",")):
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        name, _, port = entry.partition(":") if entry.count(":") == 1 else (entry, "", "")
+        if port and port != str(target.port):
+            continue
+        name = name.lstrip(".").strip("[]")
+        if host == name or host.endswith("." + name):
+            return True
+    return False
+
+
+def _request_head(
+    request: BackendRequest, target: _Target, proxy: _Proxy | None = None
+) -> h11.Request:
     headers = [(k, v) for k, v in request.headers if k.lower() not in _FRAMING_HEADERS]
     if not any(k.lower() == "host" for k, _ in headers):
         headers.insert(0, ("Host", target.authority))
     if request.body or request.method in _METHODS_WITH_BODY:
         headers.append(("Content-Length", str(len(request.body))))
+    path = target.path
+    if proxy is not None and target.scheme == "http":
+        # Through a proxy without a tunnel: the absolute form, and our proxy credentials.
+        path = f"http://{target.authority}".encode("ascii") + target.path
+        if proxy.authorization:
+            headers.append(("Proxy-Authorization", proxy.authorization))
     try:
-        return h11.Request(method=request.method, target=target.path, headers=headers)
+        return h11.Request(method=request.method, target=path, headers=headers)
     except (h11.LocalProtocolError, UnicodeError):  # messages quote the offending header
         raise ProtocolError("the request could not be sent as valid HTTP") from None
 
@@ -260,8 +351,11 @@ class H11Transport:
 
     `ssl_context` is used as given for every https backend (`verify` is then ignored);
     without one, the system's CAs are trusted and hostnames verified, unless
-    `verify=False` turns both off.  At most `max_connections_per_host` connections are
-    open to one (scheme, host, port); a call waits for one at most `Timeout.connect`.
+    `verify=False` turns both off.  A request carrying `TLSOptions` uses the context
+    built for them instead.  `trust_env` is the default for requests whose options do
+    not say (and for requests without options).  At most `max_connections_per_host`
+    connections are open to one (scheme, host, port, TLS options); a call waits for one
+    at most `Timeout.connect`.
     """
 
     def __init__(
@@ -270,6 +364,7 @@ class H11Transport:
         ssl_context: ssl.SSLContext | None = None,
         verify: bool = True,
         max_connections_per_host: int = 10,
+        trust_env: bool = False,
     ) -> None:
         if max_connections_per_host < 1:
             raise ValueError("max_connections_per_host must be at least 1")
@@ -281,8 +376,44 @@ class H11Transport:
             ssl_context.set_alpn_protocols(["http/1.1"])
         self._ssl_context = ssl_context
         self._max_per_host = max_connections_per_host
-        self._pools: dict[tuple[str, str, int], _HostPool] = {}
+        self._trust_env = trust_env
+        self._proxies = _environment_proxies()
+        self._tls_contexts: dict[TLSOptions, ssl.SSLContext] = {}
+        self._pools: dict[tuple[str, str, int, TLSOptions | None], _HostPool] = {}
         self._closed = False
+
+    def check_tls(self, tls: TLSOptions) -> None:
+        """Build what these options need now; raise TLSConfigError if they cannot be honoured.
+
+        Called at start for each endpoint's options, so a bad file or a proxy this
+        transport cannot speak to stops start-up instead of failing requests.
+        """
+        self._context_for(tls)
+        if self._trusts_env(tls):
+            for kind in _PROXY_KINDS:
+                if self._proxies.get(kind):
+                    _proxy_from_url(self._proxies[kind])
+
+    def _trusts_env(self, tls: TLSOptions | None) -> bool:
+        return self._trust_env if tls is None or tls.trust_env is None else tls.trust_env
+
+    def _context_for(self, tls: TLSOptions | None) -> ssl.SSLContext:
+        if tls is None:
+            return self._ssl_context
+        context = self._tls_contexts.get(tls)
+        if context is None:
+            context = ssl_context_for(tls, trust_env=self._trusts_env(tls), alpn=["http/1.1"])
+            self._tls_contexts[tls] = context
+        return context
+
+    def _route(self, request: BackendRequest, target: _Target) -> _Proxy | None:
+        """The proxy for this request, if it trusts the environment and one applies."""
+        if not self._trusts_env(request.tls):
+            return None
+        try:
+            return _proxy_for(target, self._proxies)
+        except TLSConfigError:
+            raise ConnectError("the proxy named by the environment is not supported") from None
 
     async def send(self, request: BackendRequest) -> BackendResponse:
         """The whole answer, read under the call's total time limit."""
@@ -315,14 +446,21 @@ class H11Transport:
         if self._closed:
             raise TransportError("the transport is closed")
         target = _parse_url(request.url)
-        head = _request_head(request, target)
-        pool = self._pools.setdefault(target.key, _HostPool(self._max_per_host))
+        proxy = self._route(request, target)
+        head = _request_head(request, target, proxy)
+        try:
+            context = self._context_for(request.tls) if target.scheme == "https" else None
+        except TLSConfigError:
+            # Checked at start; a file that went away since must not name its path here.
+            raise ConnectError("the backend's TLS settings cannot be loaded") from None
+        key = (*target.key, request.tls)
+        pool = self._pools.setdefault(key, _HostPool(self._max_per_host))
         timeout = request.timeout
         with _mapped_errors(_Phase.POOL), anyio.fail_after(timeout.connect):
             await pool.slots.acquire()
         lease = _Lease(pool)
         try:
-            lease.connection = await self._checkout(pool, target, timeout.connect)
+            lease.connection = await self._checkout(pool, target, timeout.connect, context, proxy)
             connection = lease.connection
             await connection.write(
                 [head, h11.Data(data=request.body), h11.EndOfMessage()], timeout.read
@@ -346,7 +484,12 @@ class H11Transport:
         )
 
     async def _checkout(
-        self, pool: _HostPool, target: _Target, timeout: float | None
+        self,
+        pool: _HostPool,
+        target: _Target,
+        timeout: float | None,
+        context: ssl.SSLContext | None,
+        proxy: _Proxy | None,
     ) -> _Connection:
         """An idle connection that is still sound, else a new one."""
         while pool.idle:
@@ -355,17 +498,60 @@ class H11Transport:
                 return connection
             await connection.close()
         with _mapped_errors(_Phase.CONNECT), anyio.fail_after(timeout):
-            if target.scheme == "https":
-                stream: anyio.abc.ByteStream = await anyio.connect_tcp(
-                    target.host,
-                    target.port,
-                    tls=True,
-                    ssl_context=self._ssl_context,
-                    tls_standard_compatible=False,
-                )
+            if proxy is None:
+                if context is not None:
+                    stream: anyio.abc.ByteStream = await anyio.connect_tcp(
+                        target.host,
+                        target.port,
+                        tls=True,
+                        ssl_context=context,
+                        tls_standard_compatible=False,
+                    )
+                else:
+                    stream = await anyio.connect_tcp(target.host, target.port)
             else:
-                stream = await anyio.connect_tcp(target.host, target.port)
+                stream = await anyio.connect_tcp(proxy.host, proxy.port)
+                if context is not None:
+                    stream = await _tunnel(stream, target, context, proxy)
         return _Connection(stream)
+
+
+async def _tunnel(
+    stream: anyio.abc.ByteStream, target: _Target, context: ssl.SSLContext, proxy: _Proxy
+) -> anyio.abc.ByteStream:
+    """Ask the proxy for a CONNECT tunnel to the backend, then speak TLS inside it."""
+    try:
+        shown_host = f"[{target.host}]" if ":" in target.host else target.host
+        authority = f"{shown_host}:{target.port}"
+        headers = [("Host", authority)]
+        if proxy.authorization:
+            headers.append(("Proxy-Authorization", proxy.authorization))
+        machine = _Connection(stream)
+        await machine.write(
+            [h11.Request(method="CONNECT", target=authority, headers=headers), h11.EndOfMessage()],
+            None,
+        )
+        while True:
+            event = await machine.next_event(None)
+            if isinstance(event, h11.InformationalResponse):
+                continue
+            break
+        if not isinstance(event, h11.Response) or not 200 <= event.status_code < 300:
+            status = event.status_code if isinstance(event, h11.Response) else "no answer"
+            raise ConnectError(f"the proxy refused the tunnel to the backend ({status})")
+        leftover, _ = machine.h11.trailing_data
+        if leftover:
+            raise ConnectError("the proxy sent data before the tunnel was open")
+        return await TLSStream.wrap(
+            stream,
+            server_side=False,
+            hostname=target.host,
+            ssl_context=context,
+            standard_compatible=False,
+        )
+    except BaseException:
+        await anyio.aclose_forcefully(stream)
+        raise
 
 
 class _Lease:

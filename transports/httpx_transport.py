@@ -13,6 +13,13 @@ userinfo), so the translated errors carry short messages of our own and drop the
 original chain.  Cancellation is never translated: only `Exception`s are caught.
 
 Only anyio is used, never asyncio or trio directly; httpx itself picks the running loop.
+
+TLS options.  A request without `tls` goes through the shared client.  A request with
+`TLSOptions` goes through a client of its own for those options (one per distinct set,
+built on first use and kept): its SSL context comes from `transports._tls` (CA bundle,
+client certificate, hostname check), and its `trust_env` is the options' own or, when
+they leave it open, the shared client's, so httpx reads proxies from the environment
+exactly as it does for the seed system.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
 import anyio
+import certifi
 import httpx
 
 from transports._base import (
@@ -30,10 +38,12 @@ from transports._base import (
     Headers,
     ProtocolError,
     Timeout,
+    TLSOptions,
     TransportError,
     TransportTimeout,
 )
 from transports._deadline import deadline_after, until
+from transports._tls import TLSConfigError, ssl_context_for
 
 __all__ = ["HttpxStream", "HttpxTransport"]
 
@@ -95,19 +105,34 @@ class HttpxTransport:
         max_connections: int = 100,
     ) -> None:
         self._owns_client = client is None
+        self._limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
         if client is None:
-            client = httpx.AsyncClient(
-                verify=verify,
-                limits=httpx.Limits(
-                    max_connections=max_connections,
-                    max_keepalive_connections=max_connections,
-                ),
-                follow_redirects=False,
-            )
+            client = httpx.AsyncClient(verify=verify, limits=self._limits, follow_redirects=False)
         self._client = client
+        self._tls_clients: dict[TLSOptions, httpx.AsyncClient] = {}
 
-    def _build(self, request: BackendRequest) -> httpx.Request:
-        return self._client.build_request(
+    def _client_for(self, tls: TLSOptions | None) -> httpx.AsyncClient:
+        """The shared client, or the one kept for these TLS options (built on first use)."""
+        if tls is None:
+            return self._client
+        client = self._tls_clients.get(tls)
+        if client is None:
+            trust_env = self._client.trust_env if tls.trust_env is None else tls.trust_env
+            try:
+                context = ssl_context_for(tls, trust_env=trust_env, default_cafile=certifi.where())
+            except TLSConfigError:
+                # Checked at start; a file that went away since must not name its path here.
+                raise ConnectError("the backend's TLS settings cannot be loaded") from None
+            client = httpx.AsyncClient(
+                verify=context, trust_env=trust_env, limits=self._limits, follow_redirects=False
+            )
+            self._tls_clients[tls] = client
+        return client
+
+    def _build(self, client: httpx.AsyncClient, request: BackendRequest) -> httpx.Request:
+        return client.build_request(
             request.method,
             request.url,
             headers=list(request.headers),
@@ -117,8 +142,9 @@ class HttpxTransport:
 
     async def send(self, request: BackendRequest) -> BackendResponse:
         """The whole answer; the body is decoded from any content-encoding."""
+        client = self._client_for(request.tls)
         with _mapped_errors(), anyio.fail_after(request.timeout.total):
-            response = await self._client.send(self._build(request))
+            response = await client.send(self._build(client, request))
         return BackendResponse(
             status=response.status_code, headers=_headers(response), body=response.content
         )
@@ -127,12 +153,16 @@ class HttpxTransport:
         """An answer whose headers have arrived; the body is read through the stream."""
         total = request.timeout.total
         deadline = deadline_after(total)
+        client = self._client_for(request.tls)
         with _mapped_errors(), until(deadline):
-            response = await self._client.send(self._build(request), stream=True)
+            response = await client.send(self._build(client, request), stream=True)
         return HttpxStream(response, deadline)
 
     async def aclose(self) -> None:
-        """Close the pool, but only one we built: a client passed in belongs to its owner."""
+        """Close the pools we built: a client passed in belongs to its owner."""
+        clients, self._tls_clients = list(self._tls_clients.values()), {}
+        for client in clients:
+            await client.aclose()
         if self._owns_client:
             await self._client.aclose()
 
