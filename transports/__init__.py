@@ -12,7 +12,7 @@ from transports._base import (
     TransportError,
     TransportTimeout,
 )
-from transports._tls import ssl_context_for
+from transports._tls import TLSConfigError, check_readable, ssl_context_for
 from transports.function import FunctionTransport
 from transports.h11_transport import H11Transport
 
@@ -24,10 +24,12 @@ __all__ = [
     "FunctionTransport",
     "H11Transport",
     "ProtocolError",
+    "TLSConfigError",
     "TLSOptions",
     "Timeout",
     "Transport",
     "TransportError",
     "TransportTimeout",
+    "check_readable",
     "ssl_context_for",
 ]

@@ -19,11 +19,22 @@ from collections.abc import Sequence
 
 from transports._base import TLSOptions
 
-__all__ = ["TLSConfigError", "environment_ca", "ssl_context_for"]
+__all__ = ["TLSConfigError", "check_readable", "environment_ca", "ssl_context_for"]
 
 
 class TLSConfigError(ValueError):
-    """A TLS option cannot be honoured; the message names the option (and its path)."""
+    """A TLS option cannot be honoured; `option` names it, `reason` says why."""
+
+    def __init__(self, message: str) -> None:
+        option, _, reason = message.partition(": ")
+        self.option = option if reason else None
+        self.reason = reason or message
+        super().__init__(message)
+
+
+def check_readable(option: str, path: str, *, directory_ok: bool = False) -> None:
+    """Refuse a path that does not exist, is the wrong kind or cannot be read."""
+    _readable(option, path, directory_ok=directory_ok)
 
 
 def _readable(option: str, path: str, *, directory_ok: bool = False) -> None:

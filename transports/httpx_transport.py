@@ -90,6 +90,11 @@ def _httpx_timeout(timeout: Timeout) -> httpx.Timeout:
     )
 
 
+def _brief(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def _headers(response: httpx.Response) -> Headers:
     return tuple(response.headers.multi_items())
 
@@ -113,23 +118,40 @@ class HttpxTransport:
         self._client = client
         self._tls_clients: dict[TLSOptions, httpx.AsyncClient] = {}
 
+    def check_tls(self, tls: TLSOptions) -> None:
+        """Build the client for these options now; raise TLSConfigError if that fails.
+
+        Called at start for each endpoint's options, so a bad file, or a proxy variable
+        httpx cannot use, stops start-up instead of failing requests.
+        """
+        self._tls_client(tls)
+
+    def _tls_client(self, tls: TLSOptions) -> httpx.AsyncClient:
+        client = self._tls_clients.get(tls)
+        if client is None:
+            trust_env = self._client.trust_env if tls.trust_env is None else tls.trust_env
+            context = ssl_context_for(tls, trust_env=trust_env, default_cafile=certifi.where())
+            try:
+                client = httpx.AsyncClient(
+                    verify=context,
+                    trust_env=trust_env,
+                    limits=self._limits,
+                    follow_redirects=False,
+                )
+            except (ImportError, ValueError) as exc:  # a proxy variable httpx cannot use
+                raise TLSConfigError(f"trust_env: {_brief(exc)}") from None
+            self._tls_clients[tls] = client
+        return client
+
     def _client_for(self, tls: TLSOptions | None) -> httpx.AsyncClient:
         """The shared client, or the one kept for these TLS options (built on first use)."""
         if tls is None:
             return self._client
-        client = self._tls_clients.get(tls)
-        if client is None:
-            trust_env = self._client.trust_env if tls.trust_env is None else tls.trust_env
-            try:
-                context = ssl_context_for(tls, trust_env=trust_env, default_cafile=certifi.where())
-            except TLSConfigError:
-                # Checked at start; a file that went away since must not name its path here.
-                raise ConnectError("the backend's TLS settings cannot be loaded") from None
-            client = httpx.AsyncClient(
-                verify=context, trust_env=trust_env, limits=self._limits, follow_redirects=False
-            )
-            self._tls_clients[tls] = client
-        return client
+        try:
+            return self._tls_client(tls)
+        except TLSConfigError:
+            # Checked at start; a file that went away since must not name its path here.
+            raise ConnectError("the backend's TLS settings cannot be loaded") from None
 
     def _build(self, client: httpx.AsyncClient, request: BackendRequest) -> httpx.Request:
         return client.build_request(

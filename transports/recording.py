@@ -34,6 +34,7 @@ from transports._base import (
     BackendResponse,
     BackendStream,
     Headers,
+    TLSOptions,
     Transport,
     TransportError,
 )
@@ -118,6 +119,12 @@ class RecordingTransport:
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+    def check_tls(self, tls: TLSOptions) -> None:
+        """The inner transport's start-up check of TLS options, if it has one."""
+        check = getattr(self._inner, "check_tls", None)
+        if check is not None:
+            check(tls)
 
 
 def _failed(request: BackendRequest, error: str | None, *, cancelled: bool = False) -> Exchange:

@@ -17,9 +17,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
+from adaptors._tls import TLSConfig, check_transport_tls
 from adaptors._urls import resolve_url
+from adaptors.clusters.cluster import BaseCluster
 from adaptors.endpoints._body import body_bytes
 from adaptors.endpoints.endpoint import (
     BaseEndpoint,
@@ -33,6 +35,7 @@ from transports import (
     BackendStream,
     ConnectError,
     Timeout,
+    Transport,
     TransportError,
     TransportTimeout,
 )
@@ -40,8 +43,8 @@ from transports import (
 __all__ = ["DirectAPIEndpoint", "DirectAPIEndpointConfig"]
 
 
-class DirectAPIEndpointConfig(BaseModel):
-    """The `config` of a Direct API entry in `endpoints.json`."""
+class DirectAPIEndpointConfig(TLSConfig):
+    """The `config` of a Direct API entry in `endpoints.json` (TLS options: `TLSConfig`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -109,6 +112,13 @@ class DirectAPIEndpoint(BaseEndpoint):
     def config(self) -> DirectAPIEndpointConfig:
         return self._config
 
+    def bind(self, *, transport: Transport, cluster: BaseCluster | None = None) -> None:
+        """Bind, and refuse at start TLS options the transport cannot honour."""
+        check_transport_tls(
+            transport, self._config.tls_options, file="endpoints.json", entry=self.id
+        )
+        super().bind(transport=transport, cluster=cluster)
+
     @property
     def _api_key(self) -> str | None:
         """The key named by `api_key_env_name`, as the gateway handed it in at `bind`."""
@@ -140,6 +150,7 @@ class DirectAPIEndpoint(BaseEndpoint):
             headers=headers,
             body=body_bytes(body),
             timeout=Timeout(connect=min(10.0, seconds), read=seconds, total=seconds),
+            tls=self._config.tls_options,
         )
 
     async def submit_task(self, data: dict[str, Any]) -> SubmitTaskResponse:
