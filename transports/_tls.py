@@ -7,7 +7,8 @@ start-up instead of failing the first request.
 
 Which CAs are trusted, in order: `ca_cert_path` if given; else, with `trust_env`,
 `SSL_CERT_FILE` then `SSL_CERT_DIR` (as httpx reads them); else the transport's default
-(`default_cafile`, e.g. certifi's bundle for httpx, or the system's store).  Verification
+(`default_cafile`, e.g. certifi's bundle for httpx, or the system's store, read from
+OpenSSL's built-in locations so that without `trust_env` the variables do not count).  Verification
 is never turned off here: `check_hostname=False` still requires a chain to a trusted CA.
 """
 
@@ -88,7 +89,25 @@ def _trusting(
             if isinstance(exc, TLSConfigError):
                 raise
             raise TLSConfigError(f"{variable} (trust_env) holds no PEM CA certificate") from None
-    return ssl.create_default_context(cafile=default_cafile)
+    if default_cafile is not None:
+        return ssl.create_default_context(cafile=default_cafile)
+    if trust_env:
+        return ssl.create_default_context()
+    return _system_store_ignoring_environment()
+
+
+def _system_store_ignoring_environment() -> ssl.SSLContext:
+    """The system's CAs from OpenSSL's built-in locations, not from SSL_CERT_FILE/DIR.
+
+    `ssl.create_default_context()` asks OpenSSL for its default paths, which OpenSSL
+    itself takes from those variables when set; without trust_env they must not count.
+    """
+    paths = ssl.get_default_verify_paths()
+    cafile = paths.openssl_cafile if os.path.isfile(paths.openssl_cafile) else None
+    capath = paths.openssl_capath if os.path.isdir(paths.openssl_capath) else None
+    if cafile is None and capath is None:
+        return ssl.create_default_context()  # nowhere else to look
+    return ssl.create_default_context(cafile=cafile, capath=capath)
 
 
 def ssl_context_for(

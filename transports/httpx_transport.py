@@ -90,11 +90,6 @@ def _httpx_timeout(timeout: Timeout) -> httpx.Timeout:
     )
 
 
-def _brief(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
 def _headers(response: httpx.Response) -> Headers:
     return tuple(response.headers.multi_items())
 
@@ -138,8 +133,12 @@ class HttpxTransport:
                     limits=self._limits,
                     follow_redirects=False,
                 )
-            except (ImportError, ValueError) as exc:  # a proxy variable httpx cannot use
-                raise TLSConfigError(f"trust_env: {_brief(exc)}") from None
+            except (ImportError, ValueError) as exc:
+                # A proxy variable httpx cannot use; its message may quote the proxy URL.
+                raise TLSConfigError(
+                    "trust_env: the environment names a proxy httpx cannot use "
+                    f"({type(exc).__name__})"
+                ) from None
             self._tls_clients[tls] = client
         return client
 

@@ -16,7 +16,7 @@ import asyncio
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -44,8 +44,14 @@ def _close_if_unclaimed(fd: int, listener: socket.socket) -> None:
 
 
 @contextmanager
-def serve_app(app: Any, *, graceful_timeout: float = 1.0) -> Iterator[str]:
-    """Serve `app` until the block ends; yields its base URL `http://127.0.0.1:PORT`."""
+def serve_app(
+    app: Any, *, graceful_timeout: float = 1.0, tls: Mapping[str, Any] | None = None
+) -> Iterator[str]:
+    """Serve `app` until the block ends; yields its base URL `http://127.0.0.1:PORT`.
+
+    With `tls` (Hypercorn settings: `certfile`, `keyfile`, and for mutual TLS `ca_certs`
+    and `verify_mode`), it serves HTTPS and yields `https://127.0.0.1:PORT`.
+    """
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(128)
@@ -57,6 +63,8 @@ def serve_app(app: Any, *, graceful_timeout: float = 1.0) -> Iterator[str]:
     config.accesslog = None
     config.graceful_timeout = graceful_timeout
     config.loglevel = "WARNING"
+    for name, value in (tls or {}).items():
+        setattr(config, name, value)
 
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
@@ -78,7 +86,7 @@ def serve_app(app: Any, *, graceful_timeout: float = 1.0) -> Iterator[str]:
     thread = threading.Thread(target=run, name=f"hypercorn-{port}", daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     finally:
         if not loop.is_closed():
             with suppress(RuntimeError):  # the loop closed in between: already stopped
