@@ -84,6 +84,19 @@ def test_check_accepts_the_examples(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_check_accepts_the_seed_dump_example_and_shows_the_filled_in_slugs(
+    tmp_path: Path,
+) -> None:
+    result = subprocess.run(
+        [*CLI, "check", str(ROOT / "fixtures" / "examples" / "seed-dump")],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "metis-api-meta-llamallama-4-maverick-17b-128e-instruct" in result.stdout
+
+
 @pytest.mark.parametrize(
     ("endpoint_change", "expected"),
     [

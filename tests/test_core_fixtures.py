@@ -523,7 +523,7 @@ def test_string_pks_are_accepted() -> None:
     assert cluster.id == "polaris-1"
 
 
-@pytest.mark.parametrize("folder", ["fixtures", "fixtures/examples"])
+@pytest.mark.parametrize("folder", ["fixtures", "fixtures/examples", "fixtures/examples/seed-dump"])
 def test_the_repositorys_own_fixtures_load(folder: str) -> None:
     base = REPO / folder
     catalog = load_catalog(
