@@ -55,6 +55,11 @@ class TLSConfig(BaseModel):
     def _context_builds(self) -> Any:
         """Load everything once, as a transport will: PEM content, a matching key."""
         options = self.tls_options
+        url = getattr(self, "api_url", None) or getattr(self, "status_url", None)
+        plain = isinstance(url, str) and url.startswith("http://")
+        if options is not None and plain and options != TLSOptions(trust_env=options.trust_env):
+            # Nothing would use them: say so rather than ignore them.
+            raise ValueError("TLS options are set but the URL is http://, not https://")
         if options is not None:
             try:
                 ssl_context_for(options, trust_env=bool(options.trust_env))

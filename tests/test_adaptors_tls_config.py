@@ -163,6 +163,32 @@ def test_accepted_tls_options_travel_on_every_backend_request(
     assert request.tls == expected
 
 
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"ca_cert_path": "ca"},
+        {"client_cert_path": "combined"},
+        {"check_hostname": False},
+    ],
+)
+def test_tls_options_on_a_plain_http_url_are_refused_not_ignored(
+    files: dict[str, str], config: dict[str, Any]
+) -> None:
+    config = _resolved(config, files)
+    with pytest.raises(ConfigurationError) as caught:
+        build_endpoint(
+            _endpoint({**config, "api_url": "http://backend.example/v1"}), file=ENDPOINTS
+        )
+    assert (caught.value.field, caught.value.entry) == ("config", "7")
+    assert "http://" in caught.value.reason
+    with pytest.raises(ConfigurationError):
+        build_cluster(_cluster({**config, "status_url": "http://status.example/"}), file=CLUSTERS)
+    # trust_env alone means something for http (the proxy variables): accepted.
+    build_endpoint(
+        _endpoint({"trust_env": True, "api_url": "http://backend.example/v1"}), file=ENDPOINTS
+    )
+
+
 def test_the_seed_timeout_and_tls_options_all_load_together(files: dict[str, str]) -> None:
     config = {
         "api_request_timeout": 30,

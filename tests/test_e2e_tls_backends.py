@@ -27,7 +27,7 @@ from core import ConfigurationError
 from frontends.gateway import Gateway
 from frontends.identity import StaticKeys
 from tests.support.connect_proxy import running_connect_proxy
-from tests.support.fake_openai import FakeOpenAI
+from tests.support.fake_openai import FakeOpenAI, running_fake_openai
 from tests.support.gateway_server import ALICE, running_gateway, write_fixtures, write_tokens
 from tests.support.servers import serve_app
 from transports import Transport, TrioTransport
@@ -440,3 +440,38 @@ def test_a_proxy_the_transport_cannot_use_stops_start_up(
         transport = transport or TRANSPORTS[transport_name]()
         Gateway.from_fixtures(fixtures, identity=StaticKeys(), transport=transport)
     assert (caught.value.entry, caught.value.field) == ("1", "config.trust_env")
+
+
+@pytest.mark.parametrize("transport_name", sorted(TRANSPORTS))
+def test_trust_env_sends_a_plain_http_backend_through_the_proxy_in_absolute_form(
+    tmp_path: Path, transport_name: str
+) -> None:
+    endpoint = _endpoint("plain", "BACKEND", trust_env=True)
+    cluster = {
+        "cluster_name": "mtls",
+        "frameworks": ["api"],
+        "openai_endpoints": ["chat/completions"],
+        "cluster_adapter": "adaptors.clusters.demo.DemoCluster",
+    }
+    with running_fake_openai(models=["plain"]) as (fake, backend_url):
+        endpoint["config"]["api_url"] = f"{backend_url}/v1/chat/completions"
+        fixtures = write_fixtures(tmp_path / "fixtures", [cluster], [endpoint])
+        with running_connect_proxy() as (proxy_url, seen):
+            with environment(
+                HTTP_PROXY=proxy_url,
+                http_proxy=None,
+                ALL_PROXY=None,
+                all_proxy=None,
+                NO_PROXY=None,
+                no_proxy=None,
+            ):
+                transport = TRANSPORTS[transport_name]()
+                gateway = running_gateway(fixtures, write_tokens(tmp_path), transport=transport)
+                url = gateway.__enter__()
+            try:
+                response = _chat(url, "plain")
+            finally:
+                gateway.__exit__(None, None, None)
+    assert response.status_code == 200, response.text
+    assert seen.targets == [f"{backend_url}/v1/chat/completions"]
+    assert fake.requests[-1].path == "/v1/chat/completions"

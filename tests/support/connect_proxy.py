@@ -1,9 +1,10 @@
 """A real HTTP CONNECT proxy for tests, on a port the OS picks, in a thread of its own.
 
 It answers `CONNECT host:port` with 200 and then copies bytes both ways, so TLS to the
-backend runs end to end through it (it never sees the plaintext).  It records the
+backend runs end to end through it (it never sees the plaintext); a plain-HTTP request
+in absolute form (`GET http://host:port/path`) goes on to its origin in origin form.  It records the
 targets asked for and any `Proxy-Authorization` header, so a test can tell whether a
-request went through it.  Anything other than CONNECT gets a 405.
+request went through it.  Anything else gets a 405.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -37,6 +39,29 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.close()
 
 
+async def _forward(
+    method: str,
+    target: str,
+    lines: list[str],
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+) -> None:
+    """A plain-HTTP request in absolute form: sent on to its origin in origin form."""
+    parts = urlsplit(target)
+    if parts.scheme != "http" or not parts.hostname:
+        writer.write(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+        return
+    up_reader, up_writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    kept = [line for line in lines[1:] if not line.lower().startswith("proxy-authorization:")]
+    head = "\r\n".join([f"{method} {path} HTTP/1.1", *kept])
+    up_writer.write(head.encode("latin-1"))
+    await up_writer.drain()
+    await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+
+
 def _handler(log: ProxyLog, lock: threading.Lock) -> object:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -58,9 +83,7 @@ def _handler(log: ProxyLog, lock: threading.Lock) -> object:
             log.targets.append(target)
             log.authorizations.append(auth)
         if method != "CONNECT":
-            writer.write(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
-            await writer.drain()
-            writer.close()
+            await _forward(method, target, lines, reader, writer)
             return
         host, _, port = target.rpartition(":")
         try:
