@@ -145,6 +145,10 @@ class BackendStream(Protocol):
 
 @runtime_checkable
 class Transport(Protocol):
+    """Backend IO.  A transport may also offer `check_tls(options: TLSOptions) -> None`,
+    raising `TLSConfigError` for options it cannot honour; adaptors call it when bound,
+    at start, so such options stop start-up instead of failing requests."""
+
     async def send(self, request: BackendRequest) -> BackendResponse: ...
 
     async def open_stream(self, request: BackendRequest) -> BackendStream: ...
