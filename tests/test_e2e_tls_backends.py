@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import ssl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,14 +24,15 @@ import pytest
 import trustme
 from quart import Response
 
-from core import ConfigurationError
+from adaptors.loading import build_endpoint
+from core import ConfigurationError, EndpointRecord
 from frontends.gateway import Gateway
 from frontends.identity import StaticKeys
 from tests.support.connect_proxy import running_connect_proxy
 from tests.support.fake_openai import FakeOpenAI, running_fake_openai
 from tests.support.gateway_server import ALICE, running_gateway, write_fixtures, write_tokens
 from tests.support.servers import serve_app
-from transports import Transport, TrioTransport
+from transports import BackendRequest, ConnectError, TLSOptions, Transport, TrioTransport
 from transports.httpx_transport import HttpxTransport
 
 pytestmark = pytest.mark.e2e
@@ -309,9 +311,6 @@ async def test_a_refused_handshake_is_a_connect_error_naming_nothing(
 ) -> None:
     """The adaptor's own answer, before the core words it for the client: a refused
     handshake is "could not connect" (502), with no URL, path or key in it."""
-    from adaptors.loading import build_endpoint
-    from core import EndpointRecord
-
     options = {
         "ca_cert_path": pki.other_ca_pem if tls.get("ca_cert_path") else pki.ca_pem,
         "client_cert_path": pki.client_cert,
@@ -475,3 +474,29 @@ def test_trust_env_sends_a_plain_http_backend_through_the_proxy_in_absolute_form
     assert response.status_code == 200, response.text
     assert seen.targets == [f"{backend_url}/v1/chat/completions"]
     assert fake.requests[-1].path == "/v1/chat/completions"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("transport_name", sorted(TRANSPORTS))
+async def test_a_tunnel_the_proxy_refuses_is_a_connect_error(pki: PKI, transport_name: str) -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now: the proxy answers 502 to CONNECT
+    with (
+        running_connect_proxy() as (proxy_url, seen),
+        environment(HTTPS_PROXY=proxy_url, https_proxy=None, NO_PROXY=None, no_proxy=None),
+    ):
+        transport = TRANSPORTS[transport_name]()
+        request = BackendRequest(
+            method="GET",
+            url=f"https://127.0.0.1:{port}/v1/models",
+            tls=TLSOptions(ca_cert_path=pki.ca_pem, trust_env=True),
+        )
+        try:
+            with pytest.raises(ConnectError) as caught:
+                await transport.send(request)
+        finally:
+            await transport.aclose()
+    assert seen.targets == [f"127.0.0.1:{port}"]
+    assert str(port) not in str(caught.value)

@@ -549,6 +549,13 @@ async def _tunnel(
             ssl_context=context,
             standard_compatible=False,
         )
+    except ConnectError:
+        await anyio.aclose_forcefully(stream)
+        raise
+    except TransportError:
+        # A proxy that breaks HTTP or the connection is a failure to connect, not an answer.
+        await anyio.aclose_forcefully(stream)
+        raise ConnectError("could not open a tunnel through the proxy") from None
     except BaseException:
         await anyio.aclose_forcefully(stream)
         raise
