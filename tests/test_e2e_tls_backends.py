@@ -14,7 +14,7 @@ import os
 import socket
 import ssl
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -230,14 +230,13 @@ def gateway_url(
     folder = tmp_path_factory.mktemp(f"mtls-{request.param}")
     fixtures = _fixtures(folder, pki, backends)
     # The environment is read when the gateway starts (SSL contexts are built then).
-    with environment(SSL_CERT_FILE=pki.ca_pem, SSL_CERT_DIR=None):
-        transport = TRANSPORTS[request.param]()
-        context = running_gateway(fixtures, write_tokens(folder), transport=transport)
-        url = context.__enter__()
-    try:
+    with ExitStack() as stack:
+        with environment(SSL_CERT_FILE=pki.ca_pem, SSL_CERT_DIR=None):
+            transport = TRANSPORTS[request.param]()
+            url = stack.enter_context(
+                running_gateway(fixtures, write_tokens(folder), transport=transport)
+            )
         yield url
-    finally:
-        context.__exit__(None, None, None)
 
 
 def _chat(url: str, model: str, *, stream: bool = False) -> httpx.Response:
@@ -387,7 +386,9 @@ def test_trust_env_sends_through_the_environments_proxy(
         "cluster_adapter": "adaptors.clusters.demo.DemoCluster",
     }
     fixtures = write_fixtures(tmp_path / "fixtures", [cluster], [endpoint])
-    with running_connect_proxy() as (proxy_url, seen):
+    with running_connect_proxy() as (proxy_url, seen), ExitStack() as stack:
+        # Only while the gateway starts (it reads the environment then); the test's own
+        # client must not go through the proxy.
         with environment(
             HTTPS_PROXY=f"{proxy_url.replace('http://', 'http://igw:pa%3Ass@')}",
             https_proxy=None,
@@ -397,12 +398,10 @@ def test_trust_env_sends_through_the_environments_proxy(
             no_proxy=None,
         ):
             transport = TRANSPORTS[transport_name]()
-            gateway = running_gateway(fixtures, write_tokens(tmp_path), transport=transport)
-            url = gateway.__enter__()
-        try:
-            response = _chat(url, "mtls-good")
-        finally:
-            gateway.__exit__(None, None, None)
+            url = stack.enter_context(
+                running_gateway(fixtures, write_tokens(tmp_path), transport=transport)
+            )
+        response = _chat(url, "mtls-good")
     assert response.status_code == 200, response.text
     port = backends["good"].rsplit(":", 1)[1]
     if exempt:
@@ -455,7 +454,7 @@ def test_trust_env_sends_a_plain_http_backend_through_the_proxy_in_absolute_form
     with running_fake_openai(models=["plain"]) as (fake, backend_url):
         endpoint["config"]["api_url"] = f"{backend_url}/v1/chat/completions"
         fixtures = write_fixtures(tmp_path / "fixtures", [cluster], [endpoint])
-        with running_connect_proxy() as (proxy_url, seen):
+        with running_connect_proxy() as (proxy_url, seen), ExitStack() as stack:
             with environment(
                 HTTP_PROXY=proxy_url,
                 http_proxy=None,
@@ -465,12 +464,10 @@ def test_trust_env_sends_a_plain_http_backend_through_the_proxy_in_absolute_form
                 no_proxy=None,
             ):
                 transport = TRANSPORTS[transport_name]()
-                gateway = running_gateway(fixtures, write_tokens(tmp_path), transport=transport)
-                url = gateway.__enter__()
-            try:
-                response = _chat(url, "plain")
-            finally:
-                gateway.__exit__(None, None, None)
+                url = stack.enter_context(
+                    running_gateway(fixtures, write_tokens(tmp_path), transport=transport)
+                )
+            response = _chat(url, "plain")
     assert response.status_code == 200, response.text
     assert seen.targets == [f"{backend_url}/v1/chat/completions"]
     assert fake.requests[-1].path == "/v1/chat/completions"
