@@ -4,9 +4,9 @@
 sit in an entry's `config` beside the adaptor's own fields.  They are checked when the
 config is read (files exist, are readable, hold PEM, the key matches the certificate),
 so a mistake stops start-up with the entry and field named; then they travel on every
-`BackendRequest` as `TLSOptions`, and the transport honours them.  `check_transport_tls`
-asks the bound transport, at start, whether it can honour them (a proxy variable it
-cannot speak to, say).
+`BackendRequest` as `TLSOptions`, and the transport honours them.  At start, the
+assembler asks the transport, through `check_transport_tls`, whether it can honour each
+adaptor's options (a proxy variable it cannot speak to, say).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationInfo, field_validator, model_validator
 from core import ConfigurationError
 from transports import TLSConfigError, TLSOptions, check_readable, ssl_context_for
 
-__all__ = ["TLSConfig", "check_transport_tls"]
+__all__ = ["TLSConfig", "check_transport_tls", "tls_options_of"]
 
 TLS_FIELDS = ("ca_cert_path", "client_cert_path", "client_key_path", "check_hostname", "trust_env")
 
@@ -88,6 +88,12 @@ def _readable(option: str, value: str | None, *, directory_ok: bool = False) -> 
         except TLSConfigError as exc:
             raise ValueError(exc.reason) from None
     return value
+
+
+def tls_options_of(adaptor: object) -> TLSOptions | None:
+    """The TLS options of an adaptor whose `config` is a `TLSConfig`, else None."""
+    config = getattr(adaptor, "config", None)
+    return config.tls_options if isinstance(config, TLSConfig) else None
 
 
 def check_transport_tls(

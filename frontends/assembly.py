@@ -1,8 +1,10 @@
 """Assembly: from fixtures, an identity provider and a transport to a `Gateway`.
 
 The one place that reads the fixture files, parses them (`load_catalog`), imports and
-builds every adaptor, reads the secrets the fixtures name and binds each adaptor to the
-shared transport.  The driver (`frontends.gateway`) gets only the finished pieces.
+builds every adaptor, reads the secrets the fixtures name, binds each adaptor to the
+shared transport and asks the transport whether it can honour the adaptor's TLS options
+(so options it cannot honour stop start-up, naming file, entry and field).  The driver
+(`frontends.gateway`) gets only the finished pieces.
 
 Secrets: a fixture entry names the environment variable holding its key
 (`config.api_key_env_name`).  The environment is read here, once, from the mapping the
@@ -18,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from adaptors._tls import check_transport_tls, tls_options_of
 from adaptors.clusters.cluster import BaseCluster
 from adaptors.endpoints.endpoint import BaseEndpoint
 from adaptors.loading import build_cluster, build_endpoint
@@ -90,6 +93,7 @@ def assemble(
     for record in catalog.clusters:
         cluster = build_cluster(record, file=clusters_file)
         cluster.bind(transport=transport, secrets=_secrets(record.config, environ))
+        check_transport_tls(transport, tls_options_of(cluster), file=clusters_file, entry=record.id)
         clusters[record.cluster_name] = cluster
     endpoints: dict[str, BaseEndpoint] = {}
     for entry in catalog.endpoints:
@@ -98,6 +102,9 @@ def assemble(
             transport=transport,
             cluster=clusters[entry.cluster],
             secrets=_secrets(entry.config, environ),
+        )
+        check_transport_tls(
+            transport, tls_options_of(endpoint), file=endpoints_file, entry=entry.id
         )
         endpoints[entry.endpoint_slug] = endpoint
     return Gateway(

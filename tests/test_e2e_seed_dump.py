@@ -22,7 +22,7 @@ from quart import Response
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.gateway_server import ALICE, running_gateway, write_tokens
 from tests.support.servers import serve_app
-from transports import TrioTransport
+from transports import H11Transport
 from transports.httpx_transport import HttpxTransport
 
 pytestmark = pytest.mark.e2e
@@ -87,7 +87,7 @@ def gateway_url(
     (fixtures / "endpoints.json").write_text(
         json.dumps(_pointed_at(endpoints, "api_url", f"{url}/v1/chat/completions"))
     )
-    transport = HttpxTransport() if request.param == "httpx" else TrioTransport()
+    transport = HttpxTransport() if request.param == "httpx" else H11Transport()
     with running_gateway(fixtures, write_tokens(folder), transport=transport) as gateway:
         yield gateway
 

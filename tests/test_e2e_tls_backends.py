@@ -26,13 +26,13 @@ from quart import Response
 
 from adaptors.loading import build_endpoint
 from core import ConfigurationError, EndpointRecord
-from frontends.gateway import Gateway
+from frontends.assembly import build_gateway
 from frontends.identity import StaticKeys
 from tests.support.connect_proxy import running_connect_proxy
 from tests.support.fake_openai import FakeOpenAI, running_fake_openai
 from tests.support.gateway_server import ALICE, running_gateway, write_fixtures, write_tokens
 from tests.support.servers import serve_app
-from transports import BackendRequest, ConnectError, TLSOptions, Transport, TrioTransport
+from transports import BackendRequest, ConnectError, H11Transport, TLSOptions, Transport
 from transports.httpx_transport import HttpxTransport
 
 pytestmark = pytest.mark.e2e
@@ -49,7 +49,7 @@ STATUS = {
 }
 TRANSPORTS: dict[str, Callable[[], Transport]] = {
     "httpx": HttpxTransport,
-    "h11": TrioTransport,
+    "h11": H11Transport,
 }
 
 
@@ -436,7 +436,7 @@ def test_a_proxy_the_transport_cannot_use_stops_start_up(
         pytest.raises(ConfigurationError) as caught,
     ):
         transport = transport or TRANSPORTS[transport_name]()
-        Gateway.from_fixtures(fixtures, identity=StaticKeys(), transport=transport)
+        build_gateway(fixtures, identity=StaticKeys(), transport=transport)
     assert (caught.value.entry, caught.value.field) == ("1", "config.trust_env")
 
 

@@ -22,13 +22,12 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
-from adaptors._tls import TLSConfig, check_transport_tls
+from adaptors._tls import TLSConfig
 from adaptors.clusters.cluster import BaseCluster, GetJobsResponse
 from transports import (
     BackendRequest,
     ConnectError,
     Timeout,
-    Transport,
     TransportError,
     TransportTimeout,
 )
@@ -144,13 +143,6 @@ class DirectAPICluster(BaseCluster):
     def httpx_client(self) -> StatusClient:
         """The seed's name for its HTTP client; here it speaks through the transport."""
         return self._httpx_client
-
-    def bind(self, *, transport: Transport) -> None:
-        """Bind, and refuse at start TLS options the transport cannot honour."""
-        check_transport_tls(
-            transport, self._config.tls_options, file="clusters.json", entry=self.id
-        )
-        super().bind(transport=transport)
 
     async def get_status(self) -> Any:
         """The status page, parsed; subclasses may reshape it (the seed's hook)."""

@@ -19,9 +19,8 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, field_validator
 
-from adaptors._tls import TLSConfig, check_transport_tls
+from adaptors._tls import TLSConfig
 from adaptors._urls import resolve_url
-from adaptors.clusters.cluster import BaseCluster
 from adaptors.endpoints._body import body_bytes
 from adaptors.endpoints.endpoint import (
     BaseEndpoint,
@@ -35,7 +34,6 @@ from transports import (
     BackendStream,
     ConnectError,
     Timeout,
-    Transport,
     TransportError,
     TransportTimeout,
 )
@@ -111,13 +109,6 @@ class DirectAPIEndpoint(BaseEndpoint):
     @property
     def config(self) -> DirectAPIEndpointConfig:
         return self._config
-
-    def bind(self, *, transport: Transport, cluster: BaseCluster | None = None) -> None:
-        """Bind, and refuse at start TLS options the transport cannot honour."""
-        check_transport_tls(
-            transport, self._config.tls_options, file="endpoints.json", entry=self.id
-        )
-        super().bind(transport=transport, cluster=cluster)
 
     @property
     def _api_key(self) -> str | None:
