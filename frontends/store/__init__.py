@@ -1,0 +1,35 @@
+"""The store edge: the request log and usage, on SQLite (embedded) or PostgreSQL."""
+
+from frontends.store._engine import (
+    create_store_engine,
+    current_revision,
+    default_database_url,
+    head_revision,
+    migrate,
+    normalise_database_url,
+)
+from frontends.store._records import CAPTURE_CEILING, RequestRecord, capture
+from frontends.store._store import Store
+from frontends.store._usage import GroupBy, UsageRow, fetch_usage, usage, usage_query
+from frontends.store._writer import LogSink, LogWriter, open_log_writer
+
+__all__ = [
+    "CAPTURE_CEILING",
+    "GroupBy",
+    "LogSink",
+    "LogWriter",
+    "RequestRecord",
+    "Store",
+    "UsageRow",
+    "capture",
+    "create_store_engine",
+    "current_revision",
+    "default_database_url",
+    "fetch_usage",
+    "head_revision",
+    "migrate",
+    "normalise_database_url",
+    "open_log_writer",
+    "usage",
+    "usage_query",
+]

@@ -1,0 +1,147 @@
+"""Opening a database: URLs, engines with each database's settings, migrations at start.
+
+Everything here blocks: call it from a worker thread (`Store.open` does) or before the
+event loop starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.resources
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+__all__ = [
+    "SQLITE_BUSY_TIMEOUT_MS",
+    "create_store_engine",
+    "current_revision",
+    "default_database_url",
+    "head_revision",
+    "migrate",
+    "normalise_database_url",
+    "safe_url",
+]
+
+SQLITE_BUSY_TIMEOUT_MS = 5000
+DATABASE_FILE = "gateway.db"
+
+
+def default_database_url(state_dir: Path) -> str:
+    """The embedded default: an SQLite file under the state directory."""
+    return URL.create("sqlite+pysqlite", database=str(state_dir / DATABASE_FILE)).render_as_string()
+
+
+def normalise_database_url(url: str) -> str:
+    """The URL with its driver made explicit; ValueError (never echoing the URL, which
+    may hold a password) for anything but an SQLite file or PostgreSQL through psycopg 3.
+
+    `postgresql://` and `postgres://` mean psycopg 3, the driver the gateway ships with.
+    """
+    text = url.strip()
+    if text.startswith("postgres://"):
+        text = "postgresql://" + text.removeprefix("postgres://")
+    try:
+        parsed = make_url(text)
+    except ArgumentError:
+        raise ValueError(
+            "not a database URL; use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        if parsed.drivername == "postgresql":  # no driver named: SQLAlchemy's default varies
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        if parsed.drivername != "postgresql+psycopg":
+            driver = parsed.drivername.partition("+")[2]
+            raise ValueError(f"PostgreSQL driver {driver!r} is not supported; use psycopg")
+        if not parsed.database:
+            raise ValueError("name the PostgreSQL database in the URL")
+    elif backend == "sqlite":
+        if parsed.drivername not in ("sqlite", "sqlite+pysqlite"):
+            driver = parsed.drivername.partition("+")[2]
+            raise ValueError(f"SQLite driver {driver!r} is not supported; use sqlite:///PATH")
+        if parsed.database in (None, "", ":memory:") or "mode=memory" in str(parsed.query):
+            raise ValueError("an in-memory SQLite database would lose the log; name a file")
+    else:
+        raise ValueError(f"database {backend!r} is not supported; use SQLite or PostgreSQL")
+    return parsed.render_as_string(hide_password=False)
+
+
+def safe_url(url: str | URL) -> str:
+    """The URL for a log line: the password hidden."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
+    # WAL lets readers (usage queries) run while the writer writes; NORMAL sync is safe
+    # with WAL (a power cut may lose the last commits, never corrupt the file).
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def create_store_engine(url: str) -> sa.Engine:
+    """An engine for the store's database, with that database's settings applied on
+    every new connection.  An SQLite file's folder is created if missing."""
+    parsed = make_url(normalise_database_url(url))
+    if parsed.get_backend_name() == "sqlite":
+        assert parsed.database is not None
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(
+            parsed,
+            # Connections are pooled and handed between worker threads, one at a time.
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        )
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return sa.create_engine(
+        parsed,
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": 10, "application_name": "inference-gateway"},
+    )
+
+
+@contextlib.contextmanager
+def _alembic_config(connection: sa.Connection | None = None) -> Iterator[Config]:
+    """Alembic's configuration, its script directory found inside the installed package
+    (editable or not), so migrations need no alembic.ini and no source checkout."""
+    migrations = importlib.resources.files("frontends.store") / "migrations"
+    with importlib.resources.as_file(migrations) as folder:
+        config = Config()
+        config.set_main_option("script_location", str(folder).replace("%", "%%"))
+        if connection is not None:
+            config.attributes["connection"] = connection
+        yield config
+
+
+def head_revision() -> str:
+    """The newest migration's revision id."""
+    with _alembic_config() as config:
+        head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: sa.Engine) -> str | None:
+    """The revision the database is at, None for an empty database."""
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def migrate(engine: sa.Engine) -> None:
+    """Bring the database to the newest schema; a database already there is left as is."""
+    with engine.begin() as connection, _alembic_config(connection) as config:
+        command.upgrade(config, "head")

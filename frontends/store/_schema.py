@@ -1,0 +1,99 @@
+"""The store's tables, as SQLAlchemy Core sees them for queries.
+
+The migrations under `migrations/versions/` create these tables; each migration is a
+frozen copy of what it does, so this module may move on while old migrations stay as they
+were.  A test compares the migrated database with this metadata: they must not differ.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+__all__ = ["UTCDateTime", "metadata", "request_log"]
+
+# Constraint and index names the same on every database, so later migrations can name them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """A timezone-aware datetime, kept in UTC on both databases.
+
+    PostgreSQL keeps `timestamptz`; SQLite keeps text without an offset, so values are
+    converted to UTC on the way in and marked UTC on the way out.  Naive datetimes are
+    refused: a time without a zone cannot be compared with the others.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.utcoffset() is None:
+            raise ValueError(f"a naive datetime cannot be stored: {value!r}")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def _count(name: str, *, nullable: bool = True) -> sa.Column[int]:
+    return sa.Column(name, sa.BigInteger, nullable=nullable)
+
+
+request_log = sa.Table(
+    "request_log",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("request_id", sa.Text, nullable=False),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Column("first_byte_at", UTCDateTime),
+    sa.Column("done_at", UTCDateTime),
+    sa.Column("route", sa.Text, nullable=False),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("streamed", sa.Boolean, nullable=False),
+    sa.Column("username", sa.Text),
+    sa.Column("identity_provider", sa.Text),
+    sa.Column("cluster", sa.Text),
+    sa.Column("framework", sa.Text),
+    sa.Column("model", sa.Text),
+    sa.Column("endpoint_slug", sa.Text),
+    sa.Column("error_code", sa.Text),
+    sa.Column("backend_task_id", sa.Text),
+    _count("prompt_tokens"),
+    _count("completion_tokens"),
+    _count("total_tokens"),
+    sa.Column("tokens_estimated", sa.Boolean, nullable=False),
+    _count("bytes_in", nullable=False),
+    _count("bytes_out", nullable=False),
+    sa.Column("client_address", sa.Text),
+    sa.Column("prompt", sa.Text),
+    sa.Column("response", sa.Text),
+    sa.CheckConstraint("status BETWEEN 100 AND 599", name="status"),
+    sa.CheckConstraint(
+        "prompt_tokens >= 0 AND completion_tokens >= 0 AND total_tokens >= 0"
+        " AND bytes_in >= 0 AND bytes_out >= 0",
+        name="counts",
+    ),
+    # The usage queries: one user's or one model's requests over time, and all by time.
+    sa.Index(None, "username", "received_at"),
+    sa.Index(None, "model", "received_at"),
+    sa.Index(None, "received_at"),
+)

@@ -1,0 +1,228 @@
+"""The log writer: records go into a bounded queue on the request path and reach the
+database in batches, from one worker thread, never blocking the event loop.
+
+Theory of operation.  `submit()` is a plain function: it puts the record in the queue
+(an anyio memory stream of `queue_size` records) and returns at once; when the queue is
+full, or the writer is closed, the record is counted in `dropped` and nothing is raised.
+`run()`, a task, takes the first record waiting plus whatever else is queued (up to
+`batch_size`) and hands the batch to the sink's blocking `write_batch` on a worker
+thread of its own (a capacity limiter of one, so the writer never waits for threads
+other work holds, and batches are written in order).  While a batch is being written,
+the next one gathers.  A batch that fails is retried `attempts` times in all, with a
+doubling pause; after that its records are counted in `failed` and a log line says how
+many and the error's type, never its message (which could quote a prompt or a URL with
+a password).  `aclose()` stops the queue and waits until everything queued is written:
+a graceful stop loses nothing while the database answers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Protocol
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from frontends.store._records import RequestRecord
+
+__all__ = ["LogSink", "LogWriter", "open_log_writer"]
+
+log = logging.getLogger("frontends.store")
+
+
+class LogSink(Protocol):
+    """Where batches go: `Store`, or a test's stand-in.  Blocking; called on the
+    writer's worker thread.  Returns how many of the records were stored (the others
+    were refused for their content); raises when the batch as a whole could not be
+    written, so that it is retried."""
+
+    def write_batch(self, records: Sequence[RequestRecord], /) -> int: ...
+
+
+def _describe(exc: BaseException) -> str:
+    """An error's type (and the database's own error code), never its message."""
+    parts = [type(exc).__name__]
+    orig = getattr(exc, "orig", None)
+    if orig is not None:
+        parts.append(f"{type(orig).__module__}.{type(orig).__name__}")
+        sqlstate = getattr(orig, "sqlstate", None)
+        if isinstance(sqlstate, str):
+            parts.append(f"SQLSTATE {sqlstate}")
+    return ", ".join(parts)
+
+
+class LogWriter:
+    """The request log's queue and the task that drains it into a `LogSink`.
+
+    Call `submit()` from the event loop's thread (it neither blocks nor raises); run
+    `run()` as a task (or use `open_log_writer`); `aclose()` flushes and stops.
+    `queue_depth`, `dropped`, `written` and `failed` are for metrics and health.
+    """
+
+    def __init__(
+        self,
+        sink: LogSink,
+        *,
+        queue_size: int = 10_000,
+        batch_size: int = 500,
+        attempts: int = 3,
+        retry_delay: float = 0.5,
+    ) -> None:
+        if queue_size < 1 or batch_size < 1 or attempts < 1 or retry_delay < 0:
+            raise ValueError(
+                "queue_size, batch_size and attempts must be at least 1, retry_delay at least 0"
+            )
+        self._sink = sink
+        self._batch_size = batch_size
+        self._attempts = attempts
+        self._retry_delay = retry_delay
+        self._send: MemoryObjectSendStream[RequestRecord]
+        self._receive: MemoryObjectReceiveStream[RequestRecord]
+        self._send, self._receive = anyio.create_memory_object_stream[RequestRecord](queue_size)
+        self._dropped = 0
+        self._written = 0
+        self._failed = 0
+        self._stopped: anyio.Event | None = None
+
+    # -- the request path ---------------------------------------------------------------
+
+    def submit(self, record: RequestRecord) -> bool:
+        """Queue a record for writing; False (and counted in `dropped`) if the queue is
+        full or the writer closed.  Never blocks, never raises."""
+        try:
+            self._send.send_nowait(record)
+        except anyio.WouldBlock:
+            self._drop("queue full")
+            return False
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._drop("writer closed")
+            return False
+        return True
+
+    def _drop(self, why: str) -> None:
+        self._dropped += 1
+        if self._dropped == 1 or self._dropped % 1000 == 0:
+            log.warning("request log: %s, %d records dropped so far", why, self._dropped)
+
+    # -- counters -----------------------------------------------------------------------
+
+    @property
+    def queue_depth(self) -> int:
+        """Records waiting to be written (not counting the batch being written)."""
+        return self._send.statistics().current_buffer_used
+
+    @property
+    def dropped(self) -> int:
+        """Records refused at `submit` because the queue was full or the writer closed."""
+        return self._dropped
+
+    @property
+    def written(self) -> int:
+        """Records the sink stored."""
+        return self._written
+
+    @property
+    def failed(self) -> int:
+        """Records lost after they were queued: their batch failed every attempt, or the
+        database refused them, or the writer was cancelled before writing them."""
+        return self._failed
+
+    # -- the writer task ----------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Write batches until `aclose()` and the queue is empty."""
+        if self._stopped is not None:
+            raise RuntimeError("a LogWriter runs once")
+        self._stopped = anyio.Event()
+        limiter = anyio.CapacityLimiter(1)
+        task_status.started()
+        try:
+            async with self._receive:
+                async for first in self._receive:
+                    batch = [first]
+                    while len(batch) < self._batch_size:
+                        try:
+                            batch.append(self._receive.receive_nowait())
+                        except (anyio.WouldBlock, anyio.EndOfStream):
+                            break
+                    await self._write(batch, limiter)
+        finally:
+            # Cancelled (not closed): what is still queued will not be written.
+            self._failed += self.queue_depth
+            self._send.close()
+            self._stopped.set()
+
+    async def _write(self, batch: list[RequestRecord], limiter: anyio.CapacityLimiter) -> None:
+        for attempt in range(1, self._attempts + 1):
+            try:
+                # The thread cannot be stopped mid-batch; shielded, its result is counted.
+                with anyio.CancelScope(shield=True):
+                    stored = await anyio.to_thread.run_sync(
+                        self._sink.write_batch, batch, limiter=limiter
+                    )
+            except Exception as exc:
+                if attempt < self._attempts:
+                    log.warning(
+                        "request log: writing %d records failed (%s), attempt %d of %d",
+                        len(batch),
+                        _describe(exc),
+                        attempt,
+                        self._attempts,
+                    )
+                    await anyio.sleep(self._retry_delay * 2 ** (attempt - 1))
+                    continue
+                self._failed += len(batch)
+                log.error(
+                    "request log: %d records lost after %d attempts (%s)",
+                    len(batch),
+                    self._attempts,
+                    _describe(exc),
+                )
+                return
+            stored = max(0, min(stored, len(batch)))
+            self._written += stored
+            self._failed += len(batch) - stored
+            return
+
+    async def aclose(self) -> None:
+        """Stop taking records and wait until every queued one is written (or has
+        failed every attempt).  If `run()` was never started, drain here."""
+        self._send.close()
+        if self._stopped is None:
+            await self.run()
+        else:
+            await self._stopped.wait()
+
+
+@asynccontextmanager
+async def open_log_writer(
+    sink: LogSink,
+    *,
+    flush_timeout: float = 30.0,
+    queue_size: int = 10_000,
+    batch_size: int = 500,
+    attempts: int = 3,
+    retry_delay: float = 0.5,
+) -> AsyncIterator[LogWriter]:
+    """A running `LogWriter`; on exit, even when cancelled, the queue is flushed for up
+    to `flush_timeout` seconds, then the writer is stopped (the rest counted failed)."""
+    writer = LogWriter(
+        sink,
+        queue_size=queue_size,
+        batch_size=batch_size,
+        attempts=attempts,
+        retry_delay=retry_delay,
+    )
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(writer.run)
+        try:
+            yield writer
+        finally:
+            with anyio.move_on_after(flush_timeout, shield=True):
+                await writer.aclose()
+            tasks.cancel_scope.cancel()
