@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     tokens_file: Path | None = None
     log_level: str = "INFO"
     verify_tls: bool = True
+    # The store: an SQLite file under state_dir unless this names a database
+    # (sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB); may hold a password.
+    database_url: pydantic.SecretStr | None = None
 
     # Identity providers, tried in this order (a JSON list or "static,globus").
     identity_providers: Annotated[list[ProviderName], NoDecode] = ["static"]
@@ -110,6 +113,19 @@ class Settings(BaseSettings):
             raise ValueError("a provider is named twice")
         return value
 
+    @pydantic.field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: pydantic.SecretStr | None) -> pydantic.SecretStr | None:
+        if value is None:
+            return None
+        # Imported when needed: the store's libraries are slow to import for `token`.
+        from frontends.store import normalise_database_url
+
+        try:
+            return pydantic.SecretStr(normalise_database_url(value.get_secret_value()))
+        except ValueError as exc:
+            raise ValueError(f"INFERENCE_GATEWAY_DATABASE_URL: {exc}") from None
+
     @pydantic.field_validator("oidc_algorithms")
     @classmethod
     def _algorithms(cls, value: list[str]) -> list[str]:
@@ -137,6 +153,15 @@ class Settings(BaseSettings):
     @property
     def tokens_path(self) -> Path:
         return self.tokens_file or self.state_dir / "tokens.json"
+
+    @property
+    def store_url(self) -> str:
+        """The store's database URL: `database_url`, or the SQLite file under state_dir."""
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        from frontends.store import default_database_url
+
+        return default_database_url(self.state_dir)
 
     @property
     def local_key_path(self) -> Path:
