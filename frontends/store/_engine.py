@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.resources
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ __all__ = [
 ]
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+# Alembic's `context` is one module-level object: one migration at a time per process.
+# (Between processes, PostgreSQL's advisory lock in env.py serialises them.)
+_ALEMBIC = threading.Lock()
 DATABASE_FILE = "gateway.db"
 
 
@@ -143,5 +147,5 @@ def current_revision(engine: sa.Engine) -> str | None:
 
 def migrate(engine: sa.Engine) -> None:
     """Bring the database to the newest schema; a database already there is left as is."""
-    with engine.begin() as connection, _alembic_config(connection) as config:
+    with _ALEMBIC, engine.begin() as connection, _alembic_config(connection) as config:
         command.upgrade(config, "head")

@@ -218,11 +218,19 @@ async def open_log_writer(
         attempts=attempts,
         retry_delay=retry_delay,
     )
+    # The writer's task is shielded: cancelling the host's scope (SIGTERM, Ctrl-C) must
+    # not stop it before the flush; it ends when flushed, or when the flush times out.
+    shield = anyio.CancelScope(shield=True)
+
+    async def run_shielded(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        with shield:
+            await writer.run(task_status=task_status)
+
     async with anyio.create_task_group() as tasks:
-        await tasks.start(writer.run)
+        await tasks.start(run_shielded)
         try:
             yield writer
         finally:
             with anyio.move_on_after(flush_timeout, shield=True):
                 await writer.aclose()
-            tasks.cancel_scope.cancel()
+            shield.cancel()
