@@ -7,6 +7,7 @@ its own worker thread, `usage()` on anyio's.  Its async methods are safe on the 
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +25,8 @@ __all__ = ["Store"]
 
 log = logging.getLogger("frontends.store")
 
-_FIELDS = [field.name for field in attrs.fields(RequestRecord)]
+_FIELDS = tuple(field.name for field in attrs.fields(RequestRecord))
+_values = operator.attrgetter(*_FIELDS)  # a record's values in _FIELDS order, fast
 
 
 def _insert_ignoring_duplicates(dialect: str) -> sa.Insert:
@@ -126,4 +128,4 @@ class Store:
 
 
 def _row(record: RequestRecord) -> dict[str, Any]:
-    return attrs.asdict(record, recurse=False)
+    return dict(zip(_FIELDS, _values(record), strict=True))
