@@ -21,6 +21,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from frontends.store._schema import VERSION_TABLE
+
 __all__ = [
     "SQLITE_BUSY_TIMEOUT_MS",
     "create_store_engine",
@@ -142,7 +144,8 @@ def head_revision() -> str:
 def current_revision(engine: sa.Engine) -> str | None:
     """The revision the database is at, None for an empty database."""
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+        return context.get_current_revision()
 
 
 def migrate(engine: sa.Engine) -> None:

@@ -13,7 +13,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
-__all__ = ["UTCDateTime", "metadata", "request_log"]
+__all__ = ["VERSION_TABLE", "UTCDateTime", "metadata", "request_log"]
+
+# Alembic's record of the schema's revision; named for us, so a database shared with
+# another Alembic-managed application keeps the two apart.
+VERSION_TABLE = "inference_gateway_schema"
 
 # Constraint and index names the same on every database, so later migrations can name them.
 NAMING_CONVENTION = {

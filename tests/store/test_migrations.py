@@ -38,7 +38,8 @@ def test_migrations_build_the_schema_on_an_empty_database(database_url: str) -> 
         assert sa.inspect(engine).get_table_names() == []
         migrate(engine)
         assert current_revision(engine) == head_revision()
-        assert {"request_log", "alembic_version"} <= set(sa.inspect(engine).get_table_names())
+        tables = set(sa.inspect(engine).get_table_names())
+        assert tables == {"request_log", "inference_gateway_schema"}
         indexes = {ix["name"] for ix in sa.inspect(engine).get_indexes("request_log")}
         assert {
             "ix_request_log_username_received_at",
@@ -47,7 +48,9 @@ def test_migrations_build_the_schema_on_an_empty_database(database_url: str) -> 
         } <= indexes
         # What the migrations built is what the queries expect.
         with engine.connect() as connection:
-            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            context = MigrationContext.configure(
+                connection, opts={"compare_type": True, "version_table": "inference_gateway_schema"}
+            )
             assert compare_metadata(context, metadata) == []
     finally:
         engine.dispose()
@@ -62,7 +65,9 @@ def test_a_second_start_changes_nothing(database_url: str) -> None:
         assert current_revision(second.engine) == head_revision()
         assert second.get("log-000001") == record(1)
         with second.engine.connect() as connection:
-            versions = connection.execute(sa.text("SELECT version_num FROM alembic_version"))
+            versions = connection.execute(
+                sa.text("SELECT version_num FROM inference_gateway_schema")
+            )
             assert versions.scalars().all() == [head_revision()]
     finally:
         second.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
-from frontends.store._schema import metadata
+from frontends.store._schema import VERSION_TABLE, metadata
 
 # Any fixed 64-bit number, the same in every process: "inference-gateway schema".
 MIGRATION_LOCK = 0x16_6A7E_5C4E_3A00
@@ -22,6 +22,7 @@ def _upgrade(connection: sa.Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=metadata,
+        version_table=VERSION_TABLE,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
     )
