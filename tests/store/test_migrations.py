@@ -5,6 +5,7 @@ the database setting checked at start."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -29,6 +30,7 @@ from frontends.store._schema import metadata
 from tests.store.factories import record
 
 ROOT = Path(__file__).resolve().parents[2]
+UNTRACKED = (".git", ".venv", "build", "*.egg-info", "*_cache", ".hypothesis", "__pycache__")
 
 
 def test_migrations_build_the_schema_on_an_empty_database(database_url: str) -> None:
@@ -138,8 +140,11 @@ def test_sqlite_runs_in_wal_mode_with_a_busy_timeout_and_foreign_keys(sqlite_url
 def test_the_migrations_ship_in_the_wheel_and_run_from_it(tmp_path: Path) -> None:
     """Installed without the source tree (no editable install, no alembic.ini), the
     package finds its own migrations."""
+    # Built from a copy, so the build leaves nothing behind in the working tree.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*UNTRACKED))
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), ROOT],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), source],
         capture_output=True,
         text=True,
         timeout=300,
