@@ -11,12 +11,12 @@ from frontends.store._engine import (
 from frontends.store._records import CAPTURE_CEILING, RequestRecord, capture
 from frontends.store._store import Store
 from frontends.store._usage import GroupBy, UsageRow, fetch_usage, usage, usage_query
-from frontends.store._writer import LogSink, LogWriter, open_log_writer
+from frontends.store._writer import BatchSink, LogWriter, open_log_writer
 
 __all__ = [
     "CAPTURE_CEILING",
+    "BatchSink",
     "GroupBy",
-    "LogSink",
     "LogWriter",
     "RequestRecord",
     "Store",

@@ -28,13 +28,15 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from frontends.store._records import RequestRecord
 
-__all__ = ["LogSink", "LogWriter", "open_log_writer"]
+__all__ = ["BatchSink", "LogWriter", "open_log_writer"]
 
 log = logging.getLogger("frontends.store")
 
 
-class LogSink(Protocol):
-    """Where batches go: `Store`, or a test's stand-in.  Blocking; called on the
+class BatchSink(Protocol):
+    """Where the writer's batches go: `Store`, or a test's stand-in.  (Not the driver's
+    `frontends.log_sink.LogSink`, which takes one `LogEntry`; the wiring maps entries to
+    records and submits them to a `LogWriter`.)  Blocking; called on the
     writer's worker thread.  Returns how many of the records were stored (the others
     were refused for their content); raises when the batch as a whole could not be
     written, so that it is retried."""
@@ -55,7 +57,7 @@ def _describe(exc: BaseException) -> str:
 
 
 class LogWriter:
-    """The request log's queue and the task that drains it into a `LogSink`.
+    """The request log's queue and the task that drains it into a `BatchSink`.
 
     Call `submit()` from the event loop's thread (it neither blocks nor raises); run
     `run()` as a task (or use `open_log_writer`); `aclose()` flushes and stops.
@@ -64,7 +66,7 @@ class LogWriter:
 
     def __init__(
         self,
-        sink: LogSink,
+        sink: BatchSink,
         *,
         queue_size: int = 10_000,
         batch_size: int = 500,
@@ -201,7 +203,7 @@ class LogWriter:
 
 @asynccontextmanager
 async def open_log_writer(
-    sink: LogSink,
+    sink: BatchSink,
     *,
     flush_timeout: float = 30.0,
     queue_size: int = 10_000,

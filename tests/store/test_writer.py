@@ -68,9 +68,7 @@ async def test_a_full_queue_drops_and_counts_without_blocking_the_request_path()
     # Batches in order, none larger than asked; the dropped are the last fifty.
     assert sink.batches[0] == ["log-000000"]
     assert all(len(batch) <= 10 for batch in sink.batches)
-    assert [i for batch in sink.batches for i in batch] == [
-        f"log-{n:06d}" for n in range(101)
-    ]
+    assert [i for batch in sink.batches for i in batch] == [f"log-{n:06d}" for n in range(101)]
 
 
 async def test_aclose_flushes_five_thousand_queued_records(database_url: str) -> None:
