@@ -31,7 +31,9 @@ def scratch_postgres_database(prefix: str = "igw_test") -> Iterator[str]:
     try:
         try:
             with admin.connect() as connection:
-                connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+                # template0 takes no connections, so a session left open on template1
+                # elsewhere cannot make this fail.
+                connection.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE template0'))
         except sa.exc.OperationalError as exc:
             raise PostgresUnreachable(
                 f"PostgreSQL at {make_url(POSTGRES_URL).render_as_string()} is unreachable "
