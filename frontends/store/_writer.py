@@ -143,6 +143,7 @@ class LogWriter:
         self._stopped = anyio.Event()
         limiter = anyio.CapacityLimiter(1)
         task_status.started()
+        batch: list[RequestRecord] = []
         try:
             async with self._receive:
                 async for first in self._receive:
@@ -153,9 +154,11 @@ class LogWriter:
                         except (anyio.WouldBlock, anyio.EndOfStream):
                             break
                     await self._write(batch, limiter)
+                    batch = []
         finally:
-            # Cancelled (not closed): what is still queued will not be written.
-            self._failed += self.queue_depth
+            # Cancelled (not closed): the batch in hand (cancelled between attempts) and
+            # what is still queued will not be written.
+            self._failed += len(batch) + self.queue_depth
             self._send.close()
             self._stopped.set()
 

@@ -182,3 +182,15 @@ async def test_a_flush_that_runs_out_of_time_counts_what_it_left() -> None:
     assert writer.written == sink.stored
     assert writer.written + writer.failed == 100
     assert writer.dropped == 0
+
+
+async def test_a_writer_cancelled_between_attempts_counts_its_batch_failed() -> None:
+    sink = FailingSink(failures=100)
+    with anyio.CancelScope() as scope:
+        async with open_log_writer(sink, attempts=5, retry_delay=3600, flush_timeout=0) as writer:
+            for n in range(4):
+                writer.submit(record(n))
+            while sink.calls == 0:
+                await anyio.sleep(0)
+            scope.cancel()
+    assert (writer.written, writer.failed, writer.dropped) == (0, 4, 0)
