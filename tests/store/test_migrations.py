@@ -30,7 +30,17 @@ from frontends.store._schema import metadata
 from tests.store.factories import record
 
 ROOT = Path(__file__).resolve().parents[2]
-UNTRACKED = (".git", ".venv", "build", "*.egg-info", "*_cache", ".hypothesis", "__pycache__")
+UNTRACKED = (
+    ".git",
+    ".venv",
+    "venv",
+    "build",
+    "dist",
+    "*.egg-info",
+    "*_cache",
+    "__pycache__",
+    "state",
+)
 
 
 def test_migrations_build_the_schema_on_an_empty_database(database_url: str) -> None:
@@ -143,8 +153,10 @@ def test_the_migrations_ship_in_the_wheel_and_run_from_it(tmp_path: Path) -> Non
     # Built from a copy, so the build leaves nothing behind in the working tree.
     source = tmp_path / "source"
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*UNTRACKED))
+    # Offline, with the setuptools the test extras install (as tests/test_packaging.py).
+    pip_wheel = [sys.executable, "-m", "pip", "--disable-pip-version-check", "wheel"]
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), source],
+        [*pip_wheel, "--no-deps", "--no-build-isolation", "--no-index", "-w", tmp_path, source],
         capture_output=True,
         text=True,
         timeout=300,
