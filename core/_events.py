@@ -7,9 +7,12 @@ work for the edge to carry out.  Nothing here does IO.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import attrs
 
 from core._authorization import Rule
+from core._quota import Refusal, Reservation
 from core._records import Headers, Identity, OpenAIRoute, Response, Usage, header_pairs, http_status
 
 __all__ = [
@@ -27,9 +30,14 @@ __all__ = [
     "IdentityResolved",
     "IdentityUnavailable",
     "LogEntry",
+    "QuotaExceeded",
     "RelayChunk",
+    "Release",
     "RequestReceived",
+    "Reserve",
+    "Reserved",
     "Respond",
+    "Settle",
     "StartStream",
     "StreamEnded",
     "StreamOpened",
@@ -69,6 +77,7 @@ class RequestReceived:
     authorization: str | None = attrs.field(default=None, validator=_optional_text, repr=False)
     cluster: str | None = attrs.field(default=None, validator=_optional_text)
     framework: str | None = attrs.field(default=None, validator=_optional_text)
+    client: str | None = attrs.field(default=None, validator=_optional_text)  # its address
 
     def __attrs_post_init__(self) -> None:
         if (self.cluster is None) != (self.framework is None):
@@ -121,6 +130,18 @@ class IdentityUnavailable:
 
 
 @attrs.frozen(kw_only=True)
+class Reserved:
+    """The quota counters recorded every reservation of the `Reserve` effect."""
+
+
+@attrs.frozen(kw_only=True)
+class QuotaExceeded:
+    """The quota counters recorded nothing: `refusal` names the limit that did not fit."""
+
+    refusal: Refusal = attrs.field(validator=attrs.validators.instance_of(Refusal))
+
+
+@attrs.frozen(kw_only=True)
 class AdaptorReturned:
     """An adaptor's response model, reduced to the fields the seed contract defines.
 
@@ -132,6 +153,7 @@ class AdaptorReturned:
         default=None,
         validator=attrs.validators.optional(attrs.validators.instance_of((bytes, str))),
     )
+    task_id: str | None = attrs.field(default=None, validator=_optional_text)
     error_message: str | None = attrs.field(default=None, validator=_optional_text)
     error_code: int | None = attrs.field(default=None, validator=_optional_status)
     headers: Headers = attrs.field(default=(), converter=header_pairs)
@@ -151,6 +173,7 @@ class StreamOpened:
     """The adaptor's stream is ready to be read; `headers` are the backend's."""
 
     headers: Headers = attrs.field(default=(), converter=header_pairs)
+    task_id: str | None = attrs.field(default=None, validator=_optional_text)
 
 
 @attrs.frozen(kw_only=True)
@@ -172,6 +195,8 @@ Event = (
     RequestReceived
     | IdentityResolved
     | IdentityUnavailable
+    | Reserved
+    | QuotaExceeded
     | AdaptorReturned
     | AdaptorFailed
     | StreamOpened
@@ -189,6 +214,48 @@ class Authenticate:
     """Resolve these bearer credentials to an identity, then send IdentityResolved."""
 
     credentials: str = attrs.field(repr=False, validator=_nonempty_text)
+
+
+def _reservations(value: Iterable[Reservation]) -> tuple[Reservation, ...]:
+    reservations = tuple(value)
+    if not reservations or not all(isinstance(r, Reservation) for r in reservations):
+        raise ValueError("Reserve needs at least one Reservation")
+    return reservations
+
+
+def _keys(value: Iterable[str]) -> tuple[str, ...]:
+    keys = tuple(value)
+    if not keys or not all(isinstance(k, str) and k for k in keys):
+        raise ValueError("quota keys must be non-empty strings, at least one")
+    return keys
+
+
+@attrs.frozen(kw_only=True)
+class Reserve:
+    """Record all these reservations under `reservation_id`, or none; then send
+    Reserved or QuotaExceeded.  One atomic step: check and record cannot be split."""
+
+    reservation_id: str = attrs.field(validator=_nonempty_text)
+    reservations: tuple[Reservation, ...] = attrs.field(converter=_reservations)
+
+
+@attrs.frozen(kw_only=True)
+class Settle:
+    """The request ended: what `reservation_id` holds on these token keys becomes `used`."""
+
+    reservation_id: str = attrs.field(validator=_nonempty_text)
+    keys: tuple[str, ...] = attrs.field(converter=_keys)
+    used: int = attrs.field(
+        validator=attrs.validators.and_(attrs.validators.instance_of(int), attrs.validators.ge(0))
+    )
+
+
+@attrs.frozen(kw_only=True)
+class Release:
+    """The request ended before its call: give back all `reservation_id` holds."""
+
+    reservation_id: str = attrs.field(validator=_nonempty_text)
+    keys: tuple[str, ...] = attrs.field(converter=_keys)
 
 
 @attrs.frozen(kw_only=True)
@@ -241,14 +308,24 @@ class LogEntry:
     route: str = attrs.field(validator=_text)
     status: int = attrs.field(validator=http_status)
     username: str | None = attrs.field(default=None, validator=_optional_text)
+    provider: str | None = attrs.field(default=None, validator=_optional_text)
     endpoint_slug: str | None = attrs.field(default=None, validator=_optional_text)
+    cluster: str | None = attrs.field(default=None, validator=_optional_text)
+    framework: str | None = attrs.field(default=None, validator=_optional_text)
+    model: str | None = attrs.field(default=None, validator=_optional_text)
     stream: bool = attrs.field(default=False, validator=_flag)
+    # The backend's counts, or (`estimated`) the gateway's when the backend gave none.
     usage: Usage | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.instance_of(Usage))
     )
+    estimated: bool = attrs.field(default=False, validator=_flag)
     error_code: str | None = attrs.field(default=None, validator=_optional_text)
     detail: str | None = attrs.field(default=None, validator=_optional_text)
     cancelled: bool = attrs.field(default=False, validator=_flag)
+    task_id: str | None = attrs.field(default=None, validator=_optional_text)
+    bytes_in: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    bytes_out: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    client: str | None = attrs.field(default=None, validator=_optional_text)
 
 
 @attrs.frozen(kw_only=True)
@@ -258,6 +335,9 @@ class WriteLog:
 
 Effect = (
     Authenticate
+    | Reserve
+    | Settle
+    | Release
     | CallAdaptor
     | Respond
     | StartStream

@@ -9,6 +9,10 @@ that come back; the machine never awaits and never touches IO.  It stands on the
 
 Validation, selection and authorization all happen on IdentityResolved, in that order,
 so a `CallAdaptor` effect exists only after the identity passed both levels of rules.
+When quotas apply, the machine first asks the counters to reserve (ADMITTING): the call
+is made only once they answer Reserved; QuotaExceeded ends the request with a 429.
+Every request that reserved ends with one Settle (the tokens really used) or, if it never
+reached its call, one Release.
 The client's body travels as bytes: the adaptor is handed exactly what the client sent
 (with the fixture's spelling of the model, if the client's differed).  Every path into
 DONE or CANCELLED emits exactly one WriteLog.  An event a state does not accept, or a
@@ -38,16 +42,22 @@ from core._events import (
     IdentityResolved,
     IdentityUnavailable,
     LogEntry,
+    QuotaExceeded,
     RelayChunk,
+    Release,
     RequestReceived,
+    Reserve,
+    Reserved,
     Respond,
+    Settle,
     StartStream,
     StreamEnded,
     StreamOpened,
     WriteLog,
 )
 from core._machine import Cell, Kernel
-from core._records import EndpointRecord, Identity, Usage
+from core._quota import QuotaPolicy, Reservation, estimate_prompt_tokens, plan, quota_refusal
+from core._records import EndpointRecord, Identity, OpenAIRoute, Usage
 from core._selection import select_endpoint
 from core._shaping import Shaped, error_response, shape_failure, shape_result, stream_headers
 from core._sse import SSEMonitor, error_event
@@ -59,6 +69,7 @@ __all__ = ["TABLE", "TERMINAL", "RequestMachine", "State"]
 class State(enum.Enum):
     AWAITING_REQUEST = "awaiting_request"
     AUTHENTICATING = "authenticating"
+    ADMITTING = "admitting"
     AWAITING_RESULT = "awaiting_result"
     AWAITING_STREAM = "awaiting_stream"
     STREAMING = "streaming"
@@ -72,10 +83,13 @@ S = State
 TABLE: Mapping[tuple[State, type[Any]], Cell[State]] = {
     (S.AWAITING_REQUEST, RequestReceived): Cell("_on_request", S.AUTHENTICATING, S.DONE),
     (S.AUTHENTICATING, IdentityResolved): Cell(
-        "_on_identity", S.AWAITING_RESULT, S.AWAITING_STREAM, S.DONE
+        "_on_identity", S.ADMITTING, S.AWAITING_RESULT, S.AWAITING_STREAM, S.DONE
     ),
     (S.AUTHENTICATING, IdentityUnavailable): Cell("_on_identity_unavailable", S.DONE),
     (S.AUTHENTICATING, ClientDisconnected): Cell("_on_disconnect_before_call", S.CANCELLED),
+    (S.ADMITTING, Reserved): Cell("_on_reserved", S.AWAITING_RESULT, S.AWAITING_STREAM),
+    (S.ADMITTING, QuotaExceeded): Cell("_on_quota_exceeded", S.DONE),
+    (S.ADMITTING, ClientDisconnected): Cell("_on_disconnect_before_call", S.CANCELLED),
     (S.AWAITING_RESULT, AdaptorReturned): Cell("_on_result", S.DONE),
     (S.AWAITING_RESULT, AdaptorFailed): Cell("_on_failed", S.DONE),
     (S.AWAITING_RESULT, ClientDisconnected): Cell("_on_disconnect", S.CANCELLED),
@@ -103,9 +117,18 @@ class RequestMachine(Kernel[State, Effect]):
     ERROR = S.ERROR
     TERMINAL = TERMINAL
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, quota: QuotaPolicy | None = None) -> None:
+        """`quota` None: no limits at all (the driver has no counters to reserve on)."""
         super().__init__()
         self._catalog = catalog
+        self._quota = quota
+        self._reservations: tuple[Reservation, ...] = ()
+        self._reserved = False  # the counters hold this request's reservations
+        self._call: CallAdaptor | None = None
+        self._called = False
+        self._prompt_estimate = 0
+        self._task_id: str | None = None
+        self._bytes_out = 0
         self._request: RequestReceived | None = None
         self._identity: Identity | None = None
         self._endpoint: EndpointRecord | None = None
@@ -150,6 +173,7 @@ class RequestMachine(Kernel[State, Effect]):
             return self._finish_with_error(endpoint)
         self._endpoint = endpoint
         self._stream = valid.stream
+        self._prompt_estimate = estimate_prompt_tokens(valid.body)
         body = request.body
         if valid.model != endpoint.model:  # matched case-insensitively: send the real name
             # ASCII escapes, so text the client escaped (lone surrogates too) stays valid.
@@ -161,7 +185,31 @@ class RequestMachine(Kernel[State, Effect]):
             stream=valid.stream,
             body=body,
         )
-        return (S.AWAITING_STREAM if valid.stream else S.AWAITING_RESULT), (call,)
+        if self._quota is not None:
+            embeddings = request.route is OpenAIRoute.EMBEDDINGS
+            self._reservations = plan(
+                endpoint, identity, valid.body, self._quota, embeddings=embeddings
+            )
+        if self._reservations:
+            self._call = call
+            reserve = Reserve(reservation_id=request.request_id, reservations=self._reservations)
+            return S.ADMITTING, (reserve,)
+        return self._calling(call)
+
+    def _calling(self, call: CallAdaptor) -> Outcome:
+        self._called = True
+        return (S.AWAITING_STREAM if call.stream else S.AWAITING_RESULT), (call,)
+
+    def _on_reserved(self, event: Reserved) -> Outcome:
+        assert self._call is not None, "ADMITTING is entered only with a call to make"
+        self._reserved = True
+        return self._calling(self._call)
+
+    def _on_quota_exceeded(self, event: QuotaExceeded) -> Outcome:
+        error = quota_refusal(event.refusal, self._reservations, self._current_endpoint().model)
+        # The log says which limit refused (for the operator and the rejection metrics).
+        shaped = Shaped(response=error_response(error), detail=event.refusal.limit.value)
+        return self._finish(shaped, error_code=error.code)
 
     def _on_identity_unavailable(self, event: IdentityUnavailable) -> Outcome:
         error = identity_unavailable()
@@ -169,6 +217,7 @@ class RequestMachine(Kernel[State, Effect]):
         return self._finish(shaped, error_code=error.code)
 
     def _on_result(self, event: AdaptorReturned) -> Outcome:
+        self._task_id = event.task_id
         return self._finish(self._shape(event))
 
     def _on_stream_refused(self, event: AdaptorReturned) -> Outcome:
@@ -188,40 +237,55 @@ class RequestMachine(Kernel[State, Effect]):
         shaped = shape_failure(self._current_endpoint(), event.status, event.detail)
         partial = self._monitor.pending
         event_bytes = error_event(shaped.response.body, after_partial=partial)
+        self._bytes_out += len(event_bytes)
         effects = (RelayChunk(data=event_bytes), EndStream())
-        return S.DONE, (*effects, self._log(shaped.response.status, detail=shaped.detail))
+        return S.DONE, (*effects, *self._ending(shaped.response.status, detail=shaped.detail))
 
     def _on_stream_opened(self, event: StreamOpened) -> Outcome:
+        self._task_id = event.task_id
         return S.STREAMING, (StartStream(status=200, headers=stream_headers(event.headers)),)
 
     def _on_chunk(self, event: ChunkReceived) -> Outcome:
         if not event.data:
             return S.STREAMING, ()
         self._monitor.feed(event.data)
+        self._bytes_out += len(event.data)
         return S.STREAMING, (RelayChunk(data=event.data),)
 
     def _on_stream_ended(self, event: StreamEnded) -> Outcome:
         partial = self._monitor.pending
         self._monitor.finish()
         if self._monitor.done or self._monitor.errored:
-            return S.DONE, (EndStream(), self._log(200, usage=self._monitor.usage))
+            return S.DONE, (EndStream(), *self._ending(200, usage=self._monitor.usage))
         error = BackendError(
             f"The backend serving model '{self._current_endpoint().model}' ended its stream "
             "before it was complete.",
             code="incomplete_stream",
         )
+        event_bytes = error_event(error_body(error), after_partial=partial)
+        self._bytes_out += len(event_bytes)
         return S.DONE, (
-            RelayChunk(data=error_event(error_body(error), after_partial=partial)),
+            RelayChunk(data=event_bytes),
             EndStream(),
-            self._log(error.status, error_code=error.code, detail="stream ended without [DONE]"),
+            *self._ending(
+                error.status, error_code=error.code, detail="stream ended without [DONE]"
+            ),
         )
 
     def _on_disconnect_before_call(self, event: ClientDisconnected) -> Outcome:
-        """The client left while its identity was being resolved: nothing to cancel."""
-        return S.CANCELLED, (self._log(_CLIENT_CLOSED, cancelled=True),)
+        """The client left before the adaptor was called: nothing to cancel, and any
+        reservation the counters may already hold is given back."""
+        log = self._log(_CLIENT_CLOSED, cancelled=True)
+        if not self._reservations:
+            return S.CANCELLED, (log,)
+        keys = tuple(r.key for r in self._reservations)
+        return S.CANCELLED, (
+            Release(reservation_id=self._current_request().request_id, keys=keys),
+            log,
+        )
 
     def _on_disconnect(self, event: ClientDisconnected) -> Outcome:
-        return S.CANCELLED, (CancelUpstream(), self._log(_CLIENT_CLOSED, cancelled=True))
+        return S.CANCELLED, (CancelUpstream(), *self._ending(_CLIENT_CLOSED, cancelled=True))
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -247,10 +311,13 @@ class RequestMachine(Kernel[State, Effect]):
 
     def _finish(self, shaped: Shaped, *, error_code: str | None = None) -> Outcome:
         status = shaped.response.status
-        log = self._log(status, usage=shaped.usage, error_code=error_code, detail=shaped.detail)
-        return S.DONE, (Respond(response=shaped.response), log)
+        self._bytes_out += len(shaped.response.body)
+        ending = self._ending(
+            status, usage=shaped.usage, error_code=error_code, detail=shaped.detail
+        )
+        return S.DONE, (Respond(response=shaped.response), *ending)
 
-    def _log(
+    def _ending(
         self,
         status: int,
         *,
@@ -258,19 +325,81 @@ class RequestMachine(Kernel[State, Effect]):
         error_code: str | None = None,
         detail: str | None = None,
         cancelled: bool = False,
+    ) -> tuple[Effect, ...]:
+        """The effects every end after the call shares: settle what was reserved with the
+        tokens used (reported, else estimated), and the one log line."""
+        estimated = False
+        # Tokens were spent when the backend answered, or streamed to a client who left;
+        # a refusal or failure spent none.
+        spent = self._called and (status == 200 or cancelled)
+        if spent and (usage is None or usage.total_tokens is None):
+            usage, estimated = self._estimate(usage), True
+        log = self._log(
+            status,
+            usage=usage,
+            estimated=estimated,
+            error_code=error_code,
+            detail=detail,
+            cancelled=cancelled,
+        )
+        if not self._reserved:
+            return (log,)
+        used = usage.total_tokens if usage is not None and usage.total_tokens is not None else 0
+        keys = tuple(r.key for r in self._reservations if r.limit.counts_tokens)
+        if not keys:
+            return (log,)
+        settle = Settle(reservation_id=self._current_request().request_id, keys=keys, used=used)
+        return (settle, log)
+
+    def _estimate(self, reported: Usage | None) -> Usage:
+        """Counts the backend did not give: the prompt from its text (one token per four
+        characters); the completion from what was relayed (a stream sends about one token
+        per event; a whole answer, one per four bytes of its body)."""
+        prompt = self._prompt_estimate
+        if reported is not None and reported.prompt_tokens is not None:
+            prompt = reported.prompt_tokens
+        if self._stream:
+            completion = max(0, self._monitor.events - (1 if self._monitor.done else 0))
+        else:
+            completion = self._bytes_out // 4
+        if reported is not None and reported.completion_tokens is not None:
+            completion = reported.completion_tokens
+        return Usage(
+            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+        )
+
+    def _log(
+        self,
+        status: int,
+        *,
+        usage: Usage | None = None,
+        estimated: bool = False,
+        error_code: str | None = None,
+        detail: str | None = None,
+        cancelled: bool = False,
     ) -> WriteLog:
         request = self._current_request()
+        identity, endpoint = self._identity, self._endpoint
         return WriteLog(
             entry=LogEntry(
                 request_id=request.request_id,
                 route=request.route.value,
                 status=status,
-                username=self._identity.username if self._identity else None,
-                endpoint_slug=self._endpoint.endpoint_slug if self._endpoint else None,
+                username=identity.username if identity else None,
+                provider=identity.provider if identity else None,
+                endpoint_slug=endpoint.endpoint_slug if endpoint else None,
+                cluster=endpoint.cluster if endpoint else None,
+                framework=endpoint.framework if endpoint else None,
+                model=endpoint.model if endpoint else None,
                 stream=self._stream,
                 usage=usage,
+                estimated=estimated,
                 error_code=error_code,
                 detail=detail,
                 cancelled=cancelled,
+                task_id=self._task_id,
+                bytes_in=len(request.body),
+                bytes_out=self._bytes_out,
+                client=request.client,
             )
         )

@@ -24,10 +24,11 @@ from adaptors._tls import check_transport_tls, tls_options_of
 from adaptors.clusters.cluster import BaseCluster
 from adaptors.endpoints.endpoint import BaseEndpoint
 from adaptors.loading import build_cluster, build_endpoint
-from core import Catalog, ConfigurationError, load_catalog
+from core import Catalog, ConfigurationError, QuotaPolicy, load_catalog
 from frontends.gateway import Gateway
 from frontends.identity import IdentityProvider
 from frontends.log_sink import LogSink
+from frontends.quota import QuotaCounters
 from transports import Transport
 from transports.cassette import Fixtures
 
@@ -81,6 +82,8 @@ def assemble(
     environ: Mapping[str, str] | None = None,
     log_sink: LogSink | None = None,
     folder: Path | str | None = None,
+    quota: QuotaCounters | None = None,
+    quota_policy: QuotaPolicy | None = None,
 ) -> Gateway:
     """Build and bind every adaptor of `catalog`, then the `Gateway` over them.
 
@@ -114,6 +117,8 @@ def assemble(
         identity=identity,
         transport=transport,
         log_sink=log_sink,
+        quota=quota,
+        quota_policy=quota_policy,
     )
 
 
@@ -124,6 +129,8 @@ def build_gateway(
     transport: Transport,
     environ: Mapping[str, str] | None = None,
     log_sink: LogSink | None = None,
+    quota: QuotaCounters | None = None,
+    quota_policy: QuotaPolicy | None = None,
 ) -> Gateway:
     """A `Gateway` over the fixtures in `fixtures_dir`: read, checked, built and bound."""
     folder = Path(fixtures_dir)
@@ -135,4 +142,6 @@ def build_gateway(
         environ=environ,
         log_sink=log_sink,
         folder=folder,
+        quota=quota,
+        quota_policy=quota_policy,
     )

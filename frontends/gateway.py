@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
@@ -38,12 +39,17 @@ from core import (
     Effect,
     Event,
     LocalProtocolError,
-    LogEntry,
     OpenAIRoute,
+    QuotaExceeded,
+    QuotaPolicy,
     RelayChunk,
+    Release,
     RequestMachine,
     RequestReceived,
+    Reserve,
+    Reserved,
     Respond,
+    Settle,
     SSEDecoder,
     StartStream,
     StreamEnded,
@@ -53,7 +59,8 @@ from core import (
 )
 from frontends.caller import resolve_caller
 from frontends.identity import IdentityProvider
-from frontends.log_sink import LoggerSink, LogSink
+from frontends.log_sink import LoggerSink, LogSink, Timing
+from frontends.quota import QuotaCounters
 from transports import Transport, TransportTimeout
 
 __all__ = ["ByteStream", "Gateway", "GatewayRequest", "GatewayResponse", "StreamRelay"]
@@ -72,6 +79,41 @@ class GatewayRequest:
     cluster: str | None = None
     framework: str | None = None
     request_id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    client: str | None = None  # the client's address, for the request log
+    received_at: float = attrs.field(factory=time.time)  # wall clock, epoch seconds
+
+
+class _Moments:
+    """One request's clock readings, taken by the driver as it carries out effects."""
+
+    def __init__(self, received_at: float) -> None:
+        self._wall = received_at
+        self._start = time.monotonic()
+        self._first_byte: float | None = None
+        self._called: float | None = None
+        self._upstream: float | None = None
+
+    def _at(self, reading: float) -> float:
+        return self._wall + (reading - self._start)
+
+    def calling(self) -> None:
+        self._called = time.monotonic()
+
+    def answered(self) -> None:
+        if self._called is not None and self._upstream is None:
+            self._upstream = time.monotonic() - self._called
+
+    def first_byte(self) -> None:
+        if self._first_byte is None:
+            self._first_byte = time.monotonic()
+
+    def timing(self) -> Timing:
+        return Timing(
+            received_at=self._wall,
+            done_at=self._at(time.monotonic()),
+            first_byte_at=None if self._first_byte is None else self._at(self._first_byte),
+            upstream_seconds=self._upstream,
+        )
 
 
 class ByteStream(Protocol):
@@ -135,9 +177,14 @@ def _returned(answer: Any) -> AdaptorReturned | AdaptorFailed:
             error_message=getattr(answer, "error_message", None),
             error_code=getattr(answer, "error_code", None),
             headers=_pairs(getattr(answer, "headers", None)),
+            task_id=_text_or_none(getattr(answer, "task_id", None)),
         )
     except (TypeError, ValueError) as exc:  # e.g. an error_code that is no HTTP status
         return AdaptorFailed(status=502, detail=redact(f"adaptor answer refused: {exc}"))
+
+
+def _text_or_none(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def _task_data(adaptor: BaseEndpoint, call: CallAdaptor) -> dict[str, Any]:
@@ -169,14 +216,21 @@ class Gateway:
         identity: IdentityProvider,
         transport: Transport,
         log_sink: LogSink | None = None,
+        quota: QuotaCounters | None = None,
+        quota_policy: QuotaPolicy | None = None,
     ) -> None:
-        """A driver over adaptors already built and bound (see `frontends.assembly`)."""
+        """A driver over adaptors already built and bound (see `frontends.assembly`).
+
+        With `quota` counters, requests reserve against the fixtures' token limits and the
+        policy's request limit before their call; without, no limit applies."""
         self.catalog = catalog
         self._endpoints = {slug.lower(): adaptor for slug, adaptor in endpoints.items()}
         self._clusters = dict(clusters)
         self._identity = identity
         self._transport = transport
         self._log_sink: LogSink = log_sink or LoggerSink()
+        self._quota = quota
+        self._quota_policy = (quota_policy or QuotaPolicy()) if quota is not None else None
 
     @property
     def clusters(self) -> Mapping[str, BaseCluster]:
@@ -229,7 +283,8 @@ class Gateway:
 
     async def handle(self, request: GatewayRequest) -> GatewayResponse:
         """Run one OpenAI request through the core; a stream comes back not yet started."""
-        machine = RequestMachine(self.catalog)
+        machine = RequestMachine(self.catalog, self._quota_policy)
+        moments = _Moments(request.received_at)
         pending = deque(
             machine.receive(
                 RequestReceived(
@@ -240,6 +295,7 @@ class Gateway:
                     authorization=request.authorization,
                     cluster=request.cluster,
                     framework=request.framework,
+                    client=request.client,
                 )
             )
         )
@@ -247,39 +303,71 @@ class Gateway:
         try:
             while pending:
                 effect = pending.popleft()
-                if isinstance(effect, WriteLog):
-                    self.write_log(effect.entry)
+                if isinstance(effect, WriteLog | Settle | Release):
+                    self.record(effect, moments)
+                elif isinstance(effect, Reserve):
+                    pending.extend(machine.receive(await self._reserve(effect)))
                 elif isinstance(effect, Respond):
-                    self._carry_out_logs(pending)
+                    moments.first_byte()
+                    self._carry_out_records(pending, moments)
                     r = effect.response
                     return GatewayResponse(status=r.status, headers=r.headers, body=r.body)
                 elif isinstance(effect, Authenticate):
                     verdict = await resolve_caller(self._identity, effect.credentials)
                     pending.extend(machine.receive(verdict))
                 elif isinstance(effect, CallAdaptor) and not effect.stream:
-                    pending.extend(machine.receive(await self._submit(effect)))
+                    moments.calling()
+                    answer = await self._submit(effect)
+                    moments.answered()
+                    pending.extend(machine.receive(answer))
                 elif isinstance(effect, CallAdaptor):
+                    moments.calling()
                     event, upstream = await self._open_stream(effect, request.request_id)
+                    moments.answered()
                     pending.extend(machine.receive(event))
                 elif isinstance(effect, StartStream):
                     assert upstream is not None
-                    relay = StreamRelay(self, machine, upstream)
+                    relay = StreamRelay(self, machine, upstream, moments)
                     return GatewayResponse(
                         status=effect.status, headers=effect.headers, stream=relay
                     )
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 if not machine.finished:
-                    self._carry_out_logs(machine.receive(ClientDisconnected()))
+                    self._carry_out_records(machine.receive(ClientDisconnected()), moments)
                 if upstream is not None:
                     await upstream.aclose()
             raise
         raise LocalProtocolError(f"request machine stopped in {machine.state} without answering")
 
-    def _carry_out_logs(self, effects: Iterable[Effect]) -> None:
+    def _carry_out_records(self, effects: Iterable[Effect], moments: _Moments) -> None:
         for effect in effects:
-            if isinstance(effect, WriteLog):
-                self.write_log(effect.entry)
+            if isinstance(effect, WriteLog | Settle | Release):
+                self.record(effect, moments)
+
+    def record(self, effect: WriteLog | Settle | Release, moments: _Moments) -> None:
+        """Carry out an effect that only records (a log line, a settlement): never awaited,
+        never raises into the request."""
+        if isinstance(effect, WriteLog):
+            self._log_sink.write(effect.entry, moments.timing())
+        elif self._quota is None:
+            return
+        elif isinstance(effect, Settle):
+            self._quota.settle(effect.reservation_id, effect.keys, effect.used)
+        else:
+            self._quota.release(effect.reservation_id, effect.keys)
+
+    async def _reserve(self, effect: Reserve) -> Reserved | QuotaExceeded:
+        assert self._quota is not None, "the machine reserves only when counters exist"
+        try:
+            refusal = await self._quota.reserve(effect.reservation_id, effect.reservations)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception:
+            # Counters that cannot count must not cost a user their request.
+            log.warning("quota counters failed; admitting without a reservation", exc_info=True)
+            return Reserved()
+        return Reserved() if refusal is None else QuotaExceeded(refusal=refusal)
 
     def _adaptor(self, slug: str) -> BaseEndpoint:
         return self._endpoints[slug.lower()]
@@ -320,11 +408,7 @@ class Gateway:
                 error_message=body, error_code=upstream.status_code, headers=headers
             )
             return refused, None
-        return StreamOpened(headers=headers), upstream
-
-    def write_log(self, entry: LogEntry) -> None:
-        """Hand a finished request's record to the log sink (never awaited)."""
-        self._log_sink.write(entry)
+        return StreamOpened(headers=headers, task_id=_text_or_none(answer.task_id)), upstream
 
 
 class StreamRelay:
@@ -334,10 +418,17 @@ class StreamRelay:
     when the client left before the first chunk was asked for.
     """
 
-    def __init__(self, gateway: Gateway, machine: RequestMachine, upstream: StreamingResponse):
+    def __init__(
+        self,
+        gateway: Gateway,
+        machine: RequestMachine,
+        upstream: StreamingResponse,
+        moments: _Moments,
+    ) -> None:
         self._gateway = gateway
         self._machine = machine
         self._upstream = upstream
+        self._moments = moments
         self._chunks = _as_bytes(upstream.content)
         self._out: deque[bytes] = deque()
         self._closed = False
@@ -363,8 +454,9 @@ class StreamRelay:
             for effect in self._machine.receive(event):
                 if isinstance(effect, RelayChunk):
                     self._out.append(effect.data)
-                elif isinstance(effect, WriteLog):
-                    self._gateway.write_log(effect.entry)
+                elif isinstance(effect, WriteLog | Settle | Release):
+                    self._gateway.record(effect, self._moments)
+        self._moments.first_byte()
         return self._out.popleft()
 
     async def aclose(self) -> None:
@@ -376,8 +468,8 @@ class StreamRelay:
         with anyio.CancelScope(shield=True):
             if not self._machine.finished:
                 for effect in self._machine.receive(ClientDisconnected()):
-                    if isinstance(effect, WriteLog):
-                        self._gateway.write_log(effect.entry)
+                    if isinstance(effect, WriteLog | Settle | Release):
+                        self._gateway.record(effect, self._moments)
             await _close_quietly(self._upstream)
 
 

@@ -1,7 +1,9 @@
 """Where the driver's `WriteLog` effects go: one finished request, one record.
 
-The driver only needs `write(entry)`, which must not block or await (it is called on the
-request path); a store that keeps records elsewhere implements the same method.
+The driver only needs `write(entry, timing)`, which must not block or await (it is
+called on the request path); a store that keeps records elsewhere, or metrics that count
+them, implement the same method.  The core's entry says what happened; the `Timing` says
+when, by the edge's clocks (the core reads none).
 """
 
 from __future__ import annotations
@@ -14,13 +16,51 @@ import attrs
 
 from core import LogEntry
 
-__all__ = ["LogSink", "LoggerSink"]
+__all__ = ["FanOut", "LogSink", "LoggerSink", "Timing"]
+
+
+@attrs.frozen(kw_only=True)
+class Timing:
+    """When one request's moments happened: wall-clock epoch seconds, measured with the
+    monotonic clock from `received_at` so they never run backwards.
+
+    `first_byte_at` is when the answer's first byte was handed to the client (None if
+    none was); `upstream_seconds` how long the adaptor took to answer or to open its
+    stream (None if it was never called)."""
+
+    received_at: float
+    done_at: float
+    first_byte_at: float | None = None
+    upstream_seconds: float | None = None
+
+    @property
+    def duration(self) -> float:
+        return self.done_at - self.received_at
+
+    @property
+    def time_to_first_byte(self) -> float | None:
+        return None if self.first_byte_at is None else self.first_byte_at - self.received_at
 
 
 class LogSink(Protocol):
-    def write(self, entry: LogEntry) -> None:
+    def write(self, entry: LogEntry, timing: Timing) -> None:
         """Take one finished request's record; never block, never raise."""
         ...
+
+
+class FanOut:
+    """Several sinks as one (the store and the metrics both want every record); a sink
+    that raises is logged and does not keep the record from the others."""
+
+    def __init__(self, *sinks: LogSink) -> None:
+        self._sinks = sinks
+
+    def write(self, entry: LogEntry, timing: Timing) -> None:
+        for sink in self._sinks:
+            try:
+                sink.write(entry, timing)
+            except Exception:
+                logging.getLogger("inference_gateway").exception("log sink %r failed", sink)
 
 
 class LoggerSink:
@@ -29,5 +69,6 @@ class LoggerSink:
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self._logger = logger or logging.getLogger("inference_gateway.requests")
 
-    def write(self, entry: LogEntry) -> None:
-        self._logger.info(json.dumps(attrs.asdict(entry), default=str))
+    def write(self, entry: LogEntry, timing: Timing) -> None:
+        record = {**attrs.asdict(entry), **attrs.asdict(timing)}
+        self._logger.info(json.dumps(record, default=str))

@@ -203,15 +203,17 @@ def streaming_machine() -> RequestMachine:
 
 def test_a_usage_nested_200000_levels_deep_is_relayed_not_parsed() -> None:
     """The SSE monitor once raised RecursionError on this and the machine dropped the chunk
-    without a log line; now the chunk is relayed, the stream ends cleanly, the log has no
-    usage, and nothing blew the stack."""
+    without a log line; now the chunk is relayed, the stream ends cleanly, the log's usage
+    is the gateway's own estimate (the deep `usage` was never parsed), and nothing blew
+    the stack."""
     deep = b'data: {"usage": ' + b'{"a": ' * 200_000 + b"1" + b"}" * 200_000 + b"}\n\n"
     machine = streaming_machine()
     assert machine.receive(ChunkReceived(data=deep)) == (RelayChunk(data=deep),)
     machine.receive(ChunkReceived(data=b"data: [DONE]\n\n"))
     effects = machine.receive(StreamEnded())
     (log,) = [e for e in effects if isinstance(e, WriteLog)]
-    assert (log.entry.status, log.entry.usage) == (200, None)
+    assert (log.entry.status, log.entry.estimated) == (200, True)
+    assert log.entry.usage == Usage(prompt_tokens=1, completion_tokens=1, total_tokens=2)
     assert machine.state is State.DONE
 
 

@@ -37,11 +37,16 @@ from core import (
     Identity,
     IdentityResolved,
     IdentityUnavailable,
+    Limit,
     LocalProtocolError,
     OpenAIRoute,
+    QuotaExceeded,
+    QuotaPolicy,
+    Refusal,
     RelayChunk,
     RequestMachine,
     RequestReceived,
+    Reserved,
     Respond,
     Rule,
     StartStream,
@@ -175,10 +180,13 @@ S = State
 EXPECTED: dict[tuple[State, type[Any]], frozenset[State]] = {
     (S.AWAITING_REQUEST, RequestReceived): frozenset({S.AUTHENTICATING, S.DONE}),
     (S.AUTHENTICATING, IdentityResolved): frozenset(
-        {S.AWAITING_RESULT, S.AWAITING_STREAM, S.DONE}
+        {S.ADMITTING, S.AWAITING_RESULT, S.AWAITING_STREAM, S.DONE}
     ),
     (S.AUTHENTICATING, IdentityUnavailable): frozenset({S.DONE}),
     (S.AUTHENTICATING, ClientDisconnected): frozenset({S.CANCELLED}),
+    (S.ADMITTING, Reserved): frozenset({S.AWAITING_RESULT, S.AWAITING_STREAM}),
+    (S.ADMITTING, QuotaExceeded): frozenset({S.DONE}),
+    (S.ADMITTING, ClientDisconnected): frozenset({S.CANCELLED}),
     (S.AWAITING_RESULT, AdaptorReturned): frozenset({S.DONE}),
     (S.AWAITING_RESULT, AdaptorFailed): frozenset({S.DONE}),
     (S.AWAITING_RESULT, ClientDisconnected): frozenset({S.CANCELLED}),
@@ -207,15 +215,19 @@ SAMPLE_EVENTS: list[Event] = [
     ChunkReceived(data=b'data: {"id": "x"}\n\n'),
     StreamEnded(),
     ClientDisconnected(),
+    Reserved(),
+    QuotaExceeded(refusal=Refusal(limit=Limit.USER_TOKENS, retry_after=3)),
 ]
 
 
 def machine_in(state: State) -> RequestMachine:
     """A fresh machine brought to `state` by legal events (or one illegal one, for ERROR)."""
-    machine = RequestMachine(CATALOG)
+    machine = RequestMachine(CATALOG, QuotaPolicy()) if state is State.ADMITTING else None
+    machine = machine or RequestMachine(CATALOG)
     paths: dict[State, list[Event]] = {
         State.AWAITING_REQUEST: [],
         State.AUTHENTICATING: [request()],
+        State.ADMITTING: [request(), IdentityResolved(identity=ALICE)],
         State.AWAITING_RESULT: [request(), IdentityResolved(identity=ALICE)],
         State.AWAITING_STREAM: [request(stream=True), IdentityResolved(identity=ALICE)],
         State.STREAMING: [request(stream=True), IdentityResolved(identity=ALICE), StreamOpened()],

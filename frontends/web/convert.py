@@ -45,6 +45,7 @@ async def gateway_request(
         authorization=request.headers.get("Authorization"),
         cluster=cluster,
         framework=framework,
+        client=request.remote_addr or None,
     )
 
 

@@ -1,0 +1,288 @@
+"""Quota admission: what a request must reserve before its call, and the ledger that says
+whether it may.
+
+Theory of operation
+-------------------
+Three limits, each over a sliding window of one minute:
+
+* `tpm_model` — tokens per minute for one endpoint's model, all users together;
+* `tpm_user` — tokens per minute for one user on that endpoint;
+* `requests_per_minute_per_user` — requests per minute for one user, all models.
+
+A request reserves, atomically and all at once, one amount per limit that applies: for
+the token limits, an estimate of its prompt plus the most it may generate (`max_tokens`,
+or a default when absent); for the request limit, 1.  When it ends, each token
+reservation is *settled* to the tokens really used (the backend's `usage`, or the
+gateway's estimate), so a request that asked for 4,096 tokens and used 90 holds 90.  A
+reservation never settled (a crashed process) simply leaves the window after a minute.
+Because reserving is one check-and-record step, concurrent requests can never overshoot:
+there is no gap between looking at the counter and adding to it.
+
+`plan` (which reservations a request needs) and `Ledger` (the arithmetic of the sliding
+window, for the in-process counter) are pure; time enters as milliseconds the edge
+passes in.  The Redis counter runs the same arithmetic inside one server-side script,
+so several replicas share one ledger.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from core._errors import ClientError
+from core._records import EndpointRecord, Identity
+
+__all__ = [
+    "WINDOW_MS",
+    "Admission",
+    "Ledger",
+    "Limit",
+    "QuotaPolicy",
+    "Refusal",
+    "Reservation",
+    "estimate_prompt_tokens",
+    "plan",
+    "quota_refusal",
+]
+
+WINDOW_MS = 60_000
+
+
+class Limit(enum.Enum):
+    """Which limit a reservation counts against; the value is the setting's name."""
+
+    MODEL_TOKENS = "tpm_model"
+    USER_TOKENS = "tpm_user"
+    USER_REQUESTS = "requests_per_minute_per_user"
+
+    @property
+    def counts_tokens(self) -> bool:
+        return self is not Limit.USER_REQUESTS
+
+
+def _positive(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{attribute.name} must be a positive integer, got {value!r}")
+
+
+def _non_negative(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{attribute.name} must be an integer >= 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class QuotaPolicy:
+    """The gateway-wide quota settings (fixtures give the per-endpoint token limits).
+
+    `requests_per_minute_per_user` 0 disables that limit.  `default_max_tokens` is what a
+    request without `max_tokens` is assumed to generate at most, for its reservation.
+    """
+
+    requests_per_minute_per_user: int = attrs.field(default=0, validator=_non_negative)
+    default_max_tokens: int = attrs.field(default=1024, validator=_positive)
+
+
+@attrs.frozen(kw_only=True)
+class Reservation:
+    """One amount to hold against one limit's counter (`key`) of `capacity` per window."""
+
+    limit: Limit
+    key: str
+    amount: int = attrs.field(validator=_non_negative)
+    capacity: int = attrs.field(validator=_positive)
+
+
+@attrs.frozen(kw_only=True)
+class Refusal:
+    """A reservation that did not fit: which limit, and when to try again (seconds)."""
+
+    limit: Limit
+    retry_after: int = attrs.field(validator=_non_negative)
+
+
+Admission = tuple[Reservation, ...] | Refusal
+
+
+# Structure and media, not text the model reads as tokens (an image's data URI would
+# otherwise count as megabytes of prompt).
+_NOT_TEXT = frozenset({"role", "type", "image_url", "input_audio", "file", "video_url"})
+
+
+def _text_length(value: Any) -> int:
+    """Characters of text in a prompt/messages/input value, however nested."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return sum(_text_length(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_text_length(v) for k, v in value.items() if k not in _NOT_TEXT)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return 4  # a token id
+    return 0
+
+
+def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
+    """A prompt's tokens, estimated as one per four characters (OpenAI's rule of thumb)
+    of its text; used only where the backend reports nothing, or before it can."""
+    text = sum(_text_length(body.get(field)) for field in ("messages", "prompt", "input"))
+    return max(1, (text + 3) // 4)
+
+
+def _max_tokens(body: Mapping[str, Any], default: int) -> int:
+    for field in ("max_completion_tokens", "max_tokens"):
+        value = body.get(field)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return default
+
+
+def plan(
+    endpoint: EndpointRecord,
+    identity: Identity,
+    body: Mapping[str, Any],
+    policy: QuotaPolicy,
+    *,
+    embeddings: bool = False,
+) -> tuple[Reservation, ...]:
+    """The reservations this request must make; empty when no limit applies."""
+    tokens = estimate_prompt_tokens(body)
+    if not embeddings:
+        tokens += _max_tokens(body, policy.default_max_tokens)
+    slug, user = endpoint.endpoint_slug, identity.username
+    wanted: list[Reservation] = []
+    if endpoint.tpm_model:
+        wanted.append(
+            Reservation(
+                limit=Limit.MODEL_TOKENS,
+                key=f"tpm_model:{slug}",
+                amount=tokens,
+                capacity=endpoint.tpm_model,
+            )
+        )
+    if endpoint.tpm_user:
+        wanted.append(
+            Reservation(
+                limit=Limit.USER_TOKENS,
+                key=f"tpm_user:{slug}:{user}",
+                amount=tokens,
+                capacity=endpoint.tpm_user,
+            )
+        )
+    if policy.requests_per_minute_per_user:
+        wanted.append(
+            Reservation(
+                limit=Limit.USER_REQUESTS,
+                key=f"rpm_user:{user}",
+                amount=1,
+                capacity=policy.requests_per_minute_per_user,
+            )
+        )
+    return tuple(wanted)
+
+
+@attrs.define
+class _Entry:
+    at_ms: int
+    amount: int
+
+
+@attrs.define
+class Ledger:
+    """The sliding-window counters of one process: reserve all-or-nothing, settle, forget.
+
+    Each key holds the entries of the last minute keyed by a reservation id the caller
+    chooses.  `reserve` admits only if, for every reservation, the entries still inside
+    the window plus its amount fit its capacity; then it records all of them.
+    """
+
+    _keys: dict[str, dict[str, _Entry]] = attrs.field(factory=dict)
+
+    def _live(self, key: str, now_ms: int) -> dict[str, _Entry]:
+        entries = self._keys.get(key)
+        if entries is None:
+            return {}
+        horizon = now_ms - WINDOW_MS
+        expired = [rid for rid, e in entries.items() if e.at_ms <= horizon]
+        for rid in expired:
+            del entries[rid]
+        if not entries:
+            del self._keys[key]
+        return entries
+
+    def used(self, key: str, now_ms: int) -> int:
+        """What the key holds inside the window ending now."""
+        return sum(e.amount for e in self._live(key, now_ms).values())
+
+    def reserve(
+        self, reservation_id: str, reservations: Sequence[Reservation], now_ms: int
+    ) -> Refusal | None:
+        """Record every reservation under `reservation_id`, or none and say which limit
+        refused (the first in order) and in how many seconds enough of it frees up."""
+        for wanted in reservations:
+            entries = self._live(wanted.key, now_ms)
+            held = sum(e.amount for e in entries.values())
+            if held + wanted.amount > wanted.capacity:
+                return Refusal(
+                    limit=wanted.limit,
+                    retry_after=_retry_after(entries.values(), wanted, held, now_ms),
+                )
+        for wanted in reservations:
+            self._keys.setdefault(wanted.key, {})[reservation_id] = _Entry(
+                at_ms=now_ms, amount=wanted.amount
+            )
+        return None
+
+    def settle(self, reservation_id: str, keys: Iterable[str], used: int) -> None:
+        """Replace what `reservation_id` holds on each key by `used` (the real tokens)."""
+        for key in keys:
+            entry = self._keys.get(key, {}).get(reservation_id)
+            if entry is not None:
+                entry.amount = max(0, used)
+
+    def release(self, reservation_id: str, keys: Iterable[str]) -> None:
+        """Give back everything `reservation_id` holds (a request refused before its call)."""
+        for key in keys:
+            entries = self._keys.get(key)
+            if entries is not None:
+                entries.pop(reservation_id, None)
+                if not entries:
+                    del self._keys[key]
+
+
+def _retry_after(entries: Iterable[_Entry], wanted: Reservation, held: int, now_ms: int) -> int:
+    """Seconds until enough of the window's oldest entries leave for `wanted` to fit (at
+    least 1; the whole window when it could never fit)."""
+    if wanted.amount > wanted.capacity:
+        return WINDOW_MS // 1000
+    need = held + wanted.amount - wanted.capacity
+    freed = 0
+    for entry in sorted(entries, key=lambda e: e.at_ms):
+        freed += entry.amount
+        if freed >= need:
+            return max(1, -(-(entry.at_ms + WINDOW_MS - now_ms) // 1000))
+    return WINDOW_MS // 1000
+
+
+_LIMIT_WORDS = {
+    Limit.MODEL_TOKENS: ("tokens", "tokens per minute for this model (tpm_model)"),
+    Limit.USER_TOKENS: ("tokens", "tokens per minute per user for this model (tpm_user)"),
+    Limit.USER_REQUESTS: ("requests", "requests per minute per user"),
+}
+
+
+def quota_refusal(refusal: Refusal, reservations: Sequence[Reservation], model: str) -> ClientError:
+    """OpenAI's 429 for a limit that did not fit: `rate_limit_exceeded`, the limit named,
+    and `Retry-After` in seconds."""
+    kind, words = _LIMIT_WORDS[refusal.limit]
+    capacity = next((r.capacity for r in reservations if r.limit is refusal.limit), 0)
+    return ClientError(
+        f"Rate limit reached for model '{model}' on {words}: limit {capacity}. "
+        f"Please try again in {refusal.retry_after}s.",
+        status=429,
+        type=kind,
+        code="rate_limit_exceeded",
+        headers=(("retry-after", str(refusal.retry_after)),),
+    )

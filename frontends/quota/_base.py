@@ -1,0 +1,27 @@
+"""The small interface the driver owns for quota counters."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from core import Refusal, Reservation
+
+__all__ = ["QuotaCounters"]
+
+
+class QuotaCounters(Protocol):
+    async def reserve(
+        self, reservation_id: str, reservations: Sequence[Reservation]
+    ) -> Refusal | None:
+        """Record every reservation under `reservation_id`, or none and say which limit
+        refused; one atomic step, so concurrent requests never overshoot a limit."""
+        ...
+
+    def settle(self, reservation_id: str, keys: Sequence[str], used: int) -> None:
+        """What `reservation_id` holds on these keys becomes `used`; never blocks or raises."""
+        ...
+
+    def release(self, reservation_id: str, keys: Sequence[str]) -> None:
+        """Give back what `reservation_id` holds on these keys; never blocks or raises."""
+        ...
