@@ -60,8 +60,8 @@ from core._quota import QuotaPolicy, Reservation, estimate_prompt_tokens, plan, 
 from core._records import EndpointRecord, Identity, OpenAIRoute, Usage
 from core._selection import select_endpoint
 from core._shaping import Shaped, error_response, shape_failure, shape_result, stream_headers
-from core._sse import SSEMonitor, error_event
-from core._validation import validate_request
+from core._sse import SSEFramer, SSEMonitor, error_event, is_usage_only
+from core._validation import ValidRequest, validate_request
 
 __all__ = ["TABLE", "TERMINAL", "RequestMachine", "State"]
 
@@ -104,6 +104,20 @@ TABLE: Mapping[tuple[State, type[Any]], Cell[State]] = {
 }
 TERMINAL = frozenset({S.DONE, S.CANCELLED})
 
+_STREAM_USAGE_ROUTES = frozenset({OpenAIRoute.CHAT_COMPLETIONS, OpenAIRoute.COMPLETIONS})
+
+
+def _usage_options(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The `stream_options` to send so the backend reports usage, or None when the client
+    asked for it already (or sent something the gateway should not touch)."""
+    options = body.get("stream_options")
+    if options is None:
+        return {"include_usage": True}
+    if isinstance(options, dict) and options.get("include_usage") is not True:
+        return {**options, "include_usage": True}
+    return None
+
+
 # 499: nginx's "client closed request", the usual way to log a request nobody waited for.
 _CLIENT_CLOSED = 499
 
@@ -117,11 +131,25 @@ class RequestMachine(Kernel[State, Effect]):
     ERROR = S.ERROR
     TERMINAL = TERMINAL
 
-    def __init__(self, catalog: Catalog, quota: QuotaPolicy | None = None) -> None:
-        """`quota` None: no limits at all (the driver has no counters to reserve on)."""
+    def __init__(
+        self,
+        catalog: Catalog,
+        quota: QuotaPolicy | None = None,
+        *,
+        stream_usage: bool = False,
+    ) -> None:
+        """`quota` None: no limits at all (the driver has no counters to reserve on).
+
+        `stream_usage`: ask backends for usage at the end of every chat or completions
+        stream (`stream_options.include_usage`), so streams are counted, not estimated;
+        the usage event is then left out of what the client receives unless it asked.
+        """
         super().__init__()
         self._catalog = catalog
         self._quota = quota
+        self._stream_usage = stream_usage
+        self._strip_usage = False  # leave the usage event the client did not ask for out
+        self._framer = SSEFramer()
         self._reservations: tuple[Reservation, ...] = ()
         self._reserved = False  # the counters hold this request's reservations
         self._call: CallAdaptor | None = None
@@ -175,9 +203,16 @@ class RequestMachine(Kernel[State, Effect]):
         self._stream = valid.stream
         self._prompt_estimate = estimate_prompt_tokens(valid.body)
         body = request.body
+        changes: dict[str, Any] = {}
         if valid.model != endpoint.model:  # matched case-insensitively: send the real name
+            changes["model"] = endpoint.model
+        options = _usage_options(valid.body) if self._asks_usage(valid) else None
+        if options is not None:
+            changes["stream_options"] = options
+            self._strip_usage = True
+        if changes:
             # ASCII escapes, so text the client escaped (lone surrogates too) stays valid.
-            body = json.dumps({**valid.body, "model": endpoint.model}).encode()
+            body = json.dumps({**valid.body, **changes}).encode()
         call = CallAdaptor(
             endpoint_slug=endpoint.endpoint_slug,
             route=request.route,
@@ -195,6 +230,9 @@ class RequestMachine(Kernel[State, Effect]):
             reserve = Reserve(reservation_id=request.request_id, reservations=self._reservations)
             return S.ADMITTING, (reserve,)
         return self._calling(call)
+
+    def _asks_usage(self, valid: ValidRequest) -> bool:
+        return self._stream_usage and valid.stream and valid.route in _STREAM_USAGE_ROUTES
 
     def _calling(self, call: CallAdaptor) -> Outcome:
         self._called = True
@@ -236,7 +274,9 @@ class RequestMachine(Kernel[State, Effect]):
         """The stream broke after it started: end it with an error event, never cleanly."""
         shaped = shape_failure(self._current_endpoint(), event.status, event.detail)
         partial = self._monitor.pending
-        event_bytes = error_event(shaped.response.body, after_partial=partial)
+        event_bytes = self._framer.flush() + error_event(
+            shaped.response.body, after_partial=partial
+        )
         self._bytes_out += len(event_bytes)
         effects = (RelayChunk(data=event_bytes), EndStream())
         return S.DONE, (*effects, *self._ending(shaped.response.status, detail=shaped.detail))
@@ -249,14 +289,25 @@ class RequestMachine(Kernel[State, Effect]):
         if not event.data:
             return S.STREAMING, ()
         self._monitor.feed(event.data)
-        self._bytes_out += len(event.data)
-        return S.STREAMING, (RelayChunk(data=event.data),)
+        data = event.data
+        if self._strip_usage:
+            data = b"".join(e for e in self._framer.feed(data) if not is_usage_only(e))
+            if not data:
+                return S.STREAMING, ()
+        self._bytes_out += len(data)
+        return S.STREAMING, (RelayChunk(data=data),)
 
     def _on_stream_ended(self, event: StreamEnded) -> Outcome:
         partial = self._monitor.pending
         self._monitor.finish()
+        rest = self._framer.flush()  # an unended last event, held back while stripping
+        if rest and is_usage_only(rest):
+            rest = b""
+        relayed = (RelayChunk(data=rest),) if rest else ()
+        self._bytes_out += len(rest)
         if self._monitor.done or self._monitor.errored:
-            return S.DONE, (EndStream(), *self._ending(200, usage=self._monitor.usage))
+            ending = self._ending(200, usage=self._monitor.usage)
+            return S.DONE, (*relayed, EndStream(), *ending)
         error = BackendError(
             f"The backend serving model '{self._current_endpoint().model}' ended its stream "
             "before it was complete.",
@@ -265,6 +316,7 @@ class RequestMachine(Kernel[State, Effect]):
         event_bytes = error_event(error_body(error), after_partial=partial)
         self._bytes_out += len(event_bytes)
         return S.DONE, (
+            *relayed,
             RelayChunk(data=event_bytes),
             EndStream(),
             *self._ending(

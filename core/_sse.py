@@ -17,7 +17,14 @@ import attrs
 
 from core._records import Usage
 
-__all__ = ["SSEDecoder", "SSEMonitor", "error_event", "nesting_depth"]
+__all__ = [
+    "SSEDecoder",
+    "SSEFramer",
+    "SSEMonitor",
+    "error_event",
+    "is_usage_only",
+    "nesting_depth",
+]
 
 _MAX_TAIL = 1 << 20  # an event larger than this is not one we need to understand
 # OpenAI's chunks nest a handful of levels; anything deeper is not a chunk we need to read,
@@ -25,6 +32,12 @@ _MAX_TAIL = 1 << 20  # an event larger than this is not one we need to understan
 _MAX_DEPTH = 64
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKET = re.compile(r"[\[\]{}]")
+
+
+# With include_usage, OpenAI and vLLM put `"usage": null` in every chunk but the last.
+_NULL_USAGE = re.compile(r'"usage"\s*:\s*null')
+# A blank line ends an event: two line ends in a row, CRLF read as one line end.
+_EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
 
 
 def nesting_depth(text: str) -> int:
@@ -108,7 +121,7 @@ class SSEMonitor:
         if data.strip() == "[DONE]":
             self.done = True
             return
-        if '"error"' not in data and '"usage"' not in data:
+        if '"error"' not in data and ('"usage"' not in data or _NULL_USAGE.search(data)):
             return  # the common chunk: nothing to learn, so no parse on the hot path
         if nesting_depth(data) > _MAX_DEPTH:
             return
@@ -123,6 +136,53 @@ class SSEMonitor:
         usage = Usage.from_json(payload.get("usage"))
         if usage is not None:
             self.usage = usage
+
+
+@attrs.define
+class SSEFramer:
+    """Bytes in, each completed event's exact bytes out (its ending blank line included),
+    so a relay can leave one event out and keep every other byte as the backend sent it."""
+
+    _tail: bytes = b""
+
+    @property
+    def tail(self) -> bytes:
+        """What has arrived of an event not yet ended."""
+        return self._tail
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        data = self._tail + chunk
+        events: list[bytes] = []
+        start = 0
+        for end in _EVENT_END.finditer(data):
+            events.append(data[start : end.end()])
+            start = end.end()
+        self._tail = data[start:]
+        return events
+
+    def flush(self) -> bytes:
+        """The unfinished rest, handed over as it is (the stream ended)."""
+        tail, self._tail = self._tail, b""
+        return tail
+
+
+def is_usage_only(event: bytes) -> bool:
+    """Whether an event is the usage chunk `include_usage` adds (no choices, a usage)."""
+    if b'"usage"' not in event:
+        return False
+    decoder = SSEDecoder()
+    datas = [*decoder.feed(event), *decoder.finish()]
+    if len(datas) != 1 or nesting_depth(datas[0]) > _MAX_DEPTH:
+        return False
+    try:
+        payload = json.loads(datas[0])
+    except ValueError:
+        return False
+    return (
+        isinstance(payload, dict)
+        and payload.get("choices") == []
+        and isinstance(payload.get("usage"), dict)
+    )
 
 
 def error_event(body: bytes, *, after_partial: bool = False) -> bytes:

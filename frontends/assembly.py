@@ -84,6 +84,7 @@ def assemble(
     folder: Path | str | None = None,
     quota: QuotaCounters | None = None,
     quota_policy: QuotaPolicy | None = None,
+    stream_usage: bool = False,
 ) -> Gateway:
     """Build and bind every adaptor of `catalog`, then the `Gateway` over them.
 
@@ -119,6 +120,7 @@ def assemble(
         log_sink=log_sink,
         quota=quota,
         quota_policy=quota_policy,
+        stream_usage=stream_usage,
     )
 
 
@@ -131,6 +133,7 @@ def build_gateway(
     log_sink: LogSink | None = None,
     quota: QuotaCounters | None = None,
     quota_policy: QuotaPolicy | None = None,
+    stream_usage: bool = False,
 ) -> Gateway:
     """A `Gateway` over the fixtures in `fixtures_dir`: read, checked, built and bound."""
     folder = Path(fixtures_dir)
@@ -144,4 +147,5 @@ def build_gateway(
         folder=folder,
         quota=quota,
         quota_policy=quota_policy,
+        stream_usage=stream_usage,
     )

@@ -174,7 +174,12 @@ def _serve(settings: Settings, *, loop: str = "asyncio") -> int:
         new_token = ensure_tokens_file(settings.tokens_path, settings.local_key_path)
     transport = _transport(settings.verify_tls)
     identity = build_identity(settings, transport=transport)
-    gateway = build_gateway(settings.fixtures_dir, identity=identity, transport=transport)
+    gateway = build_gateway(
+        settings.fixtures_dir,
+        identity=identity,
+        transport=transport,
+        stream_usage=settings.stream_usage,
+    )
     sock = _listen(settings)
     host, port = sock.getsockname()[:2]
     config = Config()

@@ -218,11 +218,13 @@ class Gateway:
         log_sink: LogSink | None = None,
         quota: QuotaCounters | None = None,
         quota_policy: QuotaPolicy | None = None,
+        stream_usage: bool = False,
     ) -> None:
         """A driver over adaptors already built and bound (see `frontends.assembly`).
 
         With `quota` counters, requests reserve against the fixtures' token limits and the
-        policy's request limit before their call; without, no limit applies."""
+        policy's request limit before their call; without, no limit applies.  With
+        `stream_usage`, streams ask their backend for usage (see `RequestMachine`)."""
         self.catalog = catalog
         self._endpoints = {slug.lower(): adaptor for slug, adaptor in endpoints.items()}
         self._clusters = dict(clusters)
@@ -231,6 +233,7 @@ class Gateway:
         self._log_sink: LogSink = log_sink or LoggerSink()
         self._quota = quota
         self._quota_policy = (quota_policy or QuotaPolicy()) if quota is not None else None
+        self._stream_usage = stream_usage
 
     @property
     def clusters(self) -> Mapping[str, BaseCluster]:
@@ -283,7 +286,9 @@ class Gateway:
 
     async def handle(self, request: GatewayRequest) -> GatewayResponse:
         """Run one OpenAI request through the core; a stream comes back not yet started."""
-        machine = RequestMachine(self.catalog, self._quota_policy)
+        machine = RequestMachine(
+            self.catalog, self._quota_policy, stream_usage=self._stream_usage
+        )
         moments = _Moments(request.received_at)
         pending = deque(
             machine.receive(

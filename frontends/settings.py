@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     # The store: an SQLite file under state_dir unless this names a database
     # (sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB); may hold a password.
     database_url: pydantic.SecretStr | None = None
+    # Ask backends for usage at the end of chat/completions streams (include_usage), so
+    # streamed tokens are counted rather than estimated; off for a backend that refuses it.
+    stream_usage: bool = True
 
     # Identity providers, tried in this order (a JSON list or "static,globus").
     identity_providers: Annotated[list[ProviderName], NoDecode] = ["static"]

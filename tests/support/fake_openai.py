@@ -18,6 +18,9 @@ hang-stream     one chunk, then nothing until the client goes away
 slow            no answer at all until the client goes away
 exact-body      HTTP 200 with `EXACT_BODY`: odd spacing, escapes, key order (to
                 check that a body is relayed byte for byte, not re-serialised)
+
+A stream whose request says `stream_options.include_usage` ends, as OpenAI's and vLLM's
+do, with a chunk that has no choices and the usage.
 ==============  ==============================================================
 
 "Until the client goes away" is observable: `stream_cancelled` (a `threading.Event`)
@@ -282,6 +285,15 @@ class FakeOpenAI:
         for chunk in chunks:
             yield _sse(chunk)
         yield _sse(_chunk(kind, model, "", finish_reason="stop"))
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:
+            # As OpenAI and vLLM do: one last chunk with no choices and the usage.
+            usage_chunk = {
+                **_chunk(kind, model, ""),
+                "choices": [],
+                "usage": _usage(body, _reply(body)),
+            }
+            yield _sse(usage_chunk)
         yield b"data: [DONE]\n\n"
 
 

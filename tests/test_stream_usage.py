@@ -1,0 +1,210 @@
+"""Streams report what they used: the gateway asks the backend for usage at the end of
+every chat or completions stream (`stream_options.include_usage`), reads it, and leaves
+that one event out of what the client receives unless the client asked for it too.
+Every other byte of the stream reaches the client as the backend sent it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from core import (
+    CallAdaptor,
+    Catalog,
+    ChunkReceived,
+    ClusterRecord,
+    EndpointRecord,
+    Identity,
+    IdentityResolved,
+    OpenAIRoute,
+    RelayChunk,
+    RequestMachine,
+    RequestReceived,
+    StreamEnded,
+    StreamOpened,
+    Usage,
+    WriteLog,
+)
+from frontends.assembly import build_gateway
+from frontends.identity import StaticKeys
+from frontends.web import create_app
+from tests.support.fake_openai import FakeOpenAI, running_fake_openai
+from tests.support.gateway_server import ALICE, write_fixtures, write_tokens
+from tests.support.servers import serve_app
+from transports.httpx_transport import HttpxTransport
+
+CATALOG = Catalog.build(
+    [
+        ClusterRecord(
+            id="1",
+            cluster_name="c",
+            cluster_adapter="adaptors.clusters.demo.DemoCluster",
+            frameworks=["vllm"],
+            openai_endpoints=["chat/completions", "completions", "embeddings"],
+        )
+    ],
+    [
+        EndpointRecord(
+            id="1",
+            endpoint_slug="c-vllm-m",
+            cluster="c",
+            framework="vllm",
+            model="m",
+            endpoint_adapter="adaptors.endpoints.demo.DemoEndpoint",
+        )
+    ],
+)
+ADA = Identity(username="ada@example.org")
+CHUNK = b'data: {"choices":[{"delta":{"content":"Hi"}}],"usage":null}\n\n'
+USAGE = (
+    b'data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":2,"total_tokens":6}}\n\n'
+)
+DONE = b"data: [DONE]\n\n"
+
+
+def call_for(
+    body: dict[str, Any], route: OpenAIRoute = OpenAIRoute.CHAT_COMPLETIONS
+) -> tuple[RequestMachine, CallAdaptor]:
+    machine = RequestMachine(CATALOG, stream_usage=True)
+    raw = json.dumps(body).encode()
+    machine.receive(
+        RequestReceived(request_id="r", route=route, body=raw, authorization="Bearer k")
+    )
+    (call,) = machine.receive(IdentityResolved(identity=ADA))
+    assert isinstance(call, CallAdaptor)
+    return machine, call
+
+
+CHAT = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
+
+
+def relay(machine: RequestMachine, *pieces: bytes) -> tuple[bytes, WriteLog]:
+    effects: list[Any] = [*machine.receive(StreamOpened())]
+    for piece in pieces:
+        effects.extend(machine.receive(ChunkReceived(data=piece)))
+    effects.extend(machine.receive(StreamEnded()))
+    (log,) = [e for e in effects if isinstance(e, WriteLog)]
+    return b"".join(e.data for e in effects if isinstance(e, RelayChunk)), log
+
+
+def test_the_backend_is_asked_for_usage_and_the_client_does_not_see_it() -> None:
+    machine, call = call_for(CHAT)
+    assert json.loads(call.body) == {**CHAT, "stream_options": {"include_usage": True}}
+    # The usage event split across chunks, the rest byte for byte.
+    sent, log = relay(machine, CHUNK + USAGE[:30], USAGE[30:] + DONE)
+    assert sent == CHUNK + DONE
+    assert log.entry.usage == Usage(prompt_tokens=4, completion_tokens=2, total_tokens=6)
+    assert not log.entry.estimated
+
+
+def test_a_client_that_asked_for_usage_gets_its_bytes_sent_and_the_usage_event() -> None:
+    body = {**CHAT, "stream_options": {"include_usage": True}}
+    raw = json.dumps(body).encode()
+    machine, call = call_for(body)
+    assert call.body == raw
+    sent, log = relay(machine, CHUNK, USAGE, DONE)
+    assert sent == CHUNK + USAGE + DONE
+    assert log.entry.usage is not None and log.entry.usage.total_tokens == 6
+
+
+def test_other_stream_options_are_kept() -> None:
+    _, call = call_for({**CHAT, "stream_options": {"continuous_usage_stats": True}})
+    assert json.loads(call.body)["stream_options"] == {
+        "continuous_usage_stats": True,
+        "include_usage": True,
+    }
+
+
+def test_non_streams_and_embeddings_are_sent_as_the_client_wrote_them() -> None:
+    whole = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
+    _, call = call_for(whole)
+    assert call.body == json.dumps(whole).encode()
+    embedding = {"model": "m", "input": "Hi"}
+    _, call = call_for(embedding, OpenAIRoute.EMBEDDINGS)
+    assert call.body == json.dumps(embedding).encode()
+
+
+def test_a_stream_cut_before_its_end_still_relays_what_came() -> None:
+    machine, _ = call_for(CHAT)
+    sent, log = relay(machine, CHUNK, b'data: {"choices":[{"delta":')
+    assert sent.startswith(CHUNK + b'data: {"choices":[{"delta":')
+    assert b"incomplete_stream" in sent
+    assert log.entry.status == 502
+
+
+# -- end to end, through a real server and a backend that honours include_usage -----------
+
+KEY_ENV = "IGW_STREAM_USAGE_KEY"
+
+
+@pytest.fixture(scope="module")
+def served(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[FakeOpenAI, str, list[WriteLog]]]:
+    folder = tmp_path_factory.mktemp("stream-usage")
+    with running_fake_openai(models=["m"], api_key="sk-su") as (fake, backend_url):
+        cluster = {
+            "cluster_name": "local",
+            "frameworks": ["vllm"],
+            "openai_endpoints": ["chat/completions", "completions"],
+            "cluster_adapter": "adaptors.clusters.openai_compatible.OpenAICompatibleCluster",
+            "config": {"api_url": f"{backend_url}/v1"},
+        }
+        endpoint = {
+            "endpoint_slug": "local-vllm-m",
+            "cluster": "local",
+            "framework": "vllm",
+            "model": "m",
+            "endpoint_adapter": "adaptors.endpoints.direct_api.DirectAPIEndpoint",
+            "config": {"api_url": f"{backend_url}/v1", "api_key_env_name": KEY_ENV},
+        }
+        fixtures = write_fixtures(folder / "fixtures", [cluster], [endpoint])
+        records: list[WriteLog] = []
+
+        class Sink:
+            def write(self, entry: Any, timing: Any) -> None:
+                records.append(WriteLog(entry=entry))
+
+        gateway = build_gateway(
+            fixtures,
+            identity=StaticKeys.from_file(write_tokens(folder)),
+            transport=HttpxTransport(),
+            environ={KEY_ENV: "sk-su"},
+            log_sink=Sink(),
+            stream_usage=True,
+        )
+        with serve_app(create_app(gateway)) as url:
+            yield fake, url, records
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("chat/completions", {"messages": [{"role": "user", "content": "count me in"}]}),
+        ("completions", {"prompt": "count me in"}),
+    ],
+)
+def test_a_real_stream_is_counted_from_the_backend_and_relayed_without_the_usage_event(
+    served: tuple[FakeOpenAI, str, list[WriteLog]], route: str, body: dict[str, Any]
+) -> None:
+    fake, url, records = served
+    with httpx.stream(
+        "POST",
+        f"{url}/v1/{route}",
+        json={"model": "m", "stream": True, **body},
+        headers={"Authorization": f"Bearer {ALICE}"},
+    ) as response:
+        text = response.read().decode()
+    assert response.status_code == 200
+    events = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    assert all('"usage"' not in e for e in events)
+    assert json.loads(fake.requests[-1].body)["stream_options"] == {"include_usage": True}
+    log = records[-1]
+    assert log.entry.usage is not None and log.entry.usage.total_tokens > 0
+    assert not log.entry.estimated
