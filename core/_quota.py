@@ -152,35 +152,16 @@ def plan(
     if not embeddings:
         tokens += _max_tokens(body, policy.default_max_tokens)
     slug, user = endpoint.endpoint_slug, identity.username
-    wanted: list[Reservation] = []
-    if endpoint.tpm_model:
-        wanted.append(
-            Reservation(
-                limit=Limit.MODEL_TOKENS,
-                key=f"tpm_model:{slug}",
-                amount=tokens,
-                capacity=endpoint.tpm_model,
-            )
-        )
-    if endpoint.tpm_user:
-        wanted.append(
-            Reservation(
-                limit=Limit.USER_TOKENS,
-                key=f"tpm_user:{slug}:{user}",
-                amount=tokens,
-                capacity=endpoint.tpm_user,
-            )
-        )
-    if policy.requests_per_minute_per_user:
-        wanted.append(
-            Reservation(
-                limit=Limit.USER_REQUESTS,
-                key=f"rpm_user:{user}",
-                amount=1,
-                capacity=policy.requests_per_minute_per_user,
-            )
-        )
-    return tuple(wanted)
+    limits = (
+        (Limit.MODEL_TOKENS, f"tpm_model:{slug}", tokens, endpoint.tpm_model),
+        (Limit.USER_TOKENS, f"tpm_user:{slug}:{user}", tokens, endpoint.tpm_user),
+        (Limit.USER_REQUESTS, f"rpm_user:{user}", 1, policy.requests_per_minute_per_user),
+    )
+    return tuple(
+        Reservation(limit=limit, key=key, amount=amount, capacity=capacity)
+        for limit, key, amount, capacity in limits
+        if capacity  # 0 disables a limit
+    )
 
 
 @attrs.define
