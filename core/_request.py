@@ -154,7 +154,7 @@ class RequestMachine(Kernel[State, Effect]):
         self._reserved = False  # the counters hold this request's reservations
         self._call: CallAdaptor | None = None
         self._called = False
-        self._prompt_estimate = 0
+        self._sent: Mapping[str, Any] = {}  # the validated body, for estimates if needed
         self._task_id: str | None = None
         self._bytes_out = 0
         self._request: RequestReceived | None = None
@@ -201,7 +201,7 @@ class RequestMachine(Kernel[State, Effect]):
             return self._finish_with_error(endpoint)
         self._endpoint = endpoint
         self._stream = valid.stream
-        self._prompt_estimate = estimate_prompt_tokens(valid.body)
+        self._sent = valid.body
         body = request.body
         changes: dict[str, Any] = {}
         if valid.model != endpoint.model:  # matched case-insensitively: send the real name
@@ -407,7 +407,7 @@ class RequestMachine(Kernel[State, Effect]):
         """Counts the backend did not give: the prompt from its text (one token per four
         characters); the completion from what was relayed (a stream sends about one token
         per event; a whole answer, one per four bytes of its body)."""
-        prompt = self._prompt_estimate
+        prompt = estimate_prompt_tokens(self._sent)
         if reported is not None and reported.prompt_tokens is not None:
             prompt = reported.prompt_tokens
         if self._stream:
