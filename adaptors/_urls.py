@@ -8,6 +8,7 @@ is appended to that, keeping any query string (Azure-style `?api-version=`).
 
 from __future__ import annotations
 
+from functools import lru_cache
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = ["ROUTE_SUFFIXES", "resolve_url"]
@@ -24,6 +25,7 @@ def _strip_route(path: str) -> str:
     return path
 
 
+@lru_cache(maxsize=1024)  # a few URLs per endpoint, asked on every request
 def resolve_url(api_url: str, route: str | None) -> str:
     """The URL to call for `route`; with no route, the configured URL exactly as given."""
     if route is None:

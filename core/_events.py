@@ -13,7 +13,18 @@ import attrs
 
 from core._authorization import Rule
 from core._quota import Refusal, Reservation
-from core._records import Headers, Identity, OpenAIRoute, Response, Usage, header_pairs, http_status
+from core._records import (
+    Headers,
+    Identity,
+    OpenAIRoute,
+    Response,
+    Usage,
+    checked,
+    header_pairs,
+    non_empty,
+    non_negative,
+    status_fields,
+)
 
 __all__ = [
     "REFUSAL_REASONS",
@@ -45,18 +56,14 @@ __all__ = [
 ]
 
 
-def _optional_status(
-    instance: object, attribute: attrs.Attribute[int | None], value: int | None
-) -> None:
-    if value is not None:
-        http_status(instance, attribute, value)  # type: ignore[arg-type]
+# Field kinds for `checked`, which validates every event and effect on construction.
+_OPTIONAL_TEXT = (str, type(None))
+_OPTIONAL_INT = (int, type(None))
 
 
-_text = attrs.validators.instance_of(str)
-_nonempty_text = attrs.validators.and_(_text, attrs.validators.min_len(1))
-_optional_text = attrs.validators.optional(attrs.validators.instance_of(str))
-_bytes = attrs.validators.instance_of(bytes)
-_flag = attrs.validators.instance_of(bool)
+def _cluster_with_framework(event: RequestReceived) -> None:
+    if (event.cluster is None) != (event.framework is None):
+        raise ValueError("cluster and framework come together (the ALCF route) or not at all")
 
 
 # -- events -----------------------------------------------------------------------------
@@ -70,18 +77,27 @@ class RequestReceived:
     `/v1/...` routes, where the model alone selects the endpoint.
     """
 
-    request_id: str = attrs.field(validator=_nonempty_text)
-    route: OpenAIRoute = attrs.field(validator=attrs.validators.instance_of(OpenAIRoute))
-    body: bytes = attrs.field(validator=_bytes)
-    content_type: str | None = attrs.field(default=None, validator=_optional_text)
-    authorization: str | None = attrs.field(default=None, validator=_optional_text, repr=False)
-    cluster: str | None = attrs.field(default=None, validator=_optional_text)
-    framework: str | None = attrs.field(default=None, validator=_optional_text)
-    client: str | None = attrs.field(default=None, validator=_optional_text)  # its address
+    request_id: str
+    route: OpenAIRoute
+    body: bytes
+    content_type: str | None = None
+    authorization: str | None = attrs.field(default=None, repr=False)
+    cluster: str | None = None
+    framework: str | None = None
+    client: str | None = None  # its address
 
-    def __attrs_post_init__(self) -> None:
-        if (self.cluster is None) != (self.framework is None):
-            raise ValueError("cluster and framework come together (the ALCF route) or not at all")
+    __attrs_post_init__ = checked(
+        non_empty("request_id"),
+        _cluster_with_framework,
+        request_id=str,
+        route=OpenAIRoute,
+        body=bytes,
+        content_type=_OPTIONAL_TEXT,
+        authorization=_OPTIONAL_TEXT,
+        cluster=_OPTIONAL_TEXT,
+        framework=_OPTIONAL_TEXT,
+        client=_OPTIONAL_TEXT,
+    )
 
 
 # Why credentials were not accepted, as the `error_description` of a 401: a fixed
@@ -91,9 +107,15 @@ REFUSAL_REASONS = frozenset(
 )
 
 
-def _reason(instance: object, attribute: attrs.Attribute[str | None], value: str | None) -> None:
-    if value is not None and value not in REFUSAL_REASONS:
-        raise ValueError(f"{attribute.name} must be one of {sorted(REFUSAL_REASONS)}")
+def _one_verdict(event: IdentityResolved) -> None:
+    given = [event.identity is not None, event.reason is not None, event.refused_by is not None]
+    if given.count(True) != 1:
+        raise ValueError(
+            "IdentityResolved holds exactly one of: an identity, a refusal reason "
+            "(401) or the gateway-wide rule that refused it (403)"
+        )
+    if event.reason is not None and event.reason not in REFUSAL_REASONS:
+        raise ValueError(f"reason must be one of {sorted(REFUSAL_REASONS)}")
 
 
 @attrs.frozen(kw_only=True)
@@ -105,28 +127,25 @@ class IdentityResolved:
     to a valid identity (403).
     """
 
-    identity: Identity | None = attrs.field(
-        validator=attrs.validators.optional(attrs.validators.instance_of(Identity))
-    )
-    reason: str | None = attrs.field(default=None, validator=_reason)
-    refused_by: Rule | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(Rule))
-    )
+    identity: Identity | None
+    reason: str | None = None
+    refused_by: Rule | None = None
 
-    def __attrs_post_init__(self) -> None:
-        given = [self.identity is not None, self.reason is not None, self.refused_by is not None]
-        if given.count(True) != 1:
-            raise ValueError(
-                "IdentityResolved holds exactly one of: an identity, a refusal reason "
-                "(401) or the gateway-wide rule that refused it (403)"
-            )
+    __attrs_post_init__ = checked(
+        _one_verdict,
+        identity=(Identity, type(None)),
+        reason=_OPTIONAL_TEXT,
+        refused_by=(Rule, type(None)),
+    )
 
 
 @attrs.frozen(kw_only=True)
 class IdentityUnavailable:
     """The identity provider could not answer (down, slow): not the caller's fault."""
 
-    detail: str = attrs.field(default="", validator=_text)
+    detail: str = ""
+
+    __attrs_post_init__ = checked(detail=str)
 
 
 @attrs.frozen(kw_only=True)
@@ -138,7 +157,9 @@ class Reserved:
 class QuotaExceeded:
     """The quota counters recorded nothing: `refusal` names the limit that did not fit."""
 
-    refusal: Refusal = attrs.field(validator=attrs.validators.instance_of(Refusal))
+    refusal: Refusal
+
+    __attrs_post_init__ = checked(refusal=Refusal)
 
 
 @attrs.frozen(kw_only=True)
@@ -149,14 +170,19 @@ class AdaptorReturned:
     reach the client unchanged), or the adaptor's text.
     """
 
-    result: bytes | str | None = attrs.field(
-        default=None,
-        validator=attrs.validators.optional(attrs.validators.instance_of((bytes, str))),
-    )
-    task_id: str | None = attrs.field(default=None, validator=_optional_text)
-    error_message: str | None = attrs.field(default=None, validator=_optional_text)
-    error_code: int | None = attrs.field(default=None, validator=_optional_status)
+    result: bytes | str | None = None
+    task_id: str | None = None
+    error_message: str | None = None
+    error_code: int | None = None
     headers: Headers = attrs.field(default=(), converter=header_pairs)
+
+    __attrs_post_init__ = checked(
+        status_fields("error_code"),
+        result=(bytes, str, type(None)),
+        task_id=_OPTIONAL_TEXT,
+        error_message=_OPTIONAL_TEXT,
+        error_code=_OPTIONAL_INT,
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -164,8 +190,10 @@ class AdaptorFailed:
     """Calling the adaptor, or reading its stream, raised; `status` is the edge's hint
     (504 for a timeout, 502 otherwise) and `detail` is for the operator's log only."""
 
-    status: int = attrs.field(default=502, validator=http_status)
-    detail: str = attrs.field(default="", validator=_text)
+    status: int = 502
+    detail: str = ""
+
+    __attrs_post_init__ = checked(status_fields("status"), status=int, detail=str)
 
 
 @attrs.frozen(kw_only=True)
@@ -173,12 +201,16 @@ class StreamOpened:
     """The adaptor's stream is ready to be read; `headers` are the backend's."""
 
     headers: Headers = attrs.field(default=(), converter=header_pairs)
-    task_id: str | None = attrs.field(default=None, validator=_optional_text)
+    task_id: str | None = None
+
+    __attrs_post_init__ = checked(task_id=_OPTIONAL_TEXT)
 
 
 @attrs.frozen(kw_only=True)
 class ChunkReceived:
-    data: bytes = attrs.field(validator=_bytes)
+    data: bytes
+
+    __attrs_post_init__ = checked(data=bytes)
 
 
 @attrs.frozen(kw_only=True)
@@ -213,7 +245,9 @@ Event = (
 class Authenticate:
     """Resolve these bearer credentials to an identity, then send IdentityResolved."""
 
-    credentials: str = attrs.field(repr=False, validator=_nonempty_text)
+    credentials: str = attrs.field(repr=False)
+
+    __attrs_post_init__ = checked(non_empty("credentials"), credentials=str)
 
 
 def _reservations(value: Iterable[Reservation]) -> tuple[Reservation, ...]:
@@ -235,18 +269,22 @@ class Reserve:
     """Record all these reservations under `reservation_id`, or none; then send
     Reserved or QuotaExceeded.  One atomic step: check and record cannot be split."""
 
-    reservation_id: str = attrs.field(validator=_nonempty_text)
+    reservation_id: str
     reservations: tuple[Reservation, ...] = attrs.field(converter=_reservations)
+
+    __attrs_post_init__ = checked(non_empty("reservation_id"), reservation_id=str)
 
 
 @attrs.frozen(kw_only=True)
 class Settle:
     """The request ended: what `reservation_id` holds on these token keys becomes `used`."""
 
-    reservation_id: str = attrs.field(validator=_nonempty_text)
+    reservation_id: str
     keys: tuple[str, ...] = attrs.field(converter=_keys)
-    used: int = attrs.field(
-        validator=attrs.validators.and_(attrs.validators.instance_of(int), attrs.validators.ge(0))
+    used: int
+
+    __attrs_post_init__ = checked(
+        non_empty("reservation_id"), non_negative("used"), reservation_id=str, used=int
     )
 
 
@@ -254,8 +292,10 @@ class Settle:
 class Release:
     """The request ended before its call: give back all `reservation_id` holds."""
 
-    reservation_id: str = attrs.field(validator=_nonempty_text)
+    reservation_id: str
     keys: tuple[str, ...] = attrs.field(converter=_keys)
+
+    __attrs_post_init__ = checked(non_empty("reservation_id"), reservation_id=str)
 
 
 @attrs.frozen(kw_only=True)
@@ -267,27 +307,37 @@ class CallAdaptor:
     The driver builds the seed's task data (`model_params`, `openai_endpoint`) from it.
     """
 
-    endpoint_slug: str = attrs.field(validator=_text)
-    route: OpenAIRoute = attrs.field(validator=attrs.validators.instance_of(OpenAIRoute))
-    request_id: str = attrs.field(validator=_text)
-    stream: bool = attrs.field(validator=_flag)
-    body: bytes = attrs.field(validator=_bytes, repr=False)
+    endpoint_slug: str
+    route: OpenAIRoute
+    request_id: str
+    stream: bool
+    body: bytes = attrs.field(repr=False)
+
+    __attrs_post_init__ = checked(
+        endpoint_slug=str, route=OpenAIRoute, request_id=str, stream=bool, body=bytes
+    )
 
 
 @attrs.frozen(kw_only=True)
 class Respond:
-    response: Response = attrs.field(validator=attrs.validators.instance_of(Response))
+    response: Response
+
+    __attrs_post_init__ = checked(response=Response)
 
 
 @attrs.frozen(kw_only=True)
 class StartStream:
-    status: int = attrs.field(validator=http_status)
+    status: int
     headers: Headers = attrs.field(converter=header_pairs)
+
+    __attrs_post_init__ = checked(status_fields("status"), status=int)
 
 
 @attrs.frozen(kw_only=True)
 class RelayChunk:
-    data: bytes = attrs.field(validator=_bytes)
+    data: bytes
+
+    __attrs_post_init__ = checked(data=bytes)
 
 
 @attrs.frozen(kw_only=True)
@@ -304,33 +354,57 @@ class CancelUpstream:
 class LogEntry:
     """One finished request, for the operator: who, what, outcome; never a credential."""
 
-    request_id: str = attrs.field(validator=_text)
-    route: str = attrs.field(validator=_text)
-    status: int = attrs.field(validator=http_status)
-    username: str | None = attrs.field(default=None, validator=_optional_text)
-    provider: str | None = attrs.field(default=None, validator=_optional_text)
-    endpoint_slug: str | None = attrs.field(default=None, validator=_optional_text)
-    cluster: str | None = attrs.field(default=None, validator=_optional_text)
-    framework: str | None = attrs.field(default=None, validator=_optional_text)
-    model: str | None = attrs.field(default=None, validator=_optional_text)
-    stream: bool = attrs.field(default=False, validator=_flag)
+    request_id: str
+    route: str
+    status: int
+    username: str | None = None
+    provider: str | None = None
+    endpoint_slug: str | None = None
+    cluster: str | None = None
+    framework: str | None = None
+    model: str | None = None
+    stream: bool = False
     # The backend's counts, or (`estimated`) the gateway's when the backend gave none.
-    usage: Usage | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(Usage))
+    usage: Usage | None = None
+    estimated: bool = False
+    error_code: str | None = None
+    detail: str | None = None
+    cancelled: bool = False
+    task_id: str | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    client: str | None = None
+
+    __attrs_post_init__ = checked(
+        status_fields("status"),
+        non_negative("bytes_in", "bytes_out"),
+        request_id=str,
+        route=str,
+        status=int,
+        username=_OPTIONAL_TEXT,
+        provider=_OPTIONAL_TEXT,
+        endpoint_slug=_OPTIONAL_TEXT,
+        cluster=_OPTIONAL_TEXT,
+        framework=_OPTIONAL_TEXT,
+        model=_OPTIONAL_TEXT,
+        stream=bool,
+        usage=(Usage, type(None)),
+        estimated=bool,
+        error_code=_OPTIONAL_TEXT,
+        detail=_OPTIONAL_TEXT,
+        cancelled=bool,
+        task_id=_OPTIONAL_TEXT,
+        bytes_in=int,
+        bytes_out=int,
+        client=_OPTIONAL_TEXT,
     )
-    estimated: bool = attrs.field(default=False, validator=_flag)
-    error_code: str | None = attrs.field(default=None, validator=_optional_text)
-    detail: str | None = attrs.field(default=None, validator=_optional_text)
-    cancelled: bool = attrs.field(default=False, validator=_flag)
-    task_id: str | None = attrs.field(default=None, validator=_optional_text)
-    bytes_in: int = attrs.field(default=0, validator=attrs.validators.ge(0))
-    bytes_out: int = attrs.field(default=0, validator=attrs.validators.ge(0))
-    client: str | None = attrs.field(default=None, validator=_optional_text)
 
 
 @attrs.frozen(kw_only=True)
 class WriteLog:
-    entry: LogEntry = attrs.field(validator=attrs.validators.instance_of(LogEntry))
+    entry: LogEntry
+
+    __attrs_post_init__ = checked(entry=LogEntry)
 
 
 Effect = (

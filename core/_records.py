@@ -7,7 +7,7 @@ are frozen and validate in their constructors, so a record that exists is a vali
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -23,8 +23,12 @@ __all__ = [
     "OpenAIRoute",
     "Response",
     "Usage",
+    "checked",
     "header_pairs",
     "http_status",
+    "non_empty",
+    "non_negative",
+    "status_fields",
 ]
 
 
@@ -132,6 +136,68 @@ class Identity:
 Headers = tuple[tuple[str, str], ...]
 
 
+Kind = type | tuple[type, ...]
+
+
+def _named(kind: Kind) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
+
+
+def checked(*rules: Callable[[Any], None], **kinds: Kind) -> Callable[[Any], None]:
+    """An `__attrs_post_init__` that checks each named field's type in one pass, then the
+    value rules: the same guarantee as a validator per field, at a fraction of the cost
+    for the records made on every request.  `int` fields refuse `bool`."""
+    items = tuple(kinds.items())
+
+    def __attrs_post_init__(self: Any) -> None:
+        for name, kind in items:
+            value = getattr(self, name)
+            if not isinstance(value, kind) or (value.__class__ is bool and kind is int):
+                raise TypeError(
+                    f"{type(self).__name__}.{name} must be {_named(kind)}, "
+                    f"got {type(value).__name__}"
+                )
+        for rule in rules:
+            rule(self)
+
+    return __attrs_post_init__
+
+
+def status_fields(*names: str) -> Callable[[Any], None]:
+    """A `checked` rule: these fields, when not None, are HTTP statuses (100..599)."""
+
+    def rule(instance: Any) -> None:
+        for name in names:
+            value = getattr(instance, name)
+            if value is not None and not 100 <= value <= 599:
+                raise ValueError(f"{name} must be an HTTP status in 100..599, got {value!r}")
+
+    return rule
+
+
+def non_empty(*names: str) -> Callable[[Any], None]:
+    """A `checked` rule: these text fields are not empty."""
+
+    def rule(instance: Any) -> None:
+        for name in names:
+            if not getattr(instance, name):
+                raise ValueError(f"{name} must not be empty")
+
+    return rule
+
+
+def non_negative(*names: str) -> Callable[[Any], None]:
+    """A `checked` rule: these integer fields are >= 0."""
+
+    def rule(instance: Any) -> None:
+        for name in names:
+            if getattr(instance, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+
+    return rule
+
+
 def http_status(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
     """attrs validator: an HTTP status code, 100..599."""
     if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599:
@@ -140,6 +206,11 @@ def http_status(instance: object, attribute: attrs.Attribute[int], value: int) -
 
 def header_pairs(value: Iterable[tuple[str, str]]) -> Headers:
     """attrs converter: header pairs as a tuple of (str, str), order and repeats kept."""
+    if value.__class__ is tuple and all(
+        p.__class__ is tuple and len(p) == 2 and p[0].__class__ is str and p[1].__class__ is str
+        for p in value
+    ):
+        return value  # already the exact shape: no copy
     pairs = tuple(tuple(pair) for pair in value)
     for pair in pairs:
         if len(pair) != 2 or not all(isinstance(part, str) for part in pair):
@@ -151,9 +222,11 @@ def header_pairs(value: Iterable[tuple[str, str]]) -> Headers:
 class Response:
     """A whole answer for the client: status, headers and the exact body bytes."""
 
-    status: int = attrs.field(validator=http_status)
+    status: int
     headers: Headers = attrs.field(default=(), converter=header_pairs)
-    body: bytes = attrs.field(default=b"", validator=attrs.validators.instance_of(bytes))
+    body: bytes = b""
+
+    __attrs_post_init__ = checked(status_fields("status"), status=int, body=bytes)
 
 
 def _count(instance: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:

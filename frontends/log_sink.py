@@ -70,5 +70,7 @@ class LoggerSink:
         self._logger = logger or logging.getLogger("inference_gateway.requests")
 
     def write(self, entry: LogEntry, timing: Timing) -> None:
+        if not self._logger.isEnabledFor(logging.INFO):
+            return  # no line will be written: build none
         record = {**attrs.asdict(entry), **attrs.asdict(timing)}
         self._logger.info(json.dumps(record, default=str))

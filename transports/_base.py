@@ -54,6 +54,11 @@ Headers = tuple[tuple[str, str], ...]
 
 def _headers(value: object) -> Headers:
     """Accept a mapping or pairs; keep order and duplicates, as HTTP does."""
+    if value.__class__ is tuple and all(
+        p.__class__ is tuple and len(p) == 2 and p[0].__class__ is str and p[1].__class__ is str
+        for p in value
+    ):
+        return value  # already the exact shape: no copy
     items = value.items() if hasattr(value, "items") else value
     return tuple((str(k), str(v)) for k, v in items)  # type: ignore[union-attr]
 
