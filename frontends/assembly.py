@@ -25,7 +25,7 @@ from adaptors.clusters.cluster import BaseCluster
 from adaptors.endpoints.endpoint import BaseEndpoint
 from adaptors.loading import build_cluster, build_endpoint
 from core import Catalog, ConfigurationError, QuotaPolicy, load_catalog
-from frontends.gateway import Gateway
+from frontends.gateway import Gateway, StreamObserver
 from frontends.identity import IdentityProvider
 from frontends.log_sink import LogSink
 from frontends.quota import QuotaCounters
@@ -85,6 +85,7 @@ def assemble(
     quota: QuotaCounters | None = None,
     quota_policy: QuotaPolicy | None = None,
     stream_usage: bool = False,
+    stream_observer: StreamObserver | None = None,
 ) -> Gateway:
     """Build and bind every adaptor of `catalog`, then the `Gateway` over them.
 
@@ -121,6 +122,7 @@ def assemble(
         quota=quota,
         quota_policy=quota_policy,
         stream_usage=stream_usage,
+        stream_observer=stream_observer,
     )
 
 
@@ -134,6 +136,7 @@ def build_gateway(
     quota: QuotaCounters | None = None,
     quota_policy: QuotaPolicy | None = None,
     stream_usage: bool = False,
+    stream_observer: StreamObserver | None = None,
 ) -> Gateway:
     """A `Gateway` over the fixtures in `fixtures_dir`: read, checked, built and bound."""
     folder = Path(fixtures_dir)
@@ -148,4 +151,5 @@ def build_gateway(
         quota=quota,
         quota_policy=quota_policy,
         stream_usage=stream_usage,
+        stream_observer=stream_observer,
     )

@@ -26,6 +26,8 @@ from frontends.identity import (
     holds_key,
     local_username,
 )
+from frontends.log_sink import FanOut, LoggerSink
+from frontends.metrics import MetricsSink
 from frontends.replay import add_replay_command, run_replay_command
 from frontends.settings import Settings, load_settings
 from transports import Transport
@@ -174,11 +176,14 @@ def _serve(settings: Settings, *, loop: str = "asyncio") -> int:
         new_token = ensure_tokens_file(settings.tokens_path, settings.local_key_path)
     transport = _transport(settings.verify_tls)
     identity = build_identity(settings, transport=transport)
+    metrics = _metrics(settings)
     gateway = build_gateway(
         settings.fixtures_dir,
         identity=identity,
         transport=transport,
         stream_usage=settings.stream_usage,
+        log_sink=FanOut(LoggerSink(), metrics),
+        stream_observer=metrics,
     )
     sock = _listen(settings)
     host, port = sock.getsockname()[:2]
@@ -187,15 +192,29 @@ def _serve(settings: Settings, *, loop: str = "asyncio") -> int:
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")  # ours, not a second handler
     _banner(settings, gateway, f"http://{host}:{port}", new_token)
-    if loop == "trio":
-        _serve_trio(gateway, config)
-    else:
-        _serve_asyncio(gateway, config)
+    token = settings.metrics_token
+    app_options = {
+        "metrics": metrics,
+        "metrics_token": None if token is None else token.get_secret_value(),
+    }
+    try:
+        if loop == "trio":
+            _serve_trio(gateway, config, app_options)
+        else:
+            _serve_asyncio(gateway, config, app_options)
+    finally:
+        metrics.close()
     sock.detach()  # Hypercorn closed the listening socket it was handed
     return 0
 
 
-def _serve_asyncio(gateway: Gateway, config: Any) -> None:
+def _metrics(settings: Settings) -> MetricsSink:
+    """The served gateway's metrics: this process's own, or with `metrics_dir` the shared
+    files of several workers (before any metric exists, so all of them go there)."""
+    return MetricsSink(multiprocess_dir=settings.metrics_dir)
+
+
+def _serve_asyncio(gateway: Gateway, config: Any, app_options: dict[str, Any]) -> None:
     from hypercorn.asyncio import serve
 
     from frontends.web import create_app
@@ -205,12 +224,12 @@ def _serve_asyncio(gateway: Gateway, config: Any) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        await serve(create_app(gateway), config, shutdown_trigger=stop.wait)
+        await serve(create_app(gateway, **app_options), config, shutdown_trigger=stop.wait)
 
     asyncio.run(run())
 
 
-def _serve_trio(gateway: Gateway, config: Any) -> None:
+def _serve_trio(gateway: Gateway, config: Any, app_options: dict[str, Any]) -> None:
     """The same app and Gateway on trio: only the Quart class and the worker differ."""
     import trio
     from hypercorn.trio import serve
@@ -224,7 +243,7 @@ def _serve_trio(gateway: Gateway, config: Any) -> None:
                 return
 
     async def run() -> None:
-        app = create_app(gateway, app_class=QuartTrio)
+        app = create_app(gateway, app_class=QuartTrio, **app_options)
         await serve(app, config, shutdown_trigger=wait_for_signal)
 
     trio.run(run)

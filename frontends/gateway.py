@@ -63,7 +63,14 @@ from frontends.log_sink import LoggerSink, LogSink, Timing
 from frontends.quota import QuotaCounters
 from transports import Transport, TransportTimeout
 
-__all__ = ["ByteStream", "Gateway", "GatewayRequest", "GatewayResponse", "StreamRelay"]
+__all__ = [
+    "ByteStream",
+    "Gateway",
+    "GatewayRequest",
+    "GatewayResponse",
+    "StreamObserver",
+    "StreamRelay",
+]
 
 log = logging.getLogger("inference_gateway")
 
@@ -219,12 +226,15 @@ class Gateway:
         quota: QuotaCounters | None = None,
         quota_policy: QuotaPolicy | None = None,
         stream_usage: bool = False,
+        stream_observer: StreamObserver | None = None,
     ) -> None:
         """A driver over adaptors already built and bound (see `frontends.assembly`).
 
         With `quota` counters, requests reserve against the fixtures' token limits and the
         policy's request limit before their call; without, no limit applies.  With
-        `stream_usage`, streams ask their backend for usage (see `RequestMachine`)."""
+        `stream_usage`, streams ask their backend for usage (see `RequestMachine`).  A
+        `stream_observer` (the metrics) is told when each stream to a client opens and
+        closes."""
         self.catalog = catalog
         self._endpoints = {slug.lower(): adaptor for slug, adaptor in endpoints.items()}
         self._clusters = dict(clusters)
@@ -234,6 +244,7 @@ class Gateway:
         self._quota = quota
         self._quota_policy = (quota_policy or QuotaPolicy()) if quota is not None else None
         self._stream_usage = stream_usage
+        self._stream_observer = stream_observer
 
     @property
     def clusters(self) -> Mapping[str, BaseCluster]:
@@ -416,11 +427,21 @@ class Gateway:
         return StreamOpened(headers=headers, task_id=_text_or_none(answer.task_id)), upstream
 
 
+class StreamObserver(Protocol):
+    """Told when a stream to a client opens and when it closes (once each); never blocks
+    or raises (the metrics' open-streams gauge is one)."""
+
+    def stream_opened(self) -> None: ...
+
+    def stream_closed(self) -> None: ...
+
+
 class StreamRelay:
     """The client's side of a stream: each backend chunk goes through the machine and out.
 
     An object rather than a generator so that `aclose()` closes the backend stream even
-    when the client left before the first chunk was asked for.
+    when the client left before the first chunk was asked for.  It is open from its
+    making to its `aclose()`, which the gateway's stream observer is told.
     """
 
     def __init__(
@@ -437,6 +458,9 @@ class StreamRelay:
         self._chunks = _as_bytes(upstream.content)
         self._out: deque[bytes] = deque()
         self._closed = False
+        self._observer = gateway._stream_observer
+        if self._observer is not None:
+            self._observer.stream_opened()
 
     def __aiter__(self) -> StreamRelay:
         return self
@@ -470,6 +494,8 @@ class StreamRelay:
         if self._closed:
             return
         self._closed = True
+        if self._observer is not None:
+            self._observer.stream_closed()
         with anyio.CancelScope(shield=True):
             if not self._machine.finished:
                 for effect in self._machine.receive(ClientDisconnected()):

@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     # Ask backends for usage at the end of chat/completions streams (include_usage), so
     # streamed tokens are counted rather than estimated; off for a backend that refuses it.
     stream_usage: bool = True
+    # Metrics: with several worker processes, a directory they share (prometheus-client's
+    # multiprocess mode); none, the metrics of this one process.  A token, if /metrics
+    # should need `Authorization: Bearer <token>` (Prometheus scrapes without by default).
+    metrics_dir: Path | None = None
+    metrics_token: pydantic.SecretStr | None = None
 
     # Identity providers, tried in this order (a JSON list or "static,globus").
     identity_providers: Annotated[list[ProviderName], NoDecode] = ["static"]

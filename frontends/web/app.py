@@ -10,7 +10,9 @@ from werkzeug.exceptions import HTTPException
 from core import BackendError, ClientError, error_response, type_for_status
 from frontends.gateway import Gateway
 from frontends.listings import Listings
+from frontends.metrics import MetricsSink
 from frontends.web.convert import GATEWAY_KEY, LISTINGS_KEY, to_quart
+from frontends.web.metrics import METRICS_KEY, METRICS_TOKEN_KEY, metrics_api
 from frontends.web.openai_api import openai_api
 from frontends.web.resource_server import resource_server
 
@@ -24,8 +26,13 @@ def create_app(
     *,
     max_body_bytes: int = 16 * 1024 * 1024,
     app_class: type[Quart] = Quart,
+    metrics: MetricsSink | None = None,
+    metrics_token: str | None = None,
 ) -> Quart:
-    """The app; `app_class=quart_trio.QuartTrio` gives the same app on trio."""
+    """The app; `app_class=quart_trio.QuartTrio` gives the same app on trio.
+
+    With `metrics` (the sink the gateway was built with), `GET /metrics` serves them,
+    to anyone or, with `metrics_token`, only to `Authorization: Bearer <token>`."""
     app = app_class("inference_gateway")
     app.config.update(
         RESPONSE_TIMEOUT=None,  # streams last as long as the model keeps talking
@@ -36,6 +43,10 @@ def create_app(
     app.extensions[LISTINGS_KEY] = Listings.of(gateway)
     app.register_blueprint(openai_api)
     app.register_blueprint(resource_server)
+    if metrics is not None:
+        app.extensions[METRICS_KEY] = metrics
+        app.extensions[METRICS_TOKEN_KEY] = metrics_token
+        app.register_blueprint(metrics_api)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
 
