@@ -1,0 +1,358 @@
+"""`GET /metrics`: after known traffic through a real gateway server in front of the fake
+backend, every count is exactly the traffic, parsed with prometheus-client's own parser."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from core import LogEntry, QuotaPolicy
+from frontends.assembly import build_gateway
+from frontends.identity import StaticKeys
+from frontends.log_sink import FanOut, Timing
+from frontends.metrics import MetricsSink
+from frontends.quota import InProcessCounters
+from frontends.web import create_app
+from tests.support.fake_openai import FakeOpenAI, running_fake_openai
+from tests.support.gateway_server import ALICE, BOB, TOKENS, write_fixtures, write_tokens
+from tests.support.servers import serve_app
+from transports.httpx_transport import HttpxTransport
+
+pytestmark = pytest.mark.e2e
+
+# Any name but the fake's misbehaving ones answers properly; streams go to a model of
+# their own so that fake-model's tokens are exactly what the backend reported.
+MODELS = ("fake-model", "fake-stream", "hang-stream")
+PER_USER = 6  # requests per minute per user
+CHAT = "chat/completions"
+STRANGER = "igw-test-nobody-0123456789abcdef"
+METRICS_TOKEN = "igw-test-scraper-0123456789abcdef"
+
+
+def metrics_fixtures(folder: Path, backend_url: str) -> Path:
+    cluster = {
+        "cluster_name": "fake",
+        "frameworks": ["api"],
+        "openai_endpoints": ["chat/completions", "completions", "embeddings"],
+        "cluster_adapter": "adaptors.clusters.openai_compatible.OpenAICompatibleCluster",
+        "config": {"api_url": f"{backend_url}/v1"},
+    }
+    endpoints = [
+        {
+            "endpoint_slug": f"fake-api-{model}",
+            "cluster": "fake",
+            "framework": "api",
+            "model": model,
+            "endpoint_adapter": "adaptors.endpoints.direct_api.DirectAPIEndpoint",
+            "config": {"api_url": f"{backend_url}/v1", "api_key_env_name": "UNSET_KEY"},
+        }
+        for model in MODELS
+    ]
+    return write_fixtures(folder, [cluster], endpoints)
+
+
+class Records:
+    """Every record the driver wrote, to compare the metrics with."""
+
+    def __init__(self) -> None:
+        self.entries: list[LogEntry] = []
+
+    def write(self, entry: LogEntry, timing: Timing) -> None:
+        self.entries.append(entry)
+
+
+@attrs.frozen
+class Served:
+    url: str
+    fake: FakeOpenAI
+    records: Records
+
+
+@contextmanager
+def serving(tmp_path: Path, *, metrics_token: str | None = None) -> Iterator[Served]:
+    """A gateway with metrics and a request quota per user, served in front of the fake."""
+    with running_fake_openai(models=MODELS) as (fake, backend_url):
+        metrics, records = MetricsSink(), Records()
+        gateway = build_gateway(
+            metrics_fixtures(tmp_path / "fixtures", backend_url),
+            identity=StaticKeys.from_file(write_tokens(tmp_path)),
+            transport=HttpxTransport(),
+            log_sink=FanOut(records, metrics),
+            stream_observer=metrics,
+            quota=InProcessCounters(),
+            quota_policy=QuotaPolicy(requests_per_minute_per_user=PER_USER),
+        )
+        app = create_app(gateway, metrics=metrics, metrics_token=metrics_token)
+        with serve_app(app) as url:
+            yield Served(url=url, fake=fake, records=records)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    with serving(tmp_path) as server:
+        yield server
+
+
+def chat(model: str, text: str = "hello there", **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
+
+
+def post(url: str, token: str | None, route: str, body: dict[str, Any]) -> httpx.Response:
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    return httpx.post(f"{url}/v1/{route}", json=body, headers=headers, timeout=30)
+
+
+def scrape(
+    url: str, token: str | None = None
+) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of `/metrics`: (sample name, labels) -> value."""
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    response = httpx.get(f"{url}/metrics", headers=headers, timeout=30)
+    assert response.status_code == 200, response.text
+    return samples(response.text)
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(
+    found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    return found.get((name, frozenset(labels.items())), 0.0)
+
+
+def total(
+    found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    """The sum over every sample of `name` whose labels include these."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in found.items() if n == name and wanted <= ls)
+
+
+def test_counts_equal_the_traffic(served: Served) -> None:
+    url = served.url
+    n_whole, m_streamed, refused = 3, 2, 2
+    usage = {"prompt": 0, "completion": 0}
+    for i in range(n_whole):
+        reply = post(url, ALICE, CHAT, chat("fake-model", f"question {i}"))
+        assert reply.status_code == 200
+        usage["prompt"] += reply.json()["usage"]["prompt_tokens"]
+        usage["completion"] += reply.json()["usage"]["completion_tokens"]
+    embedded = post(url, ALICE, "embeddings", {"model": "fake-model", "input": ["a b", "c"]})
+    assert embedded.status_code == 200
+    usage["prompt"] += embedded.json()["usage"]["prompt_tokens"]
+    for _ in range(m_streamed):
+        streamed = post(url, ALICE, CHAT, chat("fake-stream", stream=True))
+        assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
+    for _ in range(2):
+        assert post(url, ALICE, CHAT, chat("no-such-model")).status_code == 404
+    assert post(url, None, CHAT, chat("fake-model")).status_code == 401
+    # Bob's first PER_USER calls are admitted, the next ones refused by his request quota.
+    for i in range(PER_USER + refused):
+        reply = post(url, BOB, CHAT, chat("fake-model"))
+        assert reply.status_code == (200 if i < PER_USER else 429)
+        if reply.status_code == 200:
+            usage["prompt"] += reply.json()["usage"]["prompt_tokens"]
+            usage["completion"] += reply.json()["usage"]["completion_tokens"]
+
+    found = scrape(url)
+
+    requests = "inference_gateway_requests_total"
+    assert value(found, requests, route=CHAT, model="fake-model", status="200") == (
+        n_whole + PER_USER
+    )
+    assert value(found, requests, route="embeddings", model="fake-model", status="200") == 1
+    assert value(found, requests, route=CHAT, model="fake-stream", status="200") == m_streamed
+    assert value(found, requests, route=CHAT, model="-", status="404") == 2
+    assert value(found, requests, route=CHAT, model="-", status="401") == 1
+    assert value(found, requests, route=CHAT, model="fake-model", status="429") == refused
+    everything = n_whole + 1 + m_streamed + 2 + 1 + PER_USER + refused
+    assert total(found, requests) == everything
+    assert (
+        value(
+            found, "inference_gateway_quota_rejections_total", limit="requests_per_minute_per_user"
+        )
+        == refused
+    )
+    assert total(found, "inference_gateway_quota_rejections_total") == refused
+
+    # Every request is timed; only those that reached the backend have an upstream time;
+    # each stream has its time to first token once.
+    assert total(found, "inference_gateway_request_duration_seconds_count") == everything
+    called = n_whole + 1 + m_streamed + PER_USER
+    assert total(found, "inference_gateway_upstream_duration_seconds_count") == called
+    assert (
+        value(found, "inference_gateway_upstream_duration_seconds_count", route=CHAT, model="-")
+        == 0
+    )
+    ttft = "inference_gateway_time_to_first_token_seconds_count"
+    assert value(found, ttft, route=CHAT, model="fake-stream") == m_streamed
+    assert total(found, ttft) == m_streamed
+    assert value(
+        found,
+        "inference_gateway_request_duration_seconds_bucket",
+        route=CHAT,
+        model="fake-model",
+        le="+Inf",
+    ) == (n_whole + PER_USER + refused)
+
+    # fake-model's tokens are the backend's own usage, as its answers reported it.
+    tokens = "inference_gateway_tokens_total"
+    assert value(found, tokens, model="fake-model", kind="prompt") == usage["prompt"]
+    assert value(found, tokens, model="fake-model", kind="completion") == usage["completion"]
+    # The streams' tokens are what their records say (reported, or estimated if not).
+    streams = [e for e in served.records.entries if e.model == "fake-stream"]
+    assert len(streams) == m_streamed
+    for kind in ("prompt", "completion"):
+        expected = sum(getattr(e.usage, f"{kind}_tokens") or 0 for e in streams if e.usage)
+        assert expected > 0
+        assert value(found, tokens, model="fake-stream", kind=kind) == expected
+
+    assert value(found, "inference_gateway_active_streams") == 0
+    assert value(found, "inference_gateway_log_queue_depth") == 0
+    assert value(found, "inference_gateway_log_records_dropped_total") == 0
+
+
+def test_active_streams_counts_a_stream_held_open(served: Served) -> None:
+    assert value(scrape(served.url), "inference_gateway_active_streams") == 0
+    body = chat("hang-stream", stream=True)
+    headers = {"Authorization": f"Bearer {ALICE}"}
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream("POST", f"{served.url}/v1/{CHAT}", json=body, headers=headers) as held,
+    ):
+        assert held.status_code == 200
+        lines = held.iter_lines()  # kept: dropping the iterator would close the response
+        assert next(lines).startswith("data: ")
+        during = scrape(served.url)
+        assert value(during, "inference_gateway_active_streams") == 1
+        # Not finished yet: no record, so not counted as a request.
+        assert total(during, "inference_gateway_requests_total") == 0
+    # The client left: the gateway closed the stream (and then the backend's).
+    assert served.fake.stream_cancelled.wait(timeout=20)
+    after = scrape(served.url)
+    assert value(after, "inference_gateway_active_streams") == 0
+    assert (
+        value(
+            after, "inference_gateway_requests_total", route=CHAT, model="hang-stream", status="499"
+        )
+        == 1
+    )
+    # Its first token reached the client before it left: observed, once.
+    assert (
+        value(
+            after,
+            "inference_gateway_time_to_first_token_seconds_count",
+            route=CHAT,
+            model="hang-stream",
+        )
+        == 1
+    )
+
+
+def test_metrics_never_show_a_user_or_a_token(served: Served) -> None:
+    url = served.url
+    assert post(url, ALICE, CHAT, chat("fake-model")).status_code == 200
+    assert post(url, BOB, CHAT, chat("fake-stream", stream=True)).status_code == 200
+    assert post(url, STRANGER, CHAT, chat("fake-model")).status_code == 401
+    # A model name the client chose is never a label: unknown ones are "-".
+    assert post(url, ALICE, CHAT, chat("alice@example.org")).status_code == 404
+    response = httpx.get(f"{url}/metrics", timeout=30)
+    assert response.status_code == 200
+    text = response.text
+    for secret in (ALICE, BOB, STRANGER, "alice", "bob", "example.org", "elsewhere.net"):
+        assert secret not in text
+    for entry in TOKENS:
+        assert entry["username"] not in text
+    for record in served.records.entries:
+        assert record.request_id not in text
+    labels = {
+        name
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        for name in s.labels
+    }
+    assert labels <= {"route", "model", "status", "kind", "limit", "le"}
+
+
+def test_metrics_are_prometheus_text_and_open_without_a_token(served: Served) -> None:
+    response = httpx.get(f"{served.url}/metrics", timeout=30)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=")
+    names = {family.name for family in text_string_to_metric_families(response.text)}
+    assert names >= {
+        "inference_gateway_requests",
+        "inference_gateway_request_duration_seconds",
+        "inference_gateway_upstream_duration_seconds",
+        "inference_gateway_time_to_first_token_seconds",
+        "inference_gateway_active_streams",
+        "inference_gateway_tokens",
+        "inference_gateway_quota_rejections",
+        "inference_gateway_log_queue_depth",
+        "inference_gateway_log_records_dropped",
+    }
+    openmetrics = httpx.get(
+        f"{served.url}/metrics",
+        headers={"Accept": "application/openmetrics-text; version=1.0.0"},
+        timeout=30,
+    )
+    assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
+    assert openmetrics.text.endswith("# EOF\n")
+
+
+def test_a_metrics_token_is_required_when_set(tmp_path: Path) -> None:
+    with serving(tmp_path, metrics_token=METRICS_TOKEN) as served:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": METRICS_TOKEN}):
+            refused = httpx.get(f"{served.url}/metrics", headers=headers, timeout=30)
+            assert refused.status_code == 401
+            assert refused.headers["www-authenticate"].startswith("Bearer")
+            assert refused.json()["error"]["type"] == "authentication_error"
+            assert METRICS_TOKEN not in refused.text
+        # An API key is not the scrape token.
+        assert (
+            httpx.get(
+                f"{served.url}/metrics", headers={"Authorization": f"Bearer {ALICE}"}, timeout=30
+            ).status_code
+            == 401
+        )
+        found = scrape(served.url, METRICS_TOKEN)
+        assert value(found, "inference_gateway_active_streams") == 0
+
+
+@attrs.define
+class Queue:
+    """A request log's queue as the store's writer shows it."""
+
+    queue_depth: int = 0
+    dropped: int = 0
+
+
+def test_the_log_queue_is_read_from_the_writer_when_scraped() -> None:
+    assert (
+        value(samples(MetricsSink().render()[0].decode()), "inference_gateway_log_queue_depth") == 0
+    )
+    queue = Queue(queue_depth=3, dropped=7)
+    sink = MetricsSink(log_queue=queue)
+    found = samples(sink.render()[0].decode())
+    assert value(found, "inference_gateway_log_queue_depth") == 3
+    assert value(found, "inference_gateway_log_records_dropped_total") == 7
+    queue.queue_depth, queue.dropped = 0, 9
+    found = samples(sink.render()[0].decode())
+    assert value(found, "inference_gateway_log_queue_depth") == 0
+    assert value(found, "inference_gateway_log_records_dropped_total") == 9
+    # A writer started later is attached the same way.
+    later = MetricsSink()
+    later.log_queue = Queue(queue_depth=2)
+    assert value(samples(later.render()[0].decode()), "inference_gateway_log_queue_depth") == 2

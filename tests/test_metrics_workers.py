@@ -1,0 +1,126 @@
+"""Metrics with several worker processes: two real `inference-gateway serve` processes (one
+on asyncio, one on trio) share one metrics directory, and a scrape of either shows both.
+A worker that dies keeps its counts; its open streams stop counting."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.fake_openai import running_fake_openai
+from tests.support.gateway_server import ALICE, write_tokens
+from tests.test_metrics import CHAT, MODELS, chat, metrics_fixtures, post, scrape, total, value
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def serve(
+    tmp: Path, fixtures: Path, metrics_dir: Path, loop: str
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`inference-gateway serve` in a process of its own; yields it and its base URL."""
+    tmp.mkdir(parents=True)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_GATEWAY_")},
+        "PYTHONPATH": str(ROOT),
+        "INFERENCE_GATEWAY_TOKENS_FILE": str(write_tokens(tmp)),
+        "INFERENCE_GATEWAY_STATE_DIR": str(tmp / "state"),
+        "INFERENCE_GATEWAY_METRICS_DIR": str(metrics_dir),
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    command = [sys.executable, "-m", "frontends.cli", "serve", "--port", "0", "--loop", loop]
+    process = subprocess.Popen(
+        [*command, "--fixtures", str(fixtures)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        url = re.search(r"on (http://\S+)/v1", process.stdout.readline())
+        assert url, process.stderr.read() if process.stderr else "no banner"
+        yield process, url[1]
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+        process.communicate(timeout=30)
+
+
+def live_files(metrics_dir: Path, pid: int) -> list[Path]:
+    return sorted(metrics_dir.glob(f"gauge_live*_{pid}.db"))
+
+
+def test_a_scrape_of_either_worker_sums_both(tmp_path: Path) -> None:
+    metrics_dir = tmp_path / "metrics"
+    with ExitStack() as stack:
+        _fake, backend_url = stack.enter_context(running_fake_openai(models=MODELS))
+        fixtures = metrics_fixtures(tmp_path / "fixtures", backend_url)
+        first, url_a = stack.enter_context(serve(tmp_path / "a", fixtures, metrics_dir, "asyncio"))
+        second, url_b = stack.enter_context(serve(tmp_path / "b", fixtures, metrics_dir, "trio"))
+        assert first.pid != second.pid
+
+        usage = {"prompt": 0, "completion": 0}
+        for url, times in ((url_a, 2), (url_b, 3)):
+            for i in range(times):
+                reply = post(url, ALICE, CHAT, chat("fake-model", f"question {i} to {url}"))
+                assert reply.status_code == 200
+                usage["prompt"] += reply.json()["usage"]["prompt_tokens"]
+                usage["completion"] += reply.json()["usage"]["completion_tokens"]
+        assert post(url_b, ALICE, CHAT, chat("no-such-model")).status_code == 404
+
+        body = chat("hang-stream", stream=True)
+        headers = {"Authorization": f"Bearer {ALICE}"}
+        client = stack.enter_context(httpx.Client(timeout=30))
+        held = stack.enter_context(
+            client.stream("POST", f"{url_b}/v1/{CHAT}", json=body, headers=headers)
+        )
+        lines = held.iter_lines()  # kept: dropping the iterator would close the response
+        assert next(lines).startswith("data: ")
+
+        for url in (url_a, url_b):
+            found = scrape(url)
+            requests = "inference_gateway_requests_total"
+            assert value(found, requests, route=CHAT, model="fake-model", status="200") == 5
+            assert value(found, requests, route=CHAT, model="-", status="404") == 1
+            assert total(found, requests) == 6
+            assert total(found, "inference_gateway_request_duration_seconds_count") == 6
+            tokens = "inference_gateway_tokens_total"
+            assert value(found, tokens, model="fake-model", kind="prompt") == usage["prompt"]
+            assert (
+                value(found, tokens, model="fake-model", kind="completion") == (usage["completion"])
+            )
+            # One stream open, in the trio worker; no per-process series leak out.
+            assert value(found, "inference_gateway_active_streams") == 1
+            assert value(found, "inference_gateway_log_queue_depth") == 0
+            assert value(found, "inference_gateway_log_records_dropped_total") == 0
+            assert not any("pid" in labels for _, labels in found)
+
+        # The trio worker dies without a chance to clean up.
+        assert live_files(metrics_dir, second.pid)
+        second.kill()
+        second.wait(timeout=30)
+        found = scrape(url_a)
+        # Its requests happened: the totals keep them.  Its stream is gone.
+        assert value(found, requests, route=CHAT, model="fake-model", status="200") == 5
+        assert total(found, "inference_gateway_request_duration_seconds_count") == 6
+        assert value(found, "inference_gateway_active_streams") == 0
+        assert not live_files(metrics_dir, second.pid)
+
+        # A worker that stops cleanly removes its own live gauges and keeps its counts.
+        assert live_files(metrics_dir, first.pid)
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=30)
+        assert first.returncode == 0
+        assert not live_files(metrics_dir, first.pid)
+        assert list(metrics_dir.glob(f"counter_{first.pid}.db"))
