@@ -17,6 +17,8 @@ from core import Identity
 from frontends.assembly import build_gateway
 from frontends.gateway import Gateway
 from frontends.identity import IdentityProvider
+from frontends.log_sink import FanOut, LoggerSink
+from frontends.metrics import MetricsSink
 from frontends.settings import default_fixtures
 from transports import Transport
 
@@ -41,12 +43,14 @@ async def open_gateway(
     identity: IdentityProvider,
     transport: Transport | None = None,
     environ: Mapping[str, str] | None = None,
+    metrics: MetricsSink | None = None,
 ) -> AsyncIterator[Gateway]:
     """A Gateway over these fixtures (default: the built-in demo catalog), closed (with its
     transport) on exit.
 
     The keys the fixtures name (`api_key_env_name`) are looked up in `environ`, the
-    process environment by default.
+    process environment by default.  With `metrics`, every request is counted there
+    (beside the log lines); `metrics.render()` gives the Prometheus exposition.
     """
     if fixtures_dir is None:
         fixtures_dir = default_fixtures()
@@ -54,7 +58,14 @@ async def open_gateway(
         from transports.httpx_transport import HttpxTransport
 
         transport = HttpxTransport()
-    gateway = build_gateway(fixtures_dir, identity=identity, transport=transport, environ=environ)
+    gateway = build_gateway(
+        fixtures_dir,
+        identity=identity,
+        transport=transport,
+        environ=environ,
+        log_sink=None if metrics is None else FanOut(LoggerSink(), metrics),
+        stream_observer=metrics,
+    )
     try:
         yield gateway
     finally:

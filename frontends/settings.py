@@ -134,6 +134,13 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError(f"INFERENCE_GATEWAY_DATABASE_URL: {exc}") from None
 
+    @pydantic.field_validator("metrics_token")
+    @classmethod
+    def _metrics_token(cls, value: pydantic.SecretStr | None) -> pydantic.SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("an empty token would lock every scraper out; unset it instead")
+        return value
+
     @pydantic.field_validator("oidc_algorithms")
     @classmethod
     def _algorithms(cls, value: list[str]) -> list[str]:

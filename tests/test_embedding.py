@@ -12,8 +12,10 @@ import pytest
 
 from core import Identity
 from frontends.embedding import FixedIdentity, open_gateway
+from frontends.metrics import MetricsSink
 from tests.support.fake_openai import FakeOpenAI, running_fake_openai
 from tests.support.gateway_server import write_fixtures
+from tests.test_metrics import samples, value
 
 KEY_ENV = "IGW_EMBED_TEST_KEY"
 AUTH = {"Authorization": "Bearer embedded"}
@@ -118,3 +120,28 @@ async def test_unknown_operation_is_refused_before_anything_runs(fixtures: Path)
     async with open_gateway(fixtures, identity=_me()) as gateway:
         with pytest.raises(ValueError, match="responses"):
             await gateway.request("responses", CHAT, headers=AUTH)
+
+
+@pytest.mark.anyio
+async def test_an_embedder_counts_requests_and_open_streams(fixtures: Path) -> None:
+    metrics = MetricsSink()
+
+    def read(name: str, **labels: str) -> float:
+        return value(samples(metrics.render()[0].decode()), name, **labels)
+
+    async with open_gateway(fixtures, identity=_me(), metrics=metrics) as gateway:
+        assert (await gateway.request("chat/completions", CHAT, headers=AUTH)).status == 200
+        stream = await gateway.request("chat/completions", {**CHAT, "stream": True}, headers=AUTH)
+        assert read("inference_gateway_active_streams") == 1
+        events = stream.events()
+        await events.__anext__()
+        await events.aclose()  # leaves after the first event
+        assert read("inference_gateway_active_streams") == 0
+        finished = await gateway.request("chat/completions", {**CHAT, "stream": True}, headers=AUTH)
+        assert [e async for e in finished.events()][-1] == "[DONE]"
+        assert read("inference_gateway_active_streams") == 0
+    requests = "inference_gateway_requests_total"
+    labels = {"route": "chat/completions", "model": "open-model"}
+    assert read(requests, **labels, status="200") == 2
+    assert read(requests, **labels, status="499") == 1
+    assert read("inference_gateway_time_to_first_token_seconds_count", **labels) == 2
