@@ -4,17 +4,20 @@ A worker that dies keeps its counts; its open streams stop counting."""
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from tests.support.fake_openai import running_fake_openai
 from tests.support.gateway_server import ALICE, write_tokens
@@ -124,3 +127,53 @@ def test_a_scrape_of_either_worker_sums_both(tmp_path: Path) -> None:
         assert first.returncode == 0
         assert not live_files(metrics_dir, first.pid)
         assert list(metrics_dir.glob(f"counter_{first.pid}.db"))
+
+
+def queue_in_files(metrics_dir: Path) -> tuple[float, float]:
+    """The log queue's depth and dropped records as the files say (no worker asked)."""
+    found = {
+        s.name: s.value
+        for family in MultiProcessCollector.merge(glob.glob(f"{metrics_dir}/*.db"))
+        for s in family.samples
+    }
+    return (
+        found.get("inference_gateway_log_queue_depth", 0.0),
+        found.get("inference_gateway_log_records_dropped_total", 0.0),
+    )
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+def test_an_idle_worker_keeps_its_log_queue_current(tmp_path: Path, loop: str) -> None:
+    """No request and no scrape reaches the worker, yet its files follow its queue."""
+    metrics_dir = tmp_path / "metrics"
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.metrics_worker", str(metrics_dir), loop],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert worker.stdin is not None and worker.stdout is not None
+    try:
+        assert worker.stdout.readline() == "serving\n"
+        for depth, dropped in ((5, 2), (0, 3)):
+            worker.stdin.write(f"{depth} {dropped}\n")
+            worker.stdin.flush()
+            assert worker.stdout.readline() == "set\n"
+            # The worker is a real process of its own: wait for its files, with a deadline.
+            deadline = time.monotonic() + 20
+            while queue_in_files(metrics_dir) != (depth, dropped):
+                assert time.monotonic() < deadline, queue_in_files(metrics_dir)
+                time.sleep(0.05)
+        worker.stdin.write("stop\n")
+        worker.stdin.flush()
+        _, err = worker.communicate(timeout=30)
+        assert worker.returncode == 0, err
+        # Stopped: its queue no longer counts; what it dropped stays counted.
+        assert queue_in_files(metrics_dir) == (0, 3)
+        assert not live_files(metrics_dir, worker.pid)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate(timeout=30)

@@ -1,6 +1,12 @@
-"""`GET /metrics`: the Prometheus exposition, open to scrapers unless a token is set."""
+"""`GET /metrics`: the Prometheus exposition, open to scrapers unless a token is set.
+
+With several workers (multiprocess mode) each worker also copies its request-log queue's
+numbers into its files every `REFRESH_SECONDS` while it serves, so a scrape answered by
+another worker sees an idle worker's queue drain, not the depth of its last request."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import anyio
 from quart import Blueprint, Response, current_app, request
@@ -14,7 +20,30 @@ __all__ = ["METRICS_KEY", "METRICS_TOKEN_KEY", "metrics_api"]
 METRICS_KEY = "inference_gateway_metrics"
 METRICS_TOKEN_KEY = "inference_gateway_metrics_token"
 
+REFRESH_SECONDS = 1.0
+
 metrics_api = Blueprint("metrics", __name__)
+
+
+@metrics_api.before_app_serving
+async def start_refreshing() -> None:
+    sink: MetricsSink = current_app.extensions[METRICS_KEY]
+    if sink.multiprocess_dir is not None:
+        current_app.add_background_task(_refresh, sink, current_app.shutdown_event)
+
+
+@metrics_api.after_app_serving
+async def stop_refreshing() -> None:
+    # Quart sets it when shutting down; quart-trio does not, so say it here too.
+    current_app.shutdown_event.set()
+
+
+async def _refresh(sink: MetricsSink, stopping: Any) -> None:
+    """Until the app stops: the log queue's numbers into this worker's files."""
+    while not stopping.is_set():
+        sink.sync_log_queue()
+        with anyio.move_on_after(REFRESH_SECONDS):
+            await stopping.wait()
 
 
 @metrics_api.get("/metrics")
