@@ -78,7 +78,6 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 60
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 NO_MODEL = "-"
 _LIMITS = frozenset(limit.value for limit in Limit)
-_CLIENT_GONE = 499
 
 
 class LogQueue(Protocol):
@@ -292,6 +291,7 @@ class MetricsSink:
                 registry=None,
             )
             self._dropped_seen = 0
+            self._sync_lock = threading.Lock()
             self.sync_log_queue()
 
     @property
@@ -318,7 +318,7 @@ class MetricsSink:
         ttft = timing.time_to_first_byte
         # A stream's first chunk reached the client: it finished, or the client left
         # after it.  (An error answered before any stream opened is not a first token.)
-        if entry.stream and ttft is not None and entry.status in (200, _CLIENT_GONE):
+        if entry.stream and ttft is not None and (entry.status == 200 or entry.cancelled):
             self._ttft.labels(route, model).observe(max(0.0, ttft))
         usage = entry.usage
         if usage is not None:
@@ -344,12 +344,13 @@ class MetricsSink:
         if self._queue_depth is None or self._dropped is None:
             return
         depth, dropped = _read_queue(self.log_queue)
-        self._queue_depth.set(depth)
-        if dropped > self._dropped_seen:
-            self._dropped.inc(dropped - self._dropped_seen)
-            self._dropped_seen = dropped
-        elif dropped < self._dropped_seen:  # a new queue, counting from 0 again
-            self._dropped_seen = dropped
+        with self._sync_lock:  # the loop and a scrape's thread both sync
+            self._queue_depth.set(depth)
+            if dropped > self._dropped_seen:
+                self._dropped.inc(dropped - self._dropped_seen)
+                self._dropped_seen = dropped
+            elif dropped < self._dropped_seen:  # a new queue, counting from 0 again
+                self._dropped_seen = dropped
 
     # -- exposition ---------------------------------------------------------------------
 
