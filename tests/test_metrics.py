@@ -3,6 +3,7 @@ backend, every count is exactly the traffic, parsed with prometheus-client's own
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -88,6 +89,7 @@ def serving(tmp_path: Path, *, metrics_token: str | None = None) -> Iterator[Ser
             stream_observer=metrics,
             quota=InProcessCounters(),
             quota_policy=QuotaPolicy(requests_per_minute_per_user=PER_USER),
+            stream_usage=True,
         )
         app = create_app(gateway, metrics=metrics, metrics_token=metrics_token)
         with serve_app(app) as url:
@@ -153,9 +155,22 @@ def test_counts_equal_the_traffic(served: Served) -> None:
     embedded = post(url, ALICE, "embeddings", {"model": "fake-model", "input": ["a b", "c"]})
     assert embedded.status_code == 200
     usage["prompt"] += embedded.json()["usage"]["prompt_tokens"]
-    for _ in range(m_streamed):
-        streamed = post(url, ALICE, CHAT, chat("fake-stream", stream=True))
+    streamed_usage = {"prompt": 0, "completion": 0}
+    for i in range(m_streamed):
+        # The client asks for the usage event, to see what the backend reported.
+        options = {"stream_options": {"include_usage": True}}
+        streamed = post(
+            url, ALICE, CHAT, chat("fake-stream", f"tell me {i}", stream=True, **options)
+        )
         assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
+        [reported] = [
+            event["usage"]
+            for line in streamed.text.splitlines()
+            if line.startswith("data: {")
+            and (event := json.loads(line.removeprefix("data: "))).get("usage")
+        ]
+        streamed_usage["prompt"] += reported["prompt_tokens"]
+        streamed_usage["completion"] += reported["completion_tokens"]
     for _ in range(2):
         assert post(url, ALICE, CHAT, chat("no-such-model")).status_code == 404
     assert post(url, None, CHAT, chat("fake-model")).status_code == 401
@@ -212,13 +227,13 @@ def test_counts_equal_the_traffic(served: Served) -> None:
     tokens = "inference_gateway_tokens_total"
     assert value(found, tokens, model="fake-model", kind="prompt") == usage["prompt"]
     assert value(found, tokens, model="fake-model", kind="completion") == usage["completion"]
-    # The streams' tokens are what their records say (reported, or estimated if not).
-    streams = [e for e in served.records.entries if e.model == "fake-stream"]
-    assert len(streams) == m_streamed
-    for kind in ("prompt", "completion"):
-        expected = sum(getattr(e.usage, f"{kind}_tokens") or 0 for e in streams if e.usage)
-        assert expected > 0
-        assert value(found, tokens, model="fake-stream", kind=kind) == expected
+    # So are the streams', from the usage event at their end.
+    assert value(found, tokens, model="fake-stream", kind="prompt") == streamed_usage["prompt"]
+    assert (
+        value(found, tokens, model="fake-stream", kind="completion")
+        == (streamed_usage["completion"])
+    )
+    assert not any(e.estimated for e in served.records.entries)
 
     assert value(found, "inference_gateway_active_streams") == 0
     assert value(found, "inference_gateway_log_queue_depth") == 0
