@@ -29,17 +29,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @contextmanager
 def serve(
-    tmp: Path, fixtures: Path, metrics_dir: Path, loop: str
+    tmp: Path, fixtures: Path, metrics_dir: Path | None, loop: str, **settings: str
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """`inference-gateway serve` in a process of its own; yields it and its base URL."""
     tmp.mkdir(parents=True)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_GATEWAY_")},
+        **{f"INFERENCE_GATEWAY_{name.upper()}": value for name, value in settings.items()},
         "PYTHONPATH": str(ROOT),
         "INFERENCE_GATEWAY_TOKENS_FILE": str(write_tokens(tmp)),
         "INFERENCE_GATEWAY_STATE_DIR": str(tmp / "state"),
-        "INFERENCE_GATEWAY_METRICS_DIR": str(metrics_dir),
     }
+    if metrics_dir is not None:
+        env["INFERENCE_GATEWAY_METRICS_DIR"] = str(metrics_dir)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     command = [sys.executable, "-m", "frontends.cli", "serve", "--port", "0", "--loop", loop]
     process = subprocess.Popen(
@@ -177,3 +179,48 @@ def test_an_idle_worker_keeps_its_log_queue_current(tmp_path: Path, loop: str) -
         if worker.poll() is None:
             worker.kill()
             worker.communicate(timeout=30)
+
+
+def test_serve_asks_scrapers_for_the_metrics_token_when_set(tmp_path: Path) -> None:
+    token = "igw-test-scraper-0123456789abcdef"
+    with (
+        running_fake_openai(models=MODELS) as (_, backend_url),
+        serve(
+            tmp_path / "a",
+            metrics_fixtures(tmp_path / "fixtures", backend_url),
+            None,
+            "asyncio",
+            metrics_token=token,
+        ) as (_, url),
+    ):
+        assert post(url, ALICE, CHAT, chat("fake-model")).status_code == 200
+        assert httpx.get(f"{url}/metrics", timeout=30).status_code == 401
+        found = scrape(url, token)
+        assert (
+            value(
+                found,
+                "inference_gateway_requests_total",
+                route=CHAT,
+                model="fake-model",
+                status="200",
+            )
+            == 1
+        )
+
+
+def test_an_empty_metrics_token_stops_start_up(tmp_path: Path) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_GATEWAY_")},
+        "PYTHONPATH": str(ROOT),
+        "INFERENCE_GATEWAY_STATE_DIR": str(tmp_path / "state"),
+        "INFERENCE_GATEWAY_METRICS_TOKEN": " ",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "frontends.cli", "serve", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "metrics_token" in done.stderr
