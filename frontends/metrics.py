@@ -3,7 +3,8 @@
 Theory of operation.  Nothing on the request path waits for metrics.  The driver hands
 every finished request's record to its log sink; `MetricsSink` is one (combine it with
 the store's through `FanOut`) and turns each record into counter increments and
-histogram observations: plain arithmetic on values in memory, never IO, never raising.
+histogram observations: plain arithmetic on values in memory (memory-mapped files in
+multiprocess mode, which the kernel writes back), never awaited, never raising.
 The one thing a record cannot say is how many streams are open right now, so the driver
 tells the sink as a `StreamObserver` (`stream_opened` / `stream_closed`, from the
 `StreamRelay`).  The request log's queue is read from whatever object has `queue_depth`
@@ -28,6 +29,10 @@ one worker it happened to reach.  Per metric kind:
   (`close()`); a worker that died without stopping (killed) has its live files removed at
   the next scrape, which finds its process gone (all workers share one host: the files
   are memory-mapped).  A supervisor may also call `mark_worker_dead(pid, directory)`.
+* `log_records_dropped_total`: a counter this worker advances from its queue's own count.
+  A worker copies its queue's numbers into its files with each record, each scrape it
+  answers, and every second while it serves (`frontends.web.metrics`), so an idle
+  worker's queue is seen draining by scrapes that other workers answer.
 
 The directory must start empty for a new server (the files of an earlier run would add
 their counts to this one's); `prepare_multiprocess_dir` empties it, for whoever starts
