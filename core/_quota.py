@@ -27,6 +27,7 @@ so several replicas share one ledger.
 from __future__ import annotations
 
 import enum
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -171,76 +172,110 @@ class _Entry:
 
 
 @attrs.define
+class _Window:
+    """One key's entries in the order they were made (so the oldest leave first), and
+    their running total (so a reserve costs the entries leaving, not a scan of all)."""
+
+    entries: OrderedDict[str, _Entry] = attrs.field(factory=OrderedDict)
+    total: int = 0
+
+    def expire(self, now_ms: int) -> None:
+        horizon = now_ms - WINDOW_MS
+        while self.entries:
+            oldest = next(iter(self.entries.values()))
+            if oldest.at_ms > horizon:
+                return
+            self.entries.popitem(last=False)
+            self.total -= oldest.amount
+
+
+@attrs.define
 class Ledger:
     """The sliding-window counters of one process: reserve all-or-nothing, settle, forget.
 
     Each key holds the entries of the last minute keyed by a reservation id the caller
     chooses.  `reserve` admits only if, for every reservation, the entries still inside
-    the window plus its amount fit its capacity; then it records all of them.
+    the window plus its amount fit its capacity; then it records all of them.  Time must
+    not run backwards (the in-process counters use the monotonic clock); an earlier
+    `now_ms` than one already seen is read as that one.
     """
 
-    _keys: dict[str, dict[str, _Entry]] = attrs.field(factory=dict)
+    _keys: dict[str, _Window] = attrs.field(factory=dict)
+    _now_ms: int = 0
 
-    def _live(self, key: str, now_ms: int) -> dict[str, _Entry]:
-        entries = self._keys.get(key)
-        if entries is None:
-            return {}
-        horizon = now_ms - WINDOW_MS
-        expired = [rid for rid, e in entries.items() if e.at_ms <= horizon]
-        for rid in expired:
-            del entries[rid]
-        if not entries:
+    def _window(self, key: str, now_ms: int) -> _Window | None:
+        window = self._keys.get(key)
+        if window is None:
+            return None
+        window.expire(now_ms)
+        if not window.entries:
             del self._keys[key]
-        return entries
+            return None
+        return window
+
+    def _clock(self, now_ms: int) -> int:
+        self._now_ms = max(self._now_ms, now_ms)
+        return self._now_ms
 
     def used(self, key: str, now_ms: int) -> int:
         """What the key holds inside the window ending now."""
-        return sum(e.amount for e in self._live(key, now_ms).values())
+        window = self._window(key, self._clock(now_ms))
+        return 0 if window is None else window.total
 
     def reserve(
         self, reservation_id: str, reservations: Sequence[Reservation], now_ms: int
     ) -> Refusal | None:
         """Record every reservation under `reservation_id`, or none and say which limit
         refused (the first in order) and in how many seconds enough of it frees up."""
+        now_ms = self._clock(now_ms)
         for wanted in reservations:
-            entries = self._live(wanted.key, now_ms)
-            held = sum(e.amount for e in entries.values())
+            window = self._window(wanted.key, now_ms)
+            held = 0 if window is None else window.total
             if held + wanted.amount > wanted.capacity:
+                entries = () if window is None else window.entries.values()
                 return Refusal(
                     limit=wanted.limit,
-                    retry_after=_retry_after(entries.values(), wanted, held, now_ms),
+                    retry_after=_retry_after(entries, wanted, held, now_ms),
                 )
         for wanted in reservations:
-            self._keys.setdefault(wanted.key, {})[reservation_id] = _Entry(
-                at_ms=now_ms, amount=wanted.amount
-            )
+            window = self._keys.setdefault(wanted.key, _Window())
+            previous = window.entries.pop(reservation_id, None)
+            if previous is not None:
+                window.total -= previous.amount
+            window.entries[reservation_id] = _Entry(at_ms=now_ms, amount=wanted.amount)
+            window.total += wanted.amount
         return None
 
     def settle(self, reservation_id: str, keys: Iterable[str], used: int) -> None:
         """Replace what `reservation_id` holds on each key by `used` (the real tokens)."""
         for key in keys:
-            entry = self._keys.get(key, {}).get(reservation_id)
-            if entry is not None:
+            window = self._keys.get(key)
+            entry = None if window is None else window.entries.get(reservation_id)
+            if window is not None and entry is not None:
+                window.total += max(0, used) - entry.amount
                 entry.amount = max(0, used)
 
     def release(self, reservation_id: str, keys: Iterable[str]) -> None:
         """Give back everything `reservation_id` holds (a request refused before its call)."""
         for key in keys:
-            entries = self._keys.get(key)
-            if entries is not None:
-                entries.pop(reservation_id, None)
-                if not entries:
-                    del self._keys[key]
+            window = self._keys.get(key)
+            if window is None:
+                continue
+            entry = window.entries.pop(reservation_id, None)
+            if entry is not None:
+                window.total -= entry.amount
+            if not window.entries:
+                del self._keys[key]
 
 
 def _retry_after(entries: Iterable[_Entry], wanted: Reservation, held: int, now_ms: int) -> int:
     """Seconds until enough of the window's oldest entries leave for `wanted` to fit (at
-    least 1; the whole window when it could never fit)."""
+    least 1; the whole window when it could never fit).  `entries` come oldest first."""
     if wanted.amount > wanted.capacity:
         return WINDOW_MS // 1000
     need = held + wanted.amount - wanted.capacity
     freed = 0
-    for entry in sorted(entries, key=lambda e: e.at_ms):
+    for entry in entries:
         freed += entry.amount
         if freed >= need:
             return max(1, -(-(entry.at_ms + WINDOW_MS - now_ms) // 1000))
