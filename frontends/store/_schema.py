@@ -13,7 +13,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
-__all__ = ["VERSION_TABLE", "UTCDateTime", "metadata", "request_log"]
+__all__ = [
+    "VERSION_TABLE",
+    "UTCDateTime",
+    "batch_lines",
+    "batches",
+    "files",
+    "metadata",
+    "request_log",
+]
 
 # Alembic's record of the schema's revision; named for us, so a database shared with
 # another Alembic-managed application keeps the two apart.
@@ -100,4 +108,79 @@ request_log = sa.Table(
     sa.Index(None, "username", "received_at"),
     sa.Index(None, "model", "received_at"),
     sa.Index(None, "received_at"),
+)
+
+
+# -- files and batches (OpenAI's files and batches API; the seed's BatchLog) ----------------
+
+files = sa.Table(
+    "files",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("owner", sa.Text, nullable=False),
+    sa.Column("purpose", sa.Text, nullable=False),
+    sa.Column("filename", sa.Text, nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    # The file itself, in the database: one place for every replica, on both databases.
+    sa.Column("content", sa.LargeBinary, nullable=False),
+    sa.Index(None, "owner", "created_at"),
+)
+
+batches = sa.Table(
+    "batches",
+    metadata,
+    # The seed system's BatchLog fields, by their names there.
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("access_log_id", sa.Text),
+    sa.Column("user_id", sa.Text, nullable=False),
+    sa.Column("input_file", sa.Text, nullable=False),
+    sa.Column("output_folder_path", sa.Text),
+    sa.Column("cluster", sa.Text, nullable=False),
+    sa.Column("framework", sa.Text, nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("globus_batch_uuid", sa.Text),
+    sa.Column("task_ids", sa.Text),
+    sa.Column("result", sa.Text),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("in_progress_at", UTCDateTime),
+    sa.Column("completed_at", UTCDateTime),
+    sa.Column("failed_at", UTCDateTime),
+    # What OpenAI's batch object needs beside them.
+    sa.Column("endpoint", sa.Text, nullable=False),
+    sa.Column("endpoint_slug", sa.Text, nullable=False),
+    sa.Column("completion_window", sa.Text, nullable=False),
+    sa.Column("metadata", sa.JSON),
+    sa.Column("identity", sa.JSON, nullable=False),  # who the lines run as
+    sa.Column("input_file_id", sa.Text, nullable=False),
+    sa.Column("output_file_id", sa.Text),
+    sa.Column("error_file_id", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("cancelling_at", UTCDateTime),
+    sa.Column("cancelled_at", UTCDateTime),
+    sa.Column("finalizing_at", UTCDateTime),
+    sa.Column("expired_at", UTCDateTime),
+    sa.Column("total", sa.Integer, nullable=False),
+    sa.Column("completed", sa.Integer, nullable=False),
+    sa.Column("failed", sa.Integer, nullable=False),
+    sa.Column("mode", sa.Text, nullable=False),
+    sa.Column("lease_holder", sa.Text),
+    sa.Column("lease_expires_at", UTCDateTime),
+    sa.Index(None, "user_id", "created_at"),
+    sa.Index(None, "status"),
+)
+
+batch_lines = sa.Table(
+    "batch_lines",
+    metadata,
+    sa.Column("batch_id", sa.Text, primary_key=True),
+    sa.Column("line_index", sa.Integer, primary_key=True),
+    sa.Column("custom_id", sa.Text, nullable=False),
+    sa.Column("ok", sa.Boolean, nullable=False),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("code", sa.Text),
+    sa.Column("request_id", sa.Text),
+    sa.Column("body", sa.LargeBinary, nullable=False),
 )

@@ -51,7 +51,13 @@ def test_migrations_build_the_schema_on_an_empty_database(database_url: str) -> 
         migrate(engine)
         assert current_revision(engine) == head_revision()
         tables = set(sa.inspect(engine).get_table_names())
-        assert tables == {"request_log", "inference_gateway_schema"}
+        assert tables == {
+            "request_log",
+            "inference_gateway_schema",
+            "files",
+            "batches",
+            "batch_lines",
+        }
         indexes = {ix["name"] for ix in sa.inspect(engine).get_indexes("request_log")}
         assert {
             "ix_request_log_username_received_at",
