@@ -1,5 +1,13 @@
-"""The store edge: the request log and usage, on SQLite (embedded) or PostgreSQL."""
+"""The store edge: the request log and usage, files and batches, on SQLite (embedded) or
+PostgreSQL."""
 
+from frontends.store._batches import (
+    ACTIVE_STATUSES,
+    BatchLog,
+    BatchStore,
+    FileRecord,
+    LineOutcome,
+)
 from frontends.store._engine import (
     create_store_engine,
     current_revision,
@@ -14,9 +22,14 @@ from frontends.store._usage import GroupBy, UsageRow, fetch_usage, usage, usage_
 from frontends.store._writer import BatchSink, LogWriter, open_log_writer
 
 __all__ = [
+    "ACTIVE_STATUSES",
     "CAPTURE_CEILING",
+    "BatchLog",
     "BatchSink",
+    "BatchStore",
+    "FileRecord",
     "GroupBy",
+    "LineOutcome",
     "LogWriter",
     "RequestRecord",
     "Store",
