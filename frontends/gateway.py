@@ -13,6 +13,7 @@ finished records to a log sink (`frontends.log_sink`).  The read-only routes bes
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -38,6 +39,7 @@ from core import (
     ClientDisconnected,
     Effect,
     Event,
+    Identity,
     LocalProtocolError,
     OpenAIRoute,
     QuotaExceeded,
@@ -213,6 +215,16 @@ async def _as_bytes(chunks: AsyncIterable[bytes | str]) -> AsyncIterator[bytes]:
         yield chunk.encode() if isinstance(chunk, str) else chunk
 
 
+@attrs.frozen
+class _Vouching:
+    """The identity edge of `Gateway.acting_for`: every credential is this identity."""
+
+    identity: Identity
+
+    async def resolve(self, credentials: str) -> Identity | None:
+        return self.identity
+
+
 class Gateway:
     def __init__(
         self,
@@ -254,6 +266,15 @@ class Gateway:
     @property
     def identity(self) -> IdentityProvider:
         return self._identity
+
+    def acting_for(self, identity: Identity) -> Gateway:
+        """This gateway, for requests made on behalf of a caller it already knows (a
+        batch's owner): the same catalog, adaptors, transport, quotas and log, with an
+        identity edge that vouches for `identity` alone.  Selection, authorization and
+        quota admission still run for every request.  Not to be closed: it owns nothing."""
+        clone = copy.copy(self)
+        clone._identity = _Vouching(identity)
+        return clone
 
     async def aclose(self) -> None:
         await self._transport.aclose()
@@ -297,9 +318,7 @@ class Gateway:
 
     async def handle(self, request: GatewayRequest) -> GatewayResponse:
         """Run one OpenAI request through the core; a stream comes back not yet started."""
-        machine = RequestMachine(
-            self.catalog, self._quota_policy, stream_usage=self._stream_usage
-        )
+        machine = RequestMachine(self.catalog, self._quota_policy, stream_usage=self._stream_usage)
         moments = _Moments(request.received_at)
         pending = deque(
             machine.receive(

@@ -280,9 +280,7 @@ def revoke_keys(path: Path, username: str | None, key_id: str | None = None) -> 
     if username is None and key_id is None:
         raise ValueError("name a user, a key id or both")
     entries = read_entries(path)
-    kept = [
-        e for e in entries if not (username in (None, e.username) and key_id in (None, e.id))
-    ]
+    kept = [e for e in entries if not (username in (None, e.username) and key_id in (None, e.id))]
     _write_entries(path, [e.model_dump() for e in kept])
     return len(entries) - len(kept)
 

@@ -16,7 +16,7 @@ Every write of a running batch is conditional on still holding its lease.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
@@ -233,19 +233,18 @@ class BatchStore:
 
     # -- batches: the runner's side -------------------------------------------------------
 
-    def claim(self, holder: str, now: datetime, lease: timedelta) -> BatchLog | None:
-        """Take the oldest unfinished batch whose lease is free, expired or already
-        `holder`'s, and hold it until `now + lease`."""
+    def claim(
+        self, holder: str, now: datetime, lease: timedelta, *, exclude: Collection[str] = ()
+    ) -> BatchLog | None:
+        """Take the oldest unfinished batch (not one of `exclude`, those `holder` runs
+        already) whose lease is free or expired, and hold it until `now + lease`."""
         query = (
             sa.select(batches)
             .where(
                 batches.c.status.in_(ACTIVE_STATUSES),
                 batches.c.mode == "builtin",
-                sa.or_(
-                    batches.c.lease_holder.is_(None),
-                    batches.c.lease_holder == holder,
-                    batches.c.lease_expires_at < now,
-                ),
+                sa.or_(batches.c.lease_holder.is_(None), batches.c.lease_expires_at < now),
+                batches.c.id.not_in(list(exclude)),
             )
             .order_by(batches.c.created_at, batches.c.id)
             .limit(1)
@@ -299,6 +298,12 @@ class BatchStore:
         """In one transaction: record these outcomes and set `values` on the batch, if
         `holder` still holds it.  The batch as stored afterwards (the runner reads a
         cancel request from it), or None when the lease was lost."""
+        values = dict(values)
+        if values.get("status") == "in_progress":
+            # A cancel the API wrote meanwhile stays visible until the runner reads it.
+            values["status"] = sa.case(
+                (batches.c.status == "cancelling", "cancelling"), else_="in_progress"
+            )
         with self.engine.begin() as connection:
             updated = connection.execute(
                 batches.update()

@@ -8,9 +8,12 @@ from quart import Quart, Response
 from werkzeug.exceptions import HTTPException
 
 from core import BackendError, ClientError, error_response, type_for_status
+from frontends.batch_runner import BatchRunner
+from frontends.batches import Batches
 from frontends.gateway import Gateway
 from frontends.listings import Listings
 from frontends.metrics import MetricsSink
+from frontends.web.batches_api import BATCHES_KEY, batches_api
 from frontends.web.convert import GATEWAY_KEY, LISTINGS_KEY, to_quart
 from frontends.web.metrics import METRICS_KEY, METRICS_TOKEN_KEY, metrics_api
 from frontends.web.openai_api import openai_api
@@ -28,12 +31,19 @@ def create_app(
     app_class: type[Quart] = Quart,
     metrics: MetricsSink | None = None,
     metrics_token: str | None = None,
+    batches: Batches | None = None,
+    batch_runner: BatchRunner | None = None,
 ) -> Quart:
     """The app; `app_class=quart_trio.QuartTrio` gives the same app on trio.
 
     With `metrics` (the sink the gateway was built with), `GET /metrics` serves them,
-    to anyone or, with `metrics_token`, only to `Authorization: Bearer <token>`."""
+    to anyone or, with `metrics_token`, only to `Authorization: Bearer <token>`.
+    With `batches`, it serves the files and batches routes; with `batch_runner` too, the
+    runner runs as a background task while the app serves (stopped gracefully at the end).
+    """
     app = app_class("inference_gateway")
+    if batches is not None:  # an upload may be as large as the batch file limit allows
+        max_body_bytes = max(max_body_bytes, batches.limits.max_file_bytes + (1 << 20))
     app.config.update(
         RESPONSE_TIMEOUT=None,  # streams last as long as the model keeps talking
         MAX_CONTENT_LENGTH=max_body_bytes,
@@ -47,6 +57,11 @@ def create_app(
         app.extensions[METRICS_KEY] = metrics
         app.extensions[METRICS_TOKEN_KEY] = metrics_token
         app.register_blueprint(metrics_api)
+    if batches is not None:
+        app.extensions[BATCHES_KEY] = batches
+        app.register_blueprint(batches_api)
+    if batch_runner is not None:
+        _run_in_background(app, batch_runner, batches)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
 
@@ -55,6 +70,17 @@ def create_app(
         await gateway.aclose()
 
     return app
+
+
+def _run_in_background(app: Quart, runner: BatchRunner, batches: Batches | None) -> None:
+    if batches is not None:
+        batches.notify(runner.wake)
+
+    @app.before_serving
+    async def start_batch_runner() -> None:
+        # Quart sets shutdown_event when it stops (quart-trio cancels background tasks).
+        stopping = getattr(app, "shutdown_event", None)
+        app.add_background_task(runner.run, stopping=None if stopping is None else stopping.wait)
 
 
 async def _http_error(error: HTTPException) -> Response:

@@ -1,0 +1,82 @@
+"""OpenAI's files and batches routes; the logic is `frontends.batches.Batches`."""
+
+from __future__ import annotations
+
+import anyio
+from quart import Blueprint, Response, current_app, request
+
+from frontends.batches import Batches
+from frontends.web.convert import to_quart
+
+__all__ = ["BATCHES_KEY", "batches_api"]
+
+BATCHES_KEY = "inference_gateway_batches"
+
+batches_api = Blueprint("batches_api", __name__, url_prefix="/v1")
+
+
+def _batches() -> Batches:
+    batches: Batches = current_app.extensions[BATCHES_KEY]
+    return batches
+
+
+def _authorization() -> str | None:
+    return request.headers.get("Authorization")
+
+
+@batches_api.post("/files")
+async def upload_file() -> Response:
+    form = await request.form
+    uploads = await request.files
+    upload = uploads.get("file")
+    content = None if upload is None else await anyio.to_thread.run_sync(upload.read)
+    return to_quart(
+        await _batches().upload(
+            _authorization(),
+            purpose=form.get("purpose"),
+            filename=None if upload is None else upload.filename,
+            content=content,
+        )
+    )
+
+
+@batches_api.get("/files")
+async def list_files() -> Response:
+    return to_quart(await _batches().list_files(_authorization(), request.args.get("purpose")))
+
+
+@batches_api.get("/files/<file_id>")
+async def retrieve_file(file_id: str) -> Response:
+    return to_quart(await _batches().retrieve_file(_authorization(), file_id))
+
+
+@batches_api.get("/files/<file_id>/content")
+async def file_content(file_id: str) -> Response:
+    return to_quart(await _batches().file_content(_authorization(), file_id))
+
+
+@batches_api.delete("/files/<file_id>")
+async def delete_file(file_id: str) -> Response:
+    return to_quart(await _batches().delete_file(_authorization(), file_id))
+
+
+@batches_api.post("/batches")
+async def create_batch() -> Response:
+    body = await request.get_data(cache=True, as_text=False, parse_form_data=False)
+    return to_quart(await _batches().create(_authorization(), body))
+
+
+@batches_api.get("/batches")
+async def list_batches() -> Response:
+    args = request.args
+    return to_quart(await _batches().list(_authorization(), args.get("after"), args.get("limit")))
+
+
+@batches_api.get("/batches/<batch_id>")
+async def retrieve_batch(batch_id: str) -> Response:
+    return to_quart(await _batches().retrieve(_authorization(), batch_id))
+
+
+@batches_api.post("/batches/<batch_id>/cancel")
+async def cancel_batch(batch_id: str) -> Response:
+    return to_quart(await _batches().cancel(_authorization(), batch_id))
