@@ -158,6 +158,7 @@ class BatchRunner:
         self._clock = clock
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._running: set[str] = set()
+        self._cancels: set[str] = set()
         self._wake: anyio.Event | None = None
         self._stopping = False
         self.lines_sent = 0
@@ -165,8 +166,12 @@ class BatchRunner:
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
 
-    def wake(self) -> None:
-        """Look for work now (a batch was created or cancelled)."""
+    def wake(self, cancelled: str | None = None) -> None:
+        """Look for work now: a batch was created, or (`cancelled`) this one cancelled.
+        A cancel reaches a batch this process runs at once, before any line it has yet to
+        start; one run by another process learns of it from the store, at its next write."""
+        if cancelled is not None:
+            self._cancels.add(cancelled)
         if self._wake is not None:
             self._wake.set()
 
@@ -218,6 +223,7 @@ class BatchRunner:
             log.error("batch %s: the runner failed; its lease will expire", batch.id, exc_info=True)
         finally:
             self._running.discard(batch.id)
+            self._cancels.discard(batch.id)
             self.wake()
 
 
@@ -260,7 +266,6 @@ class BatchRun:
         values: dict[str, Any] = {}
         if batch.in_progress_at is None:
             values["in_progress_at"] = self.runner._now()
-        cancel_seen = False
         async with anyio.create_task_group() as group:
             while True:
                 outcomes: list[LineOutcome] = []
@@ -294,8 +299,7 @@ class BatchRun:
                     await store.call(store.release, batch.id, self.runner.holder)
                     return
                 if machine.state is BatchState.RUNNING:
-                    if stored.cancelling_at is not None and not cancel_seen:
-                        cancel_seen = True
+                    if stored.cancelling_at is not None or batch.id in self.runner._cancels:
                         effects = list(machine.receive(BatchCancelRequested()))
                         continue
                     if self.runner._now() >= stored.expires_at:
@@ -308,6 +312,10 @@ class BatchRun:
                             arrived.append(receive.receive_nowait())
                         except anyio.WouldBlock:
                             break
+                    if (
+                        batch.id in self.runner._cancels and machine.state is BatchState.RUNNING
+                    ):  # before the lines' outcomes, so that no further line is handed out
+                        effects.extend(machine.receive(BatchCancelRequested()))
                     for event, request_id in arrived:
                         self._started.discard(event.index)
                         self._request_ids[event.index] = request_id

@@ -224,17 +224,18 @@ class Batches:
         *,
         limits: BatchLimits | None = None,
         clock: Callable[[], float] = time.time,
-        on_change: Callable[[], None] | None = None,
+        on_change: Callable[[str | None], None] | None = None,
     ) -> None:
         self.gateway = gateway
         self.store = store
         self.limits = limits or BatchLimits()
         self._listings = Listings.of(gateway)
         self._clock = clock
-        self._on_change = on_change or (lambda: None)
+        self._on_change = on_change or (lambda cancelled: None)
 
-    def notify(self, callback: Callable[[], None]) -> None:
-        """Call `callback` whenever a batch is created or cancelled (the runner's wake-up)."""
+    def notify(self, callback: Callable[[str | None], None]) -> None:
+        """Call `callback` whenever a batch is created (with None) or cancelled (with its
+        id): the runner's wake-up."""
         self._on_change = callback
 
     def _now(self) -> datetime:
@@ -391,7 +392,7 @@ class Batches:
                     code="too_many_active_batches",
                 )
             )
-        self._on_change()
+        self._on_change(None)
         return _json(batch_object(batch))
 
     def _select(
@@ -469,7 +470,7 @@ class Batches:
         )
         if batch is None:
             return _respond(_not_found("batch", batch_id))
-        self._on_change()
+        self._on_change(batch_id)
         return _json(batch_object(batch))
 
 
