@@ -185,6 +185,7 @@ def _serve(settings: Settings, *, loop: str = "asyncio") -> int:
         log_sink=FanOut(LoggerSink(), metrics),
         stream_observer=metrics,
     )
+    store, batch_parts = _batch_parts(settings, gateway)
     sock = _listen(settings)
     host, port = sock.getsockname()[:2]
     config = Config()
@@ -196,6 +197,7 @@ def _serve(settings: Settings, *, loop: str = "asyncio") -> int:
     app_options = {
         "metrics": metrics,
         "metrics_token": None if token is None else token.get_secret_value(),
+        **batch_parts,
     }
     try:
         if loop == "trio":
@@ -204,6 +206,7 @@ def _serve(settings: Settings, *, loop: str = "asyncio") -> int:
             _serve_asyncio(gateway, config, app_options)
     finally:
         metrics.close()
+        store.close()
     sock.detach()  # Hypercorn closed the listening socket it was handed
     return 0
 
@@ -212,6 +215,25 @@ def _metrics(settings: Settings) -> MetricsSink:
     """The served gateway's metrics: this process's own, or with `metrics_dir` the shared
     files of several workers (before any metric exists, so all of them go there)."""
     return MetricsSink(multiprocess_dir=settings.metrics_dir)
+
+
+def _batch_parts(settings: Settings, gateway: Gateway) -> tuple[Any, dict[str, Any]]:
+    """The store (migrated), the files and batches API over it, and the built-in runner."""
+    from frontends.batch_runner import BatchRunner
+    from frontends.batches import Batches, BatchLimits
+    from frontends.store import BatchStore, Store
+
+    store = Store.connect(settings.store_url)
+    batch_store = BatchStore(store.engine)
+    limits = BatchLimits(
+        max_file_bytes=settings.batch_max_file_bytes,
+        max_lines=settings.batch_max_lines,
+        max_active=settings.batch_max_active,
+        concurrency=settings.batch_concurrency,
+    )
+    runner = BatchRunner(gateway, batch_store, concurrency=limits.concurrency)
+    batches = Batches(gateway, batch_store, limits=limits)
+    return store, {"batches": batches, "batch_runner": runner}
 
 
 def _serve_asyncio(gateway: Gateway, config: Any, app_options: dict[str, Any]) -> None:

@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     # should need `Authorization: Bearer <token>` (Prometheus scrapes without by default).
     metrics_dir: Path | None = None
     metrics_token: pydantic.SecretStr | None = None
+    # Files and batches (/v1/files, /v1/batches): an input file's size and lines, the
+    # unfinished batches a user may have, the lines a batch runs at once.
+    batch_max_file_bytes: int = pydantic.Field(default=100 * 1024 * 1024, ge=1)
+    batch_max_lines: int = pydantic.Field(default=50_000, ge=1)
+    batch_max_active: int = pydantic.Field(default=1, ge=1)
+    batch_concurrency: int = pydantic.Field(default=8, ge=1, le=1024)
 
     # Identity providers, tried in this order (a JSON list or "static,globus").
     identity_providers: Annotated[list[ProviderName], NoDecode] = ["static"]
