@@ -298,7 +298,7 @@ class BatchStore:
         """In one transaction: record these outcomes and set `values` on the batch, if
         `holder` still holds it.  The batch as stored afterwards (the runner reads a
         cancel request from it), or None when the lease was lost."""
-        values = dict(values)
+        values = {**values, "lease_holder": holder}  # never an empty SET
         if values.get("status") == "in_progress":
             # A cancel the API wrote meanwhile stays visible until the runner reads it.
             values["status"] = sa.case(

@@ -66,9 +66,11 @@ def upload(c: openai.OpenAI, items: list[dict[str, Any]] | bytes) -> str:
 
 
 def wait_for(
-    c: openai.OpenAI, batch_id: str, done: Callable[[Any], bool] = lambda b: b.status in {
-        "completed", "failed", "expired", "cancelled"
-    }
+    c: openai.OpenAI,
+    batch_id: str,
+    done: Callable[[Any], bool] = lambda b: (
+        b.status in {"completed", "failed", "expired", "cancelled"}
+    ),
 ) -> Any:
     deadline = time.monotonic() + DEADLINE
     while time.monotonic() < deadline:
