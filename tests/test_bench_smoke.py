@@ -22,3 +22,16 @@ def test_overhead_benchmark_runs() -> None:
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith(("whole", "stream"))]
     assert len(rows) == 3
+
+
+def test_batch_runner_benchmark_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.batch_runner", "--lines", "10", "--databases", "sqlite"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "lines/s" in result.stdout
