@@ -429,7 +429,7 @@ class Batches:
             return _respond(_not_found("batch", batch_id))
         return _json(batch_object(batch))
 
-    async def list(
+    async def list_batches(
         self, authorization: str | None, after: str | None, limit: str | None
     ) -> GatewayResponse:
         caller = await self._listings.authenticate(authorization)

@@ -69,7 +69,9 @@ async def create_batch() -> Response:
 @batches_api.get("/batches")
 async def list_batches() -> Response:
     args = request.args
-    return to_quart(await _batches().list(_authorization(), args.get("after"), args.get("limit")))
+    return to_quart(
+        await _batches().list_batches(_authorization(), args.get("after"), args.get("limit"))
+    )
 
 
 @batches_api.get("/batches/<batch_id>")
