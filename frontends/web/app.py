@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from quart import Quart, Response
-from werkzeug.exceptions import HTTPException
+from quart import Quart, Response, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from core import BackendError, ClientError, error_response, type_for_status
 from frontends.batch_runner import BatchRunner
@@ -13,7 +13,7 @@ from frontends.batches import Batches
 from frontends.gateway import Gateway
 from frontends.listings import Listings
 from frontends.metrics import MetricsSink
-from frontends.web.batches_api import BATCHES_KEY, batches_api
+from frontends.web.batches_api import BATCHES_KEY, UPLOAD_ENDPOINT, batches_api
 from frontends.web.convert import GATEWAY_KEY, LISTINGS_KEY, to_quart
 from frontends.web.metrics import METRICS_KEY, METRICS_TOKEN_KEY, metrics_api
 from frontends.web.openai_api import openai_api
@@ -42,8 +42,6 @@ def create_app(
     runner runs as a background task while the app serves (stopped gracefully at the end).
     """
     app = app_class("inference_gateway")
-    if batches is not None:  # an upload may be as large as the batch file limit allows
-        max_body_bytes = max(max_body_bytes, batches.limits.max_file_bytes + (1 << 20))
     app.config.update(
         RESPONSE_TIMEOUT=None,  # streams last as long as the model keeps talking
         MAX_CONTENT_LENGTH=max_body_bytes,
@@ -60,6 +58,7 @@ def create_app(
     if batches is not None:
         app.extensions[BATCHES_KEY] = batches
         app.register_blueprint(batches_api)
+        _allow_uploads(app, max_body_bytes, batches.limits.max_file_bytes + (1 << 20))
     if batch_runner is not None:
         _run_in_background(app, batch_runner, batches)
     app.register_error_handler(HTTPException, _http_error)
@@ -70,6 +69,20 @@ def create_app(
         await gateway.aclose()
 
     return app
+
+
+def _allow_uploads(app: Quart, max_body_bytes: int, max_upload_bytes: int) -> None:
+    """A file upload may be as large as the batch file limit allows; every other route
+    keeps `max_body_bytes` (refused by its declared length before the body is read)."""
+    if max_upload_bytes <= max_body_bytes:
+        return
+    app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
+
+    @app.before_request
+    async def keep_other_bodies_small() -> None:
+        length = request.content_length
+        if request.endpoint != UPLOAD_ENDPOINT and length is not None and length > max_body_bytes:
+            raise RequestEntityTooLarge()
 
 
 def _run_in_background(app: Quart, runner: BatchRunner, batches: Batches | None) -> None:

@@ -8,9 +8,10 @@ from quart import Blueprint, Response, current_app, request
 from frontends.batches import Batches
 from frontends.web.convert import to_quart
 
-__all__ = ["BATCHES_KEY", "batches_api"]
+__all__ = ["BATCHES_KEY", "UPLOAD_ENDPOINT", "batches_api"]
 
 BATCHES_KEY = "inference_gateway_batches"
+UPLOAD_ENDPOINT = "batches_api.upload_file"
 
 batches_api = Blueprint("batches_api", __name__, url_prefix="/v1")
 

@@ -118,3 +118,52 @@ async def test_a_new_runner_finishes_a_stopped_ones_batch_without_repeating_a_li
     finally:
         await gateway.aclose()
         await store.aclose()
+
+
+async def test_a_batch_whose_window_ended_before_it_ran_expires_without_a_line_sent(
+    backend: tuple[FakeOpenAI, str], database_url: str, tmp_path: Path
+) -> None:
+    fake, backend_url = backend
+    gateway = build_gateway(
+        batch_fixtures(tmp_path, backend_url, models=["gpt-test"]),
+        identity=StaticKeys.from_file(write_tokens(tmp_path)),
+        transport=HttpxTransport(),
+        environ={KEY_ENV: "unused"},
+    )
+    store = await Store.open(database_url)
+    try:
+        batch_store = BatchStore(store.engine)
+        api = Batches(gateway, batch_store, clock=lambda: 1_800_000_000.0)
+        auth = f"Bearer {ALICE}"
+        uploaded = await api.upload(auth, purpose="batch", filename="in.jsonl", content=_input())
+        request = {
+            "input_file_id": uploaded.json()["id"],
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+        }
+        batch_id = (await api.create(auth, json.dumps(request).encode())).json()["id"]
+        # The runner's clock says the 24 hours are over.
+        runner = BatchRunner(
+            gateway, batch_store, poll_interval=0.05, clock=lambda: 1_800_000_000.0 + 86_401
+        )
+        async with anyio.create_task_group() as group:
+            group.start_soon(runner.run)
+
+            def ended() -> bool:
+                batch = batch_store.get_batch(batch_id)
+                return batch is not None and batch.status == "expired"
+
+            await _until(ended, "the batch expired")
+            runner.stop()
+        done = batch_store.get_batch(batch_id)
+        assert done is not None
+        assert (done.completed, done.failed, done.output_file_id) == (0, LINES, None)
+        assert done.expired_at is not None
+        errors = batch_store.file_content("alice@example.org", done.error_file_id or "")
+        assert errors is not None
+        codes = {json.loads(text)["error"]["code"] for text in errors.splitlines()}
+        assert codes == {"batch_expired"}
+        assert fake.requests == []
+    finally:
+        await gateway.aclose()
+        await store.aclose()

@@ -287,3 +287,23 @@ def test_bad_batches_are_refused(gateway: BatchGateway) -> None:
         create(alice, upload(alice, [line(0)]))
     assert create(bob, upload(bob, [line(0)])).status == "validating"
     assert alice.batches.cancel(first.id).status == "cancelling"
+
+
+def test_uploads_have_their_own_size_limit_and_other_bodies_keep_theirs(
+    backend: tuple[FakeOpenAI, str], database_url: str, tmp_path: Path
+) -> None:
+    limits = BatchLimits(max_file_bytes=4_000)
+    with running_batch_gateway(
+        tmp_path, backend[1], database_url, limits=limits, max_body_bytes=2_000
+    ) as gateway:
+        c = client(gateway)
+        items = [line(i) for i in range(20)]
+        content = jsonl(items)
+        assert 2_000 < len(content) < 4_000
+        assert c.files.retrieve(upload(c, content)).bytes == len(content)
+        with pytest.raises(openai.BadRequestError, match="at most 4000 are allowed"):
+            upload(c, jsonl([line(i) for i in range(40)]))
+        big = "x" * 3_000
+        with pytest.raises(openai.APIStatusError) as refused:
+            c.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": big}])
+        assert refused.value.status_code == 413

@@ -70,6 +70,7 @@ def running_batch_gateway(
     limits: BatchLimits | None = None,
     with_runner: bool = True,
     poll_interval: float = 0.2,
+    max_body_bytes: int = 16 * 1024 * 1024,
 ) -> Iterator[BatchGateway]:
     """A gateway with files and batches on `database_url`, served on a free port."""
     fixtures = batch_fixtures(folder, backend_url)
@@ -92,7 +93,9 @@ def running_batch_gateway(
             if with_runner
             else None
         )
-        app = create_app(gateway, batches=batches, batch_runner=runner)
+        app = create_app(
+            gateway, batches=batches, batch_runner=runner, max_body_bytes=max_body_bytes
+        )
         with serve_app(app) as url:
             yield BatchGateway(url=url, runner=runner, store=batch_store)
     finally:
