@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from core import ConfigurationError
+from core import ConfigurationError, QuotaPolicy
 from frontends import cli_keys
 from frontends.assembly import build_gateway
 from frontends.gateway import Gateway
@@ -28,6 +28,7 @@ from frontends.identity import (
 )
 from frontends.log_sink import FanOut, LoggerSink
 from frontends.metrics import MetricsSink
+from frontends.quota import InProcessCounters, QuotaCounters, RedisCounters
 from frontends.replay import add_replay_command, run_replay_command
 from frontends.settings import Settings, load_settings
 from transports import Transport
@@ -149,6 +150,20 @@ def _transport(verify_tls: bool = True) -> Transport:
     return HttpxTransport(verify=verify_tls)
 
 
+def _quota(settings: Settings) -> tuple[QuotaCounters | None, QuotaPolicy]:
+    """The counters quotas are kept in (None: quotas off) and the gateway-wide policy."""
+    policy = QuotaPolicy(
+        requests_per_minute_per_user=settings.requests_per_minute_per_user,
+        default_max_tokens=settings.quota_default_max_tokens,
+    )
+    if not settings.quotas:
+        return None, policy
+    if settings.redis_url is None:
+        return InProcessCounters(), policy
+    url = settings.redis_url.get_secret_value()
+    return RedisCounters(url, prefix=settings.redis_key_prefix), policy
+
+
 def _listen(settings: Settings) -> socket.socket:
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -177,6 +192,7 @@ def _serve(settings: Settings, *, loop: str = "asyncio") -> int:
     transport = _transport(settings.verify_tls)
     identity = build_identity(settings, transport=transport)
     metrics = _metrics(settings)
+    quota, policy = _quota(settings)
     gateway = build_gateway(
         settings.fixtures_dir,
         identity=identity,
@@ -184,6 +200,8 @@ def _serve(settings: Settings, *, loop: str = "asyncio") -> int:
         stream_usage=settings.stream_usage,
         log_sink=FanOut(LoggerSink(), metrics),
         stream_observer=metrics,
+        quota=quota,
+        quota_policy=policy,
     )
     store, batch_parts = _batch_parts(settings, gateway)
     sock = _listen(settings)

@@ -276,11 +276,17 @@ class Gateway:
         clone._identity = _Vouching(identity)
         return clone
 
+    @property
+    def quota(self) -> QuotaCounters | None:
+        """The quota counters, if quotas apply."""
+        return self._quota
+
     async def aclose(self) -> None:
         await self._transport.aclose()
-        close = getattr(self._identity, "aclose", None)
-        if close is not None:
-            await close()
+        for edge in (self._identity, self._quota):
+            close = getattr(edge, "aclose", None)
+            if close is not None:
+                await close()
 
     # -- OpenAI operations --------------------------------------------------------------
 

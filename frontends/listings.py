@@ -34,6 +34,7 @@ from core import (
 from frontends.caller import resolve_caller
 from frontends.gateway import Gateway, GatewayResponse
 from frontends.identity import IdentityProvider
+from frontends.quota import QuotaCounters
 
 __all__ = ["Listings"]
 
@@ -58,15 +59,22 @@ class Listings:
         catalog: Catalog,
         clusters: Mapping[str, BaseCluster],
         identity: IdentityProvider,
+        quota: QuotaCounters | None = None,
     ) -> None:
         self.catalog = catalog
         self._clusters = dict(clusters)
         self._identity = identity
+        self._quota = quota
 
     @classmethod
     def of(cls, gateway: Gateway) -> Listings:
         """The listings of what this gateway serves, to the callers it accepts."""
-        return cls(catalog=gateway.catalog, clusters=gateway.clusters, identity=gateway.identity)
+        return cls(
+            catalog=gateway.catalog,
+            clusters=gateway.clusters,
+            identity=gateway.identity,
+            quota=gateway.quota,
+        )
 
     async def authenticate(self, authorization: str | None) -> Identity | GatewayResponse:
         """The caller of a listing route, or the 401/403/503 to answer them with: the
@@ -140,4 +148,8 @@ class Listings:
         return _json(filter_jobs(self.catalog, identity, cluster, answer.jobs.model_dump()))
 
     def health(self) -> GatewayResponse:
-        return _json({"status": "ok"})
+        """Up, and, when quotas apply, what counts them (`quota`): "in-process", "redis",
+        or "redis-unreachable, using in-process" (requests are served in every case)."""
+        if self._quota is None:
+            return _json({"status": "ok"})
+        return _json({"status": "ok", "quota": str(self._quota.status()["backend"])})

@@ -82,6 +82,15 @@ class Settings(BaseSettings):
     batch_max_active: int = pydantic.Field(default=1, ge=1)
     batch_concurrency: int = pydantic.Field(default=8, ge=1, le=1024)
 
+    # Quotas (README "Quotas"): off altogether with quotas=false.  Counted in process
+    # unless redis_url names a Redis (redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://,
+    # unix://) that replicas share, under redis_key_prefix; may hold a password.
+    quotas: bool = True
+    redis_url: pydantic.SecretStr | None = None
+    redis_key_prefix: str = pydantic.Field(default="inference-gateway:{quota}:", min_length=1)
+    requests_per_minute_per_user: int = pydantic.Field(default=0, ge=0)
+    quota_default_max_tokens: int = pydantic.Field(default=1024, ge=1)
+
     # Identity providers, tried in this order (a JSON list or "static,globus").
     identity_providers: Annotated[list[ProviderName], NoDecode] = ["static"]
     identity_timeout: float = pydantic.Field(default=10.0, gt=0)
@@ -145,6 +154,19 @@ class Settings(BaseSettings):
     def _metrics_token(cls, value: pydantic.SecretStr | None) -> pydantic.SecretStr | None:
         if value is not None and not value.get_secret_value().strip():
             raise ValueError("an empty token would lock every scraper out; unset it instead")
+        return value
+
+    @pydantic.field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: pydantic.SecretStr | None) -> pydantic.SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        import redis
+
+        try:
+            redis.ConnectionPool.from_url(value.get_secret_value())  # parses; connects not
+        except ValueError as exc:
+            raise ValueError(f"INFERENCE_GATEWAY_REDIS_URL: {exc}") from None
         return value
 
     @pydantic.field_validator("oidc_algorithms")

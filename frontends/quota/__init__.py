@@ -5,9 +5,15 @@ the counters only keep the numbers, atomically.  `reserve` is the one call the r
 waits for (it decides admission); `settle` and `release` never block the request path:
 they are recorded at once in process, or handed to a background writer by counters that
 live elsewhere.
+
+`InProcessCounters` count for one process; `RedisCounters` share the counts between
+replicas through Redis and fall back to counting in process while it is unreachable.
+Both have `status()`, a small dict whose `backend` says which is counting (for health
+and metrics); counters with an `aclose()` are closed when the gateway stops.
 """
 
 from frontends.quota._base import QuotaCounters
 from frontends.quota._local import InProcessCounters
+from frontends.quota._redis import DEFAULT_PREFIX, RedisCounters
 
-__all__ = ["InProcessCounters", "QuotaCounters"]
+__all__ = ["DEFAULT_PREFIX", "InProcessCounters", "QuotaCounters", "RedisCounters"]

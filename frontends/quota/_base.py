@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from core import Refusal, Reservation
 
@@ -24,4 +24,9 @@ class QuotaCounters(Protocol):
 
     def release(self, reservation_id: str, keys: Sequence[str]) -> None:
         """Give back what `reservation_id` holds on these keys; never blocks or raises."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """A small dict for health and metrics; `backend` names what counts: "in-process",
+        "redis" or "redis-unreachable, using in-process"."""
         ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from core import Ledger, Refusal, Reservation
 
@@ -38,3 +39,7 @@ class InProcessCounters:
     def used(self, key: str) -> int:
         """What `key` holds in the window ending now (for health and tests)."""
         return self._ledger.used(key, self._clock())
+
+    def status(self) -> dict[str, Any]:
+        """For health and metrics: always `{"backend": "in-process"}`."""
+        return {"backend": "in-process"}
