@@ -10,8 +10,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from core import QuotaPolicy
 from frontends.assembly import build_gateway
 from frontends.identity import IdentityProvider, StaticKeys
+from frontends.quota import QuotaCounters
 from frontends.web import create_app
 from tests.support.servers import serve_app
 from transports import Transport
@@ -70,13 +72,22 @@ def running_gateway(
     *,
     identity: IdentityProvider | None = None,
     transport: Transport | None = None,
+    quota: QuotaCounters | None = None,
+    quota_policy: QuotaPolicy | None = None,
 ) -> Iterator[str]:
     """The base URL of a gateway serving these fixtures through a real server; the
     identity provider is static keys from `tokens_file` unless one is given, the
-    transport httpx unless one is given."""
+    transport httpx unless one is given; quotas only with `quota` counters (which the
+    gateway closes when the server stops)."""
     if identity is None:
         assert tokens_file is not None
         identity = StaticKeys.from_file(tokens_file)
-    gateway = build_gateway(fixtures, identity=identity, transport=transport or HttpxTransport())
+    gateway = build_gateway(
+        fixtures,
+        identity=identity,
+        transport=transport or HttpxTransport(),
+        quota=quota,
+        quota_policy=quota_policy,
+    )
     with serve_app(create_app(gateway)) as url:
         yield url

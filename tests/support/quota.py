@@ -1,0 +1,80 @@
+"""Quota helpers for tests: the local Redis, a key prefix per test, fixtures with limits."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from tests.support.gateway_server import write_fixtures
+
+__all__ = [
+    "REDIS_URL",
+    "closed_port_url",
+    "limited_fixtures",
+    "redis_prefix",
+]
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@contextmanager
+def redis_prefix() -> Iterator[str]:
+    """A key prefix of this test's own (so tests cannot see each other's counts); its
+    keys are deleted afterwards."""
+    prefix = f"igw-test-{uuid.uuid4().hex}:{{quota}}:"
+    try:
+        yield prefix
+    finally:
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+            if keys:
+                client.delete(*keys)
+        finally:
+            client.close()
+
+
+def closed_port_url() -> str:
+    """A Redis URL on a local port nothing listens on (the OS chose it, then we let go)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def limited_fixtures(
+    folder: Path,
+    backend_url: str,
+    models: Sequence[str],
+    *,
+    tpm_model: int = 0,
+    tpm_user: int = 0,
+) -> Path:
+    """Fixtures with one endpoint per model of the fake backend, with these limits."""
+    cluster: Mapping[str, Any] = {
+        "cluster_name": "fake",
+        "frameworks": ["api"],
+        "openai_endpoints": ["chat/completions", "completions", "embeddings"],
+        "cluster_adapter": "adaptors.clusters.openai_compatible.OpenAICompatibleCluster",
+        "config": {"api_url": f"{backend_url}/v1"},
+    }
+    endpoints = [
+        {
+            "endpoint_slug": f"fake-api-{model}",
+            "cluster": "fake",
+            "framework": "api",
+            "model": model,
+            "endpoint_adapter": "adaptors.endpoints.direct_api.DirectAPIEndpoint",
+            "config": {"api_url": f"{backend_url}/v1", "api_key_env_name": "UNSET_KEY"},
+            "tpm_model": tpm_model,
+            "tpm_user": tpm_user,
+        }
+        for model in models
+    ]
+    return write_fixtures(folder, [cluster], endpoints)
