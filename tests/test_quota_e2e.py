@@ -6,11 +6,6 @@ the client abandons, and a Redis that cannot be reached."""
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -24,10 +19,15 @@ from core import QuotaPolicy
 from frontends.quota import InProcessCounters, QuotaCounters, RedisCounters
 from tests.support.fake_openai import running_fake_openai
 from tests.support.gateway_server import ALICE, running_gateway, write_tokens
-from tests.support.quota import REDIS_URL, closed_port_url, limited_fixtures, redis_prefix
+from tests.support.quota import (
+    REDIS_URL,
+    closed_port_url,
+    limited_fixtures,
+    redis_prefix,
+    serve_process,
+)
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[1]
 AUTH = {"Authorization": f"Bearer {ALICE}"}
 HELLO = [{"role": "user", "content": "hello"}]  # a prompt estimated at 2 tokens
 
@@ -78,41 +78,6 @@ def test_two_hundred_requests_against_fifty_per_minute_in_process(tmp_path: Path
     assert health == {"status": "ok", "quota": "in-process"}
 
 
-@contextmanager
-def _serve(tmp_path: Path, fixtures: Path, loop: str, **settings: str) -> Iterator[str]:
-    """`inference-gateway serve` as a subprocess on a port the OS picks; yields its URL
-    and stops it with SIGTERM afterwards."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_GATEWAY_")}
-    env.update(
-        PYTHONPATH=str(ROOT),
-        INFERENCE_GATEWAY_TOKENS_FILE=str(write_tokens(tmp_path)),
-        INFERENCE_GATEWAY_STATE_DIR=str(tmp_path / f"state-{loop}"),
-        **{f"INFERENCE_GATEWAY_{name.upper()}": value for name, value in settings.items()},
-    )
-    command = [sys.executable, "-m", "frontends.cli", "serve", "--port", "0", "--loop", loop]
-    # Its log (a line per request) goes to a file: a pipe nobody reads would fill and
-    # stop the server.
-    log_path = tmp_path / f"serve-{loop}.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [*command, "--fixtures", str(fixtures)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-        )
-        try:
-            assert process.stdout is not None
-            first = process.stdout.readline()
-            url = re.search(r"on (http://\S+)/v1", first)
-            assert url, first + log_path.read_text()
-            yield url[1]
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.communicate(timeout=30)
-    assert process.returncode == 0, log_path.read_text()
-
-
 def test_two_hundred_requests_against_fifty_per_minute_shared_by_two_processes(
     tmp_path: Path,
 ) -> None:
@@ -128,7 +93,7 @@ def test_two_hundred_requests_against_fifty_per_minute_shared_by_two_processes(
             "requests_per_minute_per_user": "50",
         }
         urls = [
-            servers.enter_context(_serve(tmp_path, fixtures, loop, **shared))
+            servers.enter_context(serve_process(tmp_path, fixtures, loop, **shared))
             for loop in ("asyncio", "trio")
         ]
         answers = anyio.run(_all_at_once, urls * 100, _chat("gpt-test"))
