@@ -2,17 +2,19 @@
 
 Theory of operation
 -------------------
-Each limit key (`tpm_model:<slug>`, `tpm_user:<slug>:<user>`, `rpm_user:<user>`) is two
-Redis keys under the prefix: a sorted set `<prefix><key>:t` of reservation ids scored by
-the millisecond they were made, and a hash `<prefix><key>:a` of their amounts.  One Lua
-script per reserve (atomic on the server, sent by EVALSHA) drops every key's entries
-that left the window, checks that every reservation fits, and only then records them
-all; otherwise it records none and says which reservation refused and in how many
-seconds enough of it frees up.  That is `core.Ledger`'s arithmetic, step for step
-(`tests/test_quota_redis.py` checks the two decide alike for any sequence).  Time is
-Redis's own `TIME`, so replicas share one clock; a test may pass logical time instead
-(`clock=`), which the script then uses.  Settle and release are scripts of their own;
-every key expires a window after its last reservation, so nothing outlives its use.
+Each limit key (`tpm_model:<slug>`, `tpm_user:<slug>:<user>`, `rpm_user:<user>`) is
+three Redis keys under the prefix: a sorted set `<prefix><key>:t` of reservation ids
+scored by the millisecond they were made, a hash `<prefix><key>:a` of their amounts, and
+`<prefix><key>:s`, their sum, kept as they change (so a reserve costs the entries that
+leave the window, not a scan of all it holds).  One Lua script per reserve (atomic on
+the server, sent by EVALSHA) drops every key's entries that left the window, checks
+that every reservation fits, and only then records them all; otherwise it records none
+and says which reservation refused and in how many seconds enough of it frees up.
+That is `core.Ledger`'s arithmetic, step for step (`tests/test_quota_redis.py` checks
+the two decide alike for any sequence).  Time is Redis's own `TIME`, so replicas share
+one clock; a test may pass logical time instead (`clock=`), which the script then uses.
+Settle and release are scripts of their own; every key expires a window after its last
+reservation, so nothing outlives its use.
 
 Under asyncio and trio alike, off the event loop: redis-py's asyncio client serves
 asyncio only, so these counters use its synchronous client in worker threads.  A reserve
@@ -66,19 +68,31 @@ log = logging.getLogger("inference_gateway.quota")
 
 DEFAULT_PREFIX = "inference-gateway:{quota}:"
 
-# Trims one key (times KEYS[t], amounts KEYS[a]) of entries at or before `horizon`.
-_TRIM = """
-local function trim(times, amounts, horizon)
+# Helpers every script shares.  A limit key is three Redis keys: `times` (sorted set:
+# reservation id -> millisecond), `amounts` (hash: reservation id -> amount) and `total`
+# (the sum of `amounts`, kept as it changes, so a check costs no scan of the window).
+_COMMON = """
+local function trim(times, amounts, total, horizon)
   local expired = redis.call('ZRANGEBYSCORE', times, '-inf', horizon)
+  if #expired == 0 then return end
+  local freed = 0
   for first = 1, #expired, 500 do
-    redis.call('HDEL', amounts, unpack(expired, first, math.min(first + 499, #expired)))
+    local last = math.min(first + 499, #expired)
+    for _, v in ipairs(redis.call('HMGET', amounts, unpack(expired, first, last))) do
+      if v then freed = freed + tonumber(v) end
+    end
+    redis.call('HDEL', amounts, unpack(expired, first, last))
   end
-  if #expired > 0 then redis.call('ZREMRANGEBYSCORE', times, '-inf', horizon) end
+  redis.call('ZREMRANGEBYSCORE', times, '-inf', horizon)
+  redis.call('DECRBY', total, freed)
 end
-local function held(amounts)
-  local sum = 0
-  for _, v in ipairs(redis.call('HVALS', amounts)) do sum = sum + tonumber(v) end
-  return sum
+local function held(total)
+  return tonumber(redis.call('GET', total) or '0')
+end
+local function put(amounts, total, rid, amount)
+  local old = redis.call('HGET', amounts, rid)
+  redis.call('HSET', amounts, rid, amount)
+  redis.call('INCRBY', total, amount - tonumber(old or '0'))
 end
 local function clock(given)
   local now = tonumber(given)
@@ -90,71 +104,80 @@ local function clock(given)
 end
 """
 
-# KEYS: times, amounts per reservation.  ARGV: now ("" = TIME), id, window, then amount
-# and capacity per reservation.  Returns 0 (all recorded) or {index, retry_after}.
+# KEYS: times, amounts, total per reservation.  ARGV: now ("" = TIME), id, window, then
+# amount and capacity per reservation.  Returns 0 (all recorded) or {index, retry_after}.
 _RESERVE = (
-    _TRIM
+    _COMMON
     + """
 local now, rid, window = clock(ARGV[1]), ARGV[2], tonumber(ARGV[3])
-local n = #KEYS / 2
+local n = #KEYS / 3
 for i = 1, n do
-  local times, amounts = KEYS[2 * i - 1], KEYS[2 * i]
+  local times, amounts, total = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   local amount, capacity = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
-  trim(times, amounts, now - window)
-  local sum = held(amounts)
+  trim(times, amounts, total, now - window)
+  local sum = held(total)
   if sum + amount > capacity then
+    -- When enough of the oldest entries leave the window for this one to fit.
     local whole = math.floor(window / 1000)
     if amount > capacity then return {i, whole} end
-    local need = sum + amount - capacity
-    local entries = redis.call('ZRANGE', times, 0, -1, 'WITHSCORES')
-    local freed = 0
-    for j = 1, #entries, 2 do
-      freed = freed + tonumber(redis.call('HGET', amounts, entries[j]))
-      if freed >= need then
-        local wait = tonumber(entries[j + 1]) + window - now
-        return {i, math.max(1, math.floor((wait + 999) / 1000))}
+    local need, freed, start = sum + amount - capacity, 0, 0
+    while true do
+      local entries = redis.call('ZRANGE', times, start, start + 99, 'WITHSCORES')
+      if #entries == 0 then return {i, whole} end
+      for j = 1, #entries, 2 do
+        freed = freed + tonumber(redis.call('HGET', amounts, entries[j]))
+        if freed >= need then
+          local wait = tonumber(entries[j + 1]) + window - now
+          return {i, math.max(1, math.floor((wait + 999) / 1000))}
+        end
       end
+      start = start + 100
     end
-    return {i, whole}
   end
 end
 for i = 1, n do
-  local times, amounts = KEYS[2 * i - 1], KEYS[2 * i]
+  local times, amounts, total = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   redis.call('ZADD', times, now, rid)
-  redis.call('HSET', amounts, rid, ARGV[2 + 2 * i])
-  redis.call('PEXPIRE', times, window)
-  redis.call('PEXPIRE', amounts, window)
+  put(amounts, total, rid, tonumber(ARGV[2 + 2 * i]))
+  for _, key in ipairs({times, amounts, total}) do redis.call('PEXPIRE', key, window) end
 end
 return 0
 """
 )
 
-# KEYS: times, amounts per key.  ARGV: id, used.
-_SETTLE = """
-for i = 1, #KEYS, 2 do
+# KEYS: times, amounts, total per key.  ARGV: id, used.
+_SETTLE = (
+    _COMMON
+    + """
+for i = 1, #KEYS, 3 do
   if redis.call('HEXISTS', KEYS[i + 1], ARGV[1]) == 1 then
-    redis.call('HSET', KEYS[i + 1], ARGV[1], ARGV[2])
+    put(KEYS[i + 1], KEYS[i + 2], ARGV[1], tonumber(ARGV[2]))
+  end
+end
+return 0
+"""
+)
+
+# KEYS: times, amounts, total per key.  ARGV: id.
+_RELEASE = """
+for i = 1, #KEYS, 3 do
+  local old = redis.call('HGET', KEYS[i + 1], ARGV[1])
+  redis.call('ZREM', KEYS[i], ARGV[1])
+  if old then
+    redis.call('HDEL', KEYS[i + 1], ARGV[1])
+    redis.call('DECRBY', KEYS[i + 2], tonumber(old))
   end
 end
 return 0
 """
 
-# KEYS: times, amounts per key.  ARGV: id.
-_RELEASE = """
-for i = 1, #KEYS, 2 do
-  redis.call('ZREM', KEYS[i], ARGV[1])
-  redis.call('HDEL', KEYS[i + 1], ARGV[1])
-end
-return 0
-"""
-
-# KEYS: times, amounts.  ARGV: now ("" = TIME), window.  What the key holds now.
+# KEYS: times, amounts, total.  ARGV: now ("" = TIME), window.  What the key holds now.
 _USED = (
-    _TRIM
+    _COMMON
     + """
 local now, window = clock(ARGV[1]), tonumber(ARGV[2])
-trim(KEYS[1], KEYS[2], now - window)
-return held(KEYS[2])
+trim(KEYS[1], KEYS[2], KEYS[3], now - window)
+return held(KEYS[3])
 """
 )
 
@@ -346,7 +369,7 @@ class RedisCounters:
     # -- helpers on worker threads ---------------------------------------------------------
 
     def _keys(self, keys: Sequence[str]) -> list[str]:
-        return [f"{self._prefix}{key}:{part}" for key in keys for part in ("t", "a")]
+        return [f"{self._prefix}{key}:{part}" for key in keys for part in ("t", "a", "s")]
 
     def _now(self) -> str:
         return "" if self._clock is None else str(self._clock())
