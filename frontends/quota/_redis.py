@@ -245,6 +245,7 @@ class RedisCounters:
         self._handled = threading.Condition()
         self._done = 0  # writes the drainer applied or parked
         self._parked: collections.deque[_Write] = collections.deque()
+        self._parked_lock = threading.Lock()  # the drainer and reserves both flush
         self._lost = 0
         self._drainer: threading.Thread | None = None
         self._closed = False
@@ -383,6 +384,8 @@ class RedisCounters:
         self, reservation_id: str, reservations: tuple[Reservation, ...], ticket: int
     ) -> Refusal | None:
         self._wait_for(ticket)
+        if self._parked:  # Redis is back: this process's earlier writes go first
+            self._flush_parked()
         args: list[str | int] = [self._now(), reservation_id, WINDOW_MS]
         for wanted in reservations:
             args += [wanted.amount, wanted.capacity]
@@ -433,7 +436,8 @@ class RedisCounters:
             with self._lock:
                 reachable = self._reachable
             try:
-                item = self._queue.get(timeout=None if reachable else self._retry_interval)
+                idle = max(self._retry_interval, 0.1)
+                item = self._queue.get(timeout=None if reachable else idle)
             except queue.Empty:
                 item = None
             if not reachable:
@@ -445,9 +449,11 @@ class RedisCounters:
                 self._retry_parked(probe=False)
             if item is _STOP:
                 self._retry_parked(probe=True)
-                if self._parked:
-                    self._lose(len(self._parked), "Redis unreachable when the gateway stopped")
+                with self._parked_lock:
+                    left = len(self._parked)
                     self._parked.clear()
+                if left:
+                    self._lose(left, "Redis unreachable when the gateway stopped")
                 return
             if isinstance(item, _Write):
                 self._write_or_park(item)
@@ -464,9 +470,12 @@ class RedisCounters:
                 return
             except _FAILURES as exc:
                 self._unreachable(exc)
-        self._parked.append(write)
-        if len(self._parked) > self._max_pending:
-            self._parked.popleft()
+        with self._parked_lock:
+            self._parked.append(write)
+            over = len(self._parked) > self._max_pending
+            if over:
+                self._parked.popleft()
+        if over:
             self._lose(1, f"more than {self._max_pending} waiting")
 
     def _retry_parked(self, *, probe: bool) -> None:
@@ -474,9 +483,10 @@ class RedisCounters:
         Redis answers (when `probe`, ask it first even if nothing is parked)."""
         horizon = time.monotonic() - WINDOW_MS / 1000
         old = 0
-        while self._parked and self._parked[0].queued_at <= horizon:
-            self._parked.popleft()
-            old += 1
+        with self._parked_lock:
+            while self._parked and self._parked[0].queued_at <= horizon:
+                self._parked.popleft()
+                old += 1
         if old:
             self._lose(old, "older than the window (their reservations have expired)")
         if not self._parked and not probe:
@@ -484,10 +494,16 @@ class RedisCounters:
         try:
             if probe:
                 self._redis.ping()
-            while self._parked:
-                self._apply(self._parked[0])
-                self._parked.popleft()
+            self._flush_parked()
         except _FAILURES as exc:
             self._unreachable(exc)
             return
         self._reachable_again()
+
+    def _flush_parked(self) -> None:
+        """Apply the parked writes in order (the drainer, or a reserve that finds Redis
+        back first); raises if Redis fails, leaving the rest parked."""
+        with self._parked_lock:
+            while self._parked:
+                self._apply(self._parked[0])
+                self._parked.popleft()
