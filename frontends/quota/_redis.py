@@ -32,8 +32,9 @@ the drainer, when idle) tries Redis again, and once it answers, requests go back
 Reservations made in process are settled in process.  Settlements that could not reach
 Redis are kept and applied when it answers again; one older than the window no longer
 matters (its reservation has left the window) and is counted in `status()["lost"]` with
-a log line, so none is lost silently.  While in fallback each process counts alone, so
-replicas together may admit up to N times a limit.
+a log line, so none is lost silently.  A reserve that timed out may still have been
+recorded in Redis; it then holds its amount there until it leaves the window.  While
+in fallback each process counts alone, so N replicas may admit up to N times a limit.
 
 `status()` says which: `{"backend": "redis", "redis": "ok", "pending": 0, "lost": 0}`, or
 `{"backend": "redis-unreachable, using in-process", "redis": "unreachable", ...}`;
@@ -427,7 +428,8 @@ class RedisCounters:
             log.warning("quota: Redis answers again; counting in Redis")
 
     def _lose(self, count: int, why: str) -> None:
-        self._lost += count
+        with self._lock:
+            self._lost += count
         log.warning("quota: %d settlement(s)/release(s) not applied in Redis: %s", count, why)
 
     def _drain(self) -> None:
@@ -456,7 +458,11 @@ class RedisCounters:
                     self._lose(left, "Redis unreachable when the gateway stopped")
                 return
             if isinstance(item, _Write):
-                self._write_or_park(item)
+                try:
+                    self._write_or_park(item)
+                except Exception:  # a bug of ours: say so, keep draining
+                    log.exception("quota: a settlement/release failed")
+                    self._lose(1, "it failed (see the error above)")
                 with self._handled:
                     self._done += 1
                     self._handled.notify_all()
