@@ -16,7 +16,7 @@ from frontends.store._engine import (
     migrate,
     normalise_database_url,
 )
-from frontends.store._records import CAPTURE_CEILING, RequestRecord, capture
+from frontends.store._records import CAPTURE_CEILING, DETAIL_LIMIT, RequestRecord, capture
 from frontends.store._store import Store
 from frontends.store._usage import GroupBy, UsageRow, fetch_usage, usage, usage_query
 from frontends.store._writer import BatchSink, LogWriter, open_log_writer
@@ -24,6 +24,7 @@ from frontends.store._writer import BatchSink, LogWriter, open_log_writer
 __all__ = [
     "ACTIVE_STATUSES",
     "CAPTURE_CEILING",
+    "DETAIL_LIMIT",
     "BatchLog",
     "BatchSink",
     "BatchStore",

@@ -7,11 +7,13 @@ from typing import Any
 
 import attrs
 
-__all__ = ["CAPTURE_CEILING", "RequestRecord", "capture"]
+__all__ = ["CAPTURE_CEILING", "DETAIL_LIMIT", "RequestRecord", "capture"]
 
 # The most of a prompt or response a record ever holds, whatever the capture setting
 # says; the driver caps lower with `capture(..., limit)`.
 CAPTURE_CEILING = 64 * 1024
+# The most of a failure's detail a record keeps.
+DETAIL_LIMIT = 1024
 # Counters are stored as 64-bit integers on both databases.
 _INT64_MAX = 2**63 - 1
 
@@ -30,6 +32,10 @@ def capture(data: bytes | str | None, limit: int) -> str | None:
 
 def _captured(value: str | None) -> str | None:
     return capture(value, CAPTURE_CEILING)
+
+
+def _detail(value: str | None) -> str | None:
+    return capture(value, DETAIL_LIMIT)
 
 
 def _aware(instance: object, attribute: attrs.Attribute[Any], value: datetime | None) -> None:
@@ -66,7 +72,9 @@ class RequestRecord:
     `id` is the `request_log_id` the seed contract hands to `submit_streaming_task`;
     `request_id` is the HTTP request id (`X-Request-ID`).  Times are timezone-aware and
     kept in UTC.  Token counts are None when unknown; `tokens_estimated` says the gateway
-    estimated them because the backend reported no usage.
+    estimated them because the backend reported no usage.  `cancelled` says the client
+    left before the answer was complete; `detail` is the gateway's own account of a
+    failure (at most `DETAIL_LIMIT` characters).
     """
 
     id: str = attrs.field(validator=_nonempty)
@@ -94,3 +102,5 @@ class RequestRecord:
     client_address: str | None = None
     prompt: str | None = attrs.field(default=None, converter=_captured)
     response: str | None = attrs.field(default=None, converter=_captured)
+    cancelled: bool = False
+    detail: str | None = attrs.field(default=None, converter=_detail)

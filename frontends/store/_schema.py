@@ -98,6 +98,9 @@ request_log = sa.Table(
     sa.Column("client_address", sa.Text),
     sa.Column("prompt", sa.Text),
     sa.Column("response", sa.Text),
+    # Added by migration 0002.
+    sa.Column("cancelled", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("detail", sa.Text),
     sa.CheckConstraint("status BETWEEN 100 AND 599", name="status"),
     sa.CheckConstraint(
         "prompt_tokens >= 0 AND completion_tokens >= 0 AND total_tokens >= 0"
