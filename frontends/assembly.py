@@ -86,6 +86,7 @@ def assemble(
     quota_policy: QuotaPolicy | None = None,
     stream_usage: bool = False,
     stream_observer: StreamObserver | None = None,
+    capture_limit: int | None = None,
 ) -> Gateway:
     """Build and bind every adaptor of `catalog`, then the `Gateway` over them.
 
@@ -123,6 +124,7 @@ def assemble(
         quota_policy=quota_policy,
         stream_usage=stream_usage,
         stream_observer=stream_observer,
+        capture_limit=capture_limit,
     )
 
 
@@ -137,6 +139,7 @@ def build_gateway(
     quota_policy: QuotaPolicy | None = None,
     stream_usage: bool = False,
     stream_observer: StreamObserver | None = None,
+    capture_limit: int | None = None,
 ) -> Gateway:
     """A `Gateway` over the fixtures in `fixtures_dir`: read, checked, built and bound."""
     folder = Path(fixtures_dir)
@@ -152,4 +155,5 @@ def build_gateway(
         quota_policy=quota_policy,
         stream_usage=stream_usage,
         stream_observer=stream_observer,
+        capture_limit=capture_limit,
     )

@@ -26,7 +26,7 @@ from frontends.identity import (
     holds_key,
     local_username,
 )
-from frontends.log_sink import FanOut, LoggerSink
+from frontends.log_sink import FanOut
 from frontends.metrics import MetricsSink
 from frontends.quota import InProcessCounters, QuotaCounters, RedisCounters
 from frontends.replay import add_replay_command, run_replay_command
@@ -55,6 +55,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = commands.add_parser("check", help="validate fixtures and import every adaptor")
     check.add_argument("fixtures", type=Path, help="folder with clusters.json and endpoints.json")
     commands.add_parser("token", help="print the local user's token from the tokens file")
+    usage = commands.add_parser("usage", help="requests and tokens from the request log")
+    usage.add_argument("--user", help="only this user's requests")
+    usage.add_argument("--model", help="only this model's requests")
+    usage.add_argument("--since", help="from this day (YYYY-MM-DD, UTC) or ISO time on")
+    usage.add_argument(
+        "--by", choices=("user", "model", "day"), default="user", help="one line per (default user)"
+    )
     cli_keys.add_parser(commands)
     add_replay_command(commands)
     args = parser.parse_args(argv)
@@ -68,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_replay_command(args)
         if args.command == "keys":
             return cli_keys.run(args, load_settings())
+        if args.command == "usage":
+            return _usage(load_settings(), args)
         return _token(load_settings())
     except ConfigurationError as exc:
         print(f"inference-gateway: configuration error: {exc}", file=sys.stderr)
@@ -94,6 +103,27 @@ def _check(fixtures: Path) -> int:
         f"\nOK: {len(gateway.catalog.clusters)} cluster(s), "
         f"{len(gateway.catalog.endpoints)} endpoint(s), every adaptor imported."
     )
+    return 0
+
+
+def _usage(settings: Settings, args: argparse.Namespace) -> int:
+    from frontends.request_log import RequestLog
+    from frontends.store import fetch_usage
+    from frontends.usage import parse_since, usage_table
+
+    try:
+        since = parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        print(f"inference-gateway: {exc}", file=sys.stderr)
+        return 2
+    request_log = RequestLog.open(settings.store_url)
+    try:
+        rows = fetch_usage(
+            request_log.store, user=args.user, model=args.model, since=since, by=args.by
+        )
+    finally:
+        request_log.store.close()
+    print(usage_table(rows, args.by))
     return 0
 
 
@@ -185,7 +215,11 @@ def _listen(settings: Settings) -> socket.socket:
 def _serve(settings: Settings, *, loop: str = "asyncio") -> int:
     from hypercorn.config import Config
 
+    from frontends.request_log import RequestLog
+    from frontends.usage import Operators
+
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    _access_log_to_stderr()
     new_token = None
     if "static" in settings.identity_providers:
         new_token = ensure_tokens_file(settings.tokens_path, settings.local_key_path)
@@ -198,11 +232,15 @@ def _serve(settings: Settings, *, loop: str = "asyncio") -> int:
         identity=identity,
         transport=transport,
         stream_usage=settings.stream_usage,
-        log_sink=FanOut(LoggerSink(), metrics),
         stream_observer=metrics,
         quota=quota,
         quota_policy=policy,
+        capture_limit=settings.capture_chars,
+        # Records go to the metrics, the request log and the access log (the app adds
+        # those two), not to a logger line of their own: stderr has the access log.
+        log_sink=FanOut(metrics),
     )
+    request_log = RequestLog.open(settings.store_url, capture_limit=settings.capture_chars)
     store, batch_parts = _batch_parts(settings, gateway)
     sock = _listen(settings)
     host, port = sock.getsockname()[:2]
@@ -210,12 +248,14 @@ def _serve(settings: Settings, *, loop: str = "asyncio") -> int:
     config.bind = [f"fd://{sock.fileno()}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")  # ours, not a second handler
-    _banner(settings, gateway, f"http://{host}:{port}", new_token)
+    _banner(settings, gateway, f"http://{host}:{port}", new_token, request_log.store)
     token = settings.metrics_token
     app_options = {
         "metrics": metrics,
         "metrics_token": None if token is None else token.get_secret_value(),
         **batch_parts,
+        "request_log": request_log,
+        "operators": Operators.of(settings.operators),
     }
     try:
         if loop == "trio":
@@ -254,6 +294,17 @@ def _batch_parts(settings: Settings, gateway: Gateway) -> tuple[Any, dict[str, A
     return store, {"batches": batches, "batch_runner": runner}
 
 
+def _access_log_to_stderr() -> None:
+    """The access log as bare JSON lines on stderr (one per request), not prefixed."""
+    access = logging.getLogger("inference_gateway.access")
+    if not access.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
+        access.propagate = False
+
+
 def _serve_asyncio(gateway: Gateway, config: Any, app_options: dict[str, Any]) -> None:
     from hypercorn.asyncio import serve
 
@@ -289,7 +340,9 @@ def _serve_trio(gateway: Gateway, config: Any, app_options: dict[str, Any]) -> N
     trio.run(run)
 
 
-def _banner(settings: Settings, gateway: Gateway, url: str, new_token: str | None) -> None:
+def _banner(
+    settings: Settings, gateway: Gateway, url: str, new_token: str | None, store: Any
+) -> None:
     command = command_name()
     models = sorted({e.model for e in gateway.catalog.endpoints})
     lines = [
@@ -297,6 +350,8 @@ def _banner(settings: Settings, gateway: Gateway, url: str, new_token: str | Non
         f"  fixtures: {settings.fixtures_dir} ({len(gateway.catalog.clusters)} cluster(s), "
         f"{len(models)} model(s): {', '.join(models)})",
         f"  tokens:   {settings.tokens_path}",
+        f"  log:      {store!r}"
+        + (f" (capturing up to {settings.capture_limit} chars)" if settings.capture_bodies else ""),
     ]
     if new_token:
         lines.append(

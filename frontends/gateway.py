@@ -61,7 +61,7 @@ from core import (
 )
 from frontends.caller import resolve_caller
 from frontends.identity import IdentityProvider
-from frontends.log_sink import LoggerSink, LogSink, Timing
+from frontends.log_sink import FanOut, LoggerSink, LogSink, Timing
 from frontends.quota import QuotaCounters
 from transports import Transport, TransportTimeout
 
@@ -79,7 +79,13 @@ log = logging.getLogger("inference_gateway")
 
 @attrs.frozen(kw_only=True)
 class GatewayRequest:
-    """An OpenAI call as any front-end sees it: route, the two headers we read, raw body."""
+    """An OpenAI call as any front-end sees it: route, the two headers we read, raw body.
+
+    `request_id` is the HTTP request id (a client's valid `X-Request-ID`, else made
+    here): a label, sent on to the backend and kept in the log.  `log_id` is the gateway's
+    own unique id for the request: the core's request id, the seed's `request_log_id` and
+    the request log's record id (a client cannot choose it, so two requests never share it).
+    """
 
     route: OpenAIRoute
     body: bytes
@@ -88,19 +94,38 @@ class GatewayRequest:
     cluster: str | None = None
     framework: str | None = None
     request_id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    log_id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
     client: str | None = None  # the client's address, for the request log
     received_at: float = attrs.field(factory=time.time)  # wall clock, epoch seconds
 
 
 class _Moments:
-    """One request's clock readings, taken by the driver as it carries out effects."""
+    """One request's clock readings, taken by the driver as it carries out effects; and,
+    only when capture is on (`capture_limit`), the first bytes of its prompt and answer."""
 
-    def __init__(self, received_at: float) -> None:
-        self._wall = received_at
+    def __init__(
+        self, request: GatewayRequest | None = None, capture_limit: int | None = None
+    ) -> None:
+        self._wall = request.received_at if request is not None else time.time()
         self._start = time.monotonic()
         self._first_byte: float | None = None
         self._called: float | None = None
         self._upstream: float | None = None
+        self._request_id = request.request_id if request is not None else None
+        # Capture caps bytes at 4 per character (UTF-8's most); the sink caps characters.
+        self._cap = None if capture_limit is None else 4 * max(0, capture_limit)
+        self._prompt: bytes | None = None
+        self._answer: bytearray | None = None
+        if self._cap is not None and request is not None:
+            self._prompt = request.body[: self._cap]
+            self._answer = bytearray()
+
+    def relayed(self, data: bytes) -> None:
+        """Bytes handed to the client: kept (up to the cap) only when capture is on."""
+        if self._answer is not None and self._cap is not None:
+            room = self._cap - len(self._answer)
+            if room > 0:
+                self._answer += data[:room]
 
     def _at(self, reading: float) -> float:
         return self._wall + (reading - self._start)
@@ -122,6 +147,9 @@ class _Moments:
             done_at=self._at(time.monotonic()),
             first_byte_at=None if self._first_byte is None else self._at(self._first_byte),
             upstream_seconds=self._upstream,
+            request_id=self._request_id,
+            prompt=self._prompt,
+            response=None if self._answer is None else bytes(self._answer),
         )
 
 
@@ -196,13 +224,14 @@ def _text_or_none(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-def _task_data(adaptor: BaseEndpoint, call: CallAdaptor) -> dict[str, Any]:
-    """The seed's task data for an adaptor call, `model_params` holding the client's bytes."""
+def _task_data(adaptor: BaseEndpoint, call: CallAdaptor, request_id: str) -> dict[str, Any]:
+    """The seed's task data for an adaptor call, `model_params` holding the client's bytes
+    and `request_id` the HTTP request id (which the Direct API adaptor sends on)."""
     lazy = not adaptor.reads_model_params(call.stream)
     return {
         "model_params": ClientBody(call.body, lazy=lazy),
         "openai_endpoint": call.route.value,
-        "request_id": call.request_id,
+        "request_id": request_id,
     }
 
 
@@ -239,6 +268,7 @@ class Gateway:
         quota_policy: QuotaPolicy | None = None,
         stream_usage: bool = False,
         stream_observer: StreamObserver | None = None,
+        capture_limit: int | None = None,
     ) -> None:
         """A driver over adaptors already built and bound (see `frontends.assembly`).
 
@@ -246,7 +276,9 @@ class Gateway:
         policy's request limit before their call; without, no limit applies.  With
         `stream_usage`, streams ask their backend for usage (see `RequestMachine`).  A
         `stream_observer` (the metrics) is told when each stream to a client opens and
-        closes."""
+        closes.  With a `capture_limit`, the log sink's `Timing` carries the first bytes
+        of each prompt and answer (the sink caps them to that many characters); without,
+        none are kept."""
         self.catalog = catalog
         self._endpoints = {slug.lower(): adaptor for slug, adaptor in endpoints.items()}
         self._clusters = dict(clusters)
@@ -257,6 +289,11 @@ class Gateway:
         self._quota_policy = (quota_policy or QuotaPolicy()) if quota is not None else None
         self._stream_usage = stream_usage
         self._stream_observer = stream_observer
+        self._capture_limit = capture_limit
+
+    def add_log_sink(self, sink: LogSink) -> None:
+        """Hand every record to `sink` too (the web app's access log uses this)."""
+        self._log_sink = FanOut(self._log_sink, sink)
 
     @property
     def clusters(self) -> Mapping[str, BaseCluster]:
@@ -325,11 +362,11 @@ class Gateway:
     async def handle(self, request: GatewayRequest) -> GatewayResponse:
         """Run one OpenAI request through the core; a stream comes back not yet started."""
         machine = RequestMachine(self.catalog, self._quota_policy, stream_usage=self._stream_usage)
-        moments = _Moments(request.received_at)
+        moments = _Moments(request, self._capture_limit)
         pending = deque(
             machine.receive(
                 RequestReceived(
-                    request_id=request.request_id,
+                    request_id=request.log_id,
                     route=request.route,
                     body=request.body,
                     content_type=request.content_type,
@@ -350,20 +387,21 @@ class Gateway:
                     pending.extend(machine.receive(await self._reserve(effect)))
                 elif isinstance(effect, Respond):
                     moments.first_byte()
-                    self._carry_out_records(pending, moments)
                     r = effect.response
+                    moments.relayed(r.body)
+                    self._carry_out_records(pending, moments)
                     return GatewayResponse(status=r.status, headers=r.headers, body=r.body)
                 elif isinstance(effect, Authenticate):
                     verdict = await resolve_caller(self._identity, effect.credentials)
                     pending.extend(machine.receive(verdict))
                 elif isinstance(effect, CallAdaptor) and not effect.stream:
                     moments.calling()
-                    answer = await self._submit(effect)
+                    answer = await self._submit(effect, request.request_id)
                     moments.answered()
                     pending.extend(machine.receive(answer))
                 elif isinstance(effect, CallAdaptor):
                     moments.calling()
-                    event, upstream = await self._open_stream(effect, request.request_id)
+                    event, upstream = await self._open_stream(effect, request)
                     moments.answered()
                     pending.extend(machine.receive(event))
                 elif isinstance(effect, StartStream):
@@ -413,10 +451,10 @@ class Gateway:
     def _adaptor(self, slug: str) -> BaseEndpoint:
         return self._endpoints[slug.lower()]
 
-    async def _submit(self, call: CallAdaptor) -> AdaptorReturned | AdaptorFailed:
+    async def _submit(self, call: CallAdaptor, request_id: str) -> AdaptorReturned | AdaptorFailed:
         adaptor = self._adaptor(call.endpoint_slug)
         try:
-            answer = await adaptor.submit_task(_task_data(adaptor, call))
+            answer = await adaptor.submit_task(_task_data(adaptor, call, request_id))
         except anyio.get_cancelled_exc_class():
             raise
         except Exception as exc:
@@ -425,11 +463,12 @@ class Gateway:
         return _returned(answer)
 
     async def _open_stream(
-        self, call: CallAdaptor, request_id: str
+        self, call: CallAdaptor, request: GatewayRequest
     ) -> tuple[Event, StreamingResponse | None]:
         adaptor = self._adaptor(call.endpoint_slug)
+        data = _task_data(adaptor, call, request.request_id)
         try:
-            answer = await adaptor.submit_streaming_task(_task_data(adaptor, call), request_id)
+            answer = await adaptor.submit_streaming_task(data, request.log_id)
         except anyio.get_cancelled_exc_class():
             raise
         except Exception as exc:
@@ -508,6 +547,7 @@ class StreamRelay:
             for effect in self._machine.receive(event):
                 if isinstance(effect, RelayChunk):
                     self._out.append(effect.data)
+                    self._moments.relayed(effect.data)
                 elif isinstance(effect, WriteLog | Settle | Release):
                     self._gateway.record(effect, self._moments)
         self._moments.first_byte()

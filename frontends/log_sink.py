@@ -26,12 +26,20 @@ class Timing:
 
     `first_byte_at` is when the answer's first byte was handed to the client (None if
     none was); `upstream_seconds` how long the adaptor took to answer or to open its
-    stream (None if it was never called)."""
+    stream (None if it was never called).
+
+    Beside the clocks, what only the edge saw: `request_id`, the HTTP request id (the
+    client's `X-Request-ID` or one made for it; the entry's `request_id` is the
+    gateway's own unique id, the record's); and, only when capture is on, the first bytes
+    of the client's body (`prompt`) and of what was sent back (`response`)."""
 
     received_at: float
     done_at: float
     first_byte_at: float | None = None
     upstream_seconds: float | None = None
+    request_id: str | None = None
+    prompt: bytes | None = attrs.field(default=None, repr=False)
+    response: bytes | None = attrs.field(default=None, repr=False)
 
     @property
     def duration(self) -> float:
@@ -72,5 +80,12 @@ class LoggerSink:
     def write(self, entry: LogEntry, timing: Timing) -> None:
         if not self._logger.isEnabledFor(logging.INFO):
             return  # no line will be written: build none
-        record = {**attrs.asdict(entry), **attrs.asdict(timing)}
+        # Never a body: with capture on, those go to the store alone.
+        clocks = attrs.asdict(timing, filter=lambda a, _: a.name not in ("prompt", "response"))
+        record = {
+            **attrs.asdict(entry),
+            **clocks,
+            "log_id": entry.request_id,
+            "request_id": timing.request_id or entry.request_id,
+        }
         self._logger.info(json.dumps(record, default=str))

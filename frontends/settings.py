@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     batch_max_lines: int = pydantic.Field(default=50_000, ge=1)
     batch_max_active: int = pydantic.Field(default=1, ge=1)
     batch_concurrency: int = pydantic.Field(default=8, ge=1, le=1024)
+    # The request log keeps prompts and responses only when asked, each capped (chars).
+    capture_bodies: bool = False
+    capture_limit: int = pydantic.Field(default=4096, ge=1, le=65536)
+    # Who may see everyone's usage: usernames, and groups written "group:NAME".
+    operators: Annotated[list[str], NoDecode] = []
 
     # Quotas (README "Quotas"): off altogether with quotas=false.  Counted in process
     # unless redis_url names a Redis (redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://,
@@ -115,6 +120,7 @@ class Settings(BaseSettings):
         "globus_allowed_domains",
         "globus_allowed_service_accounts",
         "oidc_algorithms",
+        "operators",
         mode="before",
     )
     @classmethod
@@ -205,6 +211,11 @@ class Settings(BaseSettings):
         from frontends.store import default_database_url
 
         return default_database_url(self.state_dir)
+
+    @property
+    def capture_chars(self) -> int | None:
+        """How much of each prompt and response the log keeps; None: nothing."""
+        return self.capture_limit if self.capture_bodies else None
 
     @property
     def local_key_path(self) -> Path:

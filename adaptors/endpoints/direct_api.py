@@ -130,11 +130,15 @@ class DirectAPIEndpoint(BaseEndpoint):
         name = "submit_streaming_task" if stream else "submit_task"
         return getattr(type(self), name) is not getattr(DirectAPIEndpoint, name)
 
-    def _request(self, body: dict[str, Any], route: str | None, accept: str) -> BackendRequest:
+    def _request(
+        self, body: dict[str, Any], route: str | None, accept: str, request_id: object = None
+    ) -> BackendRequest:
         seconds = self._config.api_request_timeout
         headers = [("content-type", "application/json"), ("accept", accept)]
         if self._api_key:
             headers.append(("authorization", f"Bearer {self._api_key}"))
+        if _header_safe(request_id):
+            headers.append(("x-request-id", str(request_id)))
         return BackendRequest(
             method="POST",
             url=resolve_url(self._api_url, route),
@@ -146,7 +150,7 @@ class DirectAPIEndpoint(BaseEndpoint):
 
     async def submit_task(self, data: dict[str, Any]) -> SubmitTaskResponse:
         body, route = unpack_task_data(data)
-        request = self._request(body, route, "application/json")
+        request = self._request(body, route, "application/json", data.get("request_id"))
         try:
             response = await self.transport.send(request)
         except TransportError as exc:
@@ -169,7 +173,7 @@ class DirectAPIEndpoint(BaseEndpoint):
         self, data: dict[str, Any], request_log_id: str
     ) -> SubmitStreamingTaskResponse:
         body, route = unpack_task_data(data)
-        request = self._request(body, route, "text/event-stream")
+        request = self._request(body, route, "text/event-stream", data.get("request_id"))
         try:
             stream = await self.transport.open_stream(request)
         except TransportError as exc:
@@ -191,6 +195,17 @@ class DirectAPIEndpoint(BaseEndpoint):
             ),
             task_id=request_log_id,
         )
+
+
+def _header_safe(value: object) -> bool:
+    """A request id that may travel as a header: printable ASCII, at most 128 characters
+    (the gateway's front-end only hands such ids on; a caller embedding us might not)."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= 128
+        and all(" " <= c <= "~" for c in value)
+        and value.strip() == value
+    )
 
 
 async def _read_refusal(stream: BackendStream, seconds: float) -> tuple[str, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncGenerator
 
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -13,8 +14,17 @@ from frontends.batches import Batches
 from frontends.gateway import Gateway
 from frontends.listings import Listings
 from frontends.metrics import MetricsSink
+from frontends.request_log import RequestLog
+from frontends.usage import Operators
+from frontends.web.access import AccessLog
 from frontends.web.batches_api import BATCHES_KEY, UPLOAD_ENDPOINT, batches_api
-from frontends.web.convert import GATEWAY_KEY, LISTINGS_KEY, to_quart
+from frontends.web.convert import (
+    GATEWAY_KEY,
+    LISTINGS_KEY,
+    OPERATORS_KEY,
+    REQUEST_LOG_KEY,
+    to_quart,
+)
 from frontends.web.metrics import METRICS_KEY, METRICS_TOKEN_KEY, metrics_api
 from frontends.web.openai_api import openai_api
 from frontends.web.resource_server import resource_server
@@ -33,6 +43,8 @@ def create_app(
     metrics_token: str | None = None,
     batches: Batches | None = None,
     batch_runner: BatchRunner | None = None,
+    request_log: RequestLog | None = None,
+    operators: Operators | None = None,
 ) -> Quart:
     """The app; `app_class=quart_trio.QuartTrio` gives the same app on trio.
 
@@ -40,6 +52,9 @@ def create_app(
     to anyone or, with `metrics_token`, only to `Authorization: Bearer <token>`.
     With `batches`, it serves the files and batches routes; with `batch_runner` too, the
     runner runs as a background task while the app serves (stopped gracefully at the end).
+    With a `request_log` (its store already open), the app runs its writer while it
+    serves and flushes it when it stops, and answers `/resource_server/usage`;
+    `operators` may see everyone's usage there.
     """
     app = app_class("inference_gateway")
     app.config.update(
@@ -63,6 +78,19 @@ def create_app(
         _run_in_background(app, batch_runner, batches)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
+    # Request ids and the access log, around everything (Quart's own errors included).
+    access = AccessLog(app.asgi_app)
+    app.asgi_app = access  # type: ignore[method-assign,assignment]
+    gateway.add_log_sink(access)
+    app.extensions[REQUEST_LOG_KEY] = request_log
+    app.extensions[OPERATORS_KEY] = operators or Operators()
+    if request_log is not None:
+        gateway.add_log_sink(request_log)
+
+        @app.while_serving
+        async def run_request_log() -> AsyncGenerator[None, None]:
+            async with request_log.running():
+                yield
 
     @app.after_serving
     async def close_gateway() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from quart import Response, current_app, request
 from werkzeug.datastructures import Headers
 
@@ -11,18 +12,25 @@ from core import OpenAIRoute
 from core import Response as CoreResponse
 from frontends.gateway import Gateway, GatewayRequest, GatewayResponse
 from frontends.listings import Listings
+from frontends.request_log import RequestLog
+from frontends.usage import Operators
+from frontends.web.access import SCOPE_KEY, Trace
 
 __all__ = [
     "GATEWAY_KEY",
     "LISTINGS_KEY",
     "current_gateway",
     "current_listings",
+    "current_operators",
+    "current_request_log",
     "gateway_request",
     "to_quart",
 ]
 
 GATEWAY_KEY = "inference_gateway"
 LISTINGS_KEY = "inference_gateway_listings"
+REQUEST_LOG_KEY = "inference_gateway_request_log"
+OPERATORS_KEY = "inference_gateway_operators"
 
 
 def current_gateway() -> Gateway:
@@ -35,10 +43,20 @@ def current_listings() -> Listings:
     return listings
 
 
+def current_request_log() -> RequestLog | None:
+    request_log: RequestLog | None = current_app.extensions.get(REQUEST_LOG_KEY)
+    return request_log
+
+
+def current_operators() -> Operators:
+    operators: Operators = current_app.extensions[OPERATORS_KEY]
+    return operators
+
+
 async def gateway_request(
     route: OpenAIRoute, *, cluster: str | None = None, framework: str | None = None
 ) -> GatewayRequest:
-    return GatewayRequest(
+    made = GatewayRequest(
         route=route,
         body=await request.get_data(cache=True, as_text=False, parse_form_data=False),
         content_type=request.headers.get("Content-Type"),
@@ -47,6 +65,10 @@ async def gateway_request(
         framework=framework,
         client=request.remote_addr or None,
     )
+    trace = request.scope.get(SCOPE_KEY)
+    if isinstance(trace, Trace):  # the access layer's ids for this request
+        return attrs.evolve(made, request_id=trace.request_id, log_id=trace.log_id)
+    return made
 
 
 def to_quart(answer: GatewayResponse | CoreResponse) -> Response:

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import json
+
 from quart import Blueprint, Response, request
 from werkzeug.exceptions import NotFound
 
-from core import OpenAIRoute
-from frontends.web.convert import current_gateway, current_listings, gateway_request, to_quart
+from core import BackendError, OpenAIRoute, error_response
+from frontends.gateway import GatewayResponse
+from frontends.usage import usage_answer
+from frontends.web.convert import (
+    current_gateway,
+    current_listings,
+    current_operators,
+    current_request_log,
+    gateway_request,
+    to_quart,
+)
 
 __all__ = ["resource_server"]
 
@@ -39,6 +50,29 @@ async def whoami() -> Response:
     return to_quart(await current_listings().whoami(request.headers.get("Authorization")))
 
 
+@resource_server.get("/usage")
+async def usage() -> Response:
+    """The caller's usage from the request log (see `frontends.usage`)."""
+    listings = current_listings()
+    identity = await listings.authenticate(request.headers.get("Authorization"))
+    if isinstance(identity, GatewayResponse):
+        return to_quart(identity)
+    request_log = current_request_log()
+    if request_log is None:
+        refusal = BackendError(
+            "This gateway keeps no request log.", status=503, code="request_log_disabled"
+        )
+        return to_quart(error_response(refusal))
+    params = dict(request.args.items())
+    return to_quart(await usage_answer(request_log.store, identity, params, current_operators()))
+
+
 @resource_server.get("/health")
 async def health() -> Response:
-    return to_quart(current_listings().health())
+    answer = current_listings().health()
+    request_log = current_request_log()
+    if request_log is None:
+        return to_quart(answer)
+    payload = {**json.loads(answer.body), "request_log": request_log.status()}
+    body = json.dumps(payload).encode()
+    return to_quart(GatewayResponse(status=answer.status, headers=answer.headers, body=body))
