@@ -350,8 +350,6 @@ def _banner(
         f"  fixtures: {settings.fixtures_dir} ({len(gateway.catalog.clusters)} cluster(s), "
         f"{len(models)} model(s): {', '.join(models)})",
         f"  tokens:   {settings.tokens_path}",
-        f"  log:      {store!r}"
-        + (f" (capturing up to {settings.capture_limit} chars)" if settings.capture_bodies else ""),
     ]
     if new_token:
         lines.append(
@@ -369,6 +367,8 @@ def _banner(
         f'      -H \'Content-Type: application/json\' -d \'{{"model": "{example}", '
         '"messages": [{"role": "user", "content": "Hello"}]}\'',
     ]
+    capturing = f", capturing {settings.capture_limit} chars" if settings.capture_bodies else ""
+    lines.append(f"  request log: {store!r}{capturing}")
     print("\n".join(lines), flush=True)
 
 

@@ -124,7 +124,9 @@ def test_backend_request_id_is_relayed_and_nothing_else(gateway_url: str, stream
         headers={"Authorization": f"Bearer {ALICE}"},
     )
     assert response.status_code == 200
-    assert response.headers["x-request-id"].startswith("req_fake_")
+    # The backend's own id is relayed beside the gateway's (which is `x-request-id`).
+    assert response.headers["x-backend-request-id"].startswith("req_fake_")
+    assert not response.headers["x-request-id"].startswith("req_fake_")
     for private in ("set-cookie", "x-ratelimit-remaining-requests", "openai-project"):
         assert private not in response.headers
 
@@ -176,7 +178,7 @@ def test_backend_4xx_reaches_the_client_unchanged(
         client.chat.completions.create(model="reject-400", messages=MESSAGES)
     assert raised.value.param == "temperature"
     assert raised.value.code == "invalid_value"
-    assert raised.value.response.headers["x-request-id"].startswith("req_fake_")
+    assert raised.value.response.headers["x-backend-request-id"].startswith("req_fake_")
 
 
 @pytest.mark.parametrize(("model", "status"), [("fail-500", 502), ("bad-json", 502), ("slow", 504)])

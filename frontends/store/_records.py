@@ -73,7 +73,7 @@ class RequestRecord:
     `request_id` is the HTTP request id (`X-Request-ID`).  Times are timezone-aware and
     kept in UTC.  Token counts are None when unknown; `tokens_estimated` says the gateway
     estimated them because the backend reported no usage.  `cancelled` says the client
-    left before the answer was complete; `detail` is the gateway's own account of a
+    left before the answer was complete; `detail` is the core's account of a
     failure (at most `DETAIL_LIMIT` characters).
     """
 

@@ -1,9 +1,9 @@
 """The request log says whether the client left before the end, and why a request failed.
 
 `cancelled`: the client went away before the answer was complete (a stream it abandoned).
-`detail`: the gateway's own words on a failure (never a backend's body or a secret),
-capped at `DETAIL_LIMIT` characters by the record.  Rows written before this migration
-read as not cancelled, with no detail.
+`detail`: the core's account of a failure, for the operator (it may quote a backend's
+error, redacted of secrets), capped at `DETAIL_LIMIT` characters by the record.  Rows
+written before this migration read as not cancelled, with no detail.
 
 Revision ID: 0004
 Revises: 0003
