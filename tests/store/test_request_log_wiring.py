@@ -17,7 +17,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from core import Identity
 from frontends.assembly import build_gateway
+from frontends.embedding import FixedIdentity, open_gateway
 from frontends.identity import StaticKeys
 from frontends.request_log import RequestLog
 from frontends.store import RequestRecord, Store
@@ -35,6 +37,7 @@ KEY_ENV = "IGW_TEST_WIRING_KEY"
 MODELS = ["gpt-test", "fail-500"]
 MESSAGES = [{"role": "user", "content": "Hello backend"}]
 ROOT = Path(__file__).resolve().parents[2]
+EMBEDDED = {"Authorization": "Bearer embedded"}
 
 
 @pytest.fixture(scope="module")
@@ -293,3 +296,52 @@ def test_usage_command_prints_the_table_after_known_traffic(
     ]
     days = usage("--by", "day", "--model", "gpt-test")
     assert len(days) == 3 and days[1][1] == "4"
+
+
+@pytest.mark.anyio
+async def test_an_embedded_gateway_given_a_store_records_every_request(
+    fixtures: Path, database_url: str
+) -> None:
+    chat = {"model": "gpt-test", "messages": MESSAGES}
+    async with open_gateway(
+        fixtures,
+        identity=FixedIdentity(Identity(username="ada@example.org")),
+        environ={KEY_ENV: "sk-test-wiring"},
+        store=database_url,
+    ) as gateway:
+        reply = await gateway.request("chat/completions", chat, headers=EMBEDDED)
+        stream = await gateway.request(
+            "chat/completions", {**chat, "stream": True}, headers=EMBEDDED
+        )
+        events = [event async for event in stream.events()]
+    assert reply.status == 200 and events[-1] == "[DONE]"
+    logged = sorted(records(database_url), key=lambda r: r.streamed)
+    assert [(r.username, r.streamed, r.status) for r in logged] == [
+        ("ada@example.org", False, 200),
+        ("ada@example.org", True, 200),
+    ]
+    assert logged[0].total_tokens == reply.json()["usage"]["total_tokens"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["mysql://user@127.0.0.1/db", "postgresql+psycopg://postgres@127.0.0.1:1/unreachable"],
+    ids=["unsupported", "unreachable"],
+)
+def test_serve_refuses_to_start_on_a_database_it_cannot_use(tmp_path: Path, url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_GATEWAY_")}
+    env.update(
+        INFERENCE_GATEWAY_STATE_DIR=str(tmp_path / "state"),
+        INFERENCE_GATEWAY_DATABASE_URL=url,
+        PYTHONPATH=str(ROOT),
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "frontends.cli", "serve", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "INFERENCE_GATEWAY_DATABASE_URL" in done.stderr
+    assert "Traceback" not in done.stderr
