@@ -34,7 +34,7 @@ from transports.httpx_transport import HttpxTransport
 pytestmark = pytest.mark.e2e
 
 KEY_ENV = "IGW_TEST_WIRING_KEY"
-MODELS = ["gpt-test", "fail-500"]
+MODELS = ["gpt-test", "fail-500", "hang-stream"]
 MESSAGES = [{"role": "user", "content": "Hello backend"}]
 ROOT = Path(__file__).resolve().parents[2]
 EMBEDDED = {"Authorization": "Bearer embedded"}
@@ -178,6 +178,28 @@ def test_every_request_leaves_exactly_one_record(fixtures: Path, database_url: s
     failed = by_request["r-502"]
     assert (failed.status, failed.model, failed.total_tokens) == (502, "fail-500", None)
     assert failed.detail is not None and "500" in failed.detail
+
+
+def test_a_stream_the_client_abandons_is_recorded_as_cancelled(
+    fixtures: Path, database_url: str, backend: tuple[FakeOpenAI, str]
+) -> None:
+    fake, _ = backend
+    fake.stream_cancelled.clear()
+    body = {"model": "hang-stream", "messages": MESSAGES, "stream": True}
+    with logged_gateway(fixtures, database_url) as url:
+        with httpx.stream(
+            "POST",
+            f"{url}/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {ALICE}", "X-Request-ID": "left"},
+        ) as streamed:
+            first = next(streamed.iter_raw())
+        assert first.startswith(b"data: ")
+        # The gateway saw the client go and cancelled the backend call.
+        assert fake.stream_cancelled.wait(30)
+    [left] = records(database_url)
+    assert (left.request_id, left.streamed, left.cancelled) == ("left", True, True)
+    assert left.model == "hang-stream" and left.bytes_out > 0
 
 
 def test_capture_keeps_the_first_characters_of_prompt_and_answer_only_when_on(
