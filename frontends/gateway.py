@@ -103,20 +103,18 @@ class _Moments:
     """One request's clock readings, taken by the driver as it carries out effects; and,
     only when capture is on (`capture_limit`), the first bytes of its prompt and answer."""
 
-    def __init__(
-        self, request: GatewayRequest | None = None, capture_limit: int | None = None
-    ) -> None:
-        self._wall = request.received_at if request is not None else time.time()
+    def __init__(self, request: GatewayRequest, capture_limit: int | None = None) -> None:
+        self._wall = request.received_at
         self._start = time.monotonic()
         self._first_byte: float | None = None
         self._called: float | None = None
         self._upstream: float | None = None
-        self._request_id = request.request_id if request is not None else None
+        self._request_id = request.request_id
         # Capture caps bytes at 4 per character (UTF-8's most); the sink caps characters.
         self._cap = None if capture_limit is None else 4 * max(0, capture_limit)
         self._prompt: bytes | None = None
         self._answer: bytearray | None = None
-        if self._cap is not None and request is not None:
+        if self._cap is not None:
             self._prompt = request.body[: self._cap]
             self._answer = bytearray()
 
