@@ -80,6 +80,7 @@ def logged_gateway(
     *,
     capture_limit: int | None = None,
     operators: Operators | None = None,
+    stream_usage: bool = False,
 ) -> Iterator[str]:
     """A gateway server whose request log is `database_url`; on leaving, the server has
     stopped and its log is flushed."""
@@ -90,6 +91,7 @@ def logged_gateway(
         transport=HttpxTransport(),
         environ={KEY_ENV: "sk-test-wiring"},
         capture_limit=capture_limit,
+        stream_usage=stream_usage,
     )
     log = RequestLog.open(database_url, capture_limit=capture_limit)
     with serve_app(create_app(gateway, request_log=log, operators=operators)) as url:
@@ -178,6 +180,29 @@ def test_every_request_leaves_exactly_one_record(fixtures: Path, database_url: s
     failed = by_request["r-502"]
     assert (failed.status, failed.model, failed.total_tokens) == (502, "fail-500", None)
     assert failed.detail is not None and "500" in failed.detail
+
+
+def test_a_stream_whose_backend_reports_usage_is_recorded_with_it(
+    fixtures: Path, database_url: str
+) -> None:
+    chat = {"model": "gpt-test", "messages": MESSAGES}
+    with logged_gateway(fixtures, database_url, stream_usage=True) as url:
+        whole = post(url, chat, rid="whole").json()["usage"]
+        with httpx.stream(
+            "POST",
+            f"{url}/v1/chat/completions",
+            json={**chat, "stream": True},
+            headers={"Authorization": f"Bearer {ALICE}", "X-Request-ID": "counted"},
+        ) as streamed:
+            streamed.read()
+    counted = {r.request_id: r for r in records(database_url)}["counted"]
+    # The fake counts a stream's tokens as it counts the same request answered whole.
+    assert (counted.streamed, counted.tokens_estimated) == (True, False)
+    assert (counted.prompt_tokens, counted.completion_tokens, counted.total_tokens) == (
+        whole["prompt_tokens"],
+        whole["completion_tokens"],
+        whole["total_tokens"],
+    )
 
 
 def test_a_stream_the_client_abandons_is_recorded_as_cancelled(
