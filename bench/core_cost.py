@@ -86,7 +86,9 @@ ANSWER = json.dumps(
 ALICE = Identity(username="alice@example.org")
 
 
-def _fixtures(folder: Path) -> Path:
+def _fixtures(folder: Path, *, key_env: str = KEY_ENV, **endpoint_fields: Any) -> Path:
+    """One cluster and one Direct API endpoint for `gpt-test`, written to `folder`; extra
+    endpoint fields (quota limits, say) go into the endpoint's entry."""
     cluster = {
         "cluster_name": "bench",
         "frameworks": ["api"],
@@ -100,7 +102,8 @@ def _fixtures(folder: Path) -> Path:
         "framework": "api",
         "model": "gpt-test",
         "endpoint_adapter": "adaptors.endpoints.direct_api.DirectAPIEndpoint",
-        "config": {"api_url": "http://backend.invalid/v1", "api_key_env_name": KEY_ENV},
+        "config": {"api_url": "http://backend.invalid/v1", "api_key_env_name": key_env},
+        **endpoint_fields,
     }
     for name, model, fields in (
         ("clusters.json", "resource_server_async.cluster", cluster),

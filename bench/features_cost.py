@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import tempfile
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.core_cost import ALICE, ANSWER, BODY, _Canned
+from bench.core_cost import _fixtures as core_fixtures
 from core import QuotaPolicy
 from frontends.assembly import build_gateway
 from frontends.embedding import FixedIdentity
@@ -38,29 +38,7 @@ BIG = 10**12
 
 
 def _fixtures(folder: Path) -> Path:
-    cluster = {
-        "cluster_name": "bench",
-        "frameworks": ["api"],
-        "openai_endpoints": ["chat/completions"],
-        "cluster_adapter": "adaptors.clusters.openai_compatible.OpenAICompatibleCluster",
-        "config": {"api_url": "http://backend.invalid/v1"},
-    }
-    endpoint = {
-        "endpoint_slug": "bench-api-gpt-test",
-        "cluster": "bench",
-        "framework": "api",
-        "model": "gpt-test",
-        "endpoint_adapter": "adaptors.endpoints.direct_api.DirectAPIEndpoint",
-        "config": {"api_url": "http://backend.invalid/v1", "api_key_env_name": KEY_ENV},
-        "tpm_model": BIG,
-        "tpm_user": BIG,
-    }
-    for name, model, fields in (
-        ("clusters.json", "resource_server_async.cluster", cluster),
-        ("endpoints.json", "resource_server_async.endpoint", endpoint),
-    ):
-        (folder / name).write_text(json.dumps([{"model": model, "pk": 1, "fields": fields}]))
-    return folder
+    return core_fixtures(folder, key_env=KEY_ENV, tpm_model=BIG, tpm_user=BIG)
 
 
 def _gateways(folder: Path, extra_sinks: list[Any]) -> tuple[Gateway, Gateway]:
