@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,6 +56,28 @@ def gateway_url(
     fixtures = write_fixtures(folder / "fixtures", [cluster], [endpoint])
     with running_gateway(fixtures, write_tokens(folder)) as url:
         yield url
+
+
+class LinesArrived(logging.Handler):
+    """Collects access lines and lets the test wait for the n-th: the line is written
+    when the server's handler returns, which may be just after the client has read the
+    last byte of the answer, on the server's thread."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self._lines: list[str] = []
+        self._changed = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._changed:
+            self._lines.append(record.getMessage())
+            self._changed.notify_all()
+
+    def wait_for(self, count: int) -> list[str]:
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self._lines) >= count, timeout=30):
+                raise AssertionError(f"{count} access lines expected, {self._lines!r} arrived")
+            return list(self._lines)
 
 
 def chat(url: str, request_id: bytes | str | None = None, **extra: object) -> httpx.Response:
@@ -130,10 +153,17 @@ def test_one_json_access_line_per_request_without_credentials_or_bodies(
     gateway_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="inference_gateway.access")
-    answer = chat(gateway_url, "access-1")
-    chat(gateway_url, "access-2")
-    httpx.get(f"{gateway_url}/resource_server/health?token={ALICE}")
-    lines = [r.getMessage() for r in caplog.records if r.name == "inference_gateway.access"]
+    arrived = LinesArrived()
+    logging.getLogger("inference_gateway.access").addHandler(arrived)
+    try:
+        answer = chat(gateway_url, "access-1")
+        arrived.wait_for(1)
+        chat(gateway_url, "access-2")
+        arrived.wait_for(2)
+        httpx.get(f"{gateway_url}/resource_server/health?token={ALICE}")
+        lines = arrived.wait_for(3)
+    finally:
+        logging.getLogger("inference_gateway.access").removeHandler(arrived)
     assert len(lines) == 3
     first = json.loads(lines[0])
     usage = answer.json()["usage"]
