@@ -241,6 +241,7 @@ def _serve(settings: Settings, *, loop: str = "asyncio") -> int:
         log_sink=FanOut(metrics),
     )
     request_log = RequestLog.open(settings.store_url, capture_limit=settings.capture_chars)
+    metrics.log_queue, metrics.quota = request_log, quota  # read when scraped
     store, batch_parts = _batch_parts(settings, gateway)
     sock = _listen(settings)
     host, port = sock.getsockname()[:2]

@@ -8,7 +8,9 @@ multiprocess mode, which the kernel writes back), never awaited, never raising.
 The one thing a record cannot say is how many streams are open right now, so the driver
 tells the sink as a `StreamObserver` (`stream_opened` / `stream_closed`, from the
 `StreamRelay`).  The request log's queue is read from whatever object has `queue_depth`
-and `dropped` (the store's `LogWriter`), handed in at start.
+and `dropped` (the store's `LogWriter`, or the `RequestLog` that runs one), handed in at
+start; likewise the quota counters' `status()`, for `quota_fallback` (1 while counters
+meant to live in Redis count in this process instead, because Redis does not answer).
 
 Labels are bounded: the route (three OpenAI operations), the model as the fixtures name
 it ("-" when the request never reached one, e.g. an unknown model or a bad token), the
@@ -25,14 +27,16 @@ one worker it happened to reach.  Per metric kind:
 * counters and histograms: summed over every file, a dead worker's included (its
   requests happened; totals never go backwards);
 * `active_streams` and `log_queue_depth`: gauges in `livesum` mode, summed over the
-  workers that are alive.  A worker removes its own live files when it stops
+  workers that are alive; `quota_fallback`: a gauge in `livemax` mode, 1 when any live
+  worker has fallen back.  A worker removes its own live files when it stops
   (`close()`); a worker that died without stopping (killed) has its live files removed at
   the next scrape, which finds its process gone (all workers share one host: the files
   are memory-mapped).  A supervisor may also call `mark_worker_dead(pid, directory)`.
 * `log_records_dropped_total`: a counter this worker advances from its queue's own count.
-  A worker copies its queue's numbers into its files with each record, each scrape it
-  answers, and every second while it serves (`frontends.web.metrics`), so an idle
-  worker's queue is seen draining by scrapes that other workers answer.
+  A worker copies its queue's numbers (and its quota counters' state) into its files with
+  each record, each scrape it answers, and every second while it serves
+  (`frontends.web.metrics`), so an idle worker's queue is seen draining, and its Redis
+  coming back, by scrapes that other workers answer.
 
 The directory must start empty for a new server (the files of an earlier run would add
 their counts to this one's); `prepare_multiprocess_dir` empties it, for whoever starts
@@ -47,9 +51,9 @@ import hmac
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -71,6 +75,7 @@ __all__ = [
     "TTFT_BUCKETS",
     "LogQueue",
     "MetricsSink",
+    "QuotaState",
     "authorized",
     "enable_multiprocess",
     "mark_worker_dead",
@@ -93,6 +98,18 @@ class LogQueue(Protocol):
 
     @property
     def dropped(self) -> int: ...
+
+
+class QuotaState(Protocol):
+    """The quota counters as metrics see them (every `QuotaCounters` is one)."""
+
+    def status(self) -> Mapping[str, Any]: ...
+
+
+FALLBACK_HELP = (
+    "1 while the quota counters meant to live in Redis count in this process instead "
+    "(Redis does not answer); 0 otherwise."
+)
 
 
 # -- multiprocess mode, process-wide ---------------------------------------------------
@@ -178,8 +195,9 @@ class _ReapingCollector(Collector):
         return merged
 
 
-class _LogQueueCollector(Collector):
-    """One process's log queue, read when scraped (single-process mode)."""
+class _LiveCollector(Collector):
+    """One process's log queue and quota fallback, read when scraped (single-process
+    mode)."""
 
     def __init__(self, sink: MetricsSink) -> None:
         self._sink = sink
@@ -194,6 +212,19 @@ class _LogQueueCollector(Collector):
             "Request-log records dropped because the queue was full or closed.",
             dropped,
         )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_quota_fallback", FALLBACK_HELP, _read_fallback(self._sink.quota)
+        )
+
+
+def _read_fallback(quota: QuotaState | None) -> int:
+    """1 when these counters have fallen back from Redis to counting in process."""
+    if quota is None:
+        return 0
+    try:
+        return 1 if quota.status().get("redis") == "unreachable" else 0
+    except Exception:
+        return 0
 
 
 def _read_queue(queue: LogQueue | None) -> tuple[int, int]:
@@ -214,7 +245,8 @@ class MetricsSink:
 
     `multiprocess_dir` turns on multiprocess mode for the whole process (see the module
     comment); `log_queue` is the request log's queue, if there is one (it may also be
-    set later, when the writer starts: `sink.log_queue = writer`).
+    set later, when the writer starts: `sink.log_queue = writer`); `quota` is the quota
+    counters, if any (also settable later: `sink.quota = counters`).
     """
 
     def __init__(
@@ -222,9 +254,11 @@ class MetricsSink:
         *,
         multiprocess_dir: Path | str | None = None,
         log_queue: LogQueue | None = None,
+        quota: QuotaState | None = None,
     ) -> None:
         self._dir = None if multiprocess_dir is None else enable_multiprocess(multiprocess_dir)
         self.log_queue = log_queue
+        self.quota = quota
         # Multiprocess mode: the metrics are registered nowhere (their values go to the
         # files) and the exposition reads the files; otherwise a registry of our own, so
         # several gateways in one process (tests, embedders) never share counts.
@@ -277,9 +311,10 @@ class MetricsSink:
         )
         if own is not None:
             self._registry = own
-            own.register(_LogQueueCollector(self))
+            own.register(_LiveCollector(self))
             self._queue_depth: Gauge | None = None
             self._dropped: Counter | None = None
+            self._fallback: Gauge | None = None
         else:
             assert self._dir is not None
             self._registry = CollectorRegistry()
@@ -295,9 +330,15 @@ class MetricsSink:
                 "Request-log records dropped because the queue was full or closed.",
                 registry=None,
             )
+            self._fallback = Gauge(
+                f"{PREFIX}_quota_fallback",
+                FALLBACK_HELP,
+                registry=None,
+                multiprocess_mode="livemax",
+            )
             self._dropped_seen = 0
             self._sync_lock = threading.Lock()
-            self.sync_log_queue()
+            self.sync_live()
 
     @property
     def multiprocess_dir(self) -> Path | None:
@@ -309,7 +350,7 @@ class MetricsSink:
         try:
             self._count(entry, timing)
             if self._dir is not None:
-                self.sync_log_queue()
+                self.sync_live()
         except Exception:  # metrics must never cost a request anything
             return
 
@@ -342,15 +383,18 @@ class MetricsSink:
     def stream_closed(self) -> None:
         self._active.dec()
 
-    # -- the log queue (multiprocess mode keeps it in this worker's files) ------------------
+    # -- the log queue and the quota fallback (multiprocess mode keeps them in files) -------
 
-    def sync_log_queue(self) -> None:
-        """Copy the log queue's numbers into this worker's files (multiprocess mode)."""
-        if self._queue_depth is None or self._dropped is None:
+    def sync_live(self) -> None:
+        """Copy the log queue's numbers and the quota counters' state into this worker's
+        files (multiprocess mode)."""
+        if self._queue_depth is None or self._dropped is None or self._fallback is None:
             return
         depth, dropped = _read_queue(self.log_queue)
+        fallback = _read_fallback(self.quota)
         with self._sync_lock:  # the loop and a scrape's thread both sync
             self._queue_depth.set(depth)
+            self._fallback.set(fallback)
             if dropped > self._dropped_seen:
                 self._dropped.inc(dropped - self._dropped_seen)
                 self._dropped_seen = dropped
@@ -363,7 +407,7 @@ class MetricsSink:
         """The exposition (body, content type) in the format `accept` asks for: Prometheus
         text by default, OpenMetrics when asked.  Reads files in multiprocess mode: call
         it off the event loop."""
-        self.sync_log_queue()
+        self.sync_live()
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self._registry), content_type
 

@@ -180,6 +180,16 @@ class RequestLog:
             if self._own_store:
                 await self.store.aclose()
 
+    @property
+    def queue_depth(self) -> int:
+        """Records waiting to be written (for metrics: a `RequestLog` is their log queue)."""
+        return int(self.status()["queue_depth"])
+
+    @property
+    def dropped(self) -> int:
+        """Records dropped so far: the queue was full, or the log was not running."""
+        return int(self.status()["dropped"])
+
     def status(self) -> dict[str, Any]:
         """For health and metrics: records waiting, written, dropped and failed so far."""
         writer = self._writer

@@ -371,3 +371,28 @@ def test_the_log_queue_is_read_from_the_writer_when_scraped() -> None:
     later = MetricsSink()
     later.log_queue = Queue(queue_depth=2)
     assert value(samples(later.render()[0].decode()), "inference_gateway_log_queue_depth") == 2
+
+
+@attrs.define
+class Counters:
+    """Quota counters as metrics see them: only their status."""
+
+    redis: str | None = None
+
+    def status(self) -> dict[str, str]:
+        if self.redis is None:
+            return {"backend": "in-process"}
+        return {"backend": "redis", "redis": self.redis}
+
+
+def test_the_quota_fallback_is_read_from_the_counters_when_scraped() -> None:
+    fallback = "inference_gateway_quota_fallback"
+    assert value(samples(MetricsSink().render()[0].decode()), fallback) == 0
+    assert value(samples(MetricsSink(quota=Counters()).render()[0].decode()), fallback) == 0
+    counters = Counters(redis="ok")
+    sink = MetricsSink(quota=counters)
+    assert value(samples(sink.render()[0].decode()), fallback) == 0
+    counters.redis = "unreachable"
+    assert value(samples(sink.render()[0].decode()), fallback) == 1
+    counters.redis = "ok"  # Redis answers again
+    assert value(samples(sink.render()[0].decode()), fallback) == 0

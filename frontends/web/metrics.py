@@ -1,8 +1,9 @@
 """`GET /metrics`: the Prometheus exposition, open to scrapers unless a token is set.
 
 With several workers (multiprocess mode) each worker also copies its request-log queue's
-numbers into its files every `REFRESH_SECONDS` while it serves, so a scrape answered by
-another worker sees an idle worker's queue drain, not the depth of its last request."""
+numbers and its quota counters' state into its files every `REFRESH_SECONDS` while it
+serves, so a scrape answered by another worker sees an idle worker's queue drain (and its
+Redis come back), not what it was at its last request."""
 
 from __future__ import annotations
 
@@ -39,9 +40,10 @@ async def stop_refreshing() -> None:
 
 
 async def _refresh(sink: MetricsSink, stopping: Any) -> None:
-    """Until the app stops: the log queue's numbers into this worker's files."""
+    """Until the app stops: the log queue's numbers and the quota's state into this
+    worker's files."""
     while not stopping.is_set():
-        sink.sync_log_queue()
+        sink.sync_live()
         with anyio.move_on_after(REFRESH_SECONDS):
             await stopping.wait()
 

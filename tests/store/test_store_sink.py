@@ -95,3 +95,19 @@ async def test_a_running_request_log_writes_and_flushes_on_leaving(tmp_path: Pat
         assert store.get("log-1") == record_of(ENTRY, TIMING)
     finally:
         store.close()
+
+
+def test_a_request_log_is_the_metrics_log_queue(tmp_path: Path) -> None:
+    from frontends.metrics import MetricsSink
+    from tests.test_metrics import samples, value
+
+    store = Store.connect(f"sqlite:///{tmp_path}/gateway.db")
+    try:
+        log = RequestLog(store)
+        metrics = MetricsSink(log_queue=log)
+        log.write(ENTRY, TIMING)  # not running: dropped, and the metrics say so
+        found = samples(metrics.render()[0].decode())
+        assert value(found, "inference_gateway_log_records_dropped_total") == 1
+        assert value(found, "inference_gateway_log_queue_depth") == 0
+    finally:
+        store.close()
