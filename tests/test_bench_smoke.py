@@ -35,3 +35,26 @@ def test_batch_runner_benchmark_runs() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "lines/s" in result.stdout
+
+
+def test_features_cost_benchmark_runs_with_the_request_log_on() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.features_cost", "--requests", "20", "--rounds", "1"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("on: request log (SQLite), quotas, metrics")
+    assert [line.split()[0] for line in lines if line.startswith(("off", "on,", "ratio"))] == [
+        "off",
+        "on,",
+        "on,",
+        "ratio",
+        "ratio",
+    ]
+    # Every "on" request, the warm-up's included, reached the database.
+    assert "request log: 220 of 220 records written, 0 dropped, 0 failed" in result.stdout
