@@ -12,7 +12,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core import ConfigurationError, QuotaPolicy
 from frontends import cli_keys
@@ -32,6 +32,9 @@ from frontends.quota import InProcessCounters, QuotaCounters, RedisCounters
 from frontends.replay import add_replay_command, run_replay_command
 from frontends.settings import Settings, load_settings
 from transports import Transport
+
+if TYPE_CHECKING:
+    from frontends.store import Store
 
 __all__ = ["command_name", "main"]
 
@@ -242,7 +245,7 @@ def _serve(settings: Settings, *, loop: str = "asyncio") -> int:
     )
     request_log = RequestLog.open(settings.store_url, capture_limit=settings.capture_chars)
     metrics.log_queue, metrics.quota = request_log, quota  # read when scraped
-    store, batch_parts = _batch_parts(settings, gateway)
+    batch_parts = _batch_parts(settings, gateway, request_log.store)
     sock = _listen(settings)
     host, port = sock.getsockname()[:2]
     config = Config()
@@ -265,7 +268,7 @@ def _serve(settings: Settings, *, loop: str = "asyncio") -> int:
             _serve_asyncio(gateway, config, app_options)
     finally:
         metrics.close()
-        store.close()
+        request_log.store.close()  # closed when the log stopped; again if it never ran
     sock.detach()  # Hypercorn closed the listening socket it was handed
     return 0
 
@@ -276,13 +279,13 @@ def _metrics(settings: Settings) -> MetricsSink:
     return MetricsSink(multiprocess_dir=settings.metrics_dir)
 
 
-def _batch_parts(settings: Settings, gateway: Gateway) -> tuple[Any, dict[str, Any]]:
-    """The store (migrated), the files and batches API over it, and the built-in runner."""
+def _batch_parts(settings: Settings, gateway: Gateway, store: Store) -> dict[str, Any]:
+    """The files and batches API and the built-in runner, on the request log's store (one
+    engine, one connection pool, for the one database)."""
     from frontends.batch_runner import BatchRunner
     from frontends.batches import Batches, BatchLimits
-    from frontends.store import BatchStore, Store
+    from frontends.store import BatchStore
 
-    store = Store.connect(settings.store_url)
     batch_store = BatchStore(store.engine)
     limits = BatchLimits(
         max_file_bytes=settings.batch_max_file_bytes,
@@ -292,7 +295,7 @@ def _batch_parts(settings: Settings, gateway: Gateway) -> tuple[Any, dict[str, A
     )
     runner = BatchRunner(gateway, batch_store, concurrency=limits.concurrency)
     batches = Batches(gateway, batch_store, limits=limits)
-    return store, {"batches": batches, "batch_runner": runner}
+    return {"batches": batches, "batch_runner": runner}
 
 
 def _access_log_to_stderr() -> None:

@@ -263,3 +263,23 @@ def test_the_banner_names_a_command_a_fresh_shell_can_run(
     assert command_name() == "inference-gateway"
     monkeypatch.setattr(sys, "argv", [str(ROOT / "frontends" / "cli.py")])
     assert command_name().endswith(" -m frontends.cli")
+
+
+def test_serve_keeps_batches_and_the_request_log_on_one_engine(tmp_path: Path) -> None:
+    from frontends.assembly import build_gateway
+    from frontends.cli import _batch_parts
+    from frontends.identity import StaticKeys
+    from frontends.request_log import RequestLog
+    from frontends.settings import Settings
+    from transports.httpx_transport import HttpxTransport
+
+    settings = Settings(state_dir=tmp_path / "state")
+    gateway = build_gateway(REPO_FIXTURES, identity=StaticKeys(), transport=HttpxTransport())
+    request_log = RequestLog.open(settings.store_url)
+    try:
+        parts = _batch_parts(settings, gateway, request_log.store)
+        # One database, one engine: one connection pool (and for SQLite, one writer).
+        assert parts["batches"].store.engine is request_log.store.engine
+        assert parts["batch_runner"]._store is parts["batches"].store
+    finally:
+        request_log.store.close()
