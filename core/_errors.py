@@ -21,6 +21,7 @@ __all__ = [
     "GatewayError",
     "LocalProtocolError",
     "error_body",
+    "log_detail",
     "redact",
 ]
 
@@ -124,6 +125,37 @@ def redact(text: str) -> str:
     text = _URL.sub("<backend>", text)
     text = _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}<redacted>", text)
     return _KEY.sub("<redacted>", text)
+
+
+# The most of a failure's account the request log keeps: enough to tell one failure from
+# another, never a backend's whole error page (which may quote the request, or a secret).
+DETAIL_CHARS = 200
+# A secret given as a field, in JSON, a header, a query or a form: `"password": "x"`,
+# `api-key=x`, `Authorization: Bearer x`.  Its value goes, however short.
+_SECRET_FIELD = re.compile(
+    r"""(?ix)
+    (["']?\b(?:api[_-]?key|apikey|access[_-]?token|refresh[_-]?token|id[_-]?token|token
+        |client[_-]?secret|secret|password|passwd|authorization|cookie)\b["']?
+     \s*[:=]\s*["']?)
+    (?:(?:bearer|basic|token)\s+)?[^"'\s,;&}]+
+    """
+)
+
+
+def log_detail(text: str) -> str:
+    """A failure's account as the request log may keep it: redacted as for a client,
+    with secrets given as fields (`"password": "..."`) blanked too, and cut to
+    `DETAIL_CHARS` characters (the last one an ellipsis when cut).
+
+    Redaction runs before the cut, on a prefix long enough that a secret beginning
+    inside what is kept is seen whole, so the cut never leaves a secret's first
+    characters behind unredacted.
+    """
+    text = redact(text[: DETAIL_CHARS * 10])
+    text = _SECRET_FIELD.sub(lambda m: f"{m.group(1)}<redacted>", text)
+    if len(text) > DETAIL_CHARS:
+        return text[: DETAIL_CHARS - 1] + "\u2026"
+    return text
 
 
 def error_body(error: GatewayError) -> bytes:

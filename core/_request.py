@@ -28,7 +28,7 @@ from typing import Any
 
 from core._caller import caller, credentials, identity_unavailable
 from core._catalog import Catalog
-from core._errors import BackendError, ClientError, GatewayError, error_body
+from core._errors import BackendError, ClientError, GatewayError, error_body, log_detail
 from core._events import (
     AdaptorFailed,
     AdaptorReturned,
@@ -279,7 +279,10 @@ class RequestMachine(Kernel[State, Effect]):
         )
         self._bytes_out += len(event_bytes)
         effects = (RelayChunk(data=event_bytes), EndStream())
-        return S.DONE, (*effects, *self._ending(shaped.response.status, detail=shaped.detail))
+        ending = self._ending(
+            shaped.response.status, error_code=shaped.error_code, detail=shaped.detail
+        )
+        return S.DONE, (*effects, *ending)
 
     def _on_stream_opened(self, event: StreamOpened) -> Outcome:
         self._task_id = event.task_id
@@ -365,7 +368,10 @@ class RequestMachine(Kernel[State, Effect]):
         status = shaped.response.status
         self._bytes_out += len(shaped.response.body)
         ending = self._ending(
-            status, usage=shaped.usage, error_code=error_code, detail=shaped.detail
+            status,
+            usage=shaped.usage,
+            error_code=shaped.error_code if error_code is None else error_code,
+            detail=shaped.detail,
         )
         return S.DONE, (Respond(response=shaped.response), *ending)
 
@@ -447,7 +453,8 @@ class RequestMachine(Kernel[State, Effect]):
                 usage=usage,
                 estimated=estimated,
                 error_code=error_code,
-                detail=detail,
+                # Never a backend's whole error page, never a secret it quoted.
+                detail=None if detail is None else log_detail(detail),
                 cancelled=cancelled,
                 task_id=self._task_id,
                 bytes_in=len(request.body),

@@ -76,10 +76,13 @@ def _passed_through(backend: Headers) -> Headers:
 
 @attrs.frozen(kw_only=True)
 class Shaped:
-    """A response plus what the operator's log should learn from it."""
+    """A response plus what the operator's log should learn from it: the usage, the
+    error code of a failure (the one the client was told, or the backend's own) and an
+    account of it."""
 
     response: Response
     usage: Usage | None = None
+    error_code: str | None = None
     detail: str | None = None
 
 
@@ -134,7 +137,18 @@ def _backend_failure(
         code=code,
         headers=relayed(headers),
     )
-    return Shaped(response=error_response(error), detail=redact(detail))
+    return Shaped(response=error_response(error), error_code=code, detail=redact(detail))
+
+
+def _backend_code(payload: dict[str, Any] | None) -> str | None:
+    """The `code` (else `type`) of a backend's OpenAI error body, if it gives one."""
+    if payload is None or not isinstance(payload.get("error"), dict):
+        return None
+    for name in ("code", "type"):
+        value = payload["error"].get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 def shape_result(
@@ -175,11 +189,13 @@ def shape_result(
             endpoint, 502, "backend_auth_failed", f"HTTP {status}: {message}", headers
         )
     if 400 <= status < 500:
-        if _is_openai_error(json_object(message)):
+        payload = json_object(message)
+        if _is_openai_error(payload):
             return Shaped(
                 response=Response(
                     status=status, headers=_passed_through(headers), body=message.encode()
                 ),
+                error_code=_backend_code(payload),
                 detail=redact(message),
             )
         error = ClientError(
@@ -188,7 +204,11 @@ def shape_result(
             type=type_for_status(status),
             headers=relayed(headers),
         )
-        return Shaped(response=error_response(error), detail=redact(message))
+        return Shaped(
+            response=error_response(error),
+            error_code=error.code or error.type,
+            detail=redact(message),
+        )
     return _backend_failure(
         endpoint, status, _failure_code(status), f"HTTP {status}: {message}", headers
     )

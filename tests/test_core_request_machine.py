@@ -752,7 +752,9 @@ def test_an_adaptor_failure_mid_stream_becomes_an_error_event() -> None:
     assert sse_json(tail)["error"]["code"] == "backend_timeout"
     assert b"10.0.0.1" not in tail
     assert kinds(effects)[-2:] == [EndStream, WriteLog]
-    assert logs(effects)[0].entry.status == 504
+    entry = logs(effects)[0].entry
+    assert (entry.status, entry.error_code) == (504, "backend_timeout")
+    assert entry.detail is not None and "10.0.0.1" not in entry.detail
 
 
 def test_a_streaming_adaptor_returning_nothing_is_a_502() -> None:
@@ -925,3 +927,75 @@ def test_the_credentials_never_appear_in_any_effect(events: Callable[[], list[Ev
         assert TOKEN not in repr(effect)
         if isinstance(effect, Respond):
             assert TOKEN.encode() not in effect.response.body
+
+
+# -- what the log learns of a backend's failure ---------------------------------------------
+
+DETAIL_CHARS = 200  # the most of a failure's account a log entry keeps
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "code"),
+    [
+        (AdaptorFailed(status=502, detail="ConnectError: refused"), 502, "backend_error"),
+        (AdaptorFailed(status=504, detail="ReadTimeout"), 504, "backend_timeout"),
+        (AdaptorReturned(error_code=500, error_message="Traceback ..."), 502, "backend_error"),
+        (AdaptorReturned(error_code=503, error_message="overloaded"), 503, "backend_unavailable"),
+        (AdaptorReturned(error_code=401, error_message="bad key"), 502, "backend_auth_failed"),
+        (AdaptorReturned(), 502, "empty_backend_response"),
+        (AdaptorReturned(result="<html>"), 502, "malformed_backend_response"),
+        (
+            AdaptorReturned(
+                error_code=429,
+                error_message='{"error": {"message": "slow down", "code": "rate_limit_exceeded"}}',
+            ),
+            429,
+            "rate_limit_exceeded",
+        ),
+    ],
+    ids=["raised", "timed-out", "5xx", "503", "refused-our-key", "empty", "not-json", "4xx"],
+)
+def test_a_backend_failure_is_logged_with_an_error_code(
+    answer: Event, status: int, code: str
+) -> None:
+    _, effects = run(request(), IdentityResolved(identity=ALICE), answer)
+    (entry,) = [log.entry for log in logs(effects)]
+    assert (entry.status, entry.error_code) == (status, code)
+    assert entry.detail
+
+
+SECRETS = ("sk-live-0123456789abcdef", "hunter2secret")
+noise = st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=400)
+
+
+@given(
+    before=noise,
+    after=noise,
+    shape=st.sampled_from(
+        [
+            "api_key={sk}",
+            '"password": "{pw}"',
+            "Authorization: Bearer {sk}",
+            "key {sk} rejected",
+            "https://user:{pw}@backend.internal/v1",
+            "password={pw}&user=ada",
+        ]
+    ),
+    failure=st.sampled_from(["raised", "5xx", "4xx"]),
+)
+def test_a_logged_detail_is_short_and_never_quotes_a_secret(
+    before: str, after: str, shape: str, failure: str
+) -> None:
+    sk, pw = SECRETS
+    text = before + " " + shape.format(sk=sk, pw=pw) + " " + after
+    answer: Event = {
+        "raised": AdaptorFailed(status=502, detail=text),
+        "5xx": AdaptorReturned(error_code=500, error_message=text),
+        "4xx": AdaptorReturned(error_code=400, error_message=text),
+    }[failure]
+    _, effects = run(request(), IdentityResolved(identity=ALICE), answer)
+    (entry,) = [log.entry for log in logs(effects)]
+    assert entry.detail is not None and len(entry.detail) <= DETAIL_CHARS
+    for secret in SECRETS:
+        # Not the secret, nor a first part of it long enough to matter.
+        assert secret[:8] not in entry.detail

@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import logging
+import socket
 from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
 
 import anyio
 import attrs
 import pytest
+import sqlalchemy as sa
 
+from core import Identity
+from core._errors import DETAIL_CHARS
+from frontends.embedding import FixedIdentity, open_gateway
 from frontends.store import CAPTURE_CEILING, RequestRecord, Store, UsageRow, capture, usage
+from frontends.store._schema import request_log
 from frontends.store._usage import fetch_usage
 from tests.store.factories import T0, record
+from tests.support.gateway_server import write_fixtures
+from tests.support.raising_adaptor import LEAKED
+from tests.support.scripted_http import Exchange
+from tests.support.scripted_http import serving as scripted_backend
+
+AUTH = {"Authorization": "Bearer embedded"}
 
 CEST = timezone(timedelta(hours=2))
 
@@ -218,3 +231,94 @@ def test_captures_are_capped() -> None:
     assert capture("x" * 100, 10) == "x" * 10
     assert capture(None, 10) is None
     assert len(record(1, prompt="y" * (CAPTURE_CEILING + 5)).prompt or "") == CAPTURE_CEILING
+
+
+# -- backend failures, recorded -------------------------------------------------------------
+
+SECRET = "hunter2-db-password"
+BACKEND_KEY = "sk-live-0123456789abcdefghij"
+
+
+async def _error_page(exchange: Exchange) -> None:
+    """A backend's 500 whose body is a long error page quoting secrets."""
+    page = (
+        f'Traceback: {{"password": "{SECRET}", "api_key": "{BACKEND_KEY}"}} '
+        f"Authorization: Bearer {BACKEND_KEY} " + "frame " * 2000
+    )
+    await exchange.respond(500, [("content-type", "text/plain")], page.encode())
+
+
+def _failure_fixtures(folder: Path, backend_url: str) -> Path:
+    endpoints = {
+        "error-page": ("adaptors.endpoints.direct_api.DirectAPIEndpoint", backend_url),
+        "unreachable": ("adaptors.endpoints.direct_api.DirectAPIEndpoint", _closed_port_url()),
+        "raising": ("tests.support.raising_adaptor.RaisingEndpoint", backend_url),
+    }
+    cluster = {
+        "cluster_name": "broken",
+        "frameworks": ["api"],
+        "openai_endpoints": ["chat/completions"],
+        "cluster_adapter": "adaptors.clusters.openai_compatible.OpenAICompatibleCluster",
+        "config": {"api_url": f"{backend_url}/v1"},
+    }
+    return write_fixtures(
+        folder,
+        [cluster],
+        [
+            {
+                "endpoint_slug": f"broken-api-{model}",
+                "cluster": "broken",
+                "framework": "api",
+                "model": model,
+                "endpoint_adapter": adaptor,
+                "config": {"api_url": f"{url}/v1", "api_key_env_name": "IGW_TEST_FAIL_KEY"},
+            }
+            for model, (adaptor, url) in endpoints.items()
+        ],
+    )
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.mark.anyio
+async def test_a_backend_failure_is_recorded_with_its_code_and_a_short_clean_detail(
+    store: Store, tmp_path: Path
+) -> None:
+    chat = {"messages": [{"role": "user", "content": "hello"}]}
+    async with scripted_backend({"/v1/chat/completions": _error_page}) as backend:
+        fixtures = _failure_fixtures(tmp_path / "fixtures", backend.url)
+        async with open_gateway(
+            fixtures,
+            identity=FixedIdentity(Identity(username="ada@example.org")),
+            environ={"IGW_TEST_FAIL_KEY": BACKEND_KEY},
+            store=store,
+        ) as gateway:
+            statuses = {
+                model: (
+                    await gateway.request(
+                        "chat/completions", {**chat, "model": model}, headers=AUTH
+                    )
+                ).status
+                for model in ("error-page", "unreachable", "raising")
+            }
+    assert statuses == {"error-page": 502, "unreachable": 502, "raising": 502}
+
+    with store.engine.connect() as connection:
+        rows = connection.execute(sa.select(request_log)).mappings().all()
+    recorded = {row["model"]: row for row in rows}
+    assert sorted(recorded) == ["error-page", "raising", "unreachable"]
+    for model, row in recorded.items():
+        assert row["status"] == 502, model
+        assert row["error_code"] == "backend_error", model
+        detail = row["detail"]
+        assert detail, model
+        assert len(detail) <= DETAIL_CHARS, (model, len(detail))
+        for secret in (SECRET, BACKEND_KEY, LEAKED, backend.url, "127.0.0.1"):
+            assert secret not in detail, (model, secret)
+    # What the detail keeps is the start of the account: enough to tell failures apart.
+    assert recorded["error-page"]["detail"].startswith("HTTP 500: Traceback")
+    assert recorded["raising"]["detail"].startswith("RuntimeError: backend pool exhausted")
