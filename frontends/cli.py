@@ -160,18 +160,20 @@ def _token_problem(settings: Settings, token: str | None, command: str) -> str |
             "static API keys are off (identity providers: "
             f"{', '.join(settings.identity_providers)}); use a token from your provider"
         )
+    # serve makes a key only with the tokens file it creates; one that exists is the
+    # operator's and is left as it is, so a key is then added by hand.
+    add = f"`{command} keys add {local_username()}` makes a key now and prints it once"
     if token is None:
+        if not settings.tokens_path.exists():
+            return f"no key yet: `{command} serve` makes one at its first start, or {add}"
         return (
-            f"no key of yours in {settings.local_key_path}: `{command} serve` makes one "
-            f"at its next start (adding it to {settings.tokens_path}), or "
-            f"`{command} keys add USER` makes a key now and prints it once"
+            f"no key of yours in {settings.local_key_path}, and serve adds none to the "
+            f"existing {settings.tokens_path}: {add}"
         )
     if not holds_key(settings.tokens_path, token):
         return (
             f"the key in {settings.local_key_path} is not in {settings.tokens_path} "
-            f"(revoked, or the file was replaced): remove {settings.local_key_path} and "
-            f"`{command} serve` makes a new one at its next start, or "
-            f"`{command} keys add {local_username()}` makes a key now and prints it once"
+            f"(revoked, or the file was replaced): {add}"
         )
     return None
 

@@ -182,15 +182,18 @@ def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_a_tokens_file_without_a_local_key_gets_one_on_the_next_start(tmp_path: Path) -> None:
+def test_serve_leaves_an_existing_tokens_file_as_it_is(tmp_path: Path) -> None:
     # `keys add` before the first `serve` makes the tokens file, but no key of the user's own.
-    assert _cli(tmp_path, "keys", "add", "ada@example.org").returncode == 0
-    assert not (tmp_path / "state" / "local-key").exists()
+    added = _cli(tmp_path, "keys", "add", "ada@example.org")
+    assert added.returncode == 0
+    ada = added.stdout.strip()
+    tokens = tmp_path / "state" / "tokens.json"
+    before_serving = tokens.read_bytes()
     before = _cli(tmp_path, "token")
     assert before.returncode == 1 and before.stdout == ""
     assert f"no key of yours in {tmp_path / 'state' / 'local-key'}" in before.stderr
-    assert "serve` makes one at its next start" in before.stderr
-    assert "keys add USER` makes a key now" in before.stderr
+    assert f"serve adds none to the existing {tokens}" in before.stderr
+    assert f"keys add {local_username()}` makes a key now" in before.stderr
     process = subprocess.Popen(
         [*CLI, "serve", "--port", "0"],
         env=_env(tmp_path),
@@ -202,12 +205,14 @@ def test_a_tokens_file_without_a_local_key_gets_one_on_the_next_start(tmp_path: 
         assert process.stdout is not None
         banner = [process.stdout.readline() for _ in range(5)]
         url = re.search(r"on (http://\S+)/v1", banner[0])
-        token = re.search(r"your token \(new.*\): (\S+)", banner[3])
-        assert url and token, banner
+        assert url, banner
+        # The banner says how to add a key, and makes none.
+        assert "your token: no key of yours" in banner[3], banner
+        assert f"keys add {local_username()}` makes a key now" in banner[3]
         assert "in a second terminal" in banner[4]
         reply = httpx.post(
             f"{url[1]}/v1/chat/completions",
-            headers={"Authorization": f"Bearer {token[1]}"},
+            headers={"Authorization": f"Bearer {ada}"},
             json={"model": "demo-model", "messages": [{"role": "user", "content": "ping"}]},
             timeout=30,
         )
@@ -216,9 +221,19 @@ def test_a_tokens_file_without_a_local_key_gets_one_on_the_next_start(tmp_path: 
         process.send_signal(signal.SIGINT)
         _out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
-    listed = _cli(tmp_path, "keys", "list").stdout
-    assert "ada@example.org" in listed and local_username() in listed
-    assert _cli(tmp_path, "token").stdout.strip() == token[1]
+    assert tokens.read_bytes() == before_serving
+    assert not (tmp_path / "state" / "local-key").exists()
+
+
+def test_a_key_is_made_only_with_a_tokens_file_that_did_not_exist(tmp_path: Path) -> None:
+    path, key_path = tmp_path / "tokens.json", tmp_path / "local-key"
+    path.write_text('{"keys": []}\n')  # an operator's file, even an empty one
+    assert ensure_tokens_file(path, key_path) is None
+    assert path.read_text() == '{"keys": []}\n' and not key_path.exists()
+    path.unlink()
+    key = ensure_tokens_file(path, key_path)
+    assert key is not None and key_path.read_text().strip() == key
+    assert [e["username"] for e in json.loads(path.read_text())["keys"]] == [local_username()]
 
 
 def test_token_says_so_when_the_local_key_was_revoked(tmp_path: Path) -> None:

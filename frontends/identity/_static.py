@@ -253,6 +253,25 @@ def _write_private(path: Path, content: str) -> None:
         raise
 
 
+def _create_private(path: Path, content: str) -> bool:
+    """Create `path` (mode 0600) whole, only if nothing is there: False if something is.
+    The content is written to a temporary file and linked in place, so a reader never
+    sees a partial file and a file made meanwhile by someone else is never replaced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(content)
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        Path(temp).unlink(missing_ok=True)
+
+
 def _write_entries(path: Path, entries: Sequence[object]) -> None:
     _write_private(path, json.dumps({"keys": list(entries)}, indent=2) + "\n")
 
@@ -299,20 +318,23 @@ def local_key_path(tokens_path: Path) -> Path:
 
 
 def ensure_tokens_file(path: Path, key_path: Path | None = None) -> str | None:
-    """Give the local user a key of their own if `key_path` holds none.
+    """On a first start, make the tokens file with a key for the local user.
 
-    The new key's salted hash is added to the tokens file (created if absent; the keys
-    already in it are kept) and the key itself goes to `key_path` (default
-    `local_key_path(path)`), mode 0600, for `inference-gateway token`.  Returns the new
-    key (to show once in the start-up banner), or None if the local user had one.
+    Only when no tokens file exists: it is created holding the new key's salted hash,
+    and the key itself goes to `key_path` (default `local_key_path(path)`), mode 0600,
+    for `inference-gateway token`.  Returns the new key (to show once in the start-up
+    banner).  A tokens file that exists is the operator's (it may be kept by
+    configuration management, shared by replicas, or read-only) and is never rewritten
+    here: returns None, and the banner says how to add a key (`keys add`).
     """
     key_path = key_path or local_key_path(path)
-    if first_token(path, key_path) is not None:
+    if path.exists():
         return None
-    existing = [e.model_dump() for e in read_entries(path)] if path.exists() else []
     key = new_key()
+    entries = [_entry_for(key, local_username(), [])]
+    if not _create_private(path, json.dumps({"keys": entries}, indent=2) + "\n"):
+        return None  # another process made it first: theirs stands
     _write_private(key_path, key + "\n")
-    _write_entries(path, [*existing, _entry_for(key, local_username(), [])])
     return key
 
 
