@@ -34,9 +34,7 @@ BIG = 10**12
 def _reservations(user: int) -> list[Reservation]:
     return [
         Reservation(limit=Limit.MODEL_TOKENS, key="tpm_model:m", amount=1100, capacity=BIG),
-        Reservation(
-            limit=Limit.USER_TOKENS, key=f"tpm_user:m:u{user}", amount=1100, capacity=BIG
-        ),
+        Reservation(limit=Limit.USER_TOKENS, key=f"tpm_user:m:u{user}", amount=1100, capacity=BIG),
         Reservation(limit=Limit.USER_REQUESTS, key=f"rpm_user:u{user}", amount=1, capacity=BIG),
     ]
 

@@ -58,3 +58,23 @@ def test_features_cost_benchmark_runs_with_the_request_log_on() -> None:
     ]
     # Every "on" request, the warm-up's included, reached the database.
     assert "request log: 220 of 220 records written, 0 dropped, 0 failed" in result.stdout
+
+
+def test_the_floor_comparison_runs_and_prints_its_table() -> None:
+    """`python -m bench --quick` with nginx and wrk (which `.ci/run` installs): four
+    rows of gateway against floor, no failed request, and every stream held."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--streams", "20"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("| json", "| sse"))]
+    assert len(rows) == 4, result.stdout
+    for row in rows:
+        assert row.rstrip(" |").endswith("0 / 0"), row  # no errors on either side
+    assert "open streams: 20 of 20 held" in result.stdout, result.stdout
+    assert "stream time to first byte" in result.stdout

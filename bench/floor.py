@@ -1,0 +1,86 @@
+"""The framework's floor: a bare Quart app on Hypercorn, served the way `inference-gateway
+serve` serves (same Hypercorn entry point, worker and event loop), that reads the body,
+parses it, and answers the canned JSON or SSE with no upstream call.  Whatever the
+gateway costs beyond this is the gateway's own.
+
+    python -m bench.floor --port 8001 [--loop asyncio|trio]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+from collections.abc import AsyncIterator
+from typing import Any
+
+from quart import Quart, Response, request
+
+from bench.canned import CHAT_JSON, CHAT_SSE
+
+
+def make_app(app_class: type[Quart] = Quart) -> Quart:
+    app = app_class("bench_floor")
+    app.config.update(RESPONSE_TIMEOUT=None)
+
+    @app.post("/v1/chat/completions")
+    async def chat() -> Response:
+        body = json.loads(await request.get_data())
+        if body.get("stream"):
+
+            async def events() -> AsyncIterator[bytes]:
+                yield CHAT_SSE.encode()
+
+            return Response(events(), content_type="text/event-stream")
+        return Response(CHAT_JSON, content_type="application/json")
+
+    return app
+
+
+def _config(port: int) -> Any:
+    from hypercorn.config import Config
+
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.accesslog = None
+    return config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--loop", choices=("asyncio", "trio"), default="asyncio")
+    args = parser.parse_args()
+    if args.loop == "trio":
+        import trio
+        from hypercorn.trio import serve as trio_serve
+        from quart_trio import QuartTrio
+
+        async def run_trio() -> None:
+            async def wait_for_signal() -> None:
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        return
+
+            await trio_serve(
+                make_app(QuartTrio), _config(args.port), shutdown_trigger=wait_for_signal
+            )
+
+        trio.run(run_trio)
+        return
+    import asyncio
+
+    from hypercorn.asyncio import serve
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await serve(make_app(), _config(args.port), shutdown_trigger=stop.wait)
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

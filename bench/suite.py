@@ -1,0 +1,460 @@
+"""`python -m bench`: the gateway against the framework's own floor, side by side in one run.
+
+    python -m bench            # about 4 minutes: 3 rounds of 10 s per cell, 10,000 open streams
+    python -m bench --quick    # about 40 s: 1 round of 2 s per cell, 200 open streams
+
+What it starts, all on 127.0.0.1:
+* a canned backend (nginx, `bench.canned`) answering a fixed chat completion as JSON and
+  as a short SSE stream;
+* the floor (`bench.floor`): a bare Quart app on Hypercorn, served like the gateway, that
+  reads and parses the body and answers the same bytes with no upstream call;
+* the gateway (`inference-gateway serve`, one worker) with Direct API endpoints on the
+  canned backend, a static key, and the request log (SQLite), quotas (in process, limits
+  set high enough never to refuse) and metrics on, as in production;
+* for the open-streams figure, a backend that keeps streams open and drips a chunk every
+  few seconds (`bench.open_streams drip`) and a client holding N streams through the
+  gateway (`bench.open_streams hold`).
+
+wrk (one thread) drives the floor and the gateway alike at concurrency 1 and 32, for JSON
+and for streams, in alternating rounds so that drift hits both.  On a machine with two
+or more cores the server under test is pinned to core 0 and wrk and nginx to core 1 with
+`taskset`, so the figures are one core's worth of server; the table says so.  Ratios are
+gateway/floor from this one run; absolute figures are this machine's only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import attrs
+import httpx
+
+from bench.canned import MODEL_JSON, MODEL_SSE, ensure_tools, running_nginx, wait_for_port
+from bench.load import Round, first_byte_ms, run_wrk
+from tests.support.gateway_server import ALICE, write_fixtures, write_tokens
+
+__all__ = ["main"]
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY_ENV = "IGW_BENCH_KEY"
+DRIP_MODEL = "bench-drip"
+
+
+@attrs.frozen
+class Plan:
+    rounds: int
+    seconds: float
+    first_bytes: int
+    open_streams: int
+
+
+FULL = Plan(rounds=3, seconds=10, first_bytes=200, open_streams=10_000)
+QUICK = Plan(rounds=1, seconds=2, first_bytes=20, open_streams=200)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _pinned(command: list[str], cpu: int | None) -> list[str]:
+    if cpu is None or shutil.which("taskset") is None:
+        return command
+    return ["taskset", "-c", str(cpu), *command]
+
+
+def _rss_kb(pid: int, field: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} for process {pid}")
+
+
+def _fixtures(folder: Path, canned: str, drip: str) -> Path:
+    cluster = {
+        "cluster_name": "bench",
+        "frameworks": ["api"],
+        "openai_endpoints": ["chat/completions"],
+        "cluster_adapter": "adaptors.clusters.openai_compatible.OpenAICompatibleCluster",
+        "config": {"api_url": f"{canned}/json/v1"},
+    }
+    # Quotas on and counted for every request, with limits no bench run reaches.
+    limits = {"tpm_model": 10**12, "tpm_user": 10**12}
+    endpoints = [
+        {
+            "endpoint_slug": f"bench-api-{model}",
+            "cluster": "bench",
+            "framework": "api",
+            "model": model,
+            "endpoint_adapter": "adaptors.endpoints.direct_api.DirectAPIEndpoint",
+            "config": {"api_url": url, "api_key_env_name": KEY_ENV},
+            **limits,
+        }
+        for model, url in (
+            (MODEL_JSON, f"{canned}/json/v1"),
+            (MODEL_SSE, f"{canned}/sse/v1"),
+            (DRIP_MODEL, f"{drip}/v1"),
+        )
+    ]
+    return write_fixtures(folder / "fixtures", [cluster], endpoints)
+
+
+@contextmanager
+def _process(
+    command: list[str], env: dict[str, str], log: Path, port: int, what: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            try:
+                wait_for_port(port, process, what)
+            except RuntimeError as exc:
+                raise RuntimeError(f"{exc}\n{log.read_text()[-3000:]}") from exc
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _chat(model: str, stream: bool) -> dict[str, object]:
+    body: dict[str, object] = {
+        "model": model,
+        "messages": [{"role": "user", "content": "How fast is this?"}],
+        "max_tokens": 16,
+    }
+    if stream:
+        body["stream"] = True
+    return body
+
+
+@attrs.define
+class Cell:
+    """One (server, kind, concurrency) cell's rounds."""
+
+    rounds: list[Round] = attrs.Factory(list)
+
+    @property
+    def per_second(self) -> float:
+        seconds = sum(r.seconds for r in self.rounds)
+        return sum(r.requests for r in self.rounds) / seconds if seconds else 0.0
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(r.p50_ms for r in self.rounds)
+
+    @property
+    def p99(self) -> float:
+        return statistics.median(r.p99_ms for r in self.rounds)
+
+    @property
+    def errors(self) -> int:
+        return sum(r.errors for r in self.rounds)
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, row in enumerate(rows):
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+        if n == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def run(plan: Plan, out: Path | None) -> str:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max(hard, 4 * plan.open_streams + 1024)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    ensure_tools("nginx", "wrk")
+    cores = os.cpu_count() or 1
+    server_cpu, load_cpu = (0, 1) if cores >= 2 else (None, None)
+    with tempfile.TemporaryDirectory(prefix="igw-bench-") as tmp, ExitStack() as stack:
+        folder = Path(tmp)
+        canned_port, drip_port, floor_port, gateway_port = (free_port() for _ in range(4))
+        canned = stack.enter_context(running_nginx(folder / "nginx", canned_port, load_cpu))
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_GATEWAY_")}
+        base_env["PYTHONPATH"] = str(ROOT)
+        drip_every = 5.0
+        stack.enter_context(
+            _process(
+                _pinned(
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.open_streams",
+                        "drip",
+                        "--port",
+                        str(drip_port),
+                        "--every",
+                        str(drip_every),
+                    ],
+                    load_cpu,
+                ),
+                base_env,
+                folder / "drip.log",
+                drip_port,
+                "the drip backend",
+            )
+        )
+        floor = stack.enter_context(
+            _process(
+                _pinned(
+                    [sys.executable, "-m", "bench.floor", "--port", str(floor_port)], server_cpu
+                ),
+                base_env,
+                folder / "floor.log",
+                floor_port,
+                "the floor",
+            )
+        )
+        fixtures = _fixtures(folder, canned, f"http://127.0.0.1:{drip_port}")
+        gateway_env = {
+            **base_env,
+            KEY_ENV: "bench-backend-key",
+            "INFERENCE_GATEWAY_TOKENS_FILE": str(write_tokens(folder)),
+            "INFERENCE_GATEWAY_STATE_DIR": str(folder / "state"),
+            "INFERENCE_GATEWAY_LOG_LEVEL": "WARNING",
+        }
+        serve = [sys.executable, "-m", "frontends.cli", "serve", "--port", str(gateway_port)]
+        gateway = stack.enter_context(
+            _process(
+                _pinned([*serve, "--fixtures", str(fixtures)], server_cpu),
+                gateway_env,
+                folder / "gateway.log",
+                gateway_port,
+                "the gateway",
+            )
+        )
+        servers = {
+            "floor": (floor, f"http://127.0.0.1:{floor_port}", None),
+            "gateway": (gateway, f"http://127.0.0.1:{gateway_port}", ALICE),
+        }
+        # Warm both up (imports, first connections, JIT-free but cache-warm), then idle RSS.
+        with httpx.Client(timeout=30) as client:
+            for _, url, token in servers.values():
+                headers = {"Authorization": f"Bearer {token}"} if token else {}
+                for stream in (False, True):
+                    for _ in range(20):
+                        model = MODEL_SSE if stream else MODEL_JSON
+                        answer = client.post(
+                            f"{url}/v1/chat/completions", json=_chat(model, stream), headers=headers
+                        )
+                        answer.raise_for_status()
+        idle = {name: _rss_kb(p.pid) for name, (p, _, _) in servers.items()}
+
+        cells: dict[tuple[str, str, int], Cell] = {}
+        for n in range(plan.rounds):
+            for kind in ("json", "sse"):
+                for concurrency in (1, 32):
+                    order = list(servers) if n % 2 == 0 else list(reversed(servers))
+                    for name in order:
+                        _, url, token = servers[name]
+                        model = MODEL_SSE if kind == "sse" else MODEL_JSON
+                        round_ = run_wrk(
+                            f"{url}/v1/chat/completions",
+                            _chat(model, kind == "sse"),
+                            concurrency=concurrency,
+                            seconds=plan.seconds,
+                            token=token,
+                            folder=folder,
+                            cpu=load_cpu,
+                        )
+                        cells.setdefault((name, kind, concurrency), Cell()).rounds.append(round_)
+
+        first: dict[str, list[float]] = {"floor": [], "gateway": []}
+        for _ in range(plan.first_bytes):
+            for name in servers:
+                _, url, token = servers[name]
+                port = int(url.rsplit(":", 1)[1])
+                first[name].append(first_byte_ms("127.0.0.1", port, _chat(MODEL_SSE, True), token))
+        peak = {name: _rss_kb(p.pid, "VmHWM") for name, (p, _, _) in servers.items()}
+
+        streams = _open_streams(plan, gateway, gateway_port, folder, base_env, load_cpu)
+
+    report = _report(plan, cells, first, idle, peak, streams, server_cpu is not None)
+    if out is not None:
+        out.write_text(report + "\n")
+    return report
+
+
+@attrs.frozen
+class StreamsFigure:
+    asked: int
+    opened: int
+    failed: dict[str, int]
+    rss_before_kb: int
+    rss_after_kb: int
+    normal_median_ms: float
+    normal_max_ms: float
+    normal_failed: dict[str, int]
+
+
+def _open_streams(
+    plan: Plan,
+    gateway: subprocess.Popen[bytes],
+    port: int,
+    folder: Path,
+    env: dict[str, str],
+    cpu: int | None,
+) -> StreamsFigure:
+    """Holds `plan.open_streams` streams through the gateway; RSS and a normal request's
+    latency while they are open."""
+    before = _rss_kb(gateway.pid)
+    command = [
+        sys.executable,
+        "-m",
+        "bench.open_streams",
+        "hold",
+        "--port",
+        str(port),
+        "--count",
+        str(plan.open_streams),
+        "--token",
+        ALICE,
+    ]
+    holder = subprocess.Popen(
+        _pinned(command, cpu), env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        line = holder.stdout.readline()
+        if not line:
+            raise RuntimeError("the stream holder ended before it reported")
+        held = json.loads(line)
+        after = _rss_kb(gateway.pid)
+        times = []
+        normal_failed: dict[str, int] = {}
+        with httpx.Client(timeout=30) as client:
+            for _ in range(20):
+                start = time.perf_counter()
+                answer = client.post(
+                    f"http://127.0.0.1:{port}/v1/chat/completions",
+                    json=_chat(MODEL_JSON, False),
+                    headers={"Authorization": f"Bearer {ALICE}"},
+                )
+                times.append((time.perf_counter() - start) * 1000)
+                if answer.status_code != 200:
+                    key = str(answer.status_code)
+                    normal_failed[key] = normal_failed.get(key, 0) + 1
+        holder.stdin.close()
+        holder.wait(timeout=120)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    return StreamsFigure(
+        asked=plan.open_streams,
+        opened=held["open"],
+        failed=held["failed"],
+        rss_before_kb=before,
+        rss_after_kb=after,
+        normal_median_ms=statistics.median(times),
+        normal_max_ms=max(times),
+        normal_failed=normal_failed,
+    )
+
+
+def mb(kilobytes: int) -> str:
+    return f"{kilobytes / 1024:.0f} MB"
+
+
+def _report(
+    plan: Plan,
+    cells: dict[tuple[str, str, int], Cell],
+    first: dict[str, list[float]],
+    idle: dict[str, int],
+    peak: dict[str, int],
+    streams: StreamsFigure,
+    pinned: bool,
+) -> str:
+    rows = [
+        [
+            "kind",
+            "conc.",
+            "floor req/s",
+            "gateway req/s",
+            "ratio",
+            "floor p50/p99 ms",
+            "gateway p50/p99 ms",
+            "errors",
+        ]
+    ]
+    for kind in ("json", "sse"):
+        for concurrency in (1, 32):
+            f, g = cells["floor", kind, concurrency], cells["gateway", kind, concurrency]
+            rows.append(
+                [
+                    kind,
+                    str(concurrency),
+                    f"{f.per_second:,.0f}",
+                    f"{g.per_second:,.0f}",
+                    f"{g.per_second / f.per_second:.2f}" if f.per_second else "-",
+                    f"{f.p50:.2f} / {f.p99:.2f}",
+                    f"{g.p50:.2f} / {g.p99:.2f}",
+                    f"{f.errors} / {g.errors}",
+                ]
+            )
+    ttfb_f, ttfb_g = statistics.median(first["floor"]), statistics.median(first["gateway"])
+    opened = streams.opened
+    per_stream = (streams.rss_after_kb - streams.rss_before_kb) / opened if opened else 0.0
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    lines = [
+        f"python -m bench{' --quick' if plan.rounds == QUICK.rounds else ''} — {now} — {machine}",
+        (
+            "server under test pinned to core 0, wrk and nginx to core 1"
+            if pinned
+            else "one core: server, wrk and nginx share it"
+        ),
+        f"rounds per cell: {plan.rounds} of {plan.seconds:g} s, alternating floor and gateway",
+        "",
+        _table(rows),
+        "",
+        f"stream time to first byte (median of {len(first['gateway'])}, concurrency 1): "
+        f"floor {ttfb_f:.2f} ms, gateway {ttfb_g:.2f} ms, overhead {ttfb_g - ttfb_f:+.2f} ms",
+        f"RSS idle: floor {mb(idle['floor'])}, gateway {mb(idle['gateway'])}; "
+        f"peak under load: floor {mb(peak['floor'])}, gateway {mb(peak['gateway'])}",
+        f"open streams: {opened:,} of {streams.asked:,} held"
+        + (f" (failed: {streams.failed})" if streams.failed else "")
+        + f"; gateway RSS {mb(streams.rss_before_kb)} → {mb(streams.rss_after_kb)} "
+        f"({per_stream:.1f} KB per stream); a normal request meanwhile: "
+        f"median {streams.normal_median_ms:.1f} ms, max {streams.normal_max_ms:.1f} ms"
+        + (f" (not 200: {streams.normal_failed})" if streams.normal_failed else ""),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short run (about 40 s)")
+    parser.add_argument("--streams", type=int, help="open streams to hold (default 10,000)")
+    parser.add_argument("--out", type=Path, help="also write the table to this file")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    if args.streams is not None:
+        plan = attrs.evolve(plan, open_streams=args.streams)
+    print(run(plan, args.out))
+    return 0
