@@ -80,20 +80,37 @@ class QuotaPolicy:
 
     `requests_per_minute_per_user` 0 disables that limit.  `default_max_tokens` is what a
     request without `max_tokens` is assumed to generate at most, for its reservation.
+    `shares` is how many processes count the same limits apart from each other (`serve
+    --workers N` without a Redis they share) and `share_index` which of them this is:
+    each holds its part of every limit (`limit // shares`, the first `limit % shares`
+    one more), so that all of them together never admit beyond a limit; a skewed load
+    may be refused a little early, never let through late.
     """
 
     requests_per_minute_per_user: int = attrs.field(default=0, validator=_non_negative)
     default_max_tokens: int = attrs.field(default=1024, validator=_positive)
+    shares: int = attrs.field(default=1, validator=_positive)
+    share_index: int = attrs.field(default=0, validator=_non_negative)
+
+    def __attrs_post_init__(self) -> None:
+        if self.share_index >= self.shares:
+            raise ValueError(f"share_index {self.share_index} is not below shares {self.shares}")
+
+    def part(self, limit: int) -> int:
+        """This process's part of `limit` (all of it when it is the only one counting)."""
+        whole, left = divmod(limit, self.shares)
+        return whole + (1 if self.share_index < left else 0)
 
 
 @attrs.frozen(kw_only=True)
 class Reservation:
-    """One amount to hold against one limit's counter (`key`) of `capacity` per window."""
+    """One amount to hold against one limit's counter (`key`) of `capacity` per window
+    (0 when this process's part of a shared limit is nothing: it admits none)."""
 
     limit: Limit
     key: str
     amount: int = attrs.field(validator=_non_negative)
-    capacity: int = attrs.field(validator=_positive)
+    capacity: int = attrs.field(validator=_non_negative)
 
 
 @attrs.frozen(kw_only=True)
@@ -159,7 +176,7 @@ def plan(
         (Limit.USER_REQUESTS, f"rpm_user:{user}", 1, policy.requests_per_minute_per_user),
     )
     return tuple(
-        Reservation(limit=limit, key=key, amount=amount, capacity=capacity)
+        Reservation(limit=limit, key=key, amount=amount, capacity=policy.part(capacity))
         for limit, key, amount, capacity in limits
         if capacity  # 0 disables a limit
     )

@@ -55,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="asyncio",
         help="event loop: asyncio (Quart) or trio (quart-trio, Hypercorn's trio worker)",
     )
+    serve.add_argument(
+        "--workers", type=int, help="worker processes sharing the port (default 1; setting WORKERS)"
+    )
+    serve.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # a worker's socket
     check = commands.add_parser("check", help="validate fixtures and import every adaptor")
     check.add_argument("fixtures", type=Path, help="folder with clusters.json and endpoints.json")
     commands.add_parser("token", help="print the local user's token from the tokens file")
@@ -70,8 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "serve":
-            settings = load_settings(host=args.host, port=args.port, fixtures_dir=args.fixtures)
-            return _serve(settings, loop=args.loop)
+            settings = load_settings(
+                host=args.host, port=args.port, fixtures_dir=args.fixtures, workers=args.workers
+            )
+            if args.listen_fd is None and settings.workers > 1:
+                return _serve_workers(settings, loop=args.loop)
+            return _serve(settings, loop=args.loop, listen_fd=args.listen_fd)
         if args.command == "check":
             return _check(args.fixtures)
         if args.command == "replay":
@@ -190,6 +198,9 @@ def _quota(settings: Settings) -> tuple[QuotaCounters | None, QuotaPolicy]:
     policy = QuotaPolicy(
         requests_per_minute_per_user=settings.requests_per_minute_per_user,
         default_max_tokens=settings.quota_default_max_tokens,
+        # Workers without a shared Redis each count apart: each holds its share.
+        shares=settings.workers if settings.redis_url is None else 1,
+        share_index=settings.worker_index if settings.redis_url is None else 0,
     )
     if not settings.quotas:
         return None, policy
@@ -217,7 +228,34 @@ def _listen(settings: Settings) -> socket.socket:
     return sock
 
 
-def _serve(settings: Settings, *, loop: str = "asyncio") -> int:
+def _serve_workers(settings: Settings, *, loop: str) -> int:
+    """`serve --workers N`: what must happen once, then N workers (`frontends.workers`)."""
+    from frontends.store import Store
+    from frontends.workers import run_workers
+
+    new_token = None
+    if "static" in settings.identity_providers:
+        new_token = ensure_tokens_file(settings.tokens_path, settings.local_key_path)
+    gateway = build_gateway(settings.fixtures_dir, identity=StaticKeys(), transport=_transport())
+    store = Store.connect(settings.store_url)  # migrated here once, not by N workers at once
+    sock = _listen(settings)
+    host, port = sock.getsockname()[:2]
+    _banner(settings, gateway, f"http://{host}:{port}", new_token, store)
+    store.close()
+    counted = (
+        "in the shared Redis"
+        if settings.redis_url is not None
+        else "by each worker apart, each holding its part of every limit"
+    )
+    print(f"  workers: {settings.workers}; quotas counted {counted}", flush=True)
+    child_args = ["--loop", loop, "--fixtures", str(settings.fixtures_dir)]
+    try:
+        return run_workers(settings, sock, workers=settings.workers, child_args=child_args)
+    finally:
+        sock.close()
+
+
+def _serve(settings: Settings, *, loop: str = "asyncio", listen_fd: int | None = None) -> int:
     from hypercorn.config import Config
 
     from frontends.request_log import RequestLog
@@ -226,7 +264,7 @@ def _serve(settings: Settings, *, loop: str = "asyncio") -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     _access_log_to_stderr()
     new_token = None
-    if "static" in settings.identity_providers:
+    if "static" in settings.identity_providers and listen_fd is None:
         new_token = ensure_tokens_file(settings.tokens_path, settings.local_key_path)
     transport = _transport(settings.verify_tls)
     identity = build_identity(settings, transport=transport)
@@ -248,13 +286,19 @@ def _serve(settings: Settings, *, loop: str = "asyncio") -> int:
     request_log = RequestLog.open(settings.store_url, capture_limit=settings.capture_chars)
     metrics.log_queue, metrics.quota = request_log, quota  # read when scraped
     batch_parts = _batch_parts(settings, gateway, request_log.store)
-    sock = _listen(settings)
+    if listen_fd is None:
+        sock = _listen(settings)
+    else:
+        from frontends.workers import inherited_socket
+
+        sock = inherited_socket(listen_fd)
     host, port = sock.getsockname()[:2]
     config = Config()
     config.bind = [f"fd://{sock.fileno()}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")  # ours, not a second handler
-    _banner(settings, gateway, f"http://{host}:{port}", new_token, request_log.store)
+    if listen_fd is None:  # a worker's parent printed it
+        _banner(settings, gateway, f"http://{host}:{port}", new_token, request_log.store)
     token = settings.metrics_token
     app_options = {
         "metrics": metrics,
@@ -295,8 +339,10 @@ def _batch_parts(settings: Settings, gateway: Gateway, store: Store) -> dict[str
         max_active=settings.batch_max_active,
         concurrency=settings.batch_concurrency,
     )
-    runner = BatchRunner(gateway, batch_store, concurrency=limits.concurrency)
     batches = Batches(gateway, batch_store, limits=limits)
+    if not settings.batch_runner:  # another worker of this server runs them
+        return {"batches": batches}
+    runner = BatchRunner(gateway, batch_store, concurrency=limits.concurrency)
     return {"batches": batches, "batch_runner": runner}
 
 

@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     batch_max_lines: int = pydantic.Field(default=50_000, ge=1)
     batch_max_active: int = pydantic.Field(default=1, ge=1)
     batch_concurrency: int = pydantic.Field(default=8, ge=1, le=1024)
+    # Worker processes of `serve` sharing its port (`serve --workers N`), and whether this
+    # process runs batches (workers after the first do not, on SQLite).
+    workers: int = pydantic.Field(default=1, ge=1, le=256)
+    worker_index: int = pydantic.Field(default=0, ge=0, le=255)  # set by serve for each
+    batch_runner: bool = True
     # The request log keeps prompts and responses only when asked, each capped (chars).
     capture_bodies: bool = False
     capture_limit: int = pydantic.Field(default=4096, ge=1, le=65536)

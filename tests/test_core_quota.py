@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -336,3 +337,25 @@ def test_a_backend_failure_settles_at_zero() -> None:
     effects = machine.receive(AdaptorReturned(error_message="boom", error_code=503))
     (settle,) = [e for e in effects if isinstance(e, Settle)]
     assert settle.used == 0
+
+
+@given(limit=st.integers(min_value=0, max_value=10**9), shares=st.integers(1, 64))
+def test_processes_counting_apart_hold_parts_that_add_up_to_the_limit(
+    limit: int, shares: int
+) -> None:
+    parts = [QuotaPolicy(shares=shares, share_index=i).part(limit) for i in range(shares)]
+    assert sum(parts) == limit
+    assert max(parts) - min(parts) <= 1
+
+
+def test_a_process_whose_part_is_nothing_admits_none() -> None:
+    policy = QuotaPolicy(requests_per_minute_per_user=1, shares=2, share_index=1)
+    reservations = plan(endpoint(tpm_model=0, tpm_user=0), ADA, {"model": "m"}, policy)
+    assert [r.capacity for r in reservations] == [0]
+    refusal = Ledger().reserve("r1", reservations, now_ms=0)
+    assert refusal is not None and refusal.limit is Limit.USER_REQUESTS
+
+
+def test_a_share_index_must_name_one_of_the_shares() -> None:
+    with pytest.raises(ValueError, match="share_index 2 is not below shares 2"):
+        QuotaPolicy(shares=2, share_index=2)
