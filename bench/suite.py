@@ -219,7 +219,8 @@ def run(plan: Plan, out: Path | None) -> str:
                 "the drip backend",
             )
         )
-        floor = stack.enter_context(
+        servers_stack = stack.enter_context(ExitStack())
+        floor = servers_stack.enter_context(
             _process(
                 _pinned(
                     [sys.executable, "-m", "bench.floor", "--port", str(floor_port)], server_cpu
@@ -238,10 +239,12 @@ def run(plan: Plan, out: Path | None) -> str:
             "INFERENCE_GATEWAY_STATE_DIR": str(folder / "state"),
             "INFERENCE_GATEWAY_LOG_LEVEL": "WARNING",
         }
-        serve = [sys.executable, "-m", "frontends.cli", "serve", "--port", str(gateway_port)]
-        gateway = stack.enter_context(
+        serve = [sys.executable, "-m", "frontends.cli", "serve"]
+        gateway = servers_stack.enter_context(
             _process(
-                _pinned([*serve, "--fixtures", str(fixtures)], server_cpu),
+                _pinned(
+                    [*serve, "--port", str(gateway_port), "--fixtures", str(fixtures)], server_cpu
+                ),
                 gateway_env,
                 folder / "gateway.log",
                 gateway_port,
@@ -293,8 +296,10 @@ def run(plan: Plan, out: Path | None) -> str:
         peak = {name: _rss_kb(p.pid, "VmHWM") for name, (p, _, _) in servers.items()}
 
         streams = _open_streams(plan, gateway, gateway_port, folder, base_env, load_cpu)
+        servers_stack.close()  # the pinned floor and gateway stop; nginx stays
+        scaling = _workers_phase(plan, fixtures, gateway_env, folder, serve)
 
-    report = _report(plan, cells, first, idle, peak, streams, server_cpu is not None)
+    report = _report(plan, cells, first, idle, peak, streams, scaling, server_cpu is not None)
     if out is not None:
         out.write_text(report + "\n")
     return report
@@ -377,6 +382,92 @@ def _open_streams(
     )
 
 
+@attrs.frozen
+class WorkersFigure:
+    one: float
+    two: float
+    wrk_share: float
+    nginx_share: float
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _nginx_worker(folder: Path) -> int:
+    master = int((folder / "nginx" / "nginx.pid").read_text())
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return int(children[0])
+
+
+def _workers_phase(
+    plan: Plan, fixtures: Path, env: dict[str, str], folder: Path, serve: list[str]
+) -> WorkersFigure:
+    """One worker against two, on the whole machine (nothing pinned), JSON at
+    concurrency 32 in alternating rounds; what wrk and nginx took of the cores meanwhile."""
+    rates: dict[int, Cell] = {1: Cell(), 2: Cell()}
+    nginx = _nginx_worker(folder)
+    cores = os.cpu_count() or 1
+    wrk_cpu = nginx_cpu = wall = 0.0
+    with ExitStack() as stack:
+        urls = {}
+        for workers in (1, 2):
+            port = free_port()
+            worker_env = {**env, "INFERENCE_GATEWAY_STATE_DIR": str(folder / f"state-{workers}")}
+            stack.enter_context(
+                _process(
+                    [
+                        *serve,
+                        "--port",
+                        str(port),
+                        "--fixtures",
+                        str(fixtures),
+                        "--workers",
+                        str(workers),
+                    ],
+                    worker_env,
+                    folder / f"gateway-{workers}w.log",
+                    port,
+                    f"the gateway with {workers} worker(s)",
+                )
+            )
+            urls[workers] = f"http://127.0.0.1:{port}/v1/chat/completions"
+            with httpx.Client(timeout=30) as client:  # every worker warmed (new connections)
+                for _ in range(40):
+                    client.post(
+                        urls[workers],
+                        json=_chat(MODEL_JSON, False),
+                        headers={"Authorization": f"Bearer {ALICE}", "Connection": "close"},
+                    ).raise_for_status()
+        for n in range(plan.rounds):
+            for workers in (1, 2) if n % 2 == 0 else (2, 1):
+                children = resource.getrusage(resource.RUSAGE_CHILDREN)
+                nginx_before, start = _cpu_seconds(nginx), time.monotonic()
+                round_ = run_wrk(
+                    urls[workers],
+                    _chat(MODEL_JSON, False),
+                    concurrency=32,
+                    seconds=plan.seconds,
+                    token=ALICE,
+                    folder=folder,
+                )
+                rates[workers].rounds.append(round_)
+                if workers == 2:
+                    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    wrk_cpu += (after.ru_utime + after.ru_stime) - (
+                        children.ru_utime + children.ru_stime
+                    )
+                    nginx_cpu += _cpu_seconds(nginx) - nginx_before
+                    wall += time.monotonic() - start
+    return WorkersFigure(
+        one=rates[1].per_second,
+        two=rates[2].per_second,
+        wrk_share=wrk_cpu / (wall * cores) if wall else 0.0,
+        nginx_share=nginx_cpu / (wall * cores) if wall else 0.0,
+    )
+
+
 def mb(kilobytes: int) -> str:
     return f"{kilobytes / 1024:.0f} MB"
 
@@ -388,6 +479,7 @@ def _report(
     idle: dict[str, int],
     peak: dict[str, int],
     streams: StreamsFigure,
+    scaling: WorkersFigure,
     pinned: bool,
 ) -> str:
     rows = [
@@ -443,6 +535,10 @@ def _report(
         f"({per_stream:.1f} KB per stream); a normal request meanwhile: "
         f"median {streams.normal_median_ms:.1f} ms, max {streams.normal_max_ms:.1f} ms"
         + (f" (not 200: {streams.normal_failed})" if streams.normal_failed else ""),
+        f"workers (JSON, concurrency 32, nothing pinned): 1 worker {scaling.one:,.0f} req/s, "
+        f"2 workers {scaling.two:,.0f} req/s, ratio {scaling.two / scaling.one:.2f}; "
+        f"during the 2-worker rounds wrk used {scaling.wrk_share:.0%} and nginx "
+        f"{scaling.nginx_share:.0%} of the machine's {os.cpu_count()} cores",
     ]
     return "\n".join(lines)
 
