@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import glob
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -20,46 +19,29 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from tests.support.fake_openai import running_fake_openai
-from tests.support.gateway_server import ALICE, write_tokens
+from tests.support.gateway_server import ALICE
+from tests.support.serve_process import ROOT, ServeProcess, serving
 from tests.test_metrics import CHAT, MODELS, chat, metrics_fixtures, post, scrape, total, value
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
 def serve(
     tmp: Path, fixtures: Path, metrics_dir: Path | None, loop: str, **settings: str
-) -> Iterator[tuple[subprocess.Popen[str], str]]:
+) -> Iterator[tuple[ServeProcess, str]]:
     """`inference-gateway serve` in a process of its own; yields it and its base URL."""
-    tmp.mkdir(parents=True)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_GATEWAY_")},
-        **{f"INFERENCE_GATEWAY_{name.upper()}": value for name, value in settings.items()},
-        "PYTHONPATH": str(ROOT),
-        "INFERENCE_GATEWAY_TOKENS_FILE": str(write_tokens(tmp)),
-        "INFERENCE_GATEWAY_STATE_DIR": str(tmp / "state"),
-    }
     if metrics_dir is not None:
-        env["INFERENCE_GATEWAY_METRICS_DIR"] = str(metrics_dir)
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    command = [sys.executable, "-m", "frontends.cli", "serve", "--port", "0", "--loop", loop]
-    process = subprocess.Popen(
-        [*command, "--fixtures", str(fixtures)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        url = re.search(r"on (http://\S+)/v1", process.stdout.readline())
-        assert url, process.stderr.read() if process.stderr else "no banner"
-        yield process, url[1]
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-        process.communicate(timeout=30)
+        settings["metrics_dir"] = str(metrics_dir)
+    with serving(
+        tmp,
+        stop_signal=signal.SIGINT,
+        fixtures=fixtures,
+        loop=loop,
+        settings=settings,
+        environ={"PROMETHEUS_MULTIPROC_DIR": None},
+    ) as served:
+        yield served, served.url
 
 
 def live_files(metrics_dir: Path, pid: int) -> list[Path]:
@@ -114,7 +96,6 @@ def test_a_scrape_of_either_worker_sums_both(tmp_path: Path) -> None:
         # The trio worker dies without a chance to clean up.
         assert live_files(metrics_dir, second.pid)
         second.kill()
-        second.wait(timeout=30)
         found = scrape(url_a)
         # Its requests happened: the totals keep them.  Its stream is gone.
         assert value(found, requests, route=CHAT, model="fake-model", status="200") == 5
@@ -124,9 +105,7 @@ def test_a_scrape_of_either_worker_sums_both(tmp_path: Path) -> None:
 
         # A worker that stops cleanly removes its own live gauges and keeps its counts.
         assert live_files(metrics_dir, first.pid)
-        first.send_signal(signal.SIGINT)
-        first.communicate(timeout=30)
-        assert first.returncode == 0
+        assert first.stop(signal.SIGINT) == 0
         assert not live_files(metrics_dir, first.pid)
         assert list(metrics_dir.glob(f"counter_{first.pid}.db"))
 

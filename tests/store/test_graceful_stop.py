@@ -4,13 +4,8 @@ answer has its record, and no record is there twice.  On asyncio and on trio."""
 
 from __future__ import annotations
 
-import os
-import re
 import signal
-import subprocess
-import sys
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -20,55 +15,13 @@ import sqlalchemy as sa
 
 from frontends.store import Store
 from frontends.store._schema import request_log
+from tests.support.serve_process import start_serve
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "frontends.cli"]
 CLIENTS = 16
 SIGNAL_AFTER = 60  # complete answers before the SIGTERM
 CHAT = {"model": "demo-model", "messages": [{"role": "user", "content": "Hello"}]}
-
-
-def _env(state: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_GATEWAY_")}
-    env.update(INFERENCE_GATEWAY_STATE_DIR=str(state), PYTHONPATH=str(ROOT))
-    return env
-
-
-def _start(state: Path, loop: str) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [*CLI, "serve", "--port", "0", "--loop", loop],
-        env=_env(state),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    first = process.stdout.readline()
-    found = re.search(r"on (http://\S+)/v1", first)
-    if found is None:
-        process.kill()
-        _, err = process.communicate(timeout=30)
-        raise AssertionError(f"no banner: {first!r}\n{err}")
-    # The banner comes before the signal handlers are set: wait until it answers
-    # (polling a real process, with a deadline).
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{found[1]}/resource_server/health", timeout=5).status_code == 200:
-                return process, found[1]
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the gateway never answered"
-        time.sleep(0.05)
-
-
-def _stop(process: subprocess.Popen[str]) -> str:
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 0, err
-    return err
 
 
 def _complete(client: httpx.Client, url: str, token: str, rid: str, stream: bool) -> bool:
@@ -89,7 +42,8 @@ def test_sigterm_under_load_keeps_a_record_of_every_answered_request(
     tmp_path: Path, loop: str
 ) -> None:
     state = tmp_path / "state"
-    process, url = _start(state, loop)
+    process = start_serve(tmp_path, loop=loop, tokens=False)
+    url = process.url
     token = (state / "local-key").read_text().strip()
     answered: list[str] = []
     lock = threading.Lock()
@@ -114,18 +68,17 @@ def test_sigterm_under_load_keeps_a_record_of_every_answered_request(
         for thread in threads:
             thread.start()
         assert enough.wait(60), "the clients got too few answers"
-        err = _stop(process)
+        assert process.stop(signal.SIGTERM) == 0, process.log()
     finally:
-        if process.poll() is None:
+        if process.running:
             process.kill()
-            process.communicate(timeout=30)
         for thread in threads:
             thread.join(60)
-    assert "request log flushed" in err
+    assert "request log flushed" in process.log()
 
     # A second start on the same state: the log is intact and the schema as it was.
-    again, _ = _start(state, loop)
-    _stop(again)
+    again = start_serve(tmp_path, loop=loop, tokens=False)
+    assert again.stop(signal.SIGTERM) == 0, again.log()
 
     store = Store.connect(f"sqlite:///{state / 'gateway.db'}")
     try:

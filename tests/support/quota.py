@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import re
-import signal
 import socket
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -16,7 +11,8 @@ from typing import Any
 
 import redis
 
-from tests.support.gateway_server import write_fixtures, write_tokens
+from tests.support.gateway_server import write_fixtures
+from tests.support.serve_process import serving
 
 __all__ = [
     "REDIS_URL",
@@ -27,7 +23,6 @@ __all__ = [
 ]
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextmanager
@@ -90,33 +85,6 @@ def limited_fixtures(
 @contextmanager
 def serve_process(tmp_path: Path, fixtures: Path, loop: str, **settings: str) -> Iterator[str]:
     """`inference-gateway serve` as a subprocess on a port the OS picks; yields its URL
-    and stops it with SIGTERM afterwards."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_GATEWAY_")}
-    env.update(
-        PYTHONPATH=str(ROOT),
-        INFERENCE_GATEWAY_TOKENS_FILE=str(write_tokens(tmp_path)),
-        INFERENCE_GATEWAY_STATE_DIR=str(tmp_path / f"state-{loop}"),
-        **{f"INFERENCE_GATEWAY_{name.upper()}": value for name, value in settings.items()},
-    )
-    command = [sys.executable, "-m", "frontends.cli", "serve", "--port", "0", "--loop", loop]
-    # Its log (a line per request) goes to a file: a pipe nobody reads would fill and
-    # stop the server.
-    log_path = tmp_path / f"serve-{loop}.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [*command, "--fixtures", str(fixtures)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-        )
-        try:
-            assert process.stdout is not None
-            first = process.stdout.readline()
-            url = re.search(r"on (http://\S+)/v1", first)
-            assert url, first + log_path.read_text()
-            yield url[1]
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.communicate(timeout=30)
-    assert process.returncode == 0, log_path.read_text()
+    and stops it with SIGTERM afterwards (it must exit cleanly)."""
+    with serving(tmp_path / f"serve-{loop}", fixtures=fixtures, loop=loop, settings=settings) as s:
+        yield s.url
