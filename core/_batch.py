@@ -307,8 +307,9 @@ class BatchMachine(Kernel[BatchState, BatchEffect]):
     @classmethod
     def resume(cls, spec: BatchSpec, done: Mapping[int, bool]) -> BatchMachine:
         """A built-in batch rebuilt from the outcomes the store kept: still PENDING, so a
-        `Started` hands out only the lines that have none (a line that was in flight when
-        its process died has none, and runs again)."""
+        `Started` hands out only the lines that have none.  (The runner gives a line a
+        failed outcome before sending it, replaced by its answer, so a line that was in
+        flight when its process died counts as failed here and is not run twice.)"""
         machine = cls(spec)
         for index, ok in done.items():
             if not 0 <= index < spec.lines:

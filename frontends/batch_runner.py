@@ -25,6 +25,16 @@ Every write is conditional on still holding the lease; a runner that lost it (it
 too slow to renew, and another process took the batch) stops working on that batch.
 `stop()` is graceful: no new line is started, the lines in flight finish and are
 recorded, leases are let go; the lines not started run when the batch is next claimed.
+
+At most once per line.  A process can die (SIGKILL, a lost machine) between sending a
+line and recording its answer; the backend may then have run it, and nothing the
+gateway keeps can tell.  Running it again would risk a second run (twice the cost, or
+twice an effect), so the runner never does: the lines of a `RunLine` are recorded as
+started in the same transaction as the progress before them, and only sent once that
+is stored.  A line found started but unanswered when the batch is next taken up keeps
+that record as its outcome: the error file says `request_interrupted`, and the user
+can send it again knowingly.  Lines never started run when the batch resumes; finished
+ones are never run again.  A graceful stop loses nothing: its lines in flight finish.
 """
 
 from __future__ import annotations
@@ -61,15 +71,19 @@ from core import (
 )
 from frontends.batches import BATCH_URLS, BatchLine, identity_from_json, parse_batch_lines
 from frontends.gateway import Gateway, GatewayRequest
-from frontends.store import BatchLog, BatchStore, FileRecord, LineOutcome
+from frontends.store import LINE_INTERRUPTED, BatchLog, BatchStore, FileRecord, LineOutcome
 
 __all__ = ["BatchRunner", "output_lines"]
 
 log = logging.getLogger("inference_gateway.batches")
 
-_NEVER_RAN = {
+_NO_ANSWER = {
     "batch_cancelled": "The batch was cancelled before this request ran.",
     "batch_expired": "The batch's completion window ended before this request ran.",
+    LINE_INTERRUPTED: (
+        "The gateway stopped while this request was in flight, so whether the backend ran it "
+        "is unknown; it was not sent again, so that no request runs twice."
+    ),
 }
 _FINISHED_AT = {
     BatchState.COMPLETED: "completed_at",
@@ -93,12 +107,12 @@ def output_lines(batch_id: str, outcomes: list[LineOutcome]) -> tuple[bytes, byt
     errors: list[str] = []
     for outcome in outcomes:
         line_id = outcome.request_id or f"batch_req_{batch_id}_{outcome.index}"
-        if outcome.code is not None:  # never ran
+        if outcome.code is not None:  # no answer: never ran, or interrupted
             item = {
                 "id": line_id,
                 "custom_id": outcome.custom_id,
                 "response": None,
-                "error": {"code": outcome.code, "message": _NEVER_RAN.get(outcome.code, "")},
+                "error": {"code": outcome.code, "message": _NO_ANSWER.get(outcome.code, "")},
             }
             errors.append(json.dumps(item))
             continue
@@ -269,12 +283,12 @@ class BatchRun:
         async with anyio.create_task_group() as group:
             while True:
                 outcomes: list[LineOutcome] = []
+                starting: dict[int, str] = {}  # index -> its request id
                 finalize: Finalize | None = None
                 for effect in effects:
                     if isinstance(effect, RunLine):
                         if not self.runner._stopping:
-                            self._started.add(effect.index)
-                            group.start_soon(self._line, gateway, effect.index, lines, send)
+                            starting[effect.index] = f"batch_req_{uuid.uuid4().hex}"
                     elif isinstance(effect, WriteResult):
                         outcomes.append(self._outcome(effect, lines))
                     elif isinstance(effect, Finalize):
@@ -286,12 +300,17 @@ class BatchRun:
                     self.runner.holder,
                     outcomes,
                     self._values(machine, values),
+                    starting=[(i, lines[i].custom_id, rid) for i, rid in starting.items()],
                 )
                 values = {}
                 if stored is None:
                     log.warning("batch %s: lease lost; another process runs it now", batch.id)
                     group.cancel_scope.cancel()
                     return
+                # Recorded as started (at most once per line): only now are they sent.
+                for index, request_id in starting.items():
+                    self._started.add(index)
+                    group.start_soon(self._line, gateway, index, request_id, lines, send)
                 if finalize is not None:
                     await self._finalize(machine)
                     return
@@ -349,11 +368,11 @@ class BatchRun:
         self,
         gateway: Gateway,
         index: int,
+        request_id: str,
         lines: list[BatchLine],
         send: MemoryObjectSendStream[tuple[LineDone, str]],
     ) -> None:
         line = lines[index]
-        request_id = f"batch_req_{uuid.uuid4().hex}"
         try:
             response = await gateway.handle(
                 GatewayRequest(

@@ -3,6 +3,7 @@ PostgreSQL."""
 
 from frontends.store._batches import (
     ACTIVE_STATUSES,
+    LINE_INTERRUPTED,
     BatchLog,
     BatchStore,
     FileRecord,
@@ -25,6 +26,7 @@ __all__ = [
     "ACTIVE_STATUSES",
     "CAPTURE_CEILING",
     "DETAIL_LIMIT",
+    "LINE_INTERRUPTED",
     "BatchLog",
     "BatchSink",
     "BatchStore",

@@ -11,6 +11,12 @@ and writes its own name and a new expiry; on PostgreSQL the row is read with
 `SELECT ... FOR UPDATE SKIP LOCKED`, so two processes claiming together never take the
 same batch.  SQLite has no row locks: one gateway process per SQLite file is assumed.
 Every write of a running batch is conditional on still holding its lease.
+
+At most once per line: a line is recorded as started (`progress(..., starting=...)`)
+before it is sent, as a row holding the outcome it keeps if its answer is never recorded
+(`LINE_INTERRUPTED`, a failure); its answer replaces that row.  So a line that was in
+flight when its process died (it may or may not have reached the backend) has an
+outcome, the error file's, and no process sends it again.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from frontends.store._schema import batch_lines, batches, files
 
 __all__ = [
     "ACTIVE_STATUSES",
+    "LINE_INTERRUPTED",
     "BatchLog",
     "BatchStore",
     "FileRecord",
@@ -40,6 +47,8 @@ T = TypeVar("T")
 
 # OpenAI's statuses of a batch that is not yet finished.
 ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
+# The code of a line started but never answered as far as the store knows.
+LINE_INTERRUPTED = "request_interrupted"
 
 
 @attrs.frozen(kw_only=True)
@@ -130,8 +139,16 @@ class BatchStore:
         self.engine = engine
         dialect = engine.dialect.name
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        self._insert_lines = insert(batch_lines).on_conflict_do_nothing(
-            index_elements=["batch_id", "line_index"]
+        # A line's answer replaces the row that says it started, and nothing else: an
+        # outcome once recorded stays.
+        insert_lines = insert(batch_lines)
+        self._insert_lines = insert_lines.on_conflict_do_update(
+            index_elements=["batch_id", "line_index"],
+            set_={
+                name: insert_lines.excluded[name]
+                for name in ("ok", "status", "code", "request_id", "body")
+            },
+            where=batch_lines.c.code == LINE_INTERRUPTED,
         )
         self._limiter = anyio.CapacityLimiter(8)
 
@@ -294,10 +311,14 @@ class BatchStore:
         holder: str,
         outcomes: Sequence[LineOutcome],
         values: Mapping[str, Any],
+        *,
+        starting: Sequence[tuple[int, str, str]] = (),
     ) -> BatchLog | None:
-        """In one transaction: record these outcomes and set `values` on the batch, if
-        `holder` still holds it.  The batch as stored afterwards (the runner reads a
-        cancel request from it), or None when the lease was lost."""
+        """In one transaction: record these outcomes, record the lines `starting` (index,
+        custom_id, request_id) as started (see the module docstring), and set `values` on the batch,
+        if `holder` still holds it.  The batch as stored afterwards (the runner reads a
+        cancel request from it), or None when the lease was lost (and then no line may
+        be sent)."""
         values = {**values, "lease_holder": holder}  # never an empty SET
         if values.get("status") == "in_progress":
             # A cancel the API wrote meanwhile stays visible until the runner reads it.
@@ -312,8 +333,10 @@ class BatchStore:
             )
             if updated.rowcount == 0:
                 return None
-            if outcomes:
-                connection.execute(self._insert_lines, [_line_row(batch_id, o) for o in outcomes])
+            rows = [_line_row(batch_id, o) for o in outcomes]
+            rows += [_started_row(batch_id, *line) for line in starting]
+            if rows:
+                connection.execute(self._insert_lines, rows)
             row = (
                 connection.execute(sa.select(batches).where(batches.c.id == batch_id))
                 .mappings()
@@ -363,3 +386,15 @@ def _line_row(batch_id: str, outcome: LineOutcome) -> dict[str, Any]:
         "request_id": outcome.request_id,
         "body": outcome.body,
     }
+
+
+def _started_row(batch_id: str, index: int, custom_id: str, request_id: str) -> dict[str, Any]:
+    started = LineOutcome(
+        index=index,
+        custom_id=custom_id,
+        ok=False,
+        status=0,
+        code=LINE_INTERRUPTED,
+        request_id=request_id,
+    )
+    return _line_row(batch_id, started)

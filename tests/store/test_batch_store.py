@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import attrs
 
-from frontends.store import BatchLog, BatchStore, FileRecord, LineOutcome, Store
+from frontends.store import LINE_INTERRUPTED, BatchLog, BatchStore, FileRecord, LineOutcome, Store
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=60)
@@ -57,6 +57,37 @@ def test_one_holder_at_a_time_until_the_lease_expires(store: Store) -> None:
     again = attrs.evolve(outcome, ok=False, status=500)
     assert batches.progress("b1", "p3", [again], {}) is not None
     assert batches.outcomes("b1") == {0: True}
+
+
+def test_a_line_started_counts_as_interrupted_until_its_answer_replaces_it(
+    store: Store,
+) -> None:
+    batches = BatchStore(store.engine)
+    batches.add_batch(_batch("b1"), max_active=1)
+    assert batches.claim("p1", NOW, LEASE) is not None
+    # Lines 0 and 1 are recorded as started, in the transaction before they are sent.
+    started = [(0, "a", "batch_req_0"), (1, "b", "batch_req_1")]
+    assert batches.progress("b1", "p1", [], {}, starting=started) is not None
+    # Were p1 to die now, whoever resumes finds both failed, and sends neither again.
+    assert batches.outcomes("b1") == {0: False, 1: False}
+    assert [(o.code, o.request_id) for o in batches.lines("b1")] == [
+        (LINE_INTERRUPTED, "batch_req_0"),
+        (LINE_INTERRUPTED, "batch_req_1"),
+    ]
+    # Line 0's answer arrives: it replaces the record of the start.
+    answer = LineOutcome(
+        index=0, custom_id="a", ok=True, status=200, body=b"{}", request_id="batch_req_0"
+    )
+    assert batches.progress("b1", "p1", [answer], {}) is not None
+    assert batches.outcomes("b1") == {0: True, 1: False}
+    first = batches.lines("b1")[0]
+    assert (first.ok, first.status, first.code, first.body) == (True, 200, None, b"{}")
+    # An answer is never replaced, not even by a start recorded again.
+    assert batches.progress("b1", "p1", [], {}, starting=[(0, "a", "batch_req_x")]) is not None
+    assert batches.outcomes("b1") == {0: True, 1: False}
+    # A process that lost the lease records no start (and so sends nothing).
+    assert batches.progress("b1", "p2", [], {}, starting=[(2, "c", "batch_req_2")]) is None
+    assert 2 not in batches.outcomes("b1")
 
 
 def test_a_cancel_stays_visible_while_the_runner_writes_progress(store: Store) -> None:
