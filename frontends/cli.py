@@ -342,7 +342,14 @@ def _batch_parts(settings: Settings, gateway: Gateway, store: Store) -> dict[str
     batches = Batches(gateway, batch_store, limits=limits)
     if not settings.batch_runner:  # another worker of this server runs them
         return {"batches": batches}
-    runner = BatchRunner(gateway, batch_store, concurrency=limits.concurrency)
+    lease = settings.batch_lease_seconds
+    runner = BatchRunner(
+        gateway,
+        batch_store,
+        concurrency=limits.concurrency,
+        lease_seconds=lease,
+        poll_interval=min(1.0, lease / 4),  # renewed well within the lease
+    )
     return {"batches": batches, "batch_runner": runner}
 
 

@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     workers: int = pydantic.Field(default=1, ge=1, le=256)
     worker_index: int = pydantic.Field(default=0, ge=0, le=255)  # set by serve for each
     batch_runner: bool = True
+    # Batch durability (README "Batches"): how long a process holds a batch without
+    # renewing (it renews several times within); a batch whose holder died waits this
+    # long before another process takes it up.
+    batch_lease_seconds: float = pydantic.Field(default=60.0, ge=1.0, le=3600.0)
     # The request log keeps prompts and responses only when asked, each capped (chars).
     capture_bodies: bool = False
     capture_limit: int = pydantic.Field(default=4096, ge=1, le=65536)
