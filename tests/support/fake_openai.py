@@ -18,10 +18,16 @@ hang-stream     one chunk, then nothing until the client goes away
 slow            no answer at all until the client goes away
 exact-body      HTTP 200 with `EXACT_BODY`: odd spacing, escapes, key order (to
                 check that a body is relayed byte for byte, not re-serialised)
+gated           answers properly, but only as the test lets it through the gate
+                (`allow`): the test decides how many requests are answered and
+                which are held, so "mid-way" is a state, not a moment
 
 A stream whose request says `stream_options.include_usage` ends, as OpenAI's and vLLM's
 do, with a chunk that has no choices and the usage.
 ==============  ==============================================================
+
+The gate starts closed; `allow(n)` lets n more gated requests through, `allow(None)`
+opens it for good (teardown opens it too).  `held` lists the requests waiting at it.
 
 "Until the client goes away" is observable: `stream_cancelled` (a `threading.Event`)
 is set when the server sees the client leave a hanging stream or a slow request, and
@@ -40,7 +46,7 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 import attrs
-from quart import Quart, Response, request
+from quart import Quart, Response, g, request
 
 from tests.support.servers import serve_app
 
@@ -116,6 +122,9 @@ class FakeOpenAI:
         self._cancelled: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._release: asyncio.Event | None = None
+        self._gate: asyncio.Condition | None = None
+        self._permits: int | None = 0  # None: open
+        self._held: list[RecordedRequest] = []
         self.app = self._build_app()
 
     # -- what the tests read ----------------------------------------------------------------
@@ -130,12 +139,34 @@ class FakeOpenAI:
         with self._lock:
             return list(self._cancelled)
 
+    @property
+    def held(self) -> list[RecordedRequest]:
+        """The gated requests waiting at the gate now."""
+        with self._lock:
+            return list(self._held)
+
+    def allow(self, count: int | None) -> None:
+        """Let `count` more gated requests through (None: every one, from now on)."""
+        loop = self._loop
+        assert loop is not None, "the fake is not serving"
+        asyncio.run_coroutine_threadsafe(self._add_permits(count), loop).result(timeout=30)
+
+    async def _add_permits(self, count: int | None) -> None:
+        assert self._gate is not None
+        async with self._gate:
+            if count is None or self._permits is None:
+                self._permits = None
+            else:
+                self._permits += count
+            self._gate.notify_all()
+
     def release(self) -> None:
         """End every hanging request (at teardown, so the server can stop promptly)."""
         loop, event = self._loop, self._release
         if loop is not None and event is not None and not loop.is_closed():
             with suppress(RuntimeError):  # the loop closed in between
                 loop.call_soon_threadsafe(event.set)
+                asyncio.run_coroutine_threadsafe(self._add_permits(None), loop)
 
     # -- the app ----------------------------------------------------------------------------
 
@@ -146,6 +177,7 @@ class FakeOpenAI:
         async def remember_loop() -> None:
             self._loop = asyncio.get_running_loop()
             self._release = asyncio.Event()
+            self._gate = asyncio.Condition()
 
         @app.after_request
         async def upstream_headers(response: Response) -> Response:
@@ -168,6 +200,7 @@ class FakeOpenAI:
             )
             with self._lock:
                 self._requests.append(recorded)
+            g.recorded = recorded
             if (
                 self.api_key is not None
                 and request.headers.get("authorization") != f"Bearer {self.api_key}"
@@ -213,6 +246,20 @@ class FakeOpenAI:
             self._cancelled.append(model)
         self.stream_cancelled.set()
 
+    async def _through_gate(self) -> None:
+        assert self._gate is not None
+        recorded: RecordedRequest = g.recorded
+        with self._lock:
+            self._held.append(recorded)
+        try:
+            async with self._gate:
+                await self._gate.wait_for(lambda: self._permits is None or self._permits > 0)
+                if self._permits is not None:
+                    self._permits -= 1
+        finally:
+            with self._lock:
+                self._held.remove(recorded)
+
     async def _answer(self, kind: str) -> Response:
         try:
             body = json.loads(await _raw_body())
@@ -239,6 +286,8 @@ class FakeOpenAI:
                 param="temperature",
                 code="invalid_value",
             )
+        if model == "gated":
+            await self._through_gate()
         if model == "slow":
             try:
                 await self._hang()
