@@ -48,6 +48,8 @@ __all__ = [
 BATCH_URLS = {f"/v1/{route.value}": route for route in OpenAIRoute}
 COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
 MAX_METADATA_PAIRS = 16
+# OpenAI lists up to 10,000 files a page (and that many unless asked for fewer).
+MAX_FILES_LISTED = 10_000
 
 
 @attrs.frozen(kw_only=True)
@@ -288,13 +290,53 @@ class Batches:
         await self.store.call(self.store.add_file, record, content)
         return _json(file_object(record))
 
-    async def list_files(self, authorization: str | None, purpose: str | None) -> GatewayResponse:
+    async def list_files(
+        self,
+        authorization: str | None,
+        purpose: str | None,
+        *,
+        after: str | None = None,
+        limit: str | None = None,
+        order: str | None = None,
+    ) -> GatewayResponse:
+        """OpenAI's paged list: `limit` 1 to 10,000 (the default), `order` by
+        creation, `desc` (default) or `asc`, from the file after `after`."""
         caller = await self._listings.authenticate(authorization)
         if isinstance(caller, GatewayResponse):
             return caller
-        records = await self.store.call(self.store.list_files, caller.username, purpose=purpose)
+        try:
+            count = MAX_FILES_LISTED if limit is None else int(limit)
+        except ValueError:
+            count = 0
+        if not 1 <= count <= MAX_FILES_LISTED:
+            return _respond(
+                _invalid(
+                    f"'limit' must be a whole number from 1 to {MAX_FILES_LISTED}.",
+                    param="limit",
+                    code="invalid_value",
+                )
+            )
+        if order not in (None, "asc", "desc"):
+            return _respond(
+                _invalid('\'order\' must be "asc" or "desc".', param="order", code="invalid_value")
+            )
+        found = await self.store.call(
+            self.store.list_files,
+            caller.username,
+            purpose=purpose,
+            limit=count + 1,
+            after=after,
+            ascending=order == "asc",
+        )
+        page = found[:count]
         return _json(
-            {"object": "list", "data": [file_object(r) for r in records], "has_more": False}
+            {
+                "object": "list",
+                "data": [file_object(r) for r in page],
+                "first_id": page[0].id if page else None,
+                "last_id": page[-1].id if page else None,
+                "has_more": len(found) > count,
+            }
         )
 
     async def retrieve_file(self, authorization: str | None, file_id: str) -> GatewayResponse:

@@ -22,6 +22,7 @@ outcome, the error file's, and no process sends it again.
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
@@ -177,14 +178,36 @@ class BatchStore:
         return None if content is None else bytes(content)
 
     def list_files(
-        self, owner: str, *, purpose: str | None = None, limit: int = 10_000
+        self,
+        owner: str,
+        *,
+        purpose: str | None = None,
+        limit: int = 10_000,
+        after: str | None = None,
+        ascending: bool = False,
     ) -> list[FileRecord]:
+        """The owner's files, newest first (oldest first if `ascending`), from the one
+        after `after` on (none if the owner has no such file)."""
         query = sa.select(*_FILE_COLUMNS).where(files.c.owner == owner)
         if purpose is not None:
             query = query.where(files.c.purpose == purpose)
-        query = query.order_by(files.c.created_at.desc(), files.c.id.desc()).limit(limit)
+        if after is not None:
+            anchor = self.get_file(owner, after)
+            if anchor is None:
+                return []
+            beyond = operator.gt if ascending else operator.lt
+            query = query.where(
+                sa.or_(
+                    beyond(files.c.created_at, anchor.created_at),
+                    sa.and_(files.c.created_at == anchor.created_at, beyond(files.c.id, anchor.id)),
+                )
+            )
+        if ascending:
+            query = query.order_by(files.c.created_at, files.c.id)
+        else:
+            query = query.order_by(files.c.created_at.desc(), files.c.id.desc())
         with self.engine.connect() as connection:
-            return [_file(row) for row in connection.execute(query).mappings()]
+            return [_file(row) for row in connection.execute(query.limit(limit)).mappings()]
 
     def delete_file(self, owner: str, file_id: str) -> bool:
         with self.engine.begin() as connection:

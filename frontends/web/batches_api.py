@@ -43,7 +43,16 @@ async def upload_file() -> Response:
 
 @batches_api.get("/files")
 async def list_files() -> Response:
-    return to_quart(await _batches().list_files(_authorization(), request.args.get("purpose")))
+    args = request.args
+    return to_quart(
+        await _batches().list_files(
+            _authorization(),
+            args.get("purpose"),
+            after=args.get("after"),
+            limit=args.get("limit"),
+            order=args.get("order"),
+        )
+    )
 
 
 @batches_api.get("/files/<file_id>")
