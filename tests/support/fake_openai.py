@@ -166,7 +166,7 @@ class FakeOpenAI:
         if loop is not None and event is not None and not loop.is_closed():
             with suppress(RuntimeError):  # the loop closed in between
                 loop.call_soon_threadsafe(event.set)
-                asyncio.run_coroutine_threadsafe(self._add_permits(None), loop)
+                loop.call_soon_threadsafe(lambda: loop.create_task(self._add_permits(None)))
 
     # -- the app ----------------------------------------------------------------------------
 
