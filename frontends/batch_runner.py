@@ -174,6 +174,7 @@ class BatchRunner:
         self._running: set[str] = set()
         self._cancels: set[str] = set()
         self._wake: anyio.Event | None = None
+        self._done: anyio.Event | None = None
         self._stopping = False
         self.lines_sent = 0
 
@@ -194,9 +195,25 @@ class BatchRunner:
         self._stopping = True
         self.wake()
 
+    async def stop_and_wait(self, timeout: float) -> None:
+        """`stop()`, then wait (at most `timeout` seconds) until `run()` has returned: its
+        lines in flight answered and recorded, its leases let go."""
+        self.stop()
+        if self._done is not None:
+            with anyio.move_on_after(timeout):
+                await self._done.wait()
+
     async def run(self, *, stopping: Callable[[], Awaitable[Any]] | None = None) -> None:
         """Run batches until `stop()` (or until `stopping()` returns)."""
         self._wake = anyio.Event()
+        self._done = anyio.Event()
+        try:
+            await self._run(stopping)
+        finally:
+            self._done.set()
+
+    async def _run(self, stopping: Callable[[], Awaitable[Any]] | None) -> None:
+        assert self._wake is not None
         async with anyio.create_task_group() as watcher:
             if stopping is not None:
                 watcher.start_soon(self._stop_when, stopping)

@@ -123,6 +123,13 @@ def _run_in_background(app: Quart, runner: BatchRunner, batches: Batches | None)
         stopping = getattr(app, "shutdown_event", None)
         app.add_background_task(runner.run, stopping=None if stopping is None else stopping.wait)
 
+    @app.after_serving
+    async def stop_batch_runner() -> None:
+        # Before the gateway closes and the request log stops (registered after this):
+        # quart-trio's background tasks are cancelled once shutdown ends, so the lines
+        # in flight finish here, within the time Quart gives background tasks.
+        await runner.stop_and_wait(app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] or 0)
+
 
 async def _http_error(error: HTTPException) -> Response:
     """Quart's own refusals (unknown route, wrong method, body too large) in OpenAI's shape."""

@@ -8,12 +8,18 @@ that will never be read.  What the runner promises for those (see
 `frontends.batch_runner`): at most once per line.  They end in the error file as
 `request_interrupted`, with the request id the backend saw, and are not sent again;
 every other line runs exactly once.  Counted at the backend.
+
+A graceful stop (SIGTERM), by contrast, loses nothing: the lines in flight finish and
+are recorded, so after the restart every line is answered, none interrupted.
 """
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
+
+import pytest
 
 from tests.support.batch_processes import (
     TERMINAL,
@@ -107,3 +113,49 @@ def test_a_killed_gateways_batch_completes_after_a_restart_and_no_line_runs_twic
         f"{resumed_in or 0:.1f} s (lease 2 s), batch completed {completed_in:.1f} s after the "
         f"kill; duplicates at the backend: {sum(counts.values()) - len(counts)}"
     )
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+def test_a_gateway_stopped_gracefully_mid_batch_finishes_its_lines_in_flight(
+    tmp_path: Path, sqlite_url: str, loop: str
+) -> None:
+    with running_fake_openai(models=["gated"]) as (fake, backend_url):
+        settings = {"batch_concurrency": str(CONCURRENCY), "batch_lease_seconds": "2"}
+        first = start_batch_serve(
+            tmp_path / "first", backend_url, sqlite_url, loop=loop, **settings
+        )
+        try:
+            fake.allow(ANSWERED_BEFORE_THE_KILL)
+            with client(first) as c:
+                batch_id = create_batch(c, "stop", LINES)
+                wait_until(
+                    lambda: len(fake.held) == CONCURRENCY, "the first lines answered, more held"
+                )
+            fake.allow(None)  # the lines in flight can finish...
+            assert first.stop(signal.SIGTERM) == 0, first.log()  # ...and are waited for
+        finally:
+            if first.running:
+                first.kill()
+        sent_before_the_restart = sum(backend_counts(fake).values())
+
+        second = start_batch_serve(
+            tmp_path / "second", backend_url, sqlite_url, loop=loop, **settings
+        )
+        try:
+            with client(second) as c:
+                wait_until(
+                    lambda: c.batches.retrieve(batch_id).status in TERMINAL,
+                    "the batch finished after the restart",
+                )
+                done = c.batches.retrieve(batch_id)
+                output = read_lines(c, done.output_file_id)
+        finally:
+            assert second.stop() == 0, second.log()
+
+    assert done.status == "completed"
+    assert done.error_file_id is None  # nothing interrupted
+    assert sorted(item["custom_id"] for item in output) == sorted(f"stop-{i}" for i in range(LINES))
+    counts = backend_counts(fake)
+    assert sorted(counts) == sorted(f"stop line {i}" for i in range(LINES))
+    assert [line for line, n in counts.items() if n > 1] == []
+    assert ANSWERED_BEFORE_THE_KILL + CONCURRENCY <= sent_before_the_restart < LINES

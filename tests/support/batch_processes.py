@@ -40,6 +40,7 @@ def start_batch_serve(
     database_url: str,
     *,
     models: tuple[str, ...] = ("gated",),
+    loop: str = "asyncio",
     **settings: str,
 ) -> ServeProcess:
     """`serve` on `database_url` with the batch fixtures of the fake backend (an endpoint
@@ -51,7 +52,9 @@ def start_batch_serve(
         "batch_concurrency": "8",
         **settings,
     }
-    return start_serve(folder, fixtures=fixtures, settings=chosen, environ={KEY_ENV: "unused"})
+    return start_serve(
+        folder, fixtures=fixtures, loop=loop, settings=chosen, environ={KEY_ENV: "unused"}
+    )
 
 
 def client(served: ServeProcess, key: str = ALICE) -> openai.OpenAI:
