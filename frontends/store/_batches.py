@@ -337,11 +337,11 @@ class BatchStore:
         *,
         starting: Sequence[tuple[int, str, str]] = (),
     ) -> BatchLog | None:
-        """In one transaction: record these outcomes, record the lines `starting` (index,
-        custom_id, request_id) as started (see the module docstring), and set `values` on the batch,
-        if `holder` still holds it.  The batch as stored afterwards (the runner reads a
-        cancel request from it), or None when the lease was lost (and then no line may
-        be sent)."""
+        """In one transaction: record these outcomes, record the lines `starting`
+        (index, custom_id, request_id) as started (see the module docstring), and set
+        `values` on the batch, if `holder` still holds it.  The batch as stored
+        afterwards (the runner reads a cancel request from it), or None when the lease
+        was lost (and then no line may be sent)."""
         values = {**values, "lease_holder": holder}  # never an empty SET
         if values.get("status") == "in_progress":
             # A cancel the API wrote meanwhile stays visible until the runner reads it.
