@@ -86,6 +86,7 @@ from core._events import (
     WriteLog,
 )
 from core._fixtures import load_catalog, parse_clusters, parse_endpoints, slugify
+from core._limits import RequestLimits, clip
 from core._listing import (
     cluster_for_jobs,
     endpoint_listing,
@@ -172,6 +173,7 @@ __all__ = [
     "Refusal",
     "RelayChunk",
     "Release",
+    "RequestLimits",
     "RequestMachine",
     "RequestReceived",
     "Reservation",
@@ -200,6 +202,7 @@ __all__ = [
     "bearer_credentials",
     "caller",
     "check_rules",
+    "clip",
     "cluster_for_jobs",
     "credentials",
     "domain_allowed",

@@ -7,6 +7,7 @@ from typing import Any
 
 from core._catalog import Catalog
 from core._errors import ClientError
+from core._limits import clip
 from core._records import ClusterRecord, Identity
 from core._selection import usable_cluster, usable_endpoints
 
@@ -42,7 +43,7 @@ def model_entry(catalog: Catalog, identity: Identity, model: str) -> dict[str, A
         if entry["id"] == model:
             return dict(entry)
     return ClientError(
-        f"The model `{model}` does not exist or you do not have access to it.",
+        f"The model `{clip(model)}` does not exist or you do not have access to it.",
         status=404,
         param="model",
         code="model_not_found",

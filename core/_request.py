@@ -17,6 +17,11 @@ The client's body travels as bytes: the adaptor is handed exactly what the clien
 (with the fixture's spelling of the model, if the client's differed).  Every path into
 DONE or CANCELLED emits exactly one WriteLog.  An event a state does not accept, or a
 handler that fails, poisons the machine (state ERROR): every later call raises too.
+
+A stream is relayed event by event, each as soon as it is whole, byte for byte.  Streams
+stay honest: an event that is not JSON ends the stream (STREAMING -> DONE on a chunk)
+with an OpenAI error event in its place and no `[DONE]` after it, since the answer is
+incomplete; a whole answer that is not the route's shape is a 502 (`core._answers`).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from core._events import (
     StreamOpened,
     WriteLog,
 )
+from core._limits import DEFAULT_LIMITS, RequestLimits
 from core._machine import Cell, Kernel
 from core._quota import QuotaPolicy, Reservation, estimate_prompt_tokens, plan, quota_refusal
 from core._records import EndpointRecord, Identity, OpenAIRoute, Usage
@@ -97,7 +103,7 @@ TABLE: Mapping[tuple[State, type[Any]], Cell[State]] = {
     (S.AWAITING_STREAM, AdaptorReturned): Cell("_on_stream_refused", S.DONE),
     (S.AWAITING_STREAM, AdaptorFailed): Cell("_on_failed", S.DONE),
     (S.AWAITING_STREAM, ClientDisconnected): Cell("_on_disconnect", S.CANCELLED),
-    (S.STREAMING, ChunkReceived): Cell("_on_chunk", S.STREAMING),
+    (S.STREAMING, ChunkReceived): Cell("_on_chunk", S.STREAMING, S.DONE),
     (S.STREAMING, StreamEnded): Cell("_on_stream_ended", S.DONE),
     (S.STREAMING, AdaptorFailed): Cell("_on_failed_mid_stream", S.DONE),
     (S.STREAMING, ClientDisconnected): Cell("_on_disconnect", S.CANCELLED),
@@ -137,8 +143,10 @@ class RequestMachine(Kernel[State, Effect]):
         quota: QuotaPolicy | None = None,
         *,
         stream_usage: bool = False,
+        limits: RequestLimits = DEFAULT_LIMITS,
     ) -> None:
         """`quota` None: no limits at all (the driver has no counters to reserve on).
+        `limits`: what a request's JSON may be (depth, messages; see `core._limits`).
 
         `stream_usage`: ask backends for usage at the end of every chat or completions
         stream (`stream_options.include_usage`), so streams are counted, not estimated;
@@ -148,6 +156,7 @@ class RequestMachine(Kernel[State, Effect]):
         self._catalog = catalog
         self._quota = quota
         self._stream_usage = stream_usage
+        self._limits = limits
         self._strip_usage = False  # leave the usage event the client did not ask for out
         self._framer = SSEFramer()
         self._reservations: tuple[Reservation, ...] = ()
@@ -187,7 +196,9 @@ class RequestMachine(Kernel[State, Effect]):
         if isinstance(identity, GatewayError):
             return self._finish_with_error(identity)
         self._identity = identity
-        valid = validate_request(request.route, request.content_type, request.body)
+        valid = validate_request(
+            request.route, request.content_type, request.body, self._limits
+        )
         if isinstance(valid, ClientError):
             return self._finish_with_error(valid)
         endpoint = select_endpoint(
@@ -273,10 +284,8 @@ class RequestMachine(Kernel[State, Effect]):
     def _on_failed_mid_stream(self, event: AdaptorFailed) -> Outcome:
         """The stream broke after it started: end it with an error event, never cleanly."""
         shaped = shape_failure(self._current_endpoint(), event.status, event.detail)
-        partial = self._monitor.pending
-        event_bytes = self._framer.flush() + error_event(
-            shaped.response.body, after_partial=partial
-        )
+        rest = self._unended_rest()
+        event_bytes = rest + error_event(shaped.response.body, after_partial=bool(rest))
         self._bytes_out += len(event_bytes)
         effects = (RelayChunk(data=event_bytes), EndStream())
         ending = self._ending(
@@ -289,23 +298,53 @@ class RequestMachine(Kernel[State, Effect]):
         return S.STREAMING, (StartStream(status=200, headers=stream_headers(event.headers)),)
 
     def _on_chunk(self, event: ChunkReceived) -> Outcome:
-        if not event.data:
+        """Whole events go out as they were sent (but the usage event the client did not
+        ask for); a part of an event waits for the rest of it."""
+        relay: list[bytes] = []
+        for whole in self._framer.feed(event.data):
+            self._monitor.feed(whole)
+            if self._monitor.invalid is not None:
+                return self._end_dishonest(relay, self._monitor.invalid)
+            if not (self._strip_usage and is_usage_only(whole)):
+                relay.append(whole)
+        if self._framer.oversized:
+            return self._end_dishonest(relay, "an event grew past 1 MiB without ending")
+        data = b"".join(relay)
+        if not data:
             return S.STREAMING, ()
-        self._monitor.feed(event.data)
-        data = event.data
-        if self._strip_usage:
-            data = b"".join(e for e in self._framer.feed(data) if not is_usage_only(e))
-            if not data:
-                return S.STREAMING, ()
         self._bytes_out += len(data)
         return S.STREAMING, (RelayChunk(data=data),)
 
-    def _on_stream_ended(self, event: StreamEnded) -> Outcome:
-        partial = self._monitor.pending
+    def _end_dishonest(self, relay: list[bytes], problem: str) -> Outcome:
+        """An event no client could parse: the whole events before it go out, then an
+        OpenAI error event in its place ends the stream; no `[DONE]` follows it."""
+        self._framer.flush()  # whatever follows the bad event is not relayed either
+        error = BackendError(
+            f"The backend serving model '{self._current_endpoint().model}' sent a stream "
+            "event that is not valid JSON; the stream was ended there.",
+            code="backend_invalid_response",
+        )
+        data = b"".join(relay) + error_event(error_body(error))
+        self._bytes_out += len(data)
+        ending = self._ending(error.status, error_code=error.code, detail=problem)
+        return S.DONE, (RelayChunk(data=data), EndStream(), *ending)
+
+    def _unended_rest(self) -> bytes:
+        """The last event, begun and never ended by a blank line: relayed when it reads as
+        an event (`data: [DONE]` without its blank line), dropped when it is a fragment no
+        client could parse (a stream cut mid-event: the error event says so instead)."""
+        rest = self._framer.flush()
+        self._monitor.feed(rest)
         self._monitor.finish()
-        rest = self._framer.flush()  # an unended last event, held back while stripping
-        if rest and is_usage_only(rest):
-            rest = b""
+        if self._monitor.invalid is not None:
+            return b""
+        if self._strip_usage and rest and is_usage_only(rest):
+            return b""
+        return rest
+
+    def _on_stream_ended(self, event: StreamEnded) -> Outcome:
+        rest = self._unended_rest()
+        partial = bool(rest)
         relayed = (RelayChunk(data=rest),) if rest else ()
         self._bytes_out += len(rest)
         if self._monitor.done or self._monitor.errored:
@@ -359,6 +398,7 @@ class RequestMachine(Kernel[State, Effect]):
             error_message=event.error_message,
             error_code=event.error_code,
             headers=event.headers,
+            route=self._current_request().route,
         )
 
     def _finish_with_error(self, error: GatewayError) -> Outcome:

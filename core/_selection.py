@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from core._authorization import Allowed, Denied, authorize, may_use_cluster
 from core._catalog import Catalog
 from core._errors import ClientError
+from core._limits import clip
 from core._records import ClusterRecord, EndpointRecord, Identity
 from core._validation import ValidRequest
 
@@ -50,7 +51,7 @@ def usable_cluster(catalog: Catalog, identity: Identity, name: str) -> ClusterRe
     cluster = catalog.cluster(name)
     if cluster is None:
         return ClientError(
-            f"Cluster '{name}' does not exist.", status=404, code="cluster_not_found"
+            f"Cluster '{clip(name)}' does not exist.", status=404, code="cluster_not_found"
         )
     denial = may_use_cluster(identity, cluster)
     return cluster if denial is None else _denied(denial)
@@ -58,7 +59,7 @@ def usable_cluster(catalog: Catalog, identity: Identity, name: str) -> ClusterRe
 
 def _model_not_found(model: str, where: str, usable: Iterable[EndpointRecord]) -> ClientError:
     return ClientError(
-        f"The model `{model}` does not exist{where} or you do not have access to it. "
+        f"The model `{clip(model)}` does not exist{where} or you do not have access to it. "
         + _listing(e.model for e in usable),
         status=404,
         param="model",
@@ -96,7 +97,7 @@ def _select_on_cluster(
         return cluster
     if framework not in cluster.frameworks:
         return ClientError(
-            f"Framework '{framework}' is not available on cluster '{name}'; "
+            f"Framework '{clip(framework)}' is not available on cluster '{name}'; "
             f"supported: {', '.join(cluster.frameworks)}.",
             code="unsupported_framework",
         )
@@ -110,7 +111,7 @@ def _select_on_cluster(
     endpoint = _match(here, request.model)
     if endpoint is None:
         usable = [e for e in here if isinstance(authorize(identity, cluster, e), Allowed)]
-        return _model_not_found(request.model, f" on {name}/{framework}", usable)
+        return _model_not_found(request.model, f" on {name}/{clip(framework)}", usable)
     decision = authorize(identity, cluster, endpoint)
     return _denied(decision) if isinstance(decision, Denied) else endpoint
 
@@ -125,7 +126,7 @@ def _select_by_model(
     if not routed:
         supported = sorted({r for e in candidates for r in catalog.cluster_of(e).openai_endpoints})
         return ClientError(
-            f"'{request.route.value}' is not supported for model '{request.model}'; "
+            f"'{request.route.value}' is not supported for model '{clip(request.model)}'; "
             f"supported: {', '.join(supported)}.",
             code="unsupported_endpoint",
         )

@@ -6,6 +6,10 @@ A backend's own 4xx with an OpenAI error body goes out unchanged too: it explain
 caller's mistake better than we could.  Everything else that went wrong behind the
 gateway becomes a 502/503/504 naming the endpoint and what happened, and never the
 backend's URL, key or raw 5xx body (those go to the operator's log only).
+
+A success must also be the route's answer in the little that OpenAI's clients rely on
+(`core._answers`): a chat completion without `choices` is a backend's failure (502
+`backend_invalid_response`), not a success the client then fails to read.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 
 import attrs
 
+from core._answers import answer_problem
 from core._errors import (
     BackendError,
     ClientError,
@@ -23,7 +28,7 @@ from core._errors import (
     redact,
     type_for_status,
 )
-from core._records import EndpointRecord, Headers, Response, Usage
+from core._records import EndpointRecord, Headers, OpenAIRoute, Response, Usage
 
 __all__ = [
     "JSON_HEADERS",
@@ -125,12 +130,19 @@ def _failure_code(status: int) -> str:
 
 
 def _backend_failure(
-    endpoint: EndpointRecord, status: int, code: str, detail: str, headers: Headers = ()
+    endpoint: EndpointRecord,
+    status: int,
+    code: str,
+    detail: str,
+    headers: Headers = (),
+    *,
+    phrase: str | None = None,
 ) -> Shaped:
     gateway_status = status if status in _FAILURE_PHRASES else 502
-    phrase = _FAILURE_PHRASES[gateway_status]
-    if status not in _FAILURE_PHRASES:
-        phrase = f"the backend answered with HTTP {status}"
+    if phrase is None:
+        phrase = _FAILURE_PHRASES[gateway_status]
+        if status not in _FAILURE_PHRASES:
+            phrase = f"the backend answered with HTTP {status}"
     error = BackendError(
         f"The backend serving {_where(endpoint)} failed: {phrase}.",
         status=gateway_status,
@@ -158,8 +170,11 @@ def shape_result(
     error_message: str | None,
     error_code: int | None,
     headers: Headers = (),
+    route: OpenAIRoute | None = None,
 ) -> Shaped:
-    """The client's response for a finished `submit_task` (or a streaming call that failed)."""
+    """The client's response for a finished `submit_task` (or a streaming call that failed).
+
+    With `route`, a success must also have that route's answer shape (`core._answers`)."""
     if error_code is None and error_message is None:
         if result is None:
             return _backend_failure(
@@ -176,6 +191,16 @@ def shape_result(
         if payload is None:
             return _backend_failure(
                 endpoint, 502, "malformed_backend_response", "backend answer is not a JSON object"
+            )
+        problem = None if route is None else answer_problem(route, payload)
+        if route is not None and problem is not None:
+            return _backend_failure(
+                endpoint,
+                502,
+                "backend_invalid_response",
+                f"backend answer {problem}",
+                headers,
+                phrase=f"its answer is not an OpenAI {route.value} response ({problem})",
             )
         return Shaped(
             response=Response(status=200, headers=_passed_through(headers), body=body),

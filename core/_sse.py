@@ -1,8 +1,11 @@
 """Watching a relayed server-sent-event stream without changing a byte of it.
 
-The gateway forwards each backend chunk as it arrives; it only needs to know whether
+The gateway forwards each backend event as soon as it is whole; it needs to know whether
 the stream finished properly (`data: [DONE]`), whether the backend already reported an
-error in-band, and the `usage` of the last chunk that carried one.  Chunks split events
+error in-band, the `usage` of the last chunk that carried one, and whether every event
+is what OpenAI's clients parse it as: a JSON object (or `[DONE]`).  The first event that
+is not (`invalid`) ends the stream with an error instead of reaching a client, whose
+parser would fail on it with an error that blames nobody.  Chunks split events
 and even lines anywhere, so the decoder keeps the unfinished tail between feeds
 (line rules from the WHATWG event-stream format: LF, CR or CRLF end a line; a blank
 line ends an event; `data:` lines join with LF).
@@ -33,9 +36,6 @@ _MAX_DEPTH = 64
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKET = re.compile(r"[\[\]{}]")
 
-
-# With include_usage, OpenAI and vLLM put `"usage": null` in every chunk but the last.
-_NULL_USAGE = re.compile(r'"usage"\s*:\s*null')
 # A blank line ends an event: two line ends in a row, CRLF read as one line end.
 _EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
 
@@ -96,12 +96,18 @@ class SSEDecoder:
 
 @attrs.define
 class SSEMonitor:
-    """What the gateway learns from a relayed stream, without changing a byte of it."""
+    """What the gateway learns from a relayed stream, without changing a byte of it.
+
+    `invalid` says what was wrong with the first event that is neither `[DONE]` nor a
+    JSON object (Python's reading of JSON, as the official Python client's); an event
+    nested too deeply to parse at all is relayed unread rather than judged.
+    """
 
     done: bool = False
     errored: bool = False
     events: int = 0
     usage: Usage | None = None
+    invalid: str | None = None
     _decoder: SSEDecoder = attrs.field(factory=SSEDecoder)
 
     @property
@@ -117,25 +123,31 @@ class SSEMonitor:
             self._observe(data)
 
     def _observe(self, data: str) -> None:
+        if not data:
+            return  # an empty data buffer dispatches no event (WHATWG), so none to judge
         self.events += 1
         if data.strip() == "[DONE]":
             self.done = True
             return
-        if '"error"' not in data and ('"usage"' not in data or _NULL_USAGE.search(data)):
-            return  # the common chunk: nothing to learn, so no parse on the hot path
-        if nesting_depth(data) > _MAX_DEPTH:
-            return
         try:
             payload = json.loads(data)
+        except RecursionError:
+            return  # too deep to read (a 200,000-level `usage`): relayed, not parsed
         except ValueError:
+            self._refuse(f"event {self.events} is not JSON")
             return
         if not isinstance(payload, dict):
+            self._refuse(f"event {self.events} is JSON but not an object")
             return
         if isinstance(payload.get("error"), dict):
             self.errored = True
         usage = Usage.from_json(payload.get("usage"))
         if usage is not None:
             self.usage = usage
+
+    def _refuse(self, problem: str) -> None:
+        if self.invalid is None:
+            self.invalid = problem
 
 
 @attrs.define
@@ -150,11 +162,18 @@ class SSEFramer:
         """What has arrived of an event not yet ended."""
         return self._tail
 
+    @property
+    def oversized(self) -> bool:
+        """An event has grown past any chunk a backend sends (1 MiB) without ending."""
+        return len(self._tail) > _MAX_TAIL
+
     def feed(self, chunk: bytes) -> list[bytes]:
+        # An event's end may begin in the last 3 bytes already held; none begins earlier.
+        resume = max(0, len(self._tail) - 3)
         data = self._tail + chunk
         events: list[bytes] = []
         start = 0
-        for end in _EVENT_END.finditer(data):
+        for end in _EVENT_END.finditer(data, resume):
             events.append(data[start : end.end()])
             start = end.end()
         self._tail = data[start:]

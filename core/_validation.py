@@ -4,7 +4,9 @@ The gateway needs `model` (to select an endpoint), `stream` (to choose the relay
 input field's type (to refuse what no backend could take).  Everything else passes
 through untouched, because vLLM and friends accept extensions OpenAI does not know.
 Validation never raises on any input: it returns a `ValidRequest` or a `ClientError`
-whose `param` names the field to fix.
+whose `param` names the field to fix.  The limits of `core._limits` apply here too (JSON
+depth, number of messages, text no backend could encode), and every piece of the
+client's input a message repeats is clipped to a short prefix.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import attrs
 
 from core._errors import ClientError
+from core._limits import DEFAULT_LIMITS, RequestLimits, clip, deeper_than, lone_surrogate_at
 from core._records import OpenAIRoute
 
 __all__ = ["RESERVED_FIELDS", "ValidRequest", "validate_request"]
@@ -111,12 +114,23 @@ def _where_non_finite(raw: bytes) -> str | None:
         return None
 
 
-def _parse_body(content_type: str | None, raw: bytes) -> dict[str, Any] | ClientError:
+def _too_deep(limit: int, where: str | None) -> ClientError:
+    at = f" at {clip(where)!r}" if where else ""
+    return _reject(
+        f"The JSON body nests deeper than {limit} levels{at}; flatten it.",
+        param=clip(where) if where else None,
+        code="json_too_deep",
+    )
+
+
+def _parse_body(
+    content_type: str | None, raw: bytes, limits: RequestLimits = DEFAULT_LIMITS
+) -> dict[str, Any] | ClientError:
     if content_type is not None:
         media = content_type.split(";", 1)[0].strip().lower()
         if media and media != "application/json" and not media.endswith("+json"):
             return _reject(
-                f"Unsupported Content-Type {media!r}; send the body as application/json.",
+                f"Unsupported Content-Type {clip(media)!r}; send the body as application/json.",
                 param=None,
                 code="unsupported_media_type",
                 status=415,
@@ -129,31 +143,51 @@ def _parse_body(content_type: str | None, raw: bytes) -> dict[str, Any] | Client
         data = _DECODER.decode(raw.decode("utf-8-sig"))
     except _NonFinite:
         where = _where_non_finite(raw)
+        where = clip(where) if where else None
         return _reject(
             f"Invalid number{f' for {where!r}' if where else ''}: JSON numbers must be finite "
             "(NaN, Infinity and literals beyond a double's range such as 1e400 are refused).",
             param=where,
             code="invalid_value",
         )
-    except (ValueError, RecursionError):
+    except RecursionError:  # deeper than the parser goes, so far deeper than any limit
+        return _too_deep(limits.max_json_depth, None)
+    except ValueError:
         return _reject(
             "We could not parse the JSON body of your request.", param=None, code="invalid_json"
         )
     if not isinstance(data, dict):
         return _reject("The request body must be a JSON object.", param=None, code="invalid_json")
+    if raw.count(b"[") + raw.count(b"{") > limits.max_json_depth:  # else it cannot be deeper
+        deep = deeper_than(data, limits.max_json_depth)
+        if deep is not None:
+            return _too_deep(limits.max_json_depth, deep)
+    lone = lone_surrogate_at(raw, data)
+    if lone is not None:
+        return _reject(
+            f"Invalid text in {clip(lone)!r}: it holds a lone UTF-16 surrogate (an escape "
+            "such as \\ud800 without its pair), which cannot be encoded as UTF-8.",
+            param=clip(lone),
+            code="invalid_encoding",
+        )
     return data
 
 
 def validate_request(
-    route: OpenAIRoute, content_type: str | None, raw: bytes
+    route: OpenAIRoute,
+    content_type: str | None,
+    raw: bytes,
+    limits: RequestLimits = DEFAULT_LIMITS,
 ) -> ValidRequest | ClientError:
-    data = _parse_body(content_type, raw)
+    data = _parse_body(content_type, raw, limits)
     if isinstance(data, ClientError):
         return data
-    return validate_body(route, data)
+    return validate_body(route, data, limits)
 
 
-def validate_body(route: OpenAIRoute, body: dict[str, Any]) -> ValidRequest | ClientError:
+def validate_body(
+    route: OpenAIRoute, body: dict[str, Any], limits: RequestLimits = DEFAULT_LIMITS
+) -> ValidRequest | ClientError:
     for name in sorted(RESERVED_FIELDS & body.keys()):
         return _reject(
             f"'{name}' is reserved by the gateway and may not be sent.",
@@ -176,13 +210,15 @@ def validate_body(route: OpenAIRoute, body: dict[str, Any]) -> ValidRequest | Cl
             param="stream",
             code="unsupported_parameter",
         )
-    problem = _check_input(route, body)
+    problem = _check_input(route, body, limits)
     if problem is not None:
         return problem
     return ValidRequest(route=route, model=model, stream=bool(stream), body=body)
 
 
-def _check_input(route: OpenAIRoute, body: Mapping[str, Any]) -> ClientError | None:
+def _check_input(
+    route: OpenAIRoute, body: Mapping[str, Any], limits: RequestLimits
+) -> ClientError | None:
     field = _INPUT_FIELD[route]
     if field not in body:
         return _reject(
@@ -201,6 +237,13 @@ def _check_input(route: OpenAIRoute, body: Mapping[str, Any]) -> ClientError | N
                 "Invalid 'messages': empty array. Expected an array with minimum length 1.",
                 param=field,
                 code="empty_array",
+            )
+        if len(value) > limits.max_messages:
+            return _reject(
+                f"Invalid 'messages': array too long. Expected an array with maximum length "
+                f"{limits.max_messages}, but got an array with length {len(value)} instead.",
+                param=field,
+                code="array_above_max_length",
             )
         for index, message in enumerate(value):
             if not isinstance(message, dict):

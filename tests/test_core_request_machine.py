@@ -194,7 +194,7 @@ EXPECTED: dict[tuple[State, type[Any]], frozenset[State]] = {
     (S.AWAITING_STREAM, AdaptorReturned): frozenset({S.DONE}),
     (S.AWAITING_STREAM, AdaptorFailed): frozenset({S.DONE}),
     (S.AWAITING_STREAM, ClientDisconnected): frozenset({S.CANCELLED}),
-    (S.STREAMING, ChunkReceived): frozenset({S.STREAMING}),
+    (S.STREAMING, ChunkReceived): frozenset({S.STREAMING, S.DONE}),
     (S.STREAMING, StreamEnded): frozenset({S.DONE}),
     (S.STREAMING, AdaptorFailed): frozenset({S.DONE}),
     (S.STREAMING, ClientDisconnected): frozenset({S.CANCELLED}),
@@ -438,6 +438,8 @@ class RequestMachineRules(RuleBasedStateMachine):
         self.identity: Identity | None = None
         self.effects: list[Any] = []
         self.ended = False  # reached DONE or CANCELLED at some point
+        self.events: list[Event] = []  # fed to the current machine, in order
+        self.relayed = b""  # what its stream relayed so far
 
     # -- the one way events go in ------------------------------------------------------
 
@@ -455,6 +457,7 @@ class RequestMachineRules(RuleBasedStateMachine):
         assert before not in TERMINAL
         after = self.machine.state
         assert after in allowed
+        self.events.append(event)
         if isinstance(event, IdentityResolved):
             self.identity = event.identity
         note_event(f"{before.name} -> {after.name}")
@@ -479,10 +482,29 @@ class RequestMachineRules(RuleBasedStateMachine):
         if isinstance(event, ClientDisconnected):
             called = CallAdaptor in kinds(self.effects)
             assert (CancelUpstream in kinds(effects)) == called
-        if isinstance(event, ChunkReceived) and event.data:
-            assert effects == (RelayChunk(data=event.data),)
+        if isinstance(event, ChunkReceived):
+            self.check_relay(effects)
         if isinstance(event, StreamEnded | AdaptorFailed) and before is State.STREAMING:
             assert kinds(effects)[-2:] == [EndStream, WriteLog]
+
+    def check_relay(self, effects: tuple[Any, ...]) -> None:
+        """Whole events go out byte for byte, in order, as soon as they are whole: what
+        was relayed is always a prefix of what arrived.  An event that is not JSON ends
+        the stream there, with one error event and no `[DONE]`."""
+        assert self.machine is not None
+        received = b"".join(e.data for e in self.events if isinstance(e, ChunkReceived))
+        relayed = [e.data for e in effects if isinstance(e, RelayChunk)]
+        if self.machine.state is State.STREAMING:
+            assert kinds(effects) in ([], [RelayChunk])
+            self.relayed += b"".join(relayed)
+            assert received.startswith(self.relayed)
+            return
+        assert kinds(effects)[:2] == [RelayChunk, EndStream] and kinds(effects)[-1] is WriteLog
+        (last,) = relayed
+        before, _, error = last.rpartition(b"data: ")
+        assert received.startswith(self.relayed + before)
+        assert json.loads(error)["error"]["code"] == "backend_invalid_response"
+        assert b"[DONE]" not in error
 
     def check_call(self, call: CallAdaptor) -> None:
         assert self.request is not None
@@ -513,6 +535,8 @@ class RequestMachineRules(RuleBasedStateMachine):
         self.identity = None
         self.effects = []
         self.ended = False
+        self.events = []
+        self.relayed = b""
         self.feed(self.request)
 
     # -- rules -------------------------------------------------------------------------
@@ -672,7 +696,9 @@ def test_happy_non_stream_path() -> None:
     awaiting = machine.state
     assert awaiting is State.AWAITING_RESULT
 
-    result = '{"id":"chatcmpl-1","object":"chat.completion","usage":{"total_tokens":12}}'
+    result = (
+        '{"id":"chatcmpl-1","object":"chat.completion","choices":[],"usage":{"total_tokens":12}}'
+    )
     respond, log = machine.receive(AdaptorReturned(result=result))
     assert isinstance(respond, Respond) and isinstance(log, WriteLog)
     assert respond.response.status == 200
@@ -691,7 +717,8 @@ def test_the_model_is_sent_with_the_catalogs_spelling() -> None:
     assert json.loads(call.body) == {"model": "m1", "messages": [{"role": "user"}], "top_k": 3}
 
 
-def test_happy_stream_path_relays_chunks_byte_for_byte() -> None:
+def test_happy_stream_path_relays_each_whole_event_byte_for_byte() -> None:
+    """Each event goes out as soon as it is whole: a part waits for the rest of it."""
     pieces = [
         b'data: {"id":"c1","choices":[{"delta":{"content":"He"}}]}\n\n',
         b'data: {"id":"c1","choices":[{"delta":{"con',
@@ -701,7 +728,11 @@ def test_happy_stream_path_relays_chunks_byte_for_byte() -> None:
     machine, effects = stream_through(*pieces)
     started = [e for e in effects if isinstance(e, StartStream)]
     assert started == [StartStream(status=200, headers=STREAM_HEADERS)]
-    assert [e.data for e in effects if isinstance(e, RelayChunk)] == pieces
+    assert [e.data for e in effects if isinstance(e, RelayChunk)] == [
+        pieces[0],
+        pieces[1] + pieces[2],
+        pieces[3],
+    ]
     assert kinds(effects)[-2:] == [EndStream, WriteLog]
     assert Respond not in kinds(effects)
     (log,) = logs(effects)
@@ -740,6 +771,7 @@ def test_a_backend_error_event_ends_the_stream_without_an_extra_error() -> None:
 
 
 def test_an_adaptor_failure_mid_stream_becomes_an_error_event() -> None:
+    """The event the failure cut short is dropped: no client could parse it."""
     _, effects = run(
         request(stream=True),
         IdentityResolved(identity=ALICE),
@@ -748,7 +780,7 @@ def test_an_adaptor_failure_mid_stream_becomes_an_error_event() -> None:
         AdaptorFailed(status=504, detail="read timeout at http://10.0.0.1:8000/v1"),
     )
     tail = [e for e in effects if isinstance(e, RelayChunk)][-1].data
-    assert tail.startswith(b"\n\n")
+    assert relayed(effects) == b'data: {"id":"c1"}\n\n' + tail
     assert sse_json(tail)["error"]["code"] == "backend_timeout"
     assert b"10.0.0.1" not in tail
     assert kinds(effects)[-2:] == [EndStream, WriteLog]
