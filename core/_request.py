@@ -196,9 +196,7 @@ class RequestMachine(Kernel[State, Effect]):
         if isinstance(identity, GatewayError):
             return self._finish_with_error(identity)
         self._identity = identity
-        valid = validate_request(
-            request.route, request.content_type, request.body, self._limits
-        )
+        valid = validate_request(request.route, request.content_type, request.body, self._limits)
         if isinstance(valid, ClientError):
             return self._finish_with_error(valid)
         endpoint = select_endpoint(

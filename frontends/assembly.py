@@ -24,7 +24,7 @@ from adaptors._tls import check_transport_tls, tls_options_of
 from adaptors.clusters.cluster import BaseCluster
 from adaptors.endpoints.endpoint import BaseEndpoint
 from adaptors.loading import build_cluster, build_endpoint
-from core import Catalog, ConfigurationError, QuotaPolicy, load_catalog
+from core import Catalog, ConfigurationError, QuotaPolicy, RequestLimits, load_catalog
 from frontends.gateway import Gateway, StreamObserver
 from frontends.identity import IdentityProvider
 from frontends.log_sink import LogSink
@@ -87,6 +87,7 @@ def assemble(
     stream_usage: bool = False,
     stream_observer: StreamObserver | None = None,
     capture_limit: int | None = None,
+    request_limits: RequestLimits | None = None,
 ) -> Gateway:
     """Build and bind every adaptor of `catalog`, then the `Gateway` over them.
 
@@ -125,6 +126,7 @@ def assemble(
         stream_usage=stream_usage,
         stream_observer=stream_observer,
         capture_limit=capture_limit,
+        request_limits=request_limits,
     )
 
 
@@ -140,6 +142,7 @@ def build_gateway(
     stream_usage: bool = False,
     stream_observer: StreamObserver | None = None,
     capture_limit: int | None = None,
+    request_limits: RequestLimits | None = None,
 ) -> Gateway:
     """A `Gateway` over the fixtures in `fixtures_dir`: read, checked, built and bound."""
     folder = Path(fixtures_dir)
@@ -156,4 +159,5 @@ def build_gateway(
         stream_usage=stream_usage,
         stream_observer=stream_observer,
         capture_limit=capture_limit,
+        request_limits=request_limits,
     )

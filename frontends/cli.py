@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core import ConfigurationError, QuotaPolicy
+from core import ConfigurationError, QuotaPolicy, RequestLimits
 from frontends import cli_keys
 from frontends.assembly import build_gateway
 from frontends.gateway import Gateway
@@ -260,6 +260,7 @@ def _serve(settings: Settings, *, loop: str = "asyncio", listen_fd: int | None =
 
     from frontends.request_log import RequestLog
     from frontends.usage import Operators
+    from frontends.web.limits import hypercorn_limits
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     _access_log_to_stderr()
@@ -279,6 +280,9 @@ def _serve(settings: Settings, *, loop: str = "asyncio", listen_fd: int | None =
         quota=quota,
         quota_policy=policy,
         capture_limit=settings.capture_chars,
+        request_limits=RequestLimits(
+            max_json_depth=settings.max_json_depth, max_messages=settings.max_messages
+        ),
         # Records go to the metrics, the request log and the access log (the app adds
         # those two), not to a logger line of their own: stderr has the access log.
         log_sink=FanOut(metrics),
@@ -297,6 +301,8 @@ def _serve(settings: Settings, *, loop: str = "asyncio", listen_fd: int | None =
     config.bind = [f"fd://{sock.fileno()}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")  # ours, not a second handler
+    for name, value in hypercorn_limits(settings.max_header_bytes).items():
+        setattr(config, name, value)  # heads over our limit reach the app's OpenAI 431
     if listen_fd is None:  # a worker's parent printed it
         _banner(settings, gateway, f"http://{host}:{port}", new_token, request_log.store)
     token = settings.metrics_token
@@ -306,6 +312,8 @@ def _serve(settings: Settings, *, loop: str = "asyncio", listen_fd: int | None =
         **batch_parts,
         "request_log": request_log,
         "operators": Operators.of(settings.operators),
+        "max_body_bytes": settings.max_body_bytes,
+        "max_header_bytes": settings.max_header_bytes,
     }
     try:
         if loop == "trio":

@@ -46,6 +46,7 @@ from core import (
     QuotaPolicy,
     RelayChunk,
     Release,
+    RequestLimits,
     RequestMachine,
     RequestReceived,
     Reserve,
@@ -267,6 +268,7 @@ class Gateway:
         stream_usage: bool = False,
         stream_observer: StreamObserver | None = None,
         capture_limit: int | None = None,
+        request_limits: RequestLimits | None = None,
     ) -> None:
         """A driver over adaptors already built and bound (see `frontends.assembly`).
 
@@ -276,7 +278,8 @@ class Gateway:
         `stream_observer` (the metrics) is told when each stream to a client opens and
         closes.  With a `capture_limit`, the log sink's `Timing` carries the first bytes
         of each prompt and answer (the sink caps them to that many characters); without,
-        none are kept."""
+        none are kept.  `request_limits`: how deep a request's JSON may nest and how many
+        messages it may carry (the core's defaults without)."""
         self.catalog = catalog
         self._endpoints = {slug.lower(): adaptor for slug, adaptor in endpoints.items()}
         self._clusters = dict(clusters)
@@ -288,6 +291,7 @@ class Gateway:
         self._stream_usage = stream_usage
         self._stream_observer = stream_observer
         self._capture_limit = capture_limit
+        self._request_limits = request_limits or RequestLimits()
 
     def add_log_sink(self, sink: LogSink) -> None:
         """Hand every record to `sink` too (the web app's access log uses this)."""
@@ -359,7 +363,12 @@ class Gateway:
 
     async def handle(self, request: GatewayRequest) -> GatewayResponse:
         """Run one OpenAI request through the core; a stream comes back not yet started."""
-        machine = RequestMachine(self.catalog, self._quota_policy, stream_usage=self._stream_usage)
+        machine = RequestMachine(
+            self.catalog,
+            self._quota_policy,
+            stream_usage=self._stream_usage,
+            limits=self._request_limits,
+        )
         moments = _Moments(request, self._capture_limit)
         pending = deque(
             machine.receive(

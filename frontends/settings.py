@@ -105,6 +105,14 @@ class Settings(BaseSettings):
     requests_per_minute_per_user: int = pydantic.Field(default=0, ge=0)
     quota_default_max_tokens: int = pydantic.Field(default=1024, ge=1)
 
+    # Limits on what a client may send (README "Limits"): the body's bytes (413), the
+    # request line and headers' bytes (431), how deeply its JSON nests and how many chat
+    # messages it carries (400).  The depth stays below where Python's parser gives up.
+    max_body_bytes: int = pydantic.Field(default=16 * 1024 * 1024, ge=1024)
+    max_header_bytes: int = pydantic.Field(default=32 * 1024, ge=1024, le=1024 * 1024)
+    max_json_depth: int = pydantic.Field(default=64, ge=2, le=512)
+    max_messages: int = pydantic.Field(default=2048, ge=1)
+
     # Identity providers, tried in this order (a JSON list or "static,globus").
     identity_providers: Annotated[list[ProviderName], NoDecode] = ["static"]
     identity_timeout: float = pydantic.Field(default=10.0, gt=0)

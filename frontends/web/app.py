@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator
 
-from quart import Quart, Response, request
+from quart import Quart, Response, current_app, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from core import BackendError, ClientError, error_response, type_for_status
@@ -25,6 +25,7 @@ from frontends.web.convert import (
     REQUEST_LOG_KEY,
     to_quart,
 )
+from frontends.web.limits import HeaderLimit
 from frontends.web.metrics import METRICS_KEY, METRICS_TOKEN_KEY, metrics_api
 from frontends.web.openai_api import openai_api
 from frontends.web.resource_server import resource_server
@@ -33,11 +34,14 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("inference_gateway")
 
+MAX_BODY_KEY = "INFERENCE_GATEWAY_MAX_BODY_BYTES"
+
 
 def create_app(
     gateway: Gateway,
     *,
     max_body_bytes: int = 16 * 1024 * 1024,
+    max_header_bytes: int = 32 * 1024,
     app_class: type[Quart] = Quart,
     metrics: MetricsSink | None = None,
     metrics_token: str | None = None,
@@ -55,6 +59,8 @@ def create_app(
     With a `request_log` (its store already open), the app runs its writer while it
     serves and flushes it when it stops, and answers `/resource_server/usage`;
     `operators` may see everyone's usage there.
+    A body over `max_body_bytes` gets a 413, a request line and headers over
+    `max_header_bytes` a 431 (`frontends.web.limits`; serve with `hypercorn_limits`).
     """
     app = app_class("inference_gateway")
     app.config.update(
@@ -62,6 +68,7 @@ def create_app(
         MAX_CONTENT_LENGTH=max_body_bytes,
         PROVIDE_AUTOMATIC_OPTIONS=True,
     )
+    app.config[MAX_BODY_KEY] = max_body_bytes  # what a 413 names as the limit
     app.extensions[GATEWAY_KEY] = gateway
     app.extensions[LISTINGS_KEY] = Listings.of(gateway)
     app.register_blueprint(openai_api)
@@ -79,7 +86,7 @@ def create_app(
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     # Request ids and the access log, around everything (Quart's own errors included).
-    access = AccessLog(app.asgi_app)
+    access = AccessLog(HeaderLimit(app.asgi_app, max_header_bytes))
     app.asgi_app = access  # type: ignore[method-assign,assignment]
     gateway.add_log_sink(access)
     app.extensions[REQUEST_LOG_KEY] = request_log
@@ -137,7 +144,10 @@ async def _http_error(error: HTTPException) -> Response:
     messages = {
         404: "Unknown route. The OpenAI API is served under /v1 and /resource_server.",
         405: "Method not allowed on this route.",
-        413: "The request body is too large.",
+        413: (
+            "The request body is too large: at most "
+            f"{current_app.config.get(MAX_BODY_KEY)} bytes are accepted."
+        ),
     }
     message = messages.get(status, error.description or error.name)
     code = (error.name or "error").lower().replace(" ", "_")
