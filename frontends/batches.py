@@ -27,6 +27,7 @@ from core import (
     GatewayError,
     Identity,
     OpenAIRoute,
+    clip,
     error_response,
     select_endpoint,
     validate_request,
@@ -80,7 +81,7 @@ def _invalid(message: str, *, param: str = "file", code: str = "invalid_file") -
 
 
 def _not_found(what: str, ident: str) -> ClientError:
-    return ClientError(f"No {what} with id '{ident}'.", status=404, code="not_found")
+    return ClientError(f"No {what} with id '{clip(ident)}'.", status=404, code="not_found")
 
 
 def parse_batch_lines(content: bytes, *, max_lines: int) -> list[BatchLine] | ClientError:
@@ -111,7 +112,7 @@ def parse_batch_lines(content: bytes, *, max_lines: int) -> list[BatchLine] | Cl
             return _invalid(f"Line {number}: 'custom_id' must be a non-empty string.")
         if custom_id in seen:
             return _invalid(
-                f"Line {number}: custom_id '{custom_id}' is already used by line "
+                f"Line {number}: custom_id '{clip(custom_id)}' is already used by line "
                 f"{seen[custom_id]}; each line needs its own."
             )
         seen[custom_id] = number
@@ -131,7 +132,7 @@ def parse_batch_lines(content: bytes, *, max_lines: int) -> list[BatchLine] | Cl
             return _invalid(f"Line {number}: streaming ('body.stream') is not allowed in a batch.")
         unknown = sorted(set(item) - {"custom_id", "method", "url", "body"})
         if unknown:
-            return _invalid(f"Line {number}: unknown field '{unknown[0]}'.")
+            return _invalid(f"Line {number}: unknown field '{clip(unknown[0])}'.")
         lines.append(BatchLine(custom_id=custom_id, url=url, body=body))
     return lines
 
@@ -386,7 +387,7 @@ class Batches:
         if record is None or content is None:
             return _respond(
                 ClientError(
-                    f"No file with id '{input_file_id}'.",
+                    f"No file with id '{clip(input_file_id)}'.",
                     status=404,
                     param="input_file_id",
                     code="not_found",
@@ -452,8 +453,8 @@ class Batches:
                 )
             if line.model != first.model:
                 return _invalid(
-                    f"Line {number}: model '{line.model}' differs from line 1's "
-                    f"'{first.model}'; a batch runs one model.",
+                    f"Line {number}: model '{clip(line.model)}' differs from line 1's "
+                    f"'{clip(first.model)}'; a batch runs one model.",
                     param="input_file_id",
                 )
         route = BATCH_URLS[endpoint_url]
@@ -532,7 +533,9 @@ def _creation_fields(
     unknown = sorted(set(request) - {"input_file_id", "endpoint", "completion_window", "metadata"})
     if unknown:
         return _invalid(
-            f"Unknown field '{unknown[0]}'.", param=unknown[0], code="unknown_parameter"
+            f"Unknown field '{clip(unknown[0])}'.",
+            param=clip(unknown[0]),
+            code="unknown_parameter",
         )
     input_file_id = request.get("input_file_id")
     if not isinstance(input_file_id, str) or not input_file_id:

@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime
 
 import attrs
 
-from core import JSON_HEADERS, ClientError, Identity, error_response
+from core import JSON_HEADERS, ClientError, Identity, clip, error_response
 from frontends.gateway import GatewayResponse
 from frontends.store import GroupBy, Store, UsageRow, usage
 
@@ -53,7 +53,7 @@ def parse_since(text: str) -> date | datetime:
             return date.fromisoformat(text)
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"since: not a date (YYYY-MM-DD) or ISO time: {text!r}") from None
+        raise ValueError(f"since: not a date (YYYY-MM-DD) or ISO time: {clip(text)!r}") from None
     return moment if moment.utcoffset() is not None else moment.replace(tzinfo=UTC)
 
 
