@@ -80,7 +80,7 @@ def deeper_than(value: Any, limit: int) -> str | None:
     Depth-first in document order, without recursion (the value may be as deep as the
     parser allowed).  The fast pass counts containers only; the path is found on refusal.
     """
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, dict | list) else []
     while stack:
         node, depth = stack.pop()
         if depth > limit:

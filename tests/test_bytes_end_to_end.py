@@ -132,13 +132,15 @@ AWKWARD = [
     b'{"model":"m-exact","messages":[{"role":"user","content":"hi"}],"temperature":1.0E2}',
     b'{"model": "m-exact", "messages": [{"role": "user", "content": "a"}], "n": 1, "n": 2}',
     b'{ "model" : "m-exact" ,\n\t"messages":[{"role":"user","content":"caf\\u00e9 \xc3\xbc"}] }',
-    b'{"model":"m-exact","messages":[{"role":"user","content":"\\ud800 lone"}],"top_p":1e-7}',
+    b'{"model":"m-exact","messages":[{"role":"user","content":"\\uD83D\\uDE00"}],"top_p":1e-7}',
     b'{"model":"m-exact","messages":[{"role":"user","content":"x"}],"seed":12345678901234567890}',
 ]
 
 
 @pytest.mark.parametrize(
-    "body", AWKWARD, ids=["exponent", "duplicate-keys", "spacing-escapes", "surrogate", "bigint"]
+    "body",
+    AWKWARD,
+    ids=["exponent", "duplicate-keys", "spacing-escapes", "surrogate-pair", "bigint"],
 )
 def test_what_a_reserialiser_would_change_arrives_unchanged(
     gateway: str, backend: tuple[FakeOpenAI, str], body: bytes
@@ -155,6 +157,19 @@ def test_a_model_spelled_differently_is_the_only_change(
     assert send(gateway, "chat/completions", body).status_code == 200
     sent = received(backend)
     assert json.loads(sent) == {**json.loads(body), "model": "m-exact"}
+
+
+def test_a_lone_surrogate_never_reaches_the_backend(
+    gateway: str, backend: tuple[FakeOpenAI, str]
+) -> None:
+    """No UTF-8 encoder can write it: the client's 400, naming where it is (issue 11)."""
+    before = len(backend[0].requests)
+    body = b'{"model":"m-exact","messages":[{"role":"user","content":"\\ud800 lone"}]}'
+    response = send(gateway, "chat/completions", body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == ("messages[0].content", "invalid_encoding")
+    assert len(backend[0].requests) == before
 
 
 def test_non_finite_numbers_never_reach_the_backend(
