@@ -174,6 +174,8 @@ class SSEFramer:
         events: list[bytes] = []
         start = 0
         for end in _EVENT_END.finditer(data, resume):
+            if end.end() == len(data) and data.endswith(b"\r"):
+                break  # a CR last: its LF may be in the next chunk, and belongs to this event
             events.append(data[start : end.end()])
             start = end.end()
         self._tail = data[start:]
