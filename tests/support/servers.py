@@ -45,12 +45,17 @@ def _close_if_unclaimed(fd: int, listener: socket.socket) -> None:
 
 @contextmanager
 def serve_app(
-    app: Any, *, graceful_timeout: float = 1.0, tls: Mapping[str, Any] | None = None
+    app: Any,
+    *,
+    graceful_timeout: float = 1.0,
+    tls: Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Iterator[str]:
     """Serve `app` until the block ends; yields its base URL `http://127.0.0.1:PORT`.
 
     With `tls` (Hypercorn settings: `certfile`, `keyfile`, and for mutual TLS `ca_certs`
-    and `verify_mode`), it serves HTTPS and yields `https://127.0.0.1:PORT`.
+    and `verify_mode`), it serves HTTPS and yields `https://127.0.0.1:PORT`.  `options`
+    are other Hypercorn settings (`frontends.web.limits.hypercorn_limits`, say).
     """
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
@@ -63,7 +68,7 @@ def serve_app(
     config.accesslog = None
     config.graceful_timeout = graceful_timeout
     config.loglevel = "WARNING"
-    for name, value in (tls or {}).items():
+    for name, value in {**(tls or {}), **(options or {})}.items():
         setattr(config, name, value)
 
     loop = asyncio.new_event_loop()
