@@ -80,13 +80,17 @@ def deeper_than(value: Any, limit: int) -> str | None:
     Depth-first in document order, without recursion (the value may be as deep as the
     parser allowed).  The fast pass counts containers only; the path is found on refusal.
     """
-    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, dict | list) else []
+    stack: list[tuple[Any, int]] = [(value, 1)] if type(value) in (dict, list) else []
+    push, pop = stack.append, stack.pop
     while stack:
-        node, depth = stack.pop()
+        node, depth = pop()
         if depth > limit:
             return _path_at_depth(value, limit + 1)
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+        depth += 1
+        for child in node.values() if type(node) is dict else node:
+            kind = type(child)  # parsed JSON: exactly dict or list, never a subclass
+            if kind is dict or kind is list:
+                push((child, depth))
     return None
 
 
