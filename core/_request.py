@@ -303,7 +303,7 @@ class RequestMachine(Kernel[State, Effect]):
             self._monitor.feed(whole)
             if self._monitor.invalid is not None:
                 return self._end_dishonest(relay, self._monitor.invalid)
-            if not (self._strip_usage and is_usage_only(whole)):
+            if not (self._strip_usage and self._monitor.usage_only):
                 relay.append(whole)
         if self._framer.oversized:
             return self._end_dishonest(relay, "an event grew past 1 MiB without ending")

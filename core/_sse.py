@@ -101,6 +101,8 @@ class SSEMonitor:
     `invalid` says what was wrong with the first event that is neither `[DONE]` nor a
     JSON object (Python's reading of JSON, as the official Python client's); an event
     nested too deeply to parse at all is relayed unread rather than judged.
+    `usage_only` says whether what the last `feed` completed was exactly one event, the
+    usage chunk `include_usage` adds (so a relay of whole events need not parse it again).
     """
 
     done: bool = False
@@ -108,6 +110,7 @@ class SSEMonitor:
     events: int = 0
     usage: Usage | None = None
     invalid: str | None = None
+    usage_only: bool = False
     _decoder: SSEDecoder = attrs.field(factory=SSEDecoder)
 
     @property
@@ -115,14 +118,17 @@ class SSEMonitor:
         return self._decoder.pending
 
     def feed(self, chunk: bytes) -> None:
-        for data in self._decoder.feed(chunk):
+        datas = self._decoder.feed(chunk)
+        for data in datas:
             self._observe(data)
+        self.usage_only = self.usage_only and len(datas) == 1
 
     def finish(self) -> None:
         for data in self._decoder.finish():
             self._observe(data)
 
     def _observe(self, data: str) -> None:
+        self.usage_only = False
         if not data:
             return  # an empty data buffer dispatches no event (WHATWG), so none to judge
         self.events += 1
@@ -144,6 +150,7 @@ class SSEMonitor:
         usage = Usage.from_json(payload.get("usage"))
         if usage is not None:
             self.usage = usage
+        self.usage_only = payload.get("choices") == [] and isinstance(payload.get("usage"), dict)
 
     def _refuse(self, problem: str) -> None:
         if self.invalid is None:
