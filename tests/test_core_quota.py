@@ -263,7 +263,8 @@ def test_the_call_waits_for_the_reservation_then_settles_with_the_real_usage() -
     (call,) = machine.receive(Reserved())
     assert isinstance(call, CallAdaptor)
     answer = (
-        b'{"id": "x", "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}}'
+        b'{"id": "x", "choices": [], '
+        b'"usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}}'
     )
     respond, settle, log = machine.receive(AdaptorReturned(result=answer))
     assert isinstance(respond, Respond) and isinstance(log, WriteLog)

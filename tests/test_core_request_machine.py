@@ -209,7 +209,7 @@ SAMPLE_EVENTS: list[Event] = [
     request(),
     IdentityResolved(identity=ALICE),
     IdentityUnavailable(detail="connection refused"),
-    AdaptorReturned(result='{"id": "x", "object": "chat.completion"}'),
+    AdaptorReturned(result='{"id": "x", "object": "chat.completion", "choices": []}'),
     AdaptorFailed(status=504, detail="timed out"),
     StreamOpened(),
     ChunkReceived(data=b'data: {"id": "x"}\n\n'),
@@ -234,7 +234,7 @@ def machine_in(state: State) -> RequestMachine:
         State.DONE: [
             request(),
             IdentityResolved(identity=ALICE),
-            AdaptorReturned(result='{"id": "x"}'),
+            AdaptorReturned(result='{"id": "x", "choices": []}'),
         ],
         State.CANCELLED: [request(), ClientDisconnected()],
     }
@@ -371,7 +371,9 @@ def requests(draw: st.DrawFn) -> tuple[RequestReceived, bool]:
 
 adaptor_results = st.builds(
     AdaptorReturned,
-    result=st.sampled_from([None, '{"id": "r", "usage": {"total_tokens": 3}}', "not json", "[]"]),
+    result=st.sampled_from(
+        [None, '{"id": "r", "choices": [], "usage": {"total_tokens": 3}}', "not json", "[]"]
+    ),
     error_message=st.sampled_from(
         [None, "backend exploded", '{"error": {"message": "bad", "type": "x"}}']
     ),
@@ -922,7 +924,7 @@ SCENARIOS: list[tuple[str, Callable[[], list[Event]]]] = [
         lambda: [
             request(),
             IdentityResolved(identity=ALICE),
-            AdaptorReturned(result='{"id": "x"}'),
+            AdaptorReturned(result='{"id": "x", "choices": []}'),
         ],
     ),
     (
