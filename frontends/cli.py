@@ -296,6 +296,7 @@ def _serve(settings: Settings, *, loop: str = "asyncio", listen_fd: int | None =
         from frontends.workers import inherited_socket
 
         sock = inherited_socket(listen_fd)
+    replicas = _join_replicas(settings, request_log.store)
     host, port = sock.getsockname()[:2]
     config = Config()
     config.bind = [f"fd://{sock.fileno()}"]
@@ -314,6 +315,7 @@ def _serve(settings: Settings, *, loop: str = "asyncio", listen_fd: int | None =
         "operators": Operators.of(settings.operators),
         "max_body_bytes": settings.max_body_bytes,
         "max_header_bytes": settings.max_header_bytes,
+        "replicas": replicas,
     }
     try:
         if loop == "trio":
@@ -331,6 +333,21 @@ def _metrics(settings: Settings) -> MetricsSink:
     """The served gateway's metrics: this process's own, or with `metrics_dir` the shared
     files of several workers (before any metric exists, so all of them go there)."""
     return MetricsSink(multiprocess_dir=settings.metrics_dir)
+
+
+def _join_replicas(settings: Settings, store: Any) -> Any:
+    """This server's row among the replicas in its database, once it is sure it may serve
+    beside the ones already there (`frontends.store.check_can_join`)."""
+    from frontends.store import Replicas, check_can_join
+
+    replicas = Replicas(
+        store.engine,
+        replica_id=settings.replica_id,
+        shared_quota=settings.redis_url is not None or not settings.quotas,
+    )
+    check_can_join(replicas, sqlite=settings.store_url.startswith("sqlite"))
+    replicas.beat()
+    return replicas
 
 
 def _batch_parts(settings: Settings, gateway: Gateway, store: Store) -> dict[str, Any]:

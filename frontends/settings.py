@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     # process runs batches (workers after the first do not, on SQLite).
     workers: int = pydantic.Field(default=1, ge=1, le=256)
     worker_index: int = pydantic.Field(default=0, ge=0, le=255)  # set by serve for each
+    # This server's id among the replicas of a shared database (its workers share it);
+    # none: a new one at each start.
+    replica_id: str | None = None
     batch_runner: bool = True
     # Batch durability (README "Batches"): how long a process holds a batch without
     # renewing (it renews several times within); a batch whose holder died waits this

@@ -32,6 +32,7 @@ import signal
 import socket
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 from types import FrameType
 
@@ -53,6 +54,7 @@ def run_workers(
     metrics_dir = settings.metrics_dir or settings.state_dir / "metrics" / f"serve-{os.getpid()}"
     prepare_multiprocess_dir(metrics_dir)
     sqlite = settings.store_url.startswith("sqlite")
+    replica_id = settings.replica_id or uuid.uuid4().hex  # one server, however many workers
     children: list[subprocess.Popen[bytes]] = []
     stopping = False
 
@@ -71,6 +73,7 @@ def run_workers(
                 "INFERENCE_GATEWAY_METRICS_DIR": str(metrics_dir),
                 "INFERENCE_GATEWAY_WORKERS": str(workers),
                 "INFERENCE_GATEWAY_WORKER_INDEX": str(index),
+                "INFERENCE_GATEWAY_REPLICA_ID": replica_id,
                 "INFERENCE_GATEWAY_BATCH_RUNNER": "true" if index == 0 or not sqlite else "false",
             }
             command = [

@@ -18,6 +18,7 @@ from frontends.store._engine import (
     normalise_database_url,
 )
 from frontends.store._records import CAPTURE_CEILING, DETAIL_LIMIT, RequestRecord, capture
+from frontends.store._replicas import Replicas, check_can_join
 from frontends.store._store import Store
 from frontends.store._usage import GroupBy, UsageRow, fetch_usage, usage, usage_query
 from frontends.store._writer import BatchSink, LogWriter, open_log_writer
@@ -34,10 +35,12 @@ __all__ = [
     "GroupBy",
     "LineOutcome",
     "LogWriter",
+    "Replicas",
     "RequestRecord",
     "Store",
     "UsageRow",
     "capture",
+    "check_can_join",
     "create_store_engine",
     "current_revision",
     "default_database_url",

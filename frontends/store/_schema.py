@@ -20,6 +20,7 @@ __all__ = [
     "batches",
     "files",
     "metadata",
+    "replicas",
     "request_log",
 ]
 
@@ -187,3 +188,17 @@ batch_lines = sa.Table(
     sa.Column("request_id", sa.Text),
     sa.Column("body", sa.LargeBinary, nullable=False),
 )
+
+
+replicas = sa.Table(
+    "replicas",
+    metadata,
+    # One running gateway server (all the workers of one `serve` share its id).
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("shared_quota", sa.Boolean, nullable=False),  # counts quotas in Redis
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("seen_at", UTCDateTime, nullable=False),
+)
+

@@ -15,6 +15,7 @@ from frontends.gateway import Gateway
 from frontends.listings import Listings
 from frontends.metrics import MetricsSink
 from frontends.request_log import RequestLog
+from frontends.store import Replicas
 from frontends.usage import Operators
 from frontends.web.access import AccessLog
 from frontends.web.batches_api import BATCHES_KEY, UPLOAD_ENDPOINT, batches_api
@@ -49,6 +50,7 @@ def create_app(
     batch_runner: BatchRunner | None = None,
     request_log: RequestLog | None = None,
     operators: Operators | None = None,
+    replicas: Replicas | None = None,
 ) -> Quart:
     """The app; `app_class=quart_trio.QuartTrio` gives the same app on trio.
 
@@ -61,6 +63,8 @@ def create_app(
     `operators` may see everyone's usage there.
     A body over `max_body_bytes` gets a 413, a request line and headers over
     `max_header_bytes` a 431 (`frontends.web.limits`; serve with `hypercorn_limits`).
+    With `replicas` (this server's row in the shared database, already checked), it
+    keeps the row's heartbeat while serving.
     """
     app = app_class("inference_gateway")
     app.config.update(
@@ -99,6 +103,9 @@ def create_app(
             async with request_log.running():
                 yield
 
+    if replicas is not None:
+        _keep_announcing(app, replicas)
+
     @app.after_serving
     async def close_gateway() -> None:
         await gateway.aclose()
@@ -118,6 +125,19 @@ def _allow_uploads(app: Quart, max_body_bytes: int, max_upload_bytes: int) -> No
         length = request.content_length
         if request.endpoint != UPLOAD_ENDPOINT and length is not None and length > max_body_bytes:
             raise RequestEntityTooLarge()
+
+
+def _keep_announcing(app: Quart, replicas: Replicas) -> None:
+    """The replica's heartbeat while serving, its row deleted when the app stops."""
+
+    @app.before_serving
+    async def start_heartbeat() -> None:
+        stopping = getattr(app, "shutdown_event", None)
+        app.add_background_task(replicas.keep_beating, None if stopping is None else stopping.wait)
+
+    @app.after_serving
+    async def leave_replicas() -> None:
+        await replicas.aleave()
 
 
 def _run_in_background(app: Quart, runner: BatchRunner, batches: Batches | None) -> None:

@@ -57,6 +57,7 @@ def test_migrations_build_the_schema_on_an_empty_database(database_url: str) -> 
             "files",
             "batches",
             "batch_lines",
+            "replicas",
         }
         indexes = {ix["name"] for ix in sa.inspect(engine).get_indexes("request_log")}
         assert {
