@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from frontends.identity._base import ChainProvider, IdentityProvider
 from frontends.identity._globus import GlobusAuth
 from frontends.identity._oidc import OIDCProvider
+from frontends.identity._shared import RedisIdentities
 from frontends.identity._static import StaticKeys
 from transports import Transport
 
@@ -19,6 +20,12 @@ __all__ = ["build_identity"]
 def build_identity(settings: Settings, *, transport: Transport) -> ChainProvider:
     """Globus and OIDC make their HTTP calls through `transport` (the gateway's own)."""
     providers: list[IdentityProvider] = []
+    shared = None
+    if settings.redis_url is not None and "globus" in settings.identity_providers:
+        # Replicas share Globus's answers through the Redis they count quotas in.
+        shared = RedisIdentities(
+            settings.redis_url.get_secret_value(), prefix=settings.redis_key_prefix
+        )
     for name in settings.identity_providers:
         if name == "static":
             providers.append(StaticKeys.from_file(settings.tokens_path))
@@ -35,6 +42,7 @@ def build_identity(settings: Settings, *, transport: Transport) -> ChainProvider
                     required_group=settings.globus_required_group,
                     transport=transport,
                     timeout=settings.identity_timeout,
+                    shared=shared,
                 )
             )
         elif name == "oidc":

@@ -37,6 +37,7 @@ from frontends.identity._base import (
 )
 from frontends.identity._cache import TokenCache
 from frontends.identity._http import basic_authorization, call_json, timeout_of
+from frontends.identity._shared import RedisIdentities
 from transports import Transport
 
 __all__ = ["GlobusAuth"]
@@ -67,7 +68,9 @@ class GlobusAuth:
         required_group: str | None = None,
         timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
+        shared: RedisIdentities | None = None,
     ) -> None:
+        self._shared = shared
         self._client_id = client_id
         self._client_authorization = basic_authorization(client_id, client_secret)
         self._transport = transport
@@ -82,7 +85,13 @@ class GlobusAuth:
 
     async def resolve(self, credentials: str) -> Identity | None:
         cached = self._cache.get(credentials)
-        if cached is None:
+        if cached is None and self._shared is not None:
+            # Replicas share answers: one of them introspects, all of them read it.
+            cached = await self._shared.answer(
+                credentials, lambda: self._answer(credentials), self._ttl
+            )
+            self._cache.put(credentials, cached, self._ttl(cached))
+        elif cached is None:
             cached = await self._ask_globus(credentials)
         if isinstance(cached, Identity):
             return cached
@@ -91,19 +100,26 @@ class GlobusAuth:
         raise AccessRefused(cached.rule)
 
     async def _ask_globus(self, token: str) -> _Cached:
-        answer: _Cached
-        try:
-            answer = await self._introspect(token)
-        except (CredentialsRejected, AccessRefused) as refusal:
-            answer = refusal
-        if isinstance(answer, Identity):
-            ttl = IDENTITY_TTL
-            if answer.expires_at is not None:
-                ttl = min(ttl, answer.expires_at - self._clock())
-            self._cache.put(token, answer, ttl)
-        else:
-            self._cache.put(token, answer, FAILURE_TTL)
+        answer = await self._answer(token)
+        self._cache.put(token, answer, self._ttl(answer))
         return answer
+
+    async def _answer(self, token: str) -> _Cached:
+        """Globus's answer: an identity or a refusal (both cached); `ProviderUnavailable`
+        (Globus could not answer) is raised and never cached."""
+        try:
+            return await self._introspect(token)
+        except (CredentialsRejected, AccessRefused) as refusal:
+            return refusal
+
+    def _ttl(self, answer: _Cached) -> float:
+        """How long an answer is kept: an identity for at most IDENTITY_TTL and never past
+        the token's expiry; a refusal for FAILURE_TTL."""
+        if not isinstance(answer, Identity):
+            return FAILURE_TTL
+        if answer.expires_at is None:
+            return IDENTITY_TTL
+        return min(IDENTITY_TTL, answer.expires_at - self._clock())
 
     async def _call(
         self,
