@@ -78,3 +78,18 @@ def test_the_floor_comparison_runs_and_prints_its_table() -> None:
         assert row.rstrip(" |").endswith("0 / 0"), row  # no errors on either side
     assert "open streams: 20 of 20 held" in result.stdout, result.stdout
     assert "stream time to first byte" in result.stdout
+
+
+def test_the_replicas_benchmark_runs() -> None:
+    """One replica against two behind nginx, on the machine's PostgreSQL and Redis."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.replicas", "--seconds", "1", "--rounds", "1"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ratio 2/1:" in result.stdout
+    assert "errors 0)" in result.stdout.split("1 replica:", 1)[1]
