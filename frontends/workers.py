@@ -106,6 +106,10 @@ def _wait(children: list[subprocess.Popen[bytes]], stopping: Callable[[], bool])
         if child is None:
             continue
         child.returncode = os.waitstatus_to_exitcode(status)
+        if stopping() and child.returncode in (-signal.SIGTERM, -signal.SIGINT):
+            # Ended by the signal passed on before it had set its own handlers (it was
+            # still starting): nothing was in flight, a clean stop.
+            child.returncode = 0
         if child.returncode != 0 and code == 0:
             code = child.returncode if child.returncode > 0 else 128 - child.returncode
         if not stopping():

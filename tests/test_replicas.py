@@ -17,7 +17,8 @@ from core import ConfigurationError
 from frontends.store import Replicas, Store, check_can_join
 from tests.support.databases import scratch_postgres_database
 from tests.support.gateway_server import write_tokens
-from tests.support.quota import REDIS_URL, ROOT, serve_process
+from tests.support.quota import REDIS_URL, serve_process
+from tests.support.serve_process import ROOT
 
 pytestmark = pytest.mark.e2e
 
@@ -45,7 +46,7 @@ def _fixtures() -> Path:
 
 def test_a_second_server_on_one_sqlite_file_refuses_to_start(tmp_path: Path) -> None:
     with serve_process(tmp_path, _fixtures(), "asyncio"):
-        refused = _serve_refused(tmp_path, "state-asyncio")
+        refused = _serve_refused(tmp_path, "serve-asyncio/state")  # the first one's
     assert refused.returncode == 2
     assert "another gateway server is running on this SQLite database" in refused.stderr
     assert "database_url" in refused.stderr and "--workers" in refused.stderr
