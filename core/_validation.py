@@ -1,12 +1,13 @@
 """Checking a client's request body: only what the gateway itself relies on.
 
 The gateway needs `model` (to select an endpoint), `stream` (to choose the relay) and the
-input field's type (to refuse what no backend could take).  Everything else passes
-through untouched, because vLLM and friends accept extensions OpenAI does not know.
-Validation never raises on any input: it returns a `ValidRequest` or a `ClientError`
-whose `param` names the field to fix.  The limits of `core._limits` apply here too (JSON
-depth, number of messages, text no backend could encode), and every piece of the
-client's input a message repeats is clipped to a short prefix.
+input field's type (to refuse what no backend could take); the rules are the body models
+of `core._api_models`, which the OpenAPI document is generated from.  Everything else
+passes through untouched, because vLLM and friends accept extensions OpenAI does not
+know.  Validation never raises on any input: it returns a `ValidRequest` or a
+`ClientError` whose `param` names the field to fix.  The limits of `core._limits` apply
+here too (JSON depth, number of messages, text no backend could encode), and every piece
+of the client's input a message repeats is clipped to a short prefix.
 """
 
 from __future__ import annotations
@@ -17,22 +18,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+import pydantic
 
+from core._api_models import RESERVED_FIELDS, ReservedField, request_model
 from core._errors import ClientError
 from core._limits import DEFAULT_LIMITS, RequestLimits, clip, deeper_than, lone_surrogate_at
 from core._records import OpenAIRoute
 
 __all__ = ["RESERVED_FIELDS", "ValidRequest", "validate_request"]
-
-# Keys of the envelope the gateway hands adaptors; in a body they would be misread.
-RESERVED_FIELDS = frozenset({"model_params", "openai_endpoint"})
-
-_INPUT_FIELD = {
-    OpenAIRoute.CHAT_COMPLETIONS: "messages",
-    OpenAIRoute.COMPLETIONS: "prompt",
-    OpenAIRoute.EMBEDDINGS: "input",
-}
-
 
 @attrs.frozen(kw_only=True)
 class ValidRequest:
@@ -44,23 +37,6 @@ class ValidRequest:
 
 def _reject(message: str, *, param: str | None, code: str, status: int = 400) -> ClientError:
     return ClientError(message, status=status, param=param, code=code)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_text_or_tokens(value: object) -> bool:
-    """OpenAI's prompt/input union: a string, strings, a token array, or token arrays."""
-    if isinstance(value, str):
-        return True
-    if not isinstance(value, list):
-        return False
-    return (
-        all(isinstance(v, str) for v in value)
-        or all(_is_int(v) for v in value)
-        or all(isinstance(v, list) and all(_is_int(t) for t in v) for v in value)
-    )
 
 
 class _NonFinite(ValueError):
@@ -188,78 +164,70 @@ def validate_request(
 def validate_body(
     route: OpenAIRoute, body: dict[str, Any], limits: RequestLimits = DEFAULT_LIMITS
 ) -> ValidRequest | ClientError:
-    for name in sorted(RESERVED_FIELDS & body.keys()):
+    """The route's body model (`core._api_models`) decides; its first error is refused.
+    The number of messages is a setting, not part of the model: checked first, so that a
+    huge array costs a length, not a walk."""
+    messages = body.get("messages") if route is OpenAIRoute.CHAT_COMPLETIONS else None
+    if isinstance(messages, list) and len(messages) > limits.max_messages:
         return _reject(
-            f"'{name}' is reserved by the gateway and may not be sent.",
-            param=name,
-            code="reserved_parameter",
+            f"Invalid 'messages': array too long. Expected an array with maximum length "
+            f"{limits.max_messages}, but got an array with length {len(messages)} instead.",
+            param="messages",
+            code="array_above_max_length",
         )
-    model = body.get("model")
-    if model is None:
-        return _reject(
-            "You must provide a model parameter.", param="model", code="missing_required_parameter"
-        )
-    if not isinstance(model, str) or not model.strip():
+    try:
+        checked = request_model(route).model_validate(body)
+    except pydantic.ValidationError as exc:
+        return _refusal(route, exc.errors(include_url=False)[0])
+    return ValidRequest(route=route, model=checked.model, stream=bool(checked.stream), body=body)
+
+
+def _refusal(route: OpenAIRoute, error: Mapping[str, Any]) -> ClientError:
+    """The model's first error as the message and code for the field to fix.  Pydantic
+    reports fields in declaration order (model, stream, input), so the first error is
+    the first rule broken, as the messages below put it."""
+    reserved = error.get("ctx", {}).get("error")
+    if isinstance(reserved, ReservedField):
+        return _reject(str(reserved), param=reserved.name, code="reserved_parameter")
+    location = error["loc"]
+    field = str(location[0]) if location else None
+    value = error["input"]
+    if error["type"] == "missing" or (field == "model" and value is None):
+        if field == "model":
+            message = "You must provide a model parameter."
+        else:
+            message = f"Missing required parameter: '{field}'."
+        return _reject(message, param=field, code="missing_required_parameter")
+    if field == "model":
         return _reject("'model' must be a non-empty string.", param="model", code="invalid_type")
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        return _reject("'stream' must be a boolean.", param="stream", code="invalid_type")
-    if route is OpenAIRoute.EMBEDDINGS and stream:
-        return _reject(
-            "Streaming is not supported for embeddings.",
-            param="stream",
-            code="unsupported_parameter",
-        )
-    problem = _check_input(route, body, limits)
-    if problem is not None:
-        return problem
-    return ValidRequest(route=route, model=model, stream=bool(stream), body=body)
-
-
-def _check_input(
-    route: OpenAIRoute, body: Mapping[str, Any], limits: RequestLimits
-) -> ClientError | None:
-    field = _INPUT_FIELD[route]
-    if field not in body:
-        return _reject(
-            f"Missing required parameter: '{field}'.",
-            param=field,
-            code="missing_required_parameter",
-        )
-    value = body[field]
-    if route is OpenAIRoute.CHAT_COMPLETIONS:
-        if not isinstance(value, list):
+    if field == "stream":
+        if isinstance(value, bool):  # only embeddings refuse a boolean
             return _reject(
-                "Invalid 'messages': expected an array.", param=field, code="invalid_type"
+                "Streaming is not supported for embeddings.",
+                param="stream",
+                code="unsupported_parameter",
             )
-        if not value:
+        return _reject("'stream' must be a boolean.", param="stream", code="invalid_type")
+    if field == "messages":
+        if len(location) > 1:
+            index = location[1]
+            return _reject(
+                f"Invalid 'messages[{index}]': expected an object.",
+                param=f"messages[{index}]",
+                code="invalid_type",
+            )
+        if error["type"] == "too_short":
             return _reject(
                 "Invalid 'messages': empty array. Expected an array with minimum length 1.",
                 param=field,
                 code="empty_array",
             )
-        if len(value) > limits.max_messages:
-            return _reject(
-                f"Invalid 'messages': array too long. Expected an array with maximum length "
-                f"{limits.max_messages}, but got an array with length {len(value)} instead.",
-                param=field,
-                code="array_above_max_length",
-            )
-        for index, message in enumerate(value):
-            if not isinstance(message, dict):
-                return _reject(
-                    f"Invalid 'messages[{index}]': expected an object.",
-                    param=f"messages[{index}]",
-                    code="invalid_type",
-                )
-        return None
-    if not _is_text_or_tokens(value):
-        return _reject(
-            f"Invalid '{field}': expected a string, an array of strings, an array of tokens "
-            "or an array of token arrays.",
-            param=field,
-            code="invalid_type",
-        )
-    if isinstance(value, list) and not value:
+        return _reject("Invalid 'messages': expected an array.", param=field, code="invalid_type")
+    if value == []:
         return _reject(f"Invalid '{field}': empty array.", param=field, code="empty_array")
-    return None
+    return _reject(
+        f"Invalid '{field}': expected a string, an array of strings, an array of tokens "
+        "or an array of token arrays.",
+        param=field,
+        code="invalid_type",
+    )

@@ -1,0 +1,124 @@
+"""The OpenAI request bodies as pydantic models: what the core validates a body with, and
+what the OpenAPI document (`frontends.web.openapi`) describes it with.
+
+One set of models for both, so the document cannot drift from what is enforced: the
+gateway checks only what it relies on (a non-empty `model`, a boolean `stream`, the type
+of the input field, no field of its own envelope) and lets every other field through
+untouched, because vLLM and friends accept extensions OpenAI does not know; hence
+`extra="allow"`.  `strict=True` because JSON has no coercions: `"true"` is not a boolean
+and `1.0` is not a token.  `core._validation` turns the first `ValidationError` into the
+`ClientError` that names the field to fix.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import pydantic
+
+from core._records import OpenAIRoute
+
+__all__ = [
+    "RESERVED_FIELDS",
+    "ChatCompletionRequest",
+    "CompletionRequest",
+    "EmbeddingRequest",
+    "OpenAIRequest",
+    "ReservedField",
+    "request_model",
+]
+
+# Keys of the envelope the gateway hands adaptors; in a body they would be misread.
+RESERVED_FIELDS = frozenset({"model_params", "openai_endpoint"})
+
+
+
+class ReservedField(ValueError):
+    """A body that sends a field of the gateway's own envelope (`name`)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"'{name}' is reserved by the gateway and may not be sent.")
+        self.name = name
+
+ModelName = Annotated[
+    str,
+    pydantic.Field(
+        pattern=r"\S",
+        description="The model to use: one of `GET /v1/models` (it picks the endpoint).",
+        examples=["demo-model"],
+    ),
+]
+Tokens = Annotated[list[int], pydantic.Field(min_length=1)]
+TextOrTokens = (
+    str
+    | Annotated[list[str], pydantic.Field(min_length=1)]
+    | Tokens
+    | Annotated[list[list[int]], pydantic.Field(min_length=1)]
+)
+
+
+def _no_reserved_fields(schema: dict[str, Any]) -> None:
+    """The schema's half of the reserved-field rule (`_refuse_reserved` is the check's)."""
+    schema["not"] = {"anyOf": [{"required": [name]} for name in sorted(RESERVED_FIELDS)]}
+
+
+class OpenAIRequest(pydantic.BaseModel):
+    """What every OpenAI inference body must have for the gateway to route it."""
+
+    model_config = pydantic.ConfigDict(
+        extra="allow", strict=True, frozen=True, json_schema_extra=_no_reserved_fields
+    )
+
+    model: ModelName
+    stream: bool | None = pydantic.Field(
+        default=None, description="Answer as server-sent events, relayed chunk by chunk."
+    )
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _refuse_reserved(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in sorted(RESERVED_FIELDS & data.keys()):
+                raise ReservedField(name)
+        return data
+
+
+class ChatCompletionRequest(OpenAIRequest):
+    """`POST /v1/chat/completions`: the messages are passed on as the client wrote them."""
+
+    messages: list[dict[str, Any]] = pydantic.Field(
+        min_length=1,
+        description="The conversation: objects such as {\"role\": \"user\", \"content\": ...}.",
+        examples=[[{"role": "user", "content": "Hello"}]],
+    )
+
+
+class CompletionRequest(OpenAIRequest):
+    """`POST /v1/completions`."""
+
+    prompt: TextOrTokens = pydantic.Field(
+        description="A string, strings, a token array, or token arrays.", examples=["Hello"]
+    )
+
+
+class EmbeddingRequest(OpenAIRequest):
+    """`POST /v1/embeddings`: never streamed."""
+
+    stream: Literal[False] | None = pydantic.Field(
+        default=None, description="Embeddings are never streamed."
+    )
+    input: TextOrTokens = pydantic.Field(
+        description="A string, strings, a token array, or token arrays.", examples=["Hello"]
+    )
+
+
+_MODELS: dict[OpenAIRoute, type[OpenAIRequest]] = {
+    OpenAIRoute.CHAT_COMPLETIONS: ChatCompletionRequest,
+    OpenAIRoute.COMPLETIONS: CompletionRequest,
+    OpenAIRoute.EMBEDDINGS: EmbeddingRequest,
+}
+
+
+def request_model(route: OpenAIRoute) -> type[OpenAIRequest]:
+    """The body model of an OpenAI route."""
+    return _MODELS[route]
