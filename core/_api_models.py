@@ -1,5 +1,6 @@
 """The OpenAI request bodies as pydantic models: what the core validates a body with, and
-what the OpenAPI document (`frontends.web.openapi`) describes it with.
+what the OpenAPI document (`frontends.web.openapi`) describes it with; beside them the
+shapes of OpenAI's answers and of the gateway's errors.
 
 One set of models for both, so the document cannot drift from what is enforced: the
 gateway checks only what it relies on (a non-empty `model`, a boolean `stream`, the type
@@ -20,9 +21,16 @@ from core._records import OpenAIRoute
 
 __all__ = [
     "RESERVED_FIELDS",
+    "ChatCompletion",
+    "ChatCompletionChunk",
     "ChatCompletionRequest",
+    "Completion",
     "CompletionRequest",
+    "Embedding",
+    "EmbeddingList",
     "EmbeddingRequest",
+    "ErrorDetail",
+    "ErrorResponse",
     "OpenAIRequest",
     "ReservedField",
     "request_model",
@@ -32,13 +40,13 @@ __all__ = [
 RESERVED_FIELDS = frozenset({"model_params", "openai_endpoint"})
 
 
-
 class ReservedField(ValueError):
     """A body that sends a field of the gateway's own envelope (`name`)."""
 
     def __init__(self, name: str) -> None:
         super().__init__(f"'{name}' is reserved by the gateway and may not be sent.")
         self.name = name
+
 
 ModelName = Annotated[
     str,
@@ -88,7 +96,7 @@ class ChatCompletionRequest(OpenAIRequest):
 
     messages: list[dict[str, Any]] = pydantic.Field(
         min_length=1,
-        description="The conversation: objects such as {\"role\": \"user\", \"content\": ...}.",
+        description='The conversation: objects such as {"role": "user", "content": ...}.',
         examples=[[{"role": "user", "content": "Hello"}]],
     )
 
@@ -122,3 +130,78 @@ _MODELS: dict[OpenAIRoute, type[OpenAIRequest]] = {
 def request_model(route: OpenAIRoute) -> type[OpenAIRequest]:
     """The body model of an OpenAI route."""
     return _MODELS[route]
+
+
+# -- answers ------------------------------------------------------------------------------
+# A backend's answer is relayed as it came; these describe OpenAI's shape of it for the
+# document (only the fields every OpenAI-compatible server sends are required).
+
+
+class _Open(pydantic.BaseModel):
+    """An OpenAI object: the fields named are there, others may be too."""
+
+    model_config = pydantic.ConfigDict(extra="allow")
+
+
+class ChatCompletion(_Open):
+    """The answer of `POST /v1/chat/completions` without `stream`."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[dict[str, Any]]
+    usage: dict[str, Any] | None = None
+
+
+class ChatCompletionChunk(_Open):
+    """One event's data in a streamed chat completion (the stream ends with `[DONE]`)."""
+
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[dict[str, Any]]
+
+
+class Completion(_Open):
+    """The answer of `POST /v1/completions` (each streamed event's data too)."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[dict[str, Any]]
+    usage: dict[str, Any] | None = None
+
+
+class Embedding(_Open):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str = pydantic.Field(
+        description="The vector; base64 of little-endian float32s with encoding_format=base64."
+    )
+
+
+class EmbeddingList(_Open):
+    """The answer of `POST /v1/embeddings`."""
+
+    object: Literal["list"]
+    data: list[Embedding]
+    model: str
+    usage: dict[str, Any] | None = None
+
+
+class ErrorDetail(pydantic.BaseModel):
+    """What went wrong; `param` names the field to fix, when there is one."""
+
+    message: str
+    type: str = pydantic.Field(examples=["invalid_request_error"])
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(pydantic.BaseModel):
+    """Every error the gateway answers with, from any layer: OpenAI's shape."""
+
+    error: ErrorDetail

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+
+from core._api_models import ErrorDetail, ErrorResponse
 
 __all__ = [
     "BackendError",
@@ -159,13 +160,9 @@ def log_detail(text: str) -> str:
 
 
 def error_body(error: GatewayError) -> bytes:
-    """The OpenAI JSON for an error: the only place that shape is written."""
-    payload: dict[str, Any] = {
-        "error": {
-            "message": error.message,
-            "type": error.type,
-            "param": error.param,
-            "code": error.code,
-        }
-    }
-    return json.dumps(payload).encode()
+    """The OpenAI JSON for an error: the only place that shape is written, by the model
+    the OpenAPI document describes it with (`core._api_models.ErrorResponse`)."""
+    detail = ErrorDetail.model_construct(
+        message=error.message, type=error.type, param=error.param, code=error.code
+    )
+    return json.dumps(ErrorResponse.model_construct(error=detail).model_dump()).encode()

@@ -27,6 +27,7 @@ from core._records import OpenAIRoute
 
 __all__ = ["RESERVED_FIELDS", "ValidRequest", "validate_request"]
 
+
 @attrs.frozen(kw_only=True)
 class ValidRequest:
     route: OpenAIRoute

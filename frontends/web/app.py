@@ -29,6 +29,7 @@ from frontends.web.convert import (
 from frontends.web.limits import HeaderLimit
 from frontends.web.metrics import METRICS_KEY, METRICS_TOKEN_KEY, metrics_api
 from frontends.web.openai_api import openai_api
+from frontends.web.openapi import openapi_api
 from frontends.web.resource_server import resource_server
 
 __all__ = ["create_app"]
@@ -66,7 +67,8 @@ def create_app(
     With `replicas` (this server's row in the shared database, already checked), it
     keeps the row's heartbeat while serving.
     """
-    app = app_class("inference_gateway")
+    # No static route: Quart would serve any file under ./static of the working directory.
+    app = app_class("inference_gateway", static_folder=None)
     app.config.update(
         RESPONSE_TIMEOUT=None,  # streams last as long as the model keeps talking
         MAX_CONTENT_LENGTH=max_body_bytes,
@@ -77,6 +79,7 @@ def create_app(
     app.extensions[LISTINGS_KEY] = Listings.of(gateway)
     app.register_blueprint(openai_api)
     app.register_blueprint(resource_server)
+    app.register_blueprint(openapi_api)
     if metrics is not None:
         app.extensions[METRICS_KEY] = metrics
         app.extensions[METRICS_TOKEN_KEY] = metrics_token

@@ -15,6 +15,7 @@ from quart import Blueprint, Response, current_app, request
 from core import ClientError, error_response
 from frontends.metrics import MetricsSink, authorized
 from frontends.web.convert import to_quart
+from frontends.web.openapi import Operation, documented
 
 __all__ = ["METRICS_KEY", "METRICS_TOKEN_KEY", "metrics_api"]
 
@@ -49,6 +50,15 @@ async def _refresh(sink: MetricsSink, stopping: Any) -> None:
 
 
 @metrics_api.get("/metrics")
+@documented(
+    Operation(
+        summary="Prometheus metrics; a bearer token only when METRICS_TOKEN is set.",
+        auth="optional",
+        media="text/plain",
+        errors=(401,),
+        tags=("gateway",),
+    )
+)
 async def metrics() -> Response:
     token: str | None = current_app.extensions.get(METRICS_TOKEN_KEY)
     if not authorized(request.headers.get("Authorization"), token):

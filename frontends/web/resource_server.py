@@ -10,6 +10,14 @@ from werkzeug.exceptions import NotFound
 from core import BackendError, OpenAIRoute, error_response
 from frontends.gateway import GatewayResponse
 from frontends.usage import usage_answer
+from frontends.web.answers import (
+    EndpointListing,
+    Health,
+    JobsAnswer,
+    UsageAnswer,
+    UsageQuery,
+    Whoami,
+)
 from frontends.web.convert import (
     current_gateway,
     current_listings,
@@ -18,6 +26,7 @@ from frontends.web.convert import (
     gateway_request,
     to_quart,
 )
+from frontends.web.openapi import AUTH_ERRORS, INFERENCE_OPERATIONS, Operation, documented
 
 __all__ = ["resource_server"]
 
@@ -25,6 +34,7 @@ resource_server = Blueprint("resource_server", __name__, url_prefix="/resource_s
 
 
 @resource_server.post("/<cluster>/<framework>/v1/<path:operation>")
+@documented(per_value={route.value: INFERENCE_OPERATIONS[route] for route in OpenAIRoute})
 async def inference(cluster: str, framework: str, operation: str) -> Response:
     route = OpenAIRoute.from_path(operation)
     if route is None:
@@ -36,21 +46,38 @@ async def inference(cluster: str, framework: str, operation: str) -> Response:
 
 
 @resource_server.get("/list-endpoints")
+@documented(Operation(summary="The endpoints you may use.", answer=EndpointListing))
 async def list_endpoints() -> Response:
     return to_quart(await current_listings().list_endpoints(request.headers.get("Authorization")))
 
 
 @resource_server.get("/<cluster>/jobs")
+@documented(
+    Operation(
+        summary="Which models run on a cluster, cut to those you may use.",
+        answer=JobsAnswer,
+        errors=(*AUTH_ERRORS, 403, 404, 502, 504),
+    )
+)
 async def jobs(cluster: str) -> Response:
     return to_quart(await current_listings().jobs(request.headers.get("Authorization"), cluster))
 
 
 @resource_server.get("/whoami")
+@documented(Operation(summary="Who the gateway thinks you are.", answer=Whoami))
 async def whoami() -> Response:
     return to_quart(await current_listings().whoami(request.headers.get("Authorization")))
 
 
 @resource_server.get("/usage")
+@documented(
+    Operation(
+        summary="Requests and tokens from the request log.",
+        query=UsageQuery,
+        answer=UsageAnswer,
+        errors=(400, *AUTH_ERRORS, 403),
+    )
+)
 async def usage() -> Response:
     """The caller's usage from the request log (see `frontends.usage`)."""
     listings = current_listings()
@@ -68,6 +95,7 @@ async def usage() -> Response:
 
 
 @resource_server.get("/health")
+@documented(Operation(summary="Liveness.", auth="none", answer=Health, errors=()))
 async def health() -> Response:
     answer = current_listings().health()
     request_log = current_request_log()

@@ -1,0 +1,236 @@
+"""The shapes of what the gateway answers by itself (listings, health, usage, files,
+batches) and of those routes' inputs, as pydantic models for the OpenAPI document.
+
+The inference routes' bodies and answers are the core's (`core._api_models`); these are
+the rest.  The live server is checked against them by schemathesis
+(`tests/test_openapi_live.py`), so a builder that drifts from its model fails a test.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pydantic
+
+from frontends.store import GroupBy
+
+__all__ = [
+    "BatchCreateRequest",
+    "BatchList",
+    "BatchObject",
+    "EndpointListing",
+    "FileDeleted",
+    "FileList",
+    "FileObject",
+    "FileUpload",
+    "Health",
+    "JobsAnswer",
+    "ListBatchesQuery",
+    "ListFilesQuery",
+    "ModelEntry",
+    "ModelList",
+    "UsageAnswer",
+    "UsageQuery",
+    "Whoami",
+]
+
+
+class _Open(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="allow")
+
+
+class _Closed(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+
+# -- models and listings ------------------------------------------------------------------
+
+
+class ModelEntry(_Closed):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str = pydantic.Field(description="The cluster serving the model.")
+
+
+class ModelList(_Closed):
+    object: Literal["list"]
+    data: list[ModelEntry]
+
+
+class Whoami(_Closed):
+    username: str
+    subject: str | None
+    domain: str | None
+    groups: list[str]
+    provider: str
+    expires_at: float | None = pydantic.Field(description="Epoch seconds; null: no expiry.")
+
+
+class EndpointModel(_Closed):
+    model: str
+    endpoint_slug: str
+
+
+class FrameworkEndpoints(_Closed):
+    models: list[EndpointModel]
+    endpoints: dict[str, str] = pydantic.Field(description="Operation → the URL path to call.")
+
+
+class ClusterEndpoints(_Closed):
+    frameworks: dict[str, FrameworkEndpoints]
+
+
+class EndpointListing(_Closed):
+    clusters: dict[str, ClusterEndpoints]
+
+
+class Job(_Open):
+    Models: str
+    Framework: str
+    Cluster: str
+
+
+class JobsAnswer(_Closed):
+    """A cluster's jobs, cut to the models the caller may use."""
+
+    running: list[Job]
+    queued: list[Job]
+    stopped: list[Job]
+    others: list[Job]
+    private_batch_running: list[Job]
+    private_batch_queued: list[Job]
+    cluster_status: dict[str, Any]
+
+
+class Health(_Open):
+    """Liveness; `quota` and `request_log` when those are in use."""
+
+    status: Literal["ok"]
+    quota: str | None = None
+    request_log: dict[str, Any] | None = None
+
+
+# -- usage --------------------------------------------------------------------------------
+
+
+class UsageQuery(_Closed):
+    by: GroupBy = "user"
+    all: Literal["true", "false", "1", "0"] = pydantic.Field(
+        default="false", description="Everyone's usage (operators only)."
+    )
+    user: str | None = pydantic.Field(default=None, description="Another user (operators only).")
+    model: str | None = None
+    since: str | None = pydantic.Field(
+        default=None, description="A day (YYYY-MM-DD, UTC) or an ISO time.", examples=["2026-11-01"]
+    )
+
+
+class UsageRow(_Closed):
+    key: str | None
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    estimated_tokens: int
+
+
+class UsageAnswer(_Closed):
+    object: Literal["usage"]
+    by: GroupBy
+    user: str | None
+    data: list[UsageRow]
+
+
+# -- files and batches --------------------------------------------------------------------
+
+
+class FileUpload(_Closed):
+    """`POST /v1/files` as multipart/form-data."""
+
+    purpose: Literal["batch"]
+    file: bytes = pydantic.Field(
+        json_schema_extra={"format": "binary"}, description="JSONL, one request per line."
+    )
+
+
+class ListFilesQuery(_Closed):
+    purpose: str | None = None
+
+
+class FileObject(_Closed):
+    id: str
+    object: Literal["file"]
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: str
+    status_details: str | None
+
+
+class FileList(_Closed):
+    object: Literal["list"]
+    data: list[FileObject]
+    has_more: bool
+
+
+class FileDeleted(_Closed):
+    id: str
+    object: Literal["file"]
+    deleted: bool
+
+
+class BatchCreateRequest(_Closed):
+    input_file_id: str = pydantic.Field(min_length=1)
+    endpoint: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+    completion_window: Literal["24h"]
+    metadata: dict[str, str] | None = pydantic.Field(default=None, max_length=16)
+
+
+class ListBatchesQuery(_Closed):
+    after: str | None = None
+    limit: int = pydantic.Field(default=20, ge=1, le=100)
+
+
+class BatchErrors(_Open):
+    object: Literal["list"]
+    data: list[dict[str, Any]]
+
+
+class RequestCounts(_Closed):
+    total: int
+    completed: int
+    failed: int
+
+
+class BatchObject(_Closed):
+    id: str
+    object: Literal["batch"]
+    endpoint: str
+    errors: BatchErrors | None
+    input_file_id: str
+    completion_window: str
+    status: str
+    output_file_id: str | None
+    error_file_id: str | None
+    created_at: int
+    in_progress_at: int | None
+    expires_at: int | None
+    finalizing_at: int | None
+    completed_at: int | None
+    failed_at: int | None
+    expired_at: int | None
+    cancelling_at: int | None
+    cancelled_at: int | None
+    request_counts: RequestCounts
+    metadata: dict[str, str] | None
+    model: str | None
+
+
+class BatchList(_Closed):
+    object: Literal["list"]
+    data: list[BatchObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
