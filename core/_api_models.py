@@ -112,12 +112,22 @@ class CompletionRequest(OpenAIRequest):
 class EmbeddingRequest(OpenAIRequest):
     """`POST /v1/embeddings`: never streamed."""
 
-    stream: Literal[False] | None = pydantic.Field(
-        default=None, description="Embeddings are never streamed."
+    # Not `Literal[False]`: a literal matches by equality, and `0 == False`.
+    stream: bool | None = pydantic.Field(
+        default=None,
+        description="Embeddings are never streamed.",
+        json_schema_extra={"not": {"const": True}},
     )
     input: TextOrTokens = pydantic.Field(
         description="A string, strings, a token array, or token arrays.", examples=["Hello"]
     )
+
+    @pydantic.field_validator("stream")
+    @classmethod
+    def _never_streamed(cls, stream: bool | None) -> bool | None:
+        if stream:
+            raise ValueError("Streaming is not supported for embeddings.")
+        return stream
 
 
 _MODELS: dict[OpenAIRoute, type[OpenAIRequest]] = {

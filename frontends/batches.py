@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import attrs
+import pydantic
 
 from core import (
     JSON_HEADERS,
@@ -32,6 +33,7 @@ from core import (
     select_endpoint,
     validate_request,
 )
+from frontends.api_models import MAX_METADATA_PAIRS, BatchCreateRequest
 from frontends.gateway import Gateway, GatewayResponse
 from frontends.listings import Listings
 from frontends.store import BatchLog, BatchStore, FileRecord
@@ -48,7 +50,6 @@ __all__ = [
 # The OpenAI routes a batch line may name, and the operation each is.
 BATCH_URLS = {f"/v1/{route.value}": route for route in OpenAIRoute}
 COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
-MAX_METADATA_PAIRS = 16
 # OpenAI lists up to 10,000 files a page (and that many unless asked for fewer).
 MAX_FILES_LISTED = 10_000
 
@@ -530,38 +531,35 @@ def _json_object(body: bytes) -> dict[str, Any] | ClientError:
 def _creation_fields(
     request: Mapping[str, Any],
 ) -> tuple[str, str, str, dict[str, str] | None] | ClientError:
-    unknown = sorted(set(request) - {"input_file_id", "endpoint", "completion_window", "metadata"})
-    if unknown:
+    """The creation body, checked by the model the OpenAPI document shows; the first
+    mistake (an unknown field before any other) named with its field."""
+    try:
+        body = BatchCreateRequest.model_validate(request)
+    except pydantic.ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+        return _creation_refusal(str(first["loc"][0]), first["type"])
+    return body.input_file_id, body.endpoint, body.completion_window, body.metadata
+
+
+def _creation_refusal(field: str, kind: str) -> ClientError:
+    if kind == "extra_forbidden":
         return _invalid(
-            f"Unknown field '{clip(unknown[0])}'.",
-            param=clip(unknown[0]),
-            code="unknown_parameter",
+            f"Unknown field '{clip(field)}'.", param=clip(field), code="unknown_parameter"
         )
-    input_file_id = request.get("input_file_id")
-    if not isinstance(input_file_id, str) or not input_file_id:
+    if field == "input_file_id":
         return _invalid(
-            "'input_file_id' is required.", param="input_file_id", code="missing_required_parameter"
+            "'input_file_id' is required.", param=field, code="missing_required_parameter"
         )
-    endpoint = request.get("endpoint")
-    if endpoint not in BATCH_URLS:
+    if field == "endpoint":
         known = ", ".join(BATCH_URLS)
+        return _invalid(f"'endpoint' must be one of {known}.", param=field, code="invalid_value")
+    if field == "completion_window":
         return _invalid(
-            f"'endpoint' must be one of {known}.", param="endpoint", code="invalid_value"
+            "'completion_window' must be \"24h\".", param=field, code="invalid_value"
         )
-    window = request.get("completion_window")
-    if window not in COMPLETION_WINDOWS:
-        return _invalid(
-            "'completion_window' must be \"24h\".", param="completion_window", code="invalid_value"
-        )
-    metadata = request.get("metadata")
-    if metadata is not None and (
-        not isinstance(metadata, dict)
-        or len(metadata) > MAX_METADATA_PAIRS
-        or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
-    ):
-        return _invalid(
-            f"'metadata' must be an object of at most {MAX_METADATA_PAIRS} string values.",
-            param="metadata",
-            code="invalid_value",
-        )
-    return input_file_id, endpoint, window, metadata
+    return _invalid(
+        f"'metadata' must be an object of at most {MAX_METADATA_PAIRS} string values.",
+        param="metadata",
+        code="invalid_value",
+    )

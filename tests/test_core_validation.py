@@ -265,6 +265,14 @@ REJECTIONS: list[tuple[str, OpenAIRoute, Any, int, str | None, str]] = [
         "stream",
         "unsupported_parameter",
     ),
+    (
+        "embeddings stream 0",
+        EMBEDDINGS,
+        {"model": "m", "input": "x", "stream": 0},
+        400,
+        "stream",
+        "invalid_type",
+    ),
     ("messages missing", CHAT, {"model": "m"}, 400, "messages", "missing_required_parameter"),
     ("messages string", CHAT, {"model": "m", "messages": "hi"}, 400, "messages", "invalid_type"),
     (

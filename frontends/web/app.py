@@ -175,8 +175,11 @@ async def _http_error(error: HTTPException) -> Response:
     message = messages.get(status, error.description or error.name)
     code = (error.name or "error").lower().replace(" ", "_")
     kind = ClientError if status < 500 else BackendError
-    response = error_response(kind(message, status=status, type=type_for_status(status), code=code))
-    return to_quart(response)
+    # A 405 says which methods the route takes (RFC 9110 requires Allow).
+    allowed = getattr(error, "valid_methods", None) if status == 405 else None
+    headers = (("allow", ", ".join(sorted(allowed))),) if allowed else ()
+    refusal = kind(message, status=status, type=type_for_status(status), code=code, headers=headers)
+    return to_quart(error_response(refusal))
 
 
 async def _unexpected_error(error: Exception) -> Response:

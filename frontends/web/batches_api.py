@@ -5,8 +5,7 @@ from __future__ import annotations
 import anyio
 from quart import Blueprint, Response, current_app, request
 
-from frontends.batches import Batches
-from frontends.web.answers import (
+from frontends.api_models import (
     BatchCreateRequest,
     BatchList,
     BatchObject,
@@ -17,6 +16,7 @@ from frontends.web.answers import (
     ListBatchesQuery,
     ListFilesQuery,
 )
+from frontends.batches import Batches
 from frontends.web.convert import to_quart
 from frontends.web.openapi import AUTH_ERRORS, Operation, documented
 

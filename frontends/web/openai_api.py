@@ -5,7 +5,7 @@ from __future__ import annotations
 from quart import Blueprint, Response, request
 
 from core import OpenAIRoute
-from frontends.web.answers import ModelEntry, ModelList
+from frontends.api_models import ModelEntry, ModelList
 from frontends.web.convert import current_gateway, current_listings, gateway_request, to_quart
 from frontends.web.openapi import AUTH_ERRORS, INFERENCE_OPERATIONS, Operation, documented
 

@@ -311,14 +311,29 @@ def _responses(operation: Operation) -> dict[str, Any]:
     else:
         content = {operation.media: {"schema": {"type": "string"}}}
     if operation.stream is not None:
+        # Before OpenAPI 3.2 (itemSchema) a stream's `schema` describes one event.
         content["text/event-stream"] = {
             "schema": {
-                "type": "string",
-                "description": "Server-sent events: each `data:` is one "
-                f"{operation.stream.__name__}; the last is `[DONE]`. A stream that breaks "
-                "ends with an event whose data is an ErrorResponse.",
-            },
-            "x-event-data": _ref(operation.stream),
+                "type": "object",
+                "description": "One server-sent event: its `data` is one "
+                f"{operation.stream.__name__} as JSON; the last is `[DONE]`. A stream that "
+                "breaks ends with an event whose data is an ErrorResponse.",
+                "required": ["data"],
+                "properties": {
+                    "data": {
+                        "anyOf": [
+                            {
+                                "type": "string",
+                                "contentMediaType": "application/json",
+                                "contentSchema": {
+                                    "anyOf": [_ref(operation.stream), _ref(ErrorResponse)]
+                                },
+                            },
+                            {"const": "[DONE]"},
+                        ]
+                    }
+                },
+            }
         }
     responses: dict[str, Any] = {"200": {"description": "OK", "content": content}}
     for status in operation.errors:

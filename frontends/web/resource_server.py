@@ -8,9 +8,7 @@ from quart import Blueprint, Response, request
 from werkzeug.exceptions import NotFound
 
 from core import BackendError, OpenAIRoute, error_response
-from frontends.gateway import GatewayResponse
-from frontends.usage import usage_answer
-from frontends.web.answers import (
+from frontends.api_models import (
     EndpointListing,
     Health,
     JobsAnswer,
@@ -18,6 +16,8 @@ from frontends.web.answers import (
     UsageQuery,
     Whoami,
 )
+from frontends.gateway import GatewayResponse
+from frontends.usage import usage_answer
 from frontends.web.convert import (
     current_gateway,
     current_listings,

@@ -2,8 +2,10 @@
 batches) and of those routes' inputs, as pydantic models for the OpenAPI document.
 
 The inference routes' bodies and answers are the core's (`core._api_models`); these are
-the rest.  The live server is checked against them by schemathesis
-(`tests/test_openapi_live.py`), so a builder that drifts from its model fails a test.
+the rest.  A batch's creation body is checked with `BatchCreateRequest` itself
+(`frontends.batches`); the answers are checked against their models on the live server
+by schemathesis (`tests/test_openapi_live.py`), so a builder that drifts from its model
+fails a test.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import pydantic
 from frontends.store import GroupBy
 
 __all__ = [
+    "MAX_METADATA_PAIRS",
     "BatchCreateRequest",
+    "BatchEndpoint",
     "BatchList",
     "BatchObject",
     "EndpointListing",
@@ -181,11 +185,21 @@ class FileDeleted(_Closed):
     deleted: bool
 
 
+BatchEndpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+MAX_METADATA_PAIRS = 16
+
+
 class BatchCreateRequest(_Closed):
-    input_file_id: str = pydantic.Field(min_length=1)
-    endpoint: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+    """`POST /v1/batches`: what `frontends.batches` validates a creation with."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    input_file_id: str = pydantic.Field(min_length=1, description="An uploaded file's id.")
+    endpoint: BatchEndpoint = pydantic.Field(description="The route every line calls.")
     completion_window: Literal["24h"]
-    metadata: dict[str, str] | None = pydantic.Field(default=None, max_length=16)
+    metadata: dict[str, str] | None = pydantic.Field(
+        default=None, max_length=MAX_METADATA_PAIRS
+    )
 
 
 class ListBatchesQuery(_Closed):
