@@ -31,6 +31,7 @@ from frontends.web.metrics import METRICS_KEY, METRICS_TOKEN_KEY, metrics_api
 from frontends.web.openai_api import openai_api
 from frontends.web.openapi import openapi_api
 from frontends.web.resource_server import resource_server
+from frontends.web.unread_body import read_unread_body
 
 __all__ = ["create_app"]
 
@@ -90,6 +91,7 @@ def create_app(
         _allow_uploads(app, max_body_bytes, batches.limits.max_file_bytes + (1 << 20))
     if batch_runner is not None:
         _run_in_background(app, batch_runner, batches)
+    read_unread_body(app)  # quart-trio wedges a connection whose body was left unread
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     # Request ids and the access log, around everything (Quart's own errors included).
