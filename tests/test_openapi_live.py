@@ -27,6 +27,7 @@ from pathlib import Path
 import attrs
 import pytest
 
+pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMATHESIS = Path(sys.executable).parent / "st"
 
@@ -85,6 +86,7 @@ def live_gateway(
     assert process.returncode == 0
 
 
+@pytest.mark.timeout(900)  # a bounded run, but a busy CI machine may take minutes
 def test_every_operation_answers_as_documented(live_gateway: LiveGateway, tmp_path: Path) -> None:
     config = tmp_path / "schemathesis.toml"
     config.write_text(CONFIG)
