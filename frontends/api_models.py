@@ -160,6 +160,9 @@ class FileUpload(_Closed):
 
 class ListFilesQuery(_Closed):
     purpose: str | None = None
+    after: str | None = None
+    limit: int = pydantic.Field(default=10_000, ge=1, le=10_000)
+    order: Literal["asc", "desc"] = "desc"
 
 
 class FileObject(_Closed):
@@ -176,6 +179,8 @@ class FileObject(_Closed):
 class FileList(_Closed):
     object: Literal["list"]
     data: list[FileObject]
+    first_id: str | None
+    last_id: str | None
     has_more: bool
 
 

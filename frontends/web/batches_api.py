@@ -66,7 +66,15 @@ async def upload_file() -> Response:
 
 
 @batches_api.get("/files")
-@documented(Operation(summary="Your files.", query=ListFilesQuery, answer=FileList, tags=TAGS))
+@documented(
+    Operation(
+        summary="Your files, a page at a time.",
+        query=ListFilesQuery,
+        answer=FileList,
+        errors=(400, *AUTH_ERRORS),
+        tags=TAGS,
+    )
+)
 async def list_files() -> Response:
     args = request.args
     return to_quart(
