@@ -11,6 +11,10 @@ Validation, selection and authorization all happen on IdentityResolved, in that 
 so a `CallAdaptor` effect exists only after the identity passed both levels of rules.
 When quotas apply, the machine first asks the counters to reserve (ADMITTING): the call
 is made only once they answer Reserved; QuotaExceeded ends the request with a 429.
+A `balanced` machine (the driver keeps endpoint health) first asks how the endpoints that
+may serve the request are doing (CHOOSING, see `core/_balance.py`) and picks one; a call
+that failed before any byte reached the client goes back to CHOOSING, once, to try
+another endpoint.
 Every request that reserved ends with one Settle (the tokens really used) or, if it never
 reached its call, one Release.
 The client's body travels as bytes: the adaptor is handed exactly what the client sent
@@ -28,9 +32,10 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from core._balance import AssessHealth, HealthAssessed, choose, is_retriable, permitted_candidates
 from core._caller import caller, credentials, identity_unavailable
 from core._catalog import Catalog
 from core._errors import BackendError, ClientError, GatewayError, error_body, log_detail
@@ -69,12 +74,13 @@ from core._shaping import Shaped, error_response, shape_failure, shape_result, s
 from core._sse import SSEFramer, SSEMonitor, error_event, is_usage_only
 from core._validation import ValidRequest, validate_request
 
-__all__ = ["TABLE", "TERMINAL", "RequestMachine", "State"]
+__all__ = ["TABLE", "TERMINAL", "RequestEffect", "RequestMachine", "State"]
 
 
 class State(enum.Enum):
     AWAITING_REQUEST = "awaiting_request"
     AUTHENTICATING = "authenticating"
+    CHOOSING = "choosing"
     ADMITTING = "admitting"
     AWAITING_RESULT = "awaiting_result"
     AWAITING_STREAM = "awaiting_stream"
@@ -89,19 +95,23 @@ S = State
 TABLE: Mapping[tuple[State, type[Any]], Cell[State]] = {
     (S.AWAITING_REQUEST, RequestReceived): Cell("_on_request", S.AUTHENTICATING, S.DONE),
     (S.AUTHENTICATING, IdentityResolved): Cell(
-        "_on_identity", S.ADMITTING, S.AWAITING_RESULT, S.AWAITING_STREAM, S.DONE
+        "_on_identity", S.CHOOSING, S.ADMITTING, S.AWAITING_RESULT, S.AWAITING_STREAM, S.DONE
     ),
     (S.AUTHENTICATING, IdentityUnavailable): Cell("_on_identity_unavailable", S.DONE),
     (S.AUTHENTICATING, ClientDisconnected): Cell("_on_disconnect_before_call", S.CANCELLED),
+    (S.CHOOSING, HealthAssessed): Cell(
+        "_on_health", S.ADMITTING, S.AWAITING_RESULT, S.AWAITING_STREAM, S.DONE
+    ),
+    (S.CHOOSING, ClientDisconnected): Cell("_on_disconnect_before_call", S.CANCELLED),
     (S.ADMITTING, Reserved): Cell("_on_reserved", S.AWAITING_RESULT, S.AWAITING_STREAM),
     (S.ADMITTING, QuotaExceeded): Cell("_on_quota_exceeded", S.DONE),
     (S.ADMITTING, ClientDisconnected): Cell("_on_disconnect_before_call", S.CANCELLED),
-    (S.AWAITING_RESULT, AdaptorReturned): Cell("_on_result", S.DONE),
-    (S.AWAITING_RESULT, AdaptorFailed): Cell("_on_failed", S.DONE),
+    (S.AWAITING_RESULT, AdaptorReturned): Cell("_on_result", S.DONE, S.CHOOSING),
+    (S.AWAITING_RESULT, AdaptorFailed): Cell("_on_failed", S.DONE, S.CHOOSING),
     (S.AWAITING_RESULT, ClientDisconnected): Cell("_on_disconnect", S.CANCELLED),
     (S.AWAITING_STREAM, StreamOpened): Cell("_on_stream_opened", S.STREAMING),
-    (S.AWAITING_STREAM, AdaptorReturned): Cell("_on_stream_refused", S.DONE),
-    (S.AWAITING_STREAM, AdaptorFailed): Cell("_on_failed", S.DONE),
+    (S.AWAITING_STREAM, AdaptorReturned): Cell("_on_stream_refused", S.DONE, S.CHOOSING),
+    (S.AWAITING_STREAM, AdaptorFailed): Cell("_on_failed", S.DONE, S.CHOOSING),
     (S.AWAITING_STREAM, ClientDisconnected): Cell("_on_disconnect", S.CANCELLED),
     (S.STREAMING, ChunkReceived): Cell("_on_chunk", S.STREAMING, S.DONE),
     (S.STREAMING, StreamEnded): Cell("_on_stream_ended", S.DONE),
@@ -128,10 +138,12 @@ def _usage_options(body: Mapping[str, Any]) -> dict[str, Any] | None:
 _CLIENT_CLOSED = 499
 
 
-Outcome = tuple[State, tuple[Effect, ...]]
+# What the machine may ask of its driver: the shared effects, and health for choosing.
+RequestEffect = Effect | AssessHealth
+Outcome = tuple[State, tuple[RequestEffect, ...]]
 
 
-class RequestMachine(Kernel[State, Effect]):
+class RequestMachine(Kernel[State, RequestEffect]):
     TABLE = TABLE
     INITIAL = S.AWAITING_REQUEST
     ERROR = S.ERROR
@@ -144,6 +156,7 @@ class RequestMachine(Kernel[State, Effect]):
         *,
         stream_usage: bool = False,
         limits: RequestLimits = DEFAULT_LIMITS,
+        balanced: bool = False,
     ) -> None:
         """`quota` None: no limits at all (the driver has no counters to reserve on).
         `limits`: what a request's JSON may be (depth, messages; see `core._limits`).
@@ -151,8 +164,17 @@ class RequestMachine(Kernel[State, Effect]):
         `stream_usage`: ask backends for usage at the end of every chat or completions
         stream (`stream_options.include_usage`), so streams are counted, not estimated;
         the usage event is then left out of what the client receives unless it asked.
+
+        `balanced`: the driver answers `AssessHealth` (it keeps endpoint health), so the
+        machine chooses among every endpoint that may serve a request and retries a call
+        that failed before any byte reached the client once elsewhere (`core._balance`).
         """
         super().__init__()
+        self._balanced = balanced
+        self._candidates: tuple[EndpointRecord, ...] = ()
+        self._valid: ValidRequest | None = None
+        self._retried = False
+        self._give_up: Callable[[], Outcome] | None = None  # while CHOOSING for a retry
         self._catalog = catalog
         self._quota = quota
         self._stream_usage = stream_usage
@@ -208,6 +230,34 @@ class RequestMachine(Kernel[State, Effect]):
         )
         if isinstance(endpoint, ClientError):
             return self._finish_with_error(endpoint)
+        self._valid = valid
+        if self._balanced:
+            self._candidates = permitted_candidates(
+                self._catalog, identity, endpoint, request.route, pinned=request.cluster is not None
+            )
+            slugs = tuple(e.endpoint_slug for e in self._candidates)
+            return S.CHOOSING, (AssessHealth(slugs=slugs),)
+        return self._prepare(endpoint)
+
+    def _prepare(self, endpoint: EndpointRecord) -> Outcome:
+        """The endpoint is chosen: plan the quota reservations, then the call."""
+        request, valid, identity = self._current_request(), self._current_valid(), self._identity
+        assert identity is not None, "an endpoint is chosen only for a known caller"
+        call = self._call_for(endpoint)
+        if self._quota is not None:
+            embeddings = request.route is OpenAIRoute.EMBEDDINGS
+            self._reservations = plan(
+                endpoint, identity, valid.body, self._quota, embeddings=embeddings
+            )
+        if self._reservations:
+            self._call = call
+            reserve = Reserve(reservation_id=request.request_id, reservations=self._reservations)
+            return S.ADMITTING, (reserve,)
+        return self._calling(call)
+
+    def _call_for(self, endpoint: EndpointRecord) -> CallAdaptor:
+        """The call to `endpoint`: the client's bytes, changed only where they must be."""
+        request, valid = self._current_request(), self._current_valid()
         self._endpoint = endpoint
         self._stream = valid.stream
         self._sent = valid.body
@@ -222,23 +272,45 @@ class RequestMachine(Kernel[State, Effect]):
         if changes:
             # ASCII escapes, so text the client escaped (lone surrogates too) stays valid.
             body = json.dumps({**valid.body, **changes}).encode()
-        call = CallAdaptor(
+        return CallAdaptor(
             endpoint_slug=endpoint.endpoint_slug,
             route=request.route,
             request_id=request.request_id,
             stream=valid.stream,
             body=body,
         )
-        if self._quota is not None:
-            embeddings = request.route is OpenAIRoute.EMBEDDINGS
-            self._reservations = plan(
-                endpoint, identity, valid.body, self._quota, embeddings=embeddings
-            )
-        if self._reservations:
-            self._call = call
-            reserve = Reserve(reservation_id=request.request_id, reservations=self._reservations)
-            return S.ADMITTING, (reserve,)
-        return self._calling(call)
+
+    def _on_health(self, event: HealthAssessed) -> Outcome:
+        """Choose among the candidates by their health: first, or for the one retry."""
+        give_up = self._give_up
+        if give_up is None:
+            chosen = choose(self._candidates, event)
+            if isinstance(chosen, BackendError):
+                return self._finish_with_error(chosen)
+            return self._prepare(chosen)
+        self._give_up = None
+        again = choose(self._untried(), event)
+        if isinstance(again, BackendError):
+            return give_up()  # nowhere healthy to go: the first failure stands
+        return self._calling(self._call_for(again))
+
+    def _untried(self) -> tuple[EndpointRecord, ...]:
+        tried = self._current_endpoint().endpoint_slug
+        return tuple(e for e in self._candidates if e.endpoint_slug != tried)
+
+    def _retry_or(
+        self, event: AdaptorFailed | AdaptorReturned, give_up: Callable[[], Outcome]
+    ) -> Outcome:
+        """Nothing reached the client yet: a failure that says the backend could not serve
+        goes back to CHOOSING, once, if another candidate is left; else `give_up`."""
+        if not self._balanced or self._retried or not is_retriable(event):
+            return give_up()
+        left = self._untried()
+        if not left:
+            return give_up()
+        self._retried = True
+        self._give_up = give_up
+        return S.CHOOSING, (AssessHealth(slugs=tuple(e.endpoint_slug for e in left)),)
 
     def _asks_usage(self, valid: ValidRequest) -> bool:
         return self._stream_usage and valid.stream and valid.route in _STREAM_USAGE_ROUTES
@@ -265,19 +337,23 @@ class RequestMachine(Kernel[State, Effect]):
 
     def _on_result(self, event: AdaptorReturned) -> Outcome:
         self._task_id = event.task_id
-        return self._finish(self._shape(event))
+        return self._retry_or(event, lambda: self._finish(self._shape(event)))
 
     def _on_stream_refused(self, event: AdaptorReturned) -> Outcome:
         """A streaming call that returned instead of opening a stream: an error, always."""
+        refused = event
         if event.error_code is None and event.error_message is None:
-            event = AdaptorReturned(
+            refused = AdaptorReturned(
                 error_message="the streaming adaptor returned neither a stream nor an error",
                 error_code=502,
             )
-        return self._finish(self._shape(event))
+        return self._retry_or(event, lambda: self._finish(self._shape(refused)))
 
     def _on_failed(self, event: AdaptorFailed) -> Outcome:
-        return self._finish(shape_failure(self._current_endpoint(), event.status, event.detail))
+        endpoint = self._current_endpoint()
+        return self._retry_or(
+            event, lambda: self._finish(shape_failure(endpoint, event.status, event.detail))
+        )
 
     def _on_failed_mid_stream(self, event: AdaptorFailed) -> Outcome:
         """The stream broke after it started: end it with an error event, never cleanly."""
@@ -384,6 +460,10 @@ class RequestMachine(Kernel[State, Effect]):
     def _current_request(self) -> RequestReceived:
         assert self._request is not None, "transition table admits no event before the request"
         return self._request
+
+    def _current_valid(self) -> ValidRequest:
+        assert self._valid is not None, "a call is planned only for a validated request"
+        return self._valid
 
     def _current_endpoint(self) -> EndpointRecord:
         assert self._endpoint is not None, "adaptor events come only after selection"

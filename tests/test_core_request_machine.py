@@ -34,6 +34,7 @@ from core import (
     EndpointRecord,
     EndStream,
     Event,
+    HealthAssessed,
     Identity,
     IdentityResolved,
     IdentityUnavailable,
@@ -180,19 +181,23 @@ S = State
 EXPECTED: dict[tuple[State, type[Any]], frozenset[State]] = {
     (S.AWAITING_REQUEST, RequestReceived): frozenset({S.AUTHENTICATING, S.DONE}),
     (S.AUTHENTICATING, IdentityResolved): frozenset(
-        {S.ADMITTING, S.AWAITING_RESULT, S.AWAITING_STREAM, S.DONE}
+        {S.CHOOSING, S.ADMITTING, S.AWAITING_RESULT, S.AWAITING_STREAM, S.DONE}
     ),
     (S.AUTHENTICATING, IdentityUnavailable): frozenset({S.DONE}),
     (S.AUTHENTICATING, ClientDisconnected): frozenset({S.CANCELLED}),
+    (S.CHOOSING, HealthAssessed): frozenset(
+        {S.ADMITTING, S.AWAITING_RESULT, S.AWAITING_STREAM, S.DONE}
+    ),
+    (S.CHOOSING, ClientDisconnected): frozenset({S.CANCELLED}),
     (S.ADMITTING, Reserved): frozenset({S.AWAITING_RESULT, S.AWAITING_STREAM}),
     (S.ADMITTING, QuotaExceeded): frozenset({S.DONE}),
     (S.ADMITTING, ClientDisconnected): frozenset({S.CANCELLED}),
-    (S.AWAITING_RESULT, AdaptorReturned): frozenset({S.DONE}),
-    (S.AWAITING_RESULT, AdaptorFailed): frozenset({S.DONE}),
+    (S.AWAITING_RESULT, AdaptorReturned): frozenset({S.DONE, S.CHOOSING}),
+    (S.AWAITING_RESULT, AdaptorFailed): frozenset({S.DONE, S.CHOOSING}),
     (S.AWAITING_RESULT, ClientDisconnected): frozenset({S.CANCELLED}),
     (S.AWAITING_STREAM, StreamOpened): frozenset({S.STREAMING}),
-    (S.AWAITING_STREAM, AdaptorReturned): frozenset({S.DONE}),
-    (S.AWAITING_STREAM, AdaptorFailed): frozenset({S.DONE}),
+    (S.AWAITING_STREAM, AdaptorReturned): frozenset({S.DONE, S.CHOOSING}),
+    (S.AWAITING_STREAM, AdaptorFailed): frozenset({S.DONE, S.CHOOSING}),
     (S.AWAITING_STREAM, ClientDisconnected): frozenset({S.CANCELLED}),
     (S.STREAMING, ChunkReceived): frozenset({S.STREAMING, S.DONE}),
     (S.STREAMING, StreamEnded): frozenset({S.DONE}),
@@ -205,7 +210,7 @@ def expected(state: State, event_type: type[Any]) -> frozenset[State] | None:
     return EXPECTED.get((state, event_type))
 
 
-SAMPLE_EVENTS: list[Event] = [
+SAMPLE_EVENTS: list[Any] = [
     request(),
     IdentityResolved(identity=ALICE),
     IdentityUnavailable(detail="connection refused"),
@@ -217,17 +222,21 @@ SAMPLE_EVENTS: list[Event] = [
     ClientDisconnected(),
     Reserved(),
     QuotaExceeded(refusal=Refusal(limit=Limit.USER_TOKENS, retry_after=3)),
+    HealthAssessed(endpoints=()),
 ]
 
 
 def machine_in(state: State) -> RequestMachine:
     """A fresh machine brought to `state` by legal events (or one illegal one, for ERROR)."""
     machine = RequestMachine(CATALOG, QuotaPolicy()) if state is State.ADMITTING else None
+    if state is State.CHOOSING:
+        machine = RequestMachine(CATALOG, balanced=True)
     machine = machine or RequestMachine(CATALOG)
-    paths: dict[State, list[Event]] = {
+    paths: dict[State, list[Any]] = {
         State.AWAITING_REQUEST: [],
         State.AUTHENTICATING: [request()],
         State.ADMITTING: [request(), IdentityResolved(identity=ALICE)],
+        State.CHOOSING: [request(), IdentityResolved(identity=ALICE)],
         State.AWAITING_RESULT: [request(), IdentityResolved(identity=ALICE)],
         State.AWAITING_STREAM: [request(stream=True), IdentityResolved(identity=ALICE)],
         State.STREAMING: [request(stream=True), IdentityResolved(identity=ALICE), StreamOpened()],
