@@ -32,12 +32,12 @@ from adaptors.endpoints.endpoint import BaseEndpoint, StreamingResponse, SubmitT
 from core import (
     AdaptorFailed,
     AdaptorReturned,
+    AssessHealth,
     Authenticate,
     CallAdaptor,
     Catalog,
     ChunkReceived,
     ClientDisconnected,
-    Effect,
     Event,
     Identity,
     LocalProtocolError,
@@ -46,6 +46,7 @@ from core import (
     QuotaPolicy,
     RelayChunk,
     Release,
+    RequestEffect,
     RequestLimits,
     RequestMachine,
     RequestReceived,
@@ -61,6 +62,7 @@ from core import (
     redact,
 )
 from frontends.caller import resolve_caller
+from frontends.endpoint_health import HealthBook, HealthPolicy, Lease
 from frontends.identity import IdentityProvider
 from frontends.log_sink import FanOut, LoggerSink, LogSink, Timing
 from frontends.quota import QuotaCounters
@@ -269,6 +271,7 @@ class Gateway:
         stream_observer: StreamObserver | None = None,
         capture_limit: int | None = None,
         request_limits: RequestLimits | None = None,
+        health: HealthPolicy | None = None,
     ) -> None:
         """A driver over adaptors already built and bound (see `frontends.assembly`).
 
@@ -279,7 +282,8 @@ class Gateway:
         closes.  With a `capture_limit`, the log sink's `Timing` carries the first bytes
         of each prompt and answer (the sink caps them to that many characters); without,
         none are kept.  `request_limits`: how deep a request's JSON may nest and how many
-        messages it may carry (the core's defaults without)."""
+        messages it may carry (the core's defaults without).  `health` sets the endpoints'
+        breakers and how long cluster status is cached (`frontends.endpoint_health`)."""
         self.catalog = catalog
         self._endpoints = {slug.lower(): adaptor for slug, adaptor in endpoints.items()}
         self._clusters = dict(clusters)
@@ -292,6 +296,7 @@ class Gateway:
         self._stream_observer = stream_observer
         self._capture_limit = capture_limit
         self._request_limits = request_limits or RequestLimits()
+        self.health = HealthBook(catalog, clusters, health)
 
     def add_log_sink(self, sink: LogSink) -> None:
         """Hand every record to `sink` too (the web app's access log uses this)."""
@@ -368,6 +373,7 @@ class Gateway:
             self._quota_policy,
             stream_usage=self._stream_usage,
             limits=self._request_limits,
+            balanced=True,
         )
         moments = _Moments(request, self._capture_limit)
         pending = deque(
@@ -385,6 +391,7 @@ class Gateway:
             )
         )
         upstream: StreamingResponse | None = None
+        lease: Lease | None = None  # the open stream's call
         try:
             while pending:
                 effect = pending.popleft()
@@ -401,19 +408,30 @@ class Gateway:
                 elif isinstance(effect, Authenticate):
                     verdict = await resolve_caller(self._identity, effect.credentials)
                     pending.extend(machine.receive(verdict))
+                elif isinstance(effect, AssessHealth):
+                    pending.extend(machine.receive(self.health.assess(effect)))
                 elif isinstance(effect, CallAdaptor) and not effect.stream:
                     moments.calling()
-                    answer = await self._submit(effect, request.request_id)
+                    with self.health.leased(effect.endpoint_slug) as call:
+                        answer = call.refusal or await self._submit(effect, request.request_id)
+                        call.judge(answer)
                     moments.answered()
                     pending.extend(machine.receive(answer))
                 elif isinstance(effect, CallAdaptor):
                     moments.calling()
-                    event, upstream = await self._open_stream(effect, request)
+                    lease = self.health.lease(effect.endpoint_slug)
+                    if lease.refusal is not None:
+                        event: Event = lease.refusal
+                    else:
+                        event, upstream = await self._open_stream(effect, request)
+                    lease.judge(event)
+                    if upstream is None:
+                        lease.close()
                     moments.answered()
                     pending.extend(machine.receive(event))
                 elif isinstance(effect, StartStream):
                     assert upstream is not None
-                    relay = StreamRelay(self, machine, upstream, moments)
+                    relay = StreamRelay(self, machine, upstream, moments, lease)
                     return GatewayResponse(
                         status=effect.status, headers=effect.headers, stream=relay
                     )
@@ -421,12 +439,14 @@ class Gateway:
             with anyio.CancelScope(shield=True):
                 if not machine.finished:
                     self._carry_out_records(machine.receive(ClientDisconnected()), moments)
+                if lease is not None:
+                    lease.close()
                 if upstream is not None:
                     await upstream.aclose()
             raise
         raise LocalProtocolError(f"request machine stopped in {machine.state} without answering")
 
-    def _carry_out_records(self, effects: Iterable[Effect], moments: _Moments) -> None:
+    def _carry_out_records(self, effects: Iterable[RequestEffect], moments: _Moments) -> None:
         for effect in effects:
             if isinstance(effect, WriteLog | Settle | Release):
                 self.record(effect, moments)
@@ -521,8 +541,10 @@ class StreamRelay:
         machine: RequestMachine,
         upstream: StreamingResponse,
         moments: _Moments,
+        lease: Lease | None = None,
     ) -> None:
         self._gateway = gateway
+        self._lease = lease  # the endpoint's count of this call, given back at close
         self._machine = machine
         self._upstream = upstream
         self._moments = moments
@@ -568,6 +590,8 @@ class StreamRelay:
         self._closed = True
         if self._observer is not None:
             self._observer.stream_closed()
+        if self._lease is not None:
+            self._lease.close()
         with anyio.CancelScope(shield=True):
             if not self._machine.finished:
                 for effect in self._machine.receive(ClientDisconnected()):

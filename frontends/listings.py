@@ -29,9 +29,9 @@ from core import (
     filter_jobs,
     model_entry,
     model_list,
-    redact,
 )
 from frontends.caller import resolve_caller
+from frontends.endpoint_health import HealthBook
 from frontends.gateway import Gateway, GatewayResponse
 from frontends.identity import IdentityProvider
 from frontends.quota import QuotaCounters
@@ -60,11 +60,14 @@ class Listings:
         clusters: Mapping[str, BaseCluster],
         identity: IdentityProvider,
         quota: QuotaCounters | None = None,
+        health: HealthBook | None = None,
     ) -> None:
         self.catalog = catalog
         self._clusters = dict(clusters)
         self._identity = identity
         self._quota = quota
+        # Cluster status is read through the health book's cache: one way for all.
+        self._health = health or HealthBook(catalog, clusters)
 
     @classmethod
     def of(cls, gateway: Gateway) -> Listings:
@@ -74,6 +77,7 @@ class Listings:
             clusters=gateway.clusters,
             identity=gateway.identity,
             quota=gateway.quota,
+            health=gateway.health,
         )
 
     async def authenticate(self, authorization: str | None) -> Identity | GatewayResponse:
@@ -127,16 +131,8 @@ class Listings:
         cluster = cluster_for_jobs(self.catalog, identity, cluster_name)
         if isinstance(cluster, ClientError):
             return _respond(cluster)
-        try:
-            answer = await self._clusters[cluster.cluster_name].get_jobs()
-        except Exception:
-            log.warning("cluster adaptor %s raised", cluster_name, exc_info=True)
-            answer = None
+        answer = await self._health.jobs(cluster.cluster_name)
         if answer is None or answer.jobs is None:
-            if answer is not None:
-                log.warning(
-                    "cluster %s status: %s", cluster_name, redact(answer.error_message or "")
-                )
             status = answer.error_code if answer and answer.error_code in (503, 504) else 502
             return _respond(
                 BackendError(
@@ -148,8 +144,11 @@ class Listings:
         return _json(filter_jobs(self.catalog, identity, cluster, answer.jobs.model_dump()))
 
     def health(self) -> GatewayResponse:
-        """Up, and, when quotas apply, what counts them (`quota`): "in-process", "redis",
-        or "redis-unreachable, using in-process" (requests are served in every case)."""
-        if self._quota is None:
-            return _json({"status": "ok"})
-        return _json({"status": "ok", "quota": str(self._quota.status()["backend"])})
+        """Up; `clusters`: per cluster its status report, per endpoint its breaker,
+        outstanding calls and model state; and, when quotas apply, what counts them
+        (`quota`): "in-process", "redis", or "redis-unreachable, using in-process"
+        (requests are served in every case)."""
+        payload: dict[str, Any] = {"status": "ok", "clusters": self._health.report()}
+        if self._quota is not None:
+            payload["quota"] = str(self._quota.status()["backend"])
+        return _json(payload)

@@ -161,4 +161,8 @@ def test_listings(base_url: str, client: openai.OpenAI) -> None:
     assert [job["Models"] for job in jobs["running"]] == ["demo-model"]
     assert httpx.get(f"{base_url}/resource_server/nowhere/jobs", headers=auth).status_code == 404
     assert httpx.get(f"{base_url}/resource_server/list-endpoints").status_code == 401
-    assert httpx.get(f"{base_url}/resource_server/health").json() == {"status": "ok"}
+    health = httpx.get(f"{base_url}/resource_server/health").json()
+    assert health["status"] == "ok"
+    demo_endpoint = health["clusters"]["local"]["endpoints"]["local-demo-demo-model"]
+    assert demo_endpoint["breaker"] == "closed"
+    assert demo_endpoint["outstanding"] == 0

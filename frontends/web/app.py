@@ -111,6 +111,11 @@ def create_app(
     if replicas is not None:
         _keep_announcing(app, replicas)
 
+    @app.while_serving
+    async def refresh_cluster_status() -> AsyncGenerator[None, None]:
+        async with gateway.health.refreshing():  # only if its policy says so
+            yield
+
     @app.after_serving
     async def close_gateway() -> None:
         await gateway.aclose()

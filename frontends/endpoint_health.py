@@ -1,0 +1,306 @@
+"""The driver's side of endpoint health: counts, clocks and cached job reports.
+
+The decisions are the core's (`core._breaker` opens and closes a breaker,
+`core._balance` chooses an endpoint and says when a call may go elsewhere); this module
+keeps what they decide on, because counting and reading clocks are IO's business:
+
+- each endpoint's outstanding calls (a stream counts until it closes),
+- each endpoint's `Breaker`, fed the outcome of every call with a monotonic clock reading,
+- each cluster's `get_jobs` report, cached for `status_ttl` seconds and, while
+  `refreshing()` runs (the served app runs it), read again in the background before it
+  goes stale, so no request ever waits for a status page.
+
+The cached report is the one way the gateway reads cluster status: the jobs route
+(`/resource_server/{cluster}/jobs`) reads through it too.  A report older than three
+TTLs (the refresher stopped, or never ran) is not trusted for admission: the model is
+then UNKNOWN and the backend itself is asked.
+
+Everything here runs on the event loop without blocking it, under asyncio and trio
+(anyio only), and never raises into a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import anyio
+import attrs
+
+from adaptors.clusters.cluster import BaseCluster, GetJobsResponse
+from core import (
+    Abandoned,
+    AdaptorFailed,
+    AdaptorReturned,
+    AssessHealth,
+    Breaker,
+    BreakerPolicy,
+    Catalog,
+    Dispatched,
+    EndpointHealth,
+    Event,
+    Failed,
+    HealthAssessed,
+    ModelState,
+    Refused,
+    StreamOpened,
+    Succeeded,
+    is_retriable,
+    model_state,
+    redact,
+)
+
+__all__ = ["HealthBook", "HealthPolicy", "Lease"]
+
+log = logging.getLogger("inference_gateway")
+
+# A report this many TTLs old is no longer trusted to refuse a model.
+_TRUSTED_TTLS = 3
+
+
+@attrs.frozen(kw_only=True)
+class HealthPolicy:
+    """The breaker's rule for every endpoint, and how long a cluster's job report is good.
+
+    `refresh_status`: whether `refreshing()` reads the reports in the background (the
+    served gateway does; an embedding program may leave it off and never touch a status
+    page it did not ask for)."""
+
+    breaker: BreakerPolicy = attrs.field(factory=BreakerPolicy)
+    status_ttl: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
+    refresh_status: bool = False
+
+
+@attrs.frozen
+class _Report:
+    """One reading of a cluster's status: the answer (None if it failed) and when."""
+
+    at: float
+    jobs: dict[str, Any] | None
+    answer: GetJobsResponse | None
+    error: str | None = None
+
+
+class Lease:
+    """One call to one endpoint, from dispatch to its end: counted while it lasts, its
+    outcome told to the breaker once.  `refusal` is set when the breaker refused it."""
+
+    def __init__(self, book: HealthBook, slug: str, refusal: AdaptorFailed | None) -> None:
+        self._book = book
+        self._slug = slug
+        self.refusal = refusal
+        self._judged = refusal is not None
+        self._closed = refusal is not None
+
+    def judge(self, event: Event) -> None:
+        """The call's outcome, as the event the machine is fed: the first one counts."""
+        if self._judged:
+            return
+        self._judged = True
+        failed = isinstance(event, AdaptorFailed | AdaptorReturned) and is_retriable(event)
+        if isinstance(event, AdaptorFailed | AdaptorReturned | StreamOpened):
+            self._book._outcome(self._slug, failed)
+
+    def close(self) -> None:
+        """The call is over (its stream closed, or it was abandoned before an outcome)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._book._release(self._slug, abandoned=not self._judged)
+        self._judged = True
+
+
+class HealthBook:
+    """Counts, breakers and job reports for every endpoint and cluster of one gateway."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        clusters: Mapping[str, BaseCluster],
+        policy: HealthPolicy | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy = policy or HealthPolicy()
+        self._catalog = catalog
+        self._clusters = dict(clusters)
+        self._clock = clock
+        self._breakers = {
+            e.endpoint_slug.lower(): Breaker(self.policy.breaker) for e in catalog.endpoints
+        }
+        self._outstanding = {e.endpoint_slug.lower(): 0 for e in catalog.endpoints}
+        self._reports: dict[str, _Report] = {}
+        self._reading: dict[str, anyio.Event] = {}  # a cluster whose status is being read
+
+    # -- the request path (synchronous: never waits) ----------------------------------
+
+    def assess(self, effect: AssessHealth) -> HealthAssessed:
+        """The core's `AssessHealth`, answered from what is known now."""
+        now = self._clock()
+        return HealthAssessed(endpoints=tuple(self._health(slug, now) for slug in effect.slugs))
+
+    def _health(self, slug: str, now: float) -> EndpointHealth:
+        key = slug.lower()
+        breaker = self._breakers.get(key)
+        endpoint = self._catalog.endpoint(slug)
+        if breaker is None or endpoint is None:
+            return EndpointHealth(slug=slug)
+        view = breaker.view(now)
+        state, status_retry = ModelState.UNKNOWN, 1
+        report = self._reports.get(endpoint.cluster)
+        ttl = self.policy.status_ttl
+        if report is not None and now - report.at <= _TRUSTED_TTLS * ttl:
+            state = model_state(report.jobs, endpoint.model)
+            status_retry = max(1, math.ceil(report.at + ttl - now))
+        return EndpointHealth(
+            slug=slug,
+            outstanding=self._outstanding.get(key, 0),
+            breaker=view.state,
+            admits=view.admits,
+            retry_after=view.retry_after,
+            model_state=state,
+            status_retry_after=status_retry,
+        )
+
+    def lease(self, slug: str) -> Lease:
+        """A call to `slug` goes out now: count it and tell its breaker (which may refuse,
+        when it opened between the choice and the call)."""
+        key = slug.lower()
+        breaker = self._breakers.get(key)
+        if breaker is not None:
+            for effect in breaker.receive(Dispatched(at=self._clock())):
+                if isinstance(effect, Refused):
+                    detail = f"circuit breaker open; retry in {effect.retry_after}s"
+                    return Lease(self, slug, AdaptorFailed(status=503, detail=detail))
+        self._outstanding[key] = self._outstanding.get(key, 0) + 1
+        return Lease(self, slug, None)
+
+    @contextmanager
+    def leased(self, slug: str) -> Iterator[Lease]:
+        """`lease`, closed when the block ends however it ends."""
+        lease = self.lease(slug)
+        try:
+            yield lease
+        finally:
+            lease.close()
+
+    def _outcome(self, slug: str, failed: bool) -> None:
+        breaker = self._breakers.get(slug.lower())
+        if breaker is None:
+            return
+        before = breaker.state
+        at = self._clock()
+        breaker.receive(Failed(at=at) if failed else Succeeded(at=at))
+        if breaker.state is not before:
+            log.warning(
+                "endpoint %s: circuit breaker %s -> %s", slug, before.value, breaker.state.value
+            )
+
+    def _release(self, slug: str, *, abandoned: bool) -> None:
+        key = slug.lower()
+        self._outstanding[key] = max(0, self._outstanding.get(key, 0) - 1)
+        breaker = self._breakers.get(key)
+        if abandoned and breaker is not None:
+            breaker.receive(Abandoned(at=self._clock()))
+
+    # -- cluster status -----------------------------------------------------------------
+
+    async def jobs(self, cluster: str) -> GetJobsResponse | None:
+        """The cluster's `get_jobs` answer, from the cache while it is fresh, else read
+        now (one read at a time per cluster: others wait for it).  None: the adaptor
+        raised or gave nothing."""
+        report = self._reports.get(cluster)
+        if report is not None and self._clock() - report.at < self.policy.status_ttl:
+            return report.answer
+        await self._read(cluster)
+        report = self._reports.get(cluster)
+        return None if report is None else report.answer
+
+    async def _read(self, cluster: str) -> None:
+        running = self._reading.get(cluster)
+        if running is not None:
+            await running.wait()
+            return
+        done = self._reading[cluster] = anyio.Event()
+        try:
+            self._reports[cluster] = await self._fetch(cluster)
+        finally:
+            del self._reading[cluster]
+            done.set()
+
+    async def _fetch(self, cluster: str) -> _Report:
+        adaptor = self._clusters.get(cluster)
+        answer: GetJobsResponse | None = None
+        error: str | None = None
+        try:
+            if adaptor is not None:
+                answer = await adaptor.get_jobs()
+        except Exception as exc:
+            log.warning("cluster adaptor %s raised", cluster, exc_info=True)
+            error = f"the cluster adaptor failed ({type(exc).__name__})"
+        jobs = None
+        if answer is not None and answer.jobs is not None:
+            jobs = answer.jobs.model_dump()
+        elif answer is not None:
+            error = redact(answer.error_message or "the cluster reported no jobs")
+        previous = self._reports.get(cluster)
+        if error is not None and (previous is None or previous.error != error):
+            log.warning("cluster %s status: %s", cluster, error)
+        return _Report(at=self._clock(), jobs=jobs, answer=answer, error=error)
+
+    async def refresh(self) -> None:
+        """Read every cluster's status once, side by side."""
+        async with anyio.create_task_group() as tasks:
+            for name in self._clusters:
+                tasks.start_soon(self._read, name)
+
+    @asynccontextmanager
+    async def refreshing(self) -> AsyncIterator[HealthBook]:
+        """Keep every report fresh in the background while the block runs (when the
+        policy says so): read at the start, then every half TTL."""
+        if not self.policy.refresh_status or not self._clusters:
+            yield self
+            return
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self._refresh_forever)
+            try:
+                yield self
+            finally:
+                tasks.cancel_scope.cancel()
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await self.refresh()
+            await anyio.sleep(self.policy.status_ttl / 2)
+
+    # -- what health shows ----------------------------------------------------------------
+
+    def report(self) -> dict[str, Any]:
+        """Per cluster, its status report's state; per endpoint, its breaker, outstanding
+        calls and model state.  Names only: never a URL or key."""
+        now = self._clock()
+        clusters: dict[str, Any] = {}
+        for cluster in self._catalog.clusters:
+            report = self._reports.get(cluster.cluster_name)
+            entry: dict[str, Any] = {"status": "unknown", "checked_seconds_ago": None}
+            if report is not None:
+                entry["status"] = "ok" if report.error is None else "unavailable"
+                entry["checked_seconds_ago"] = round(now - report.at, 3)
+                if report.error is not None:
+                    entry["detail"] = report.error
+            entry["endpoints"] = {}
+            clusters[cluster.cluster_name] = entry
+        for endpoint in self._catalog.endpoints:
+            health = self._health(endpoint.endpoint_slug, now)
+            clusters[endpoint.cluster]["endpoints"][endpoint.endpoint_slug] = {
+                "model": endpoint.model,
+                "framework": endpoint.framework,
+                "breaker": health.breaker.value,
+                "outstanding": health.outstanding,
+                "model_status": health.model_state.value,
+            }
+        return clusters
