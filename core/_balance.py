@@ -156,9 +156,14 @@ def _health_tuple(value: Iterable[EndpointHealth]) -> tuple[EndpointHealth, ...]
 
 @attrs.frozen(kw_only=True)
 class HealthAssessed:
-    """The driver's answer to `AssessHealth`: one entry per endpoint it was asked about."""
+    """The driver's answer to `AssessHealth`: one entry per endpoint it was asked about.
+
+    `turn` is any counter the driver advances per choice: among equally loaded
+    candidates it rotates which goes first, so an idle gateway still spreads its calls
+    (and a breaker waiting for its probe gets one)."""
 
     endpoints: tuple[EndpointHealth, ...] = attrs.field(converter=_health_tuple)
+    turn: int = attrs.field(default=0, validator=attrs.validators.ge(0))
 
     def of(self, slug: str) -> EndpointHealth:
         """The entry for `slug`; an endpoint the driver did not report counts as idle
@@ -216,8 +221,9 @@ def choose(
     candidates: Sequence[EndpointRecord], health: HealthAssessed
 ) -> EndpointRecord | BackendError:
     """The permitted candidate with the fewest outstanding calls among those whose breaker
-    admits a call and whose model is not reported stopped or queued; or, when there is
-    none, the 503 (with `Retry-After`) that says each one's state.
+    admits a call and whose model is not reported stopped or queued (ties: the first at
+    or after position `turn`, in fixture order, wrapping around); or, when there is none,
+    the 503 (with `Retry-After`) that says each one's state.
 
     Only `candidates` are ever chosen, whatever else `health` holds: the caller's rules
     were applied when the candidates were found.
@@ -225,13 +231,15 @@ def choose(
     if not candidates:
         raise ValueError("choose needs at least one candidate")
     best: EndpointRecord | None = None
-    best_load = 0
-    for endpoint in candidates:
+    best_rank = (0, 0)
+    count = len(candidates)
+    for position, endpoint in enumerate(candidates):
         entry = health.of(endpoint.endpoint_slug)
         if not entry.admits or entry.model_state in _REFUSING_STATES:
             continue
-        if best is None or entry.outstanding < best_load:
-            best, best_load = endpoint, entry.outstanding
+        rank = (entry.outstanding, (position - health.turn) % count)
+        if best is None or rank < best_rank:
+            best, best_rank = endpoint, rank
     if best is not None:
         return best
     reasons = [_refusal_reason(e, health.of(e.endpoint_slug)) for e in candidates]

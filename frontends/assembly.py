@@ -25,6 +25,7 @@ from adaptors.clusters.cluster import BaseCluster
 from adaptors.endpoints.endpoint import BaseEndpoint
 from adaptors.loading import build_cluster, build_endpoint
 from core import Catalog, ConfigurationError, QuotaPolicy, RequestLimits, load_catalog
+from frontends.endpoint_health import HealthPolicy
 from frontends.gateway import Gateway, StreamObserver
 from frontends.identity import IdentityProvider
 from frontends.log_sink import LogSink
@@ -88,6 +89,7 @@ def assemble(
     stream_observer: StreamObserver | None = None,
     capture_limit: int | None = None,
     request_limits: RequestLimits | None = None,
+    health: HealthPolicy | None = None,
 ) -> Gateway:
     """Build and bind every adaptor of `catalog`, then the `Gateway` over them.
 
@@ -127,6 +129,7 @@ def assemble(
         stream_observer=stream_observer,
         capture_limit=capture_limit,
         request_limits=request_limits,
+        health=health,
     )
 
 
@@ -143,6 +146,7 @@ def build_gateway(
     stream_observer: StreamObserver | None = None,
     capture_limit: int | None = None,
     request_limits: RequestLimits | None = None,
+    health: HealthPolicy | None = None,
 ) -> Gateway:
     """A `Gateway` over the fixtures in `fixtures_dir`: read, checked, built and bound."""
     folder = Path(fixtures_dir)
@@ -160,4 +164,5 @@ def build_gateway(
         stream_observer=stream_observer,
         capture_limit=capture_limit,
         request_limits=request_limits,
+        health=health,
     )

@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core import ConfigurationError, QuotaPolicy, RequestLimits
+from core import BreakerPolicy, ConfigurationError, QuotaPolicy, RequestLimits
 from frontends import cli_keys
 from frontends.assembly import build_gateway
+from frontends.endpoint_health import HealthPolicy
 from frontends.gateway import Gateway
 from frontends.identity import (
     StaticKeys,
@@ -255,6 +256,12 @@ def _serve_workers(settings: Settings, *, loop: str) -> int:
         sock.close()
 
 
+def _health(settings: Settings) -> HealthPolicy:
+    """Breakers and cluster status as the settings say; served, status is kept fresh."""
+    breaker = BreakerPolicy(failures=settings.breaker_failures, cooldown=settings.breaker_cooldown)
+    return HealthPolicy(breaker=breaker, status_ttl=settings.status_ttl, refresh_status=True)
+
+
 def _serve(settings: Settings, *, loop: str = "asyncio", listen_fd: int | None = None) -> int:
     from hypercorn.config import Config
 
@@ -283,6 +290,7 @@ def _serve(settings: Settings, *, loop: str = "asyncio", listen_fd: int | None =
         request_limits=RequestLimits(
             max_json_depth=settings.max_json_depth, max_messages=settings.max_messages
         ),
+        health=_health(settings),
         # Records go to the metrics, the request log and the access log (the app adds
         # those two), not to a logger line of their own: stderr has the access log.
         log_sink=FanOut(metrics),

@@ -135,13 +135,16 @@ class HealthBook:
         self._outstanding = {e.endpoint_slug.lower(): 0 for e in catalog.endpoints}
         self._reports: dict[str, _Report] = {}
         self._reading: dict[str, anyio.Event] = {}  # a cluster whose status is being read
+        self._turn = 0  # rotates ties between equally loaded endpoints
 
     # -- the request path (synchronous: never waits) ----------------------------------
 
     def assess(self, effect: AssessHealth) -> HealthAssessed:
         """The core's `AssessHealth`, answered from what is known now."""
         now = self._clock()
-        return HealthAssessed(endpoints=tuple(self._health(slug, now) for slug in effect.slugs))
+        self._turn = (self._turn + 1) % (1 << 30)
+        entries = tuple(self._health(slug, now) for slug in effect.slugs)
+        return HealthAssessed(endpoints=entries, turn=self._turn)
 
     def _health(self, slug: str, now: float) -> EndpointHealth:
         key = slug.lower()

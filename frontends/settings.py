@@ -116,6 +116,14 @@ class Settings(BaseSettings):
     max_json_depth: int = pydantic.Field(default=64, ge=2, le=512)
     max_messages: int = pydantic.Field(default=2048, ge=1)
 
+    # Endpoint health (README "Several endpoints for one model"): consecutive failures
+    # that open an endpoint's circuit breaker, seconds it stays open before one probe
+    # call, and seconds a cluster's get_jobs status is cached (read again in the
+    # background while serving).
+    breaker_failures: int = pydantic.Field(default=5, ge=1)
+    breaker_cooldown: float = pydantic.Field(default=30.0, gt=0)
+    status_ttl: float = pydantic.Field(default=10.0, gt=0)
+
     # Identity providers, tried in this order (a JSON list or "static,globus").
     identity_providers: Annotated[list[ProviderName], NoDecode] = ["static"]
     identity_timeout: float = pydantic.Field(default=10.0, gt=0)

@@ -83,6 +83,12 @@ OPEN = {"breaker": BreakerState.OPEN, "admits": False, "retry_after": 7}
 A, B, C = endpoint("a"), endpoint("b"), endpoint("c")
 
 
+def test_equal_loads_take_turns_from_the_driver_s_counter() -> None:
+    idle = [healthy(e.endpoint_slug) for e in (A, B, C)]
+    chosen = [choose([A, B, C], HealthAssessed(endpoints=idle, turn=t)) for t in range(4)]
+    assert chosen == [A, B, C, A]
+
+
 def test_the_least_loaded_healthy_endpoint_is_chosen_ties_in_fixture_order() -> None:
     health = HealthAssessed(
         endpoints=[
@@ -169,7 +175,7 @@ def situations(draw: st.DrawFn) -> tuple[Catalog, Identity, HealthAssessed]:
         )
         for e in endpoints
     ]
-    return catalog, identity, HealthAssessed(endpoints=entries)
+    return catalog, identity, HealthAssessed(endpoints=entries, turn=draw(st.integers(0, 9)))
 
 
 @settings(max_examples=300, deadline=None)

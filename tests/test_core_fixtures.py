@@ -308,10 +308,7 @@ BROKEN: list[tuple[str, Any, Any, str, Any, str | None]] = [
 
 @pytest.mark.parametrize(
     ("clusters", "endpoints", "file", "entry", "field"),
-    [
-        pytest.param(*case[1:], id=case[0])
-        for case in BROKEN
-    ],
+    [pytest.param(*case[1:], id=case[0]) for case in BROKEN],
 )
 def test_a_broken_fixture_names_its_file_entry_and_field(
     clusters: Any, endpoints: Any, file: str, entry: Any, field: str | None

@@ -429,11 +429,12 @@ def _vector(key: str, dimensions: int = 8) -> list[float]:
 
 @contextmanager
 def running_fake_openai(
-    models: Sequence[str] = ("fake-model",), api_key: str | None = None
+    models: Sequence[str] = ("fake-model",), api_key: str | None = None, *, port: int = 0
 ) -> Iterator[tuple[FakeOpenAI, str]]:
-    """A `FakeOpenAI` served on a free local port; yields (fake, base URL without /v1)."""
+    """A `FakeOpenAI` served on a local port (a free one unless `port` names it); yields
+    (fake, base URL without /v1)."""
     fake = FakeOpenAI(models=models, api_key=api_key)
-    with serve_app(fake.app) as base_url:
+    with serve_app(fake.app, port=port) as base_url:
         try:
             yield fake, base_url
         finally:

@@ -12,6 +12,7 @@ from typing import Any
 
 from core import QuotaPolicy
 from frontends.assembly import build_gateway
+from frontends.endpoint_health import HealthPolicy
 from frontends.identity import IdentityProvider, StaticKeys
 from frontends.quota import QuotaCounters
 from frontends.web import create_app
@@ -74,6 +75,7 @@ def running_gateway(
     transport: Transport | None = None,
     quota: QuotaCounters | None = None,
     quota_policy: QuotaPolicy | None = None,
+    health: HealthPolicy | None = None,
 ) -> Iterator[str]:
     """The base URL of a gateway serving these fixtures through a real server; the
     identity provider is static keys from `tokens_file` unless one is given, the
@@ -88,6 +90,7 @@ def running_gateway(
         transport=transport or HttpxTransport(),
         quota=quota,
         quota_policy=quota_policy,
+        health=health,
     )
     with serve_app(create_app(gateway)) as url:
         yield url

@@ -50,15 +50,21 @@ def serve_app(
     graceful_timeout: float = 1.0,
     tls: Mapping[str, Any] | None = None,
     options: Mapping[str, Any] | None = None,
+    port: int = 0,
 ) -> Iterator[str]:
     """Serve `app` until the block ends; yields its base URL `http://127.0.0.1:PORT`.
+
+    `port` 0 lets the OS pick a free one; a test that stops a server and starts it
+    again where its clients expect it passes the port it had (bound with SO_REUSEADDR).
 
     With `tls` (Hypercorn settings: `certfile`, `keyfile`, and for mutual TLS `ca_certs`
     and `verify_mode`), it serves HTTPS and yields `https://127.0.0.1:PORT`.  `options`
     are other Hypercorn settings (`frontends.web.limits.hypercorn_limits`, say).
     """
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
+    if port:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
     listener.listen(128)
     port = listener.getsockname()[1]
 
