@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -269,16 +269,28 @@ class HealthBook:
             yield self
             return
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(self._refresh_forever)
+            tasks.start_soon(self.refresh_forever)
             try:
                 yield self
             finally:
                 tasks.cancel_scope.cancel()
 
-    async def _refresh_forever(self) -> None:
-        while True:
-            await self.refresh()
-            await anyio.sleep(self.policy.status_ttl / 2)
+    async def refresh_forever(self, stopping: Callable[[], Awaitable[Any]] | None = None) -> None:
+        """Read every report now and every half TTL after, until `stopping()` returns (or
+        the task is cancelled): a background task of the served app."""
+        async with anyio.create_task_group() as tasks:
+            if stopping is not None:
+                tasks.start_soon(self._cancel_when, stopping, tasks.cancel_scope)
+            while True:
+                await self.refresh()
+                await anyio.sleep(self.policy.status_ttl / 2)
+
+    @staticmethod
+    async def _cancel_when(
+        stopping: Callable[[], Awaitable[Any]], scope: anyio.CancelScope
+    ) -> None:
+        await stopping()
+        scope.cancel()
 
     # -- what health shows ----------------------------------------------------------------
 

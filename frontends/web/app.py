@@ -111,10 +111,14 @@ def create_app(
     if replicas is not None:
         _keep_announcing(app, replicas)
 
-    @app.while_serving
-    async def refresh_cluster_status() -> AsyncGenerator[None, None]:
-        async with gateway.health.refreshing():  # only if its policy says so
-            yield
+    if gateway.health.policy.refresh_status:
+
+        @app.before_serving
+        async def refresh_cluster_status() -> None:
+            stopping = getattr(app, "shutdown_event", None)
+            app.add_background_task(
+                gateway.health.refresh_forever, None if stopping is None else stopping.wait
+            )
 
     @app.after_serving
     async def close_gateway() -> None:
