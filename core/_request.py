@@ -174,6 +174,7 @@ class RequestMachine(Kernel[State, RequestEffect]):
         self._candidates: tuple[EndpointRecord, ...] = ()
         self._valid: ValidRequest | None = None
         self._retried = False
+        self._failover: str | None = None  # for the log: which endpoint failed first
         self._give_up: Callable[[], Outcome] | None = None  # while CHOOSING for a retry
         self._catalog = catalog
         self._quota = quota
@@ -310,6 +311,10 @@ class RequestMachine(Kernel[State, RequestEffect]):
             return give_up()
         self._retried = True
         self._give_up = give_up
+        status = event.status if isinstance(event, AdaptorFailed) else event.error_code
+        self._failover = (
+            f"retried elsewhere after {self._current_endpoint().endpoint_slug} failed ({status})"
+        )
         return S.CHOOSING, (AssessHealth(slugs=tuple(e.endpoint_slug for e in left)),)
 
     def _asks_usage(self, valid: ValidRequest) -> bool:
@@ -556,6 +561,8 @@ class RequestMachine(Kernel[State, RequestEffect]):
     ) -> WriteLog:
         request = self._current_request()
         identity, endpoint = self._identity, self._endpoint
+        if self._failover is not None:
+            detail = self._failover if detail is None else f"{self._failover}; {detail}"
         return WriteLog(
             entry=LogEntry(
                 request_id=request.request_id,

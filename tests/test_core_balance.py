@@ -273,6 +273,8 @@ def test_a_refused_connection_is_retried_once_on_another_endpoint() -> None:
     (respond, log) = effects
     assert isinstance(respond, Respond) and respond.response.status == 504
     assert isinstance(log, WriteLog) and log.entry.endpoint_slug == second.endpoint_slug
+    assert log.entry.detail is not None
+    assert f"after {first.endpoint_slug} failed (502)" in log.entry.detail
 
 
 def test_the_retry_finds_nothing_healthy_and_the_first_failure_stands() -> None:
