@@ -287,6 +287,7 @@ class RequestMachine(Kernel[State, RequestEffect]):
         if give_up is None:
             chosen = choose(self._candidates, event)
             if isinstance(chosen, BackendError):
+                self._endpoint = self._candidates[0]  # the log names the model refused
                 return self._finish_with_error(chosen)
             return self._prepare(chosen)
         self._give_up = None

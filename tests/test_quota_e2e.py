@@ -98,7 +98,8 @@ def test_two_hundred_requests_against_fifty_per_minute_shared_by_two_processes(
         ]
         answers = anyio.run(_all_at_once, urls * 100, _chat("gpt-test"))
         healths = [httpx.get(f"{url}/resource_server/health").json() for url in urls]
-        assert len(fake.requests) == 50
+        # Completions only: a served gateway also reads the cluster's model list (status).
+        assert len([r for r in fake.requests if r.method == "POST"]) == 50
     _assert_fifty_of_two_hundred(answers)
     admitted_by = {url: 0 for url in urls}
     for answer in answers:
