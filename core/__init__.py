@@ -36,6 +36,7 @@ from core._balance import (
     choose,
     is_retriable,
     model_state,
+    model_states,
     permitted_candidates,
 )
 from core._batch import (
@@ -288,6 +289,7 @@ __all__ = [
     "model_entry",
     "model_list",
     "model_state",
+    "model_states",
     "normalise_domain",
     "parse_clusters",
     "parse_endpoints",

@@ -41,6 +41,7 @@ __all__ = [
     "choose",
     "is_retriable",
     "model_state",
+    "model_states",
     "permitted_candidates",
 ]
 
@@ -62,30 +63,30 @@ class ModelState(enum.Enum):
 _REFUSING_STATES = frozenset({ModelState.QUEUED, ModelState.STOPPED})
 
 
-def model_state(jobs: Mapping[str, object] | None, model: str) -> ModelState:
-    """Where `model` appears in a cluster's job report (the seed's `Jobs` as a dict):
-    running wins over queued, queued over stopped; not listed, or no report: UNKNOWN."""
+def model_states(jobs: Mapping[str, object] | None) -> dict[str, ModelState]:
+    """Every model a cluster's job report (the seed's `Jobs` as a dict) lists, by its
+    case-folded name: running wins over queued, queued over stopped."""
+    states: dict[str, ModelState] = {}
     if jobs is None:
-        return ModelState.UNKNOWN
-    wanted = model.casefold()
+        return states
+    for name, state in (
+        ("stopped", ModelState.STOPPED),
+        ("queued", ModelState.QUEUED),
+        ("running", ModelState.RUNNING),
+    ):
+        entries = jobs.get(name)
+        if not isinstance(entries, list):
+            continue
+        for job in entries:
+            if isinstance(job, Mapping):
+                states[str(job.get("Models", "")).casefold()] = state
+    return states
 
-    def listed(*names: str) -> bool:
-        for name in names:
-            entries = jobs.get(name)
-            if not isinstance(entries, list):
-                continue
-            for job in entries:
-                if isinstance(job, Mapping) and str(job.get("Models", "")).casefold() == wanted:
-                    return True
-        return False
 
-    if listed("running"):
-        return ModelState.RUNNING
-    if listed("queued"):
-        return ModelState.QUEUED
-    if listed("stopped"):
-        return ModelState.STOPPED
-    return ModelState.UNKNOWN
+def model_state(jobs: Mapping[str, object] | None, model: str) -> ModelState:
+    """Where `model` appears in a cluster's job report; not listed, or no report: UNKNOWN
+    (then the backend itself is asked)."""
+    return model_states(jobs).get(model.casefold(), ModelState.UNKNOWN)
 
 
 def is_retriable(event: AdaptorFailed | AdaptorReturned) -> bool:

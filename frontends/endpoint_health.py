@@ -50,7 +50,7 @@ from core import (
     StreamOpened,
     Succeeded,
     is_retriable,
-    model_state,
+    model_states,
     redact,
 )
 
@@ -80,7 +80,7 @@ class _Report:
     """One reading of a cluster's status: the answer (None if it failed) and when."""
 
     at: float
-    jobs: dict[str, Any] | None
+    states: dict[str, ModelState]  # by case-folded model name, read once per report
     answer: GetJobsResponse | None
     error: str | None = None
 
@@ -157,7 +157,7 @@ class HealthBook:
         report = self._reports.get(endpoint.cluster)
         ttl = self.policy.status_ttl
         if report is not None and now - report.at <= _TRUSTED_TTLS * ttl:
-            state = model_state(report.jobs, endpoint.model)
+            state = report.states.get(endpoint.model.casefold(), ModelState.UNKNOWN)
             status_retry = max(1, math.ceil(report.at + ttl - now))
         return EndpointHealth(
             slug=slug,
@@ -253,7 +253,7 @@ class HealthBook:
         previous = self._reports.get(cluster)
         if error is not None and (previous is None or previous.error != error):
             log.warning("cluster %s status: %s", cluster, error)
-        return _Report(at=self._clock(), jobs=jobs, answer=answer, error=error)
+        return _Report(at=self._clock(), states=model_states(jobs), answer=answer, error=error)
 
     async def refresh(self) -> None:
         """Read every cluster's status once, side by side."""
