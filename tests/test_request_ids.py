@@ -9,7 +9,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -61,16 +61,21 @@ def gateway_url(
 class LinesArrived(logging.Handler):
     """Collects access lines and lets the test wait for the n-th: the line is written
     when the server's handler returns, which may be just after the client has read the
-    last byte of the answer, on the server's thread."""
+    last byte of the answer, on the server's thread.  `keep` picks this test's lines: a
+    line of an earlier test's request may arrive just after the handler is added."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: Callable[[str], bool] = lambda line: True) -> None:
         super().__init__(logging.INFO)
         self._lines: list[str] = []
+        self._keep = keep
         self._changed = threading.Condition()
 
     def emit(self, record: logging.LogRecord) -> None:
+        line = record.getMessage()
+        if not self._keep(line):
+            return
         with self._changed:
-            self._lines.append(record.getMessage())
+            self._lines.append(line)
             self._changed.notify_all()
 
     def wait_for(self, count: int) -> list[str]:
@@ -153,7 +158,9 @@ def test_one_json_access_line_per_request_without_credentials_or_bodies(
     gateway_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="inference_gateway.access")
-    arrived = LinesArrived()
+    arrived = LinesArrived(
+        keep=lambda line: '"access-' in line or "/resource_server/health" in line
+    )
     logging.getLogger("inference_gateway.access").addHandler(arrived)
     try:
         answer = chat(gateway_url, "access-1")
