@@ -12,9 +12,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from core import ConfigurationError
 from frontends.store import Replicas, Store, check_can_join
+from frontends.store._schema import replicas as replicas_table
 from tests.support.databases import scratch_postgres_database
 from tests.support.gateway_server import write_tokens
 from tests.support.quota import REDIS_URL, serve_process
@@ -88,5 +90,24 @@ def test_a_crashed_replicas_row_ages_out(tmp_path: Path) -> None:
             store.engine, replica_id=crashed.id, shared_quota=False, clock=lambda: now
         )
         check_can_join(sibling, sqlite=True)
+    finally:
+        store.engine.dispose()
+
+
+def test_a_killed_server_on_this_machine_does_not_hold_a_restart_back(tmp_path: Path) -> None:
+    """SIGKILL leaves the row, but its process is gone: the restart starts at once."""
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    store = Store.connect(f"sqlite:///{tmp_path / 'gateway.db'}")
+    try:
+        killed = Replicas(store.engine, shared_quota=False)
+        killed.beat()
+        with store.engine.begin() as connection:
+            connection.execute(sa.update(replicas_table).values(pid=int(gone.stdout)))
+        check_can_join(Replicas(store.engine, shared_quota=False), sqlite=True)
     finally:
         store.engine.dispose()

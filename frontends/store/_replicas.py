@@ -61,11 +61,13 @@ class Replicas:
         self._clock = clock
 
     def others(self) -> list[ReplicaRow]:
-        """Other servers seen within `STALE`."""
+        """Other servers seen within `STALE`, less those of this host whose process is
+        gone (killed, crashed: a restart on the same machine need not wait for the row
+        to age)."""
         since = self._clock() - STALE
         query = sa.select(replicas).where(replicas.c.id != self.id, replicas.c.seen_at >= since)
         with self.engine.connect() as connection:
-            return [
+            rows = [
                 ReplicaRow(
                     id=row.id,
                     host=row.host,
@@ -75,6 +77,8 @@ class Replicas:
                 )
                 for row in connection.execute(query)
             ]
+        here = socket.gethostname()
+        return [row for row in rows if row.host != here or _alive(row.pid)]
 
     def beat(self) -> None:
         """Writes (or renews) this server's row."""
@@ -116,6 +120,17 @@ class Replicas:
         to age), off the event loop."""
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(self.leave)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process of this machine with this id runs (signal 0 checks, sends none)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it runs, as another user
+    return True
 
 
 def check_can_join(registry: Replicas, *, sqlite: bool) -> None:
