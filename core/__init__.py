@@ -63,6 +63,7 @@ from core._batch import (
     StatusPolled,
     SubmitBatch,
     WriteResult,
+    seed_status_of,
 )
 from core._breaker import (
     BREAKER_TABLE,
@@ -298,6 +299,7 @@ __all__ = [
     "quota_refusal",
     "redact",
     "request_model",
+    "seed_status_of",
     "select_endpoint",
     "slugify",
     "type_for_status",

@@ -25,7 +25,10 @@ that holds the batch's lease rebuilds the machine with `BatchMachine.resume` and
 without running a finished line again.
 
 OpenAI's statuses and the seed's `BatchStatusEnum` are both read off the state
-(`openai_status`, `seed_status`): one machine, two vocabularies.
+(`openai_status`, `seed_status`): one machine, two vocabularies.  A delegated job that
+its adaptor last reported `pending` (accepted but queued by a scheduler) reads as the
+seed's `pending` and OpenAI's `validating`, so the one stored OpenAI status still says
+which of the seed's statuses the batch is in (`seed_status_of`).
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ __all__ = [
     "StatusPolled",
     "SubmitBatch",
     "WriteResult",
+    "seed_status_of",
 ]
 
 
@@ -132,9 +136,13 @@ class LineDone:
 
 @attrs.frozen(kw_only=True)
 class BatchSubmitted:
-    """The delegating adaptor accepted the batch (`submit_batch` answered)."""
+    """The delegating adaptor accepted the batch (`submit_batch` answered), with the
+    status it gave, if any (none reads as pending: not yet seen running)."""
 
     task_ids: str | None = None
+    status: SeedStatus | None = attrs.field(
+        default=None, converter=attrs.converters.optional(SeedStatus)
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -286,6 +294,21 @@ _SEED_STATUS = {
     B.ERROR: SeedStatus.failed,
 }
 
+# Each OpenAI status belongs to exactly one seed status (checked at import), so the
+# stored OpenAI status is enough to answer the seed's routes.
+_SEED_BY_OPENAI = {_OPENAI_STATUS[state]: _SEED_STATUS[state] for state in B}
+if any(_SEED_BY_OPENAI[_OPENAI_STATUS[state]] is not _SEED_STATUS[state] for state in B):
+    raise AssertionError("an OpenAI batch status maps to two seed statuses")
+
+
+def seed_status_of(openai_status: str) -> SeedStatus:
+    """The seed's `BatchStatusEnum` value for a stored OpenAI batch status."""
+    try:
+        return _SEED_BY_OPENAI[openai_status]
+    except KeyError:
+        raise ValueError(f"{openai_status!r} is not an OpenAI batch status") from None
+
+
 Outcome = tuple[BatchState, tuple[BatchEffect, ...]]
 
 
@@ -302,6 +325,7 @@ class BatchMachine(Kernel[BatchState, BatchEffect]):
         self._in_flight: set[int] = set()
         self._outcomes: dict[int, bool] = {}  # index -> ok
         self._ending: BatchState = B.COMPLETED  # the terminal state finalising leads to
+        self._reported: SeedStatus | None = None  # a delegated job's last known status
         self.failure: str | None = None
 
     @classmethod
@@ -319,13 +343,17 @@ class BatchMachine(Kernel[BatchState, BatchEffect]):
 
     # -- what the edges read --------------------------------------------------------------
 
+    def _queued(self) -> bool:
+        """A delegated job accepted by its adaptor but not yet seen running."""
+        return self.state is B.RUNNING and self._reported is SeedStatus.pending
+
     @property
     def openai_status(self) -> str:
-        return _OPENAI_STATUS[self.state]
+        return "validating" if self._queued() else _OPENAI_STATUS[self.state]
 
     @property
     def seed_status(self) -> SeedStatus:
-        return _SEED_STATUS[self.state]
+        return SeedStatus.pending if self._queued() else _SEED_STATUS[self.state]
 
     @property
     def request_counts(self) -> dict[str, int]:
@@ -376,6 +404,7 @@ class BatchMachine(Kernel[BatchState, BatchEffect]):
 
     def _on_submitted(self, event: BatchSubmitted) -> Outcome:
         self._require(BatchMode.DELEGATED)
+        self._reported = event.status or SeedStatus.pending
         return B.RUNNING, (PollStatus(),)
 
     def _on_submit_failed(self, event: BatchSubmitFailed) -> Outcome:
@@ -389,6 +418,7 @@ class BatchMachine(Kernel[BatchState, BatchEffect]):
 
     def _on_status(self, event: StatusPolled) -> Outcome:
         self._require(BatchMode.DELEGATED)
+        self._reported = event.status
         if event.status is SeedStatus.completed:
             return B.COMPLETED, ()
         if event.status is SeedStatus.failed:

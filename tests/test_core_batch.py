@@ -39,6 +39,7 @@ from core import (
     StatusPolled,
     SubmitBatch,
     WriteResult,
+    seed_status_of,
 )
 
 B = BatchState
@@ -156,6 +157,48 @@ def test_a_delegated_batch_is_submitted_then_polled_until_the_adaptor_says_it_en
     assert machine.receive(PollDue()) == (PollStatus(),)
     machine.receive(StatusPolled(status="completed", result="/out"))
     assert machine.state is B.COMPLETED and machine.seed_status is SeedStatus.completed
+
+
+def test_a_delegated_job_reads_pending_while_queued_and_running_once_it_runs() -> None:
+    machine = delegated()
+    machine.receive(Started())
+    machine.receive(BatchSubmitted(task_ids="job-1"))  # no status given: not yet seen running
+    assert (machine.openai_status, machine.seed_status) == ("validating", SeedStatus.pending)
+    machine.receive(StatusPolled(status="running"))
+    assert (machine.openai_status, machine.seed_status) == ("in_progress", SeedStatus.running)
+    machine.receive(StatusPolled(status="pending"))  # requeued by its scheduler
+    assert machine.seed_status is SeedStatus.pending
+    machine.receive(StatusPolled(status="completed"))
+    assert (machine.openai_status, machine.seed_status) == ("completed", SeedStatus.completed)
+
+
+def test_a_submission_that_says_running_reads_running() -> None:
+    machine = delegated()
+    machine.receive(Started())
+    machine.receive(BatchSubmitted(task_ids="job-1", status="running"))
+    assert machine.seed_status is SeedStatus.running
+
+
+@pytest.mark.parametrize(
+    ("openai_status", "seed"),
+    [
+        ("validating", SeedStatus.pending),
+        ("in_progress", SeedStatus.running),
+        ("finalizing", SeedStatus.running),
+        ("cancelling", SeedStatus.running),
+        ("completed", SeedStatus.completed),
+        ("failed", SeedStatus.failed),
+        ("expired", SeedStatus.failed),
+        ("cancelled", SeedStatus.failed),
+    ],
+)
+def test_each_stored_openai_status_is_one_seed_status(openai_status: str, seed: SeedStatus) -> None:
+    assert seed_status_of(openai_status) is seed
+
+
+def test_an_unknown_stored_status_is_refused() -> None:
+    with pytest.raises(ValueError, match="not an OpenAI batch status"):
+        seed_status_of("running")
 
 
 def test_a_delegated_job_that_fails_fails_the_batch_with_its_reason() -> None:
