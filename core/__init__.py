@@ -148,7 +148,12 @@ from core._quota import (
 )
 from core._records import ClusterRecord, EndpointRecord, Identity, OpenAIRoute, Response, Usage
 from core._request import TABLE, TERMINAL, RequestEffect, RequestMachine, State
-from core._selection import select_endpoint, usable_cluster, usable_endpoints
+from core._selection import (
+    select_batch_endpoint,
+    select_endpoint,
+    usable_cluster,
+    usable_endpoints,
+)
 from core._shaping import JSON_HEADERS, STREAM_HEADERS, error_response, json_object
 from core._sse import SSEDecoder, SSEMonitor
 from core._validation import RESERVED_FIELDS, ValidRequest, validate_request
@@ -300,6 +305,7 @@ __all__ = [
     "redact",
     "request_model",
     "seed_status_of",
+    "select_batch_endpoint",
     "select_endpoint",
     "slugify",
     "type_for_status",

@@ -14,10 +14,10 @@ from core._authorization import Allowed, Denied, authorize, may_use_cluster
 from core._catalog import Catalog
 from core._errors import ClientError
 from core._limits import clip
-from core._records import ClusterRecord, EndpointRecord, Identity
+from core._records import ClusterRecord, EndpointRecord, Identity, OpenAIRoute
 from core._validation import ValidRequest
 
-__all__ = ["select_endpoint", "usable_cluster", "usable_endpoints"]
+__all__ = ["select_batch_endpoint", "select_endpoint", "usable_cluster", "usable_endpoints"]
 
 _MAX_LISTED = 50
 
@@ -92,6 +92,33 @@ def select_endpoint(
 def _select_on_cluster(
     catalog: Catalog, identity: Identity, request: ValidRequest, name: str, framework: str
 ) -> EndpointRecord | ClientError:
+    return _on_cluster(catalog, identity, name, framework, request.model, request.route)
+
+
+def select_batch_endpoint(
+    catalog: Catalog,
+    identity: Identity,
+    *,
+    cluster: str,
+    framework: str,
+    model: str,
+    route: OpenAIRoute | None = None,
+) -> EndpointRecord | ClientError:
+    """The endpoint the seed's batch route names (cluster and framework in the URL, the
+    model in the body), with both levels of rules checked.  `route` is the operation the
+    batch's lines call, when the gateway runs them; a batch its adaptor runs whole has
+    none to check."""
+    return _on_cluster(catalog, identity, cluster, framework, model, route)
+
+
+def _on_cluster(
+    catalog: Catalog,
+    identity: Identity,
+    name: str,
+    framework: str,
+    model: str,
+    route: OpenAIRoute | None,
+) -> EndpointRecord | ClientError:
     cluster = usable_cluster(catalog, identity, name)
     if isinstance(cluster, ClientError):
         return cluster
@@ -101,17 +128,17 @@ def _select_on_cluster(
             f"supported: {', '.join(cluster.frameworks)}.",
             code="unsupported_framework",
         )
-    if not cluster.accepts(request.route):
+    if route is not None and not cluster.accepts(route):
         return ClientError(
-            f"'{request.route.value}' is not supported on cluster '{name}'; "
+            f"'{route.value}' is not supported on cluster '{name}'; "
             f"supported: {', '.join(cluster.openai_endpoints)}.",
             code="unsupported_endpoint",
         )
     here = catalog.on_cluster(name, framework)
-    endpoint = _match(here, request.model)
+    endpoint = _match(here, model)
     if endpoint is None:
         usable = [e for e in here if isinstance(authorize(identity, cluster, e), Allowed)]
-        return _model_not_found(request.model, f" on {name}/{clip(framework)}", usable)
+        return _model_not_found(model, f" on {name}/{clip(framework)}", usable)
     decision = authorize(identity, cluster, endpoint)
     return _denied(decision) if isinstance(decision, Denied) else endpoint
 

@@ -35,6 +35,9 @@ is stored.  A line found started but unanswered when the batch is next taken up 
 that record as its outcome: the error file says `request_interrupted`, and the user
 can send it again knowingly.  Lines never started run when the batch resumes; finished
 ones are never run again.  A graceful stop loses nothing: its lines in flight finish.
+
+Delegated batches (run by their endpoint's adaptor) are watched by a `BatchDelegation`
+handed in as `delegation`: it runs beside this loop, is woken and stopped with it.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ from core import (
     Started,
     WriteResult,
 )
+from frontends.batch_delegation import BatchDelegation
 from frontends.batches import BATCH_URLS, BatchLine, identity_from_json, parse_batch_lines
 from frontends.gateway import Gateway, GatewayRequest
 from frontends.store import LINE_INTERRUPTED, BatchLog, BatchStore, FileRecord, LineOutcome
@@ -162,8 +166,10 @@ class BatchRunner:
         poll_interval: float = 1.0,
         clock: Callable[[], float] = time.time,
         holder: str | None = None,
+        delegation: BatchDelegation | None = None,
     ) -> None:
         self._gateway = gateway
+        self.delegation = delegation
         self._store = store
         self._concurrency = concurrency
         self._max_batches = max_batches
@@ -189,11 +195,15 @@ class BatchRunner:
             self._cancels.add(cancelled)
         if self._wake is not None:
             self._wake.set()
+        if self.delegation is not None:
+            self.delegation.wake(cancelled)
 
     def stop(self) -> None:
         """Stop gracefully: start no new line, finish and record those in flight."""
         self._stopping = True
         self.wake()
+        if self.delegation is not None:
+            self.delegation.stop()
 
     async def stop_and_wait(self, timeout: float) -> None:
         """`stop()`, then wait (at most `timeout` seconds) until `run()` has returned: its
@@ -217,6 +227,8 @@ class BatchRunner:
         async with anyio.create_task_group() as watcher:
             if stopping is not None:
                 watcher.start_soon(self._stop_when, stopping)
+            if self.delegation is not None:
+                watcher.start_soon(self._watch_delegated, self.delegation)
             async with anyio.create_task_group() as group:
                 while not self._stopping:
                     while len(self._running) < self._max_batches and not self._stopping:
@@ -233,6 +245,12 @@ class BatchRunner:
     async def _stop_when(self, stopping: Callable[[], Awaitable[Any]]) -> None:
         await stopping()
         self.stop()
+
+    async def _watch_delegated(self, delegation: BatchDelegation) -> None:
+        try:
+            await delegation.run()
+        except Exception:  # never takes the built-in runner down with it
+            log.error("batches: watching delegated batches failed", exc_info=True)
 
     async def _claim(self) -> BatchLog | None:
         try:

@@ -34,6 +34,7 @@ from core import (
     validate_request,
 )
 from frontends.api_models import MAX_METADATA_PAIRS, BatchCreateRequest
+from frontends.batch_delegation import delegates_batches
 from frontends.gateway import Gateway, GatewayResponse
 from frontends.listings import Listings
 from frontends.store import BatchLog, BatchStore, FileRecord
@@ -242,6 +243,10 @@ class Batches:
         id): the runner's wake-up."""
         self._on_change = callback
 
+    def changed(self, cancelled: str | None = None) -> None:
+        """A batch was created (or `cancelled`) by another route: wake the runner."""
+        self._on_change(cancelled)
+
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
 
@@ -405,6 +410,8 @@ class Batches:
         if isinstance(chosen, ClientError):
             return _respond(chosen)
         now = self._now()
+        # An endpoint whose adaptor runs batches itself gets the whole file (delegated).
+        delegated = delegates_batches(self.gateway.endpoint_adaptor(chosen.endpoint_slug))
         batch = BatchLog(
             id=f"batch_{uuid.uuid4().hex}",
             user_id=owner,
@@ -422,6 +429,7 @@ class Batches:
             created_at=now,
             expires_at=now + COMPLETION_WINDOWS[window],
             total=len(lines),
+            mode="delegated" if delegated else "builtin",
         )
         stored = await self.store.call(
             self.store.add_batch, batch, max_active=self.limits.max_active

@@ -359,8 +359,10 @@ def _join_replicas(settings: Settings, store: Any) -> Any:
 
 
 def _batch_parts(settings: Settings, gateway: Gateway, store: Store) -> dict[str, Any]:
-    """The files and batches API and the built-in runner, on the request log's store (one
-    engine, one connection pool, for the one database)."""
+    """The files and batches API and the built-in runner (with the delegated batches'
+    watcher), on the request log's store (one engine, one connection pool, for the one
+    database)."""
+    from frontends.batch_delegation import BatchDelegation
     from frontends.batch_runner import BatchRunner
     from frontends.batches import Batches, BatchLimits
     from frontends.store import BatchStore
@@ -375,6 +377,12 @@ def _batch_parts(settings: Settings, gateway: Gateway, store: Store) -> dict[str
     batches = Batches(gateway, batch_store, limits=limits)
     if not settings.batch_runner:  # another worker of this server runs them
         return {"batches": batches}
+    delegation = BatchDelegation(
+        gateway,
+        batch_store,
+        work_dir=settings.batch_work_dir or settings.state_dir / "batch-jobs",
+        poll_seconds=settings.batch_poll_seconds,
+    )
     lease = settings.batch_lease_seconds
     runner = BatchRunner(
         gateway,
@@ -382,6 +390,7 @@ def _batch_parts(settings: Settings, gateway: Gateway, store: Store) -> dict[str
         concurrency=limits.concurrency,
         lease_seconds=lease,
         poll_interval=min(1.0, lease / 4),  # renewed well within the lease
+        delegation=delegation,
     )
     return {"batches": batches, "batch_runner": runner}
 

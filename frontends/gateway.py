@@ -311,6 +311,10 @@ class Gateway:
     def identity(self) -> IdentityProvider:
         return self._identity
 
+    def endpoint_adaptor(self, slug: str) -> BaseEndpoint | None:
+        """The adaptor serving endpoint `slug` (a batch's), or None if none does now."""
+        return self._endpoints.get(slug.lower())
+
     def acting_for(self, identity: Identity) -> Gateway:
         """This gateway, for requests made on behalf of a caller it already knows (a
         batch's owner): the same catalog, adaptors, transport, quotas and log, with an

@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     # renewing (it renews several times within); a batch whose holder died waits this
     # long before another process takes it up.
     batch_lease_seconds: float = pydantic.Field(default=60.0, ge=1.0, le=3600.0)
+    # Delegated batches (an endpoint whose adaptor runs the whole file, README "Seed
+    # batch routes"): how often each job's status is asked for, and the directory the
+    # gateway copies inputs to and jobs write outputs in (default STATE_DIR/batch-jobs).
+    batch_poll_seconds: float = pydantic.Field(default=30.0, gt=0)
+    batch_work_dir: Path | None = None
     # The request log keeps prompts and responses only when asked, each capped (chars).
     capture_bodies: bool = False
     capture_limit: int = pydantic.Field(default=4096, ge=1, le=65536)

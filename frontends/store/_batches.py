@@ -271,18 +271,53 @@ class BatchStore:
             )
         return self.get_batch(batch_id, owner=owner)
 
+    def batches_of(
+        self, owner: str, *, statuses: Collection[str] | None = None, limit: int = 10_000
+    ) -> list[BatchLog]:
+        """The owner's batches, oldest first (the seed's list), optionally only those in
+        one of `statuses` (stored OpenAI statuses)."""
+        query = sa.select(batches).where(batches.c.user_id == owner)
+        if statuses is not None:
+            query = query.where(batches.c.status.in_(list(statuses)))
+        query = query.order_by(batches.c.created_at, batches.c.id).limit(limit)
+        with self.engine.connect() as connection:
+            return [_batch(row) for row in connection.execute(query).mappings()]
+
+    def unfinished_with_input(self, owner: str, input_file: str) -> BatchLog | None:
+        """An unfinished batch of the owner's that reads `input_file`, if any (the seed
+        refuses a second batch on the same input while one runs)."""
+        query = (
+            sa.select(batches)
+            .where(
+                batches.c.user_id == owner,
+                batches.c.input_file == input_file,
+                batches.c.status.in_(ACTIVE_STATUSES),
+            )
+            .limit(1)
+        )
+        with self.engine.connect() as connection:
+            row = connection.execute(query).mappings().first()
+        return None if row is None else _batch(row)
+
     # -- batches: the runner's side -------------------------------------------------------
 
     def claim(
-        self, holder: str, now: datetime, lease: timedelta, *, exclude: Collection[str] = ()
+        self,
+        holder: str,
+        now: datetime,
+        lease: timedelta,
+        *,
+        exclude: Collection[str] = (),
+        mode: str = "builtin",
     ) -> BatchLog | None:
-        """Take the oldest unfinished batch (not one of `exclude`, those `holder` runs
-        already) whose lease is free or expired, and hold it until `now + lease`."""
+        """Take the oldest unfinished batch run this way (`mode`; not one of `exclude`,
+        those `holder` runs already) whose lease is free or expired, and hold it until
+        `now + lease`."""
         query = (
             sa.select(batches)
             .where(
                 batches.c.status.in_(ACTIVE_STATUSES),
-                batches.c.mode == "builtin",
+                batches.c.mode == mode,
                 sa.or_(batches.c.lease_holder.is_(None), batches.c.lease_expires_at < now),
                 batches.c.id.not_in(list(exclude)),
             )
@@ -343,10 +378,11 @@ class BatchStore:
         afterwards (the runner reads a cancel request from it), or None when the lease
         was lost (and then no line may be sent)."""
         values = {**values, "lease_holder": holder}  # never an empty SET
-        if values.get("status") == "in_progress":
+        status = values.get("status")
+        if status in ("validating", "in_progress"):
             # A cancel the API wrote meanwhile stays visible until the runner reads it.
             values["status"] = sa.case(
-                (batches.c.status == "cancelling", "cancelling"), else_="in_progress"
+                (batches.c.status == "cancelling", "cancelling"), else_=status
             )
         with self.engine.begin() as connection:
             updated = connection.execute(

@@ -31,6 +31,7 @@ from frontends.web.metrics import METRICS_KEY, METRICS_TOKEN_KEY, metrics_api
 from frontends.web.openai_api import openai_api
 from frontends.web.openapi import openapi_api
 from frontends.web.resource_server import resource_server
+from frontends.web.seed_batches_api import seed_batches_api
 from frontends.web.unread_body import read_unread_body
 
 __all__ = ["create_app"]
@@ -88,6 +89,7 @@ def create_app(
     if batches is not None:
         app.extensions[BATCHES_KEY] = batches
         app.register_blueprint(batches_api)
+        app.register_blueprint(seed_batches_api)  # the seed's /resource_server batch routes
         _allow_uploads(app, max_body_bytes, batches.limits.max_file_bytes + (1 << 20))
     if batch_runner is not None:
         _run_in_background(app, batch_runner, batches)
