@@ -287,9 +287,8 @@ class DelegatedRun:
         if not delegates_batches(self.adaptor):
             await self._fail("The batch's endpoint no longer runs batches.")
             return
-        machine = BatchMachine(
-            BatchSpec(batch_id=batch.id, mode=BatchMode.DELEGATED, lines=batch.total)
-        )
+        # No lines of its own: the adaptor runs the file, the output file tells the counts.
+        machine = BatchMachine(BatchSpec(batch_id=batch.id, mode=BatchMode.DELEGATED, lines=0))
         submitted = batch.in_progress_at is not None
         first: BatchEvent = Started()
         if not submitted and batch.cancelling_at is not None:
