@@ -413,6 +413,9 @@ class BatchRun:
                 GatewayRequest(
                     route=BATCH_URLS[line.url],
                     body=json.dumps(line.body).encode(),
+                    # On the cluster chosen when the batch was made (the seed's route names it).
+                    cluster=self.batch.cluster,
+                    framework=self.batch.framework,
                     content_type="application/json",
                     authorization="Bearer batch-owner",
                     request_id=request_id,

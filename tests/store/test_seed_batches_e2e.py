@@ -262,6 +262,48 @@ def test_cancelling_a_delegated_batch_cancels_its_job(
     assert client.get(f"/resource_server/v1/batches/{batch_id}").json() == "failed"
 
 
+def test_an_openai_client_batch_on_a_delegating_endpoint_runs_as_one_job(
+    gateway: DelegatingGateway, scheduler: FakeScheduler
+) -> None:
+    c = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=ALICE, max_retries=0)
+    file_id = c.files.create(file=("in.jsonl", lines(2)), purpose="batch").id
+    batch = c.batches.create(
+        input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    job_id = new_job(scheduler)
+    answers = scheduler.finish(job_id)
+    done = wait_until(
+        "completed", lambda: (b := c.batches.retrieve(batch.id)).status == "completed" and b
+    )
+    assert done.request_counts is not None
+    assert (done.request_counts.total, done.request_counts.completed) == (2, 2)
+    assert done.output_file_id is not None
+    output = c.files.content(done.output_file_id).text.splitlines()
+    assert [json.loads(text) for text in output] == answers
+
+
+def test_a_restarted_gateway_watches_the_job_it_had_without_submitting_again(
+    tmp_path: Path,
+    backend: tuple[FakeOpenAI, str],
+    database_url: str,
+    scheduler: FakeScheduler,
+) -> None:
+    with serve(tmp_path, backend, database_url, scheduler) as first:
+        client = http(first)
+        batch_id = submit(client, seed_body(upload(client, lines(2)))).json()["batch_id"]
+        job_id = new_job(scheduler)
+        wait_until("the submission stored", lambda: first.store.get_batch(batch_id).in_progress_at)
+    # The gateway is gone (stopped: it let its lease go); the job runs on meanwhile.
+    scheduler.set_state(job_id, "RUNNING")
+    with serve(tmp_path, backend, database_url, scheduler) as second:
+        wait_until("running", lambda: stored_status(second, batch_id) == "in_progress")
+        scheduler.finish(job_id)
+        wait_until("completed", lambda: stored_status(second, batch_id) == "completed")
+        result = http(second).get(f"/resource_server/v1/batches/{batch_id}/result")
+        assert len(result.json().splitlines()) == 2
+    assert scheduler.jobs() == [job_id]  # submitted once
+
+
 # -- the built-in runner through the seed route -------------------------------------------
 
 
