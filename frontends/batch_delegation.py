@@ -107,7 +107,8 @@ def _reason(message: str | None, fallback: str) -> str:
 
 def _output_counts(content: bytes) -> tuple[int, int]:
     """Lines answered and lines failed in an output file shaped as OpenAI writes them
-    (a line without `"error": null` and a 2xx response counts as failed)."""
+    (vLLM's batch runner does): a line counts as answered with `"error": null` and a 2xx
+    response, as failed otherwise."""
     completed = failed = 0
     for raw in content.splitlines():
         if not raw.strip():
@@ -119,7 +120,8 @@ def _output_counts(content: bytes) -> tuple[int, int]:
             continue
         response = item.get("response") if isinstance(item, dict) else None
         status = response.get("status_code") if isinstance(response, dict) else None
-        if isinstance(item, dict) and item.get("error") is None and status in (None, 200):
+        answered = status is None or (isinstance(status, int) and 200 <= status < 300)
+        if isinstance(item, dict) and item.get("error") is None and answered:
             completed += 1
         else:
             failed += 1
