@@ -308,6 +308,72 @@ class BuiltinBatch(RuleBasedStateMachine):
             assert machine.state in TERMINAL and self.finalize_seen
             counts = machine.request_counts
             assert counts["completed"] + counts["failed"] == counts["total"]
+        assert seed_status_of(machine.openai_status) is machine.seed_status
 
 
 TestBuiltinBatch = BuiltinBatch.TestCase
+
+
+class DelegatedBatch(RuleBasedStateMachine):
+    """Every event, any order, at a delegated batch: once terminal it stays so, and the
+    seed's status can always be read back from the OpenAI status the store keeps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.machine = delegated()
+        self.ended: BatchState | None = None
+
+    def feed(self, event: Any) -> None:
+        before = self.machine.state
+        allowed = EXPECTED.get((before, type(event)))
+        try:
+            self.machine.receive(event)
+        except LocalProtocolError:
+            assert allowed is None, f"{type(event).__name__} refused in {before}"
+            self.machine = delegated()  # a new batch goes on
+            self.ended = None
+            return
+        assert allowed is not None and self.machine.state in allowed
+        if self.ended is not None:
+            raise AssertionError(f"left terminal state {self.ended}")
+        if self.machine.finished:
+            self.ended = self.machine.state
+
+    @rule()
+    def start(self) -> None:
+        self.feed(Started())
+
+    @rule(status=st.none() | st.sampled_from(SeedStatus))
+    def submitted(self, status: SeedStatus | None) -> None:
+        self.feed(BatchSubmitted(task_ids="job", status=status))
+
+    @rule()
+    def submit_failed(self) -> None:
+        self.feed(BatchSubmitFailed(reason="refused"))
+
+    @rule()
+    def poll_due(self) -> None:
+        self.feed(PollDue())
+
+    @rule(status=st.sampled_from(SeedStatus))
+    def polled(self, status: SeedStatus) -> None:
+        self.feed(StatusPolled(status=status))
+
+    @rule()
+    def cancel(self) -> None:
+        self.feed(BatchCancelRequested())
+
+    @rule()
+    def expire(self) -> None:
+        self.feed(Expired())
+
+    @rule()
+    def files_closed(self) -> None:
+        self.feed(BatchFinalized())
+
+    @invariant()
+    def both_vocabularies_agree(self) -> None:
+        assert seed_status_of(self.machine.openai_status) is self.machine.seed_status
+
+
+TestDelegatedBatch = DelegatedBatch.TestCase
