@@ -201,7 +201,7 @@ async def test_what_goes_wrong_is_an_error_answer_not_a_status(tmp_path: Path) -
 async def test_a_batch_without_the_gateways_copy_of_a_file_is_refused(tmp_path: Path) -> None:
     scheduler = FakeScheduler(tmp_path / "scheduler")
     adaptor = endpoint(scheduler.config())
-    answer = await adaptor.submit_batch({"input_file": "/home/me/in.jsonl", "model": "m"}, "me")
+    answer = await adaptor.submit_batch({"input_file": "/data/me/in.jsonl", "model": "m"}, "me")
     assert answer.error_code == 400 and "/v1/files" in str(answer.error_message)
     assert scheduler.jobs() == []
     printed_nothing = endpoint(

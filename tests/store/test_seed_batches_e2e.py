@@ -347,7 +347,7 @@ def test_the_builtin_route_takes_only_a_file_id_of_the_callers(
 def test_the_command_adaptor_takes_only_a_file_id_too(
     sqlite_gateway: DelegatingGateway, scheduler: FakeScheduler
 ) -> None:
-    answer = submit(http(sqlite_gateway), seed_body("/home/alice/prompts.jsonl"))
+    answer = submit(http(sqlite_gateway), seed_body("/data/alice/prompts.jsonl"))
     assert answer.status_code == 400
     assert "/v1/files" in error_of(answer)["message"]
     assert scheduler.jobs() == []
