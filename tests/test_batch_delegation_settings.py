@@ -12,6 +12,7 @@ from frontends.assembly import build_gateway
 from frontends.cli import _batch_parts
 from frontends.identity import StaticKeys
 from frontends.settings import load_settings
+from frontends.store import Store
 from tests.support.gateway_server import REPO_FIXTURES, write_tokens
 from transports.httpx_transport import HttpxTransport
 
@@ -34,8 +35,9 @@ def test_the_serve_command_polls_jobs_as_configured(
         identity=StaticKeys.from_file(write_tokens(tmp_path)),
         transport=HttpxTransport(),
     )
-    store, parts = _batch_parts(settings, gateway)
+    store = Store.connect(settings.store_url)
     try:
+        parts = _batch_parts(settings, gateway, store)
         delegation = parts["batch_runner"].delegation
         assert delegation.poll_seconds == 2.5
         assert delegation.work_dir == tmp_path / "state" / "batch-jobs"
