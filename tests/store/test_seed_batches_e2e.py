@@ -20,8 +20,11 @@ import httpx
 import openai
 import pytest
 
+from adaptors.endpoints.endpoint import BatchStatusEnum
+from tests.guide_adaptors.batch_endpoint import JOBS
 from tests.support.delegated_gateway import (
     BATCH_MODEL,
+    SEED_STYLE_MODEL,
     DelegatingGateway,
     running_delegating_gateway,
     seed_body,
@@ -302,6 +305,36 @@ def test_a_restarted_gateway_watches_the_job_it_had_without_submitting_again(
         result = http(second).get(f"/resource_server/v1/batches/{batch_id}/result")
         assert len(result.json().splitlines()) == 2
     assert scheduler.jobs() == [job_id]  # submitted once
+
+
+def test_a_seed_style_adaptor_gets_input_file_as_the_user_sent_it(
+    gateway: DelegatingGateway,
+) -> None:
+    client = http(gateway)
+    body = seed_body(
+        "/eagle/project/prompts.jsonl",
+        model=SEED_STYLE_MODEL,
+        output_folder_path="/eagle/project/out",
+    )
+    answer = submit(client, body)
+    assert answer.status_code == 200, answer.text
+    batch_id = answer.json()["batch_id"]
+    task_id = wait_until("the submission", lambda: gateway.store.get_batch(batch_id).task_ids)
+    job = JOBS[task_id]
+    assert job["username"] == "alice@example.org"
+    sent = job["batch_data"]
+    assert {k: sent[k] for k in ("input_file", "model", "output_folder_path")} == body
+    assert "input_path" not in sent  # not a file of /v1/files: the gateway copies nothing
+
+    job["status"] = BatchStatusEnum.running
+    wait_until("running", lambda: stored_status(gateway, batch_id) == "in_progress")
+    job["result"] = "/eagle/project/out/results.jsonl"
+    job["status"] = BatchStatusEnum.completed
+    wait_until("completed", lambda: stored_status(gateway, batch_id) == "completed")
+    result = client.get(f"/resource_server/v1/batches/{batch_id}/result")
+    assert result.json() == "/eagle/project/out/results.jsonl"
+    assert set(job["seen"]) <= {"pending", "running"}  # the seed's words, as it reads them
+    assert "running" in job["seen"]
 
 
 # -- the built-in runner through the seed route -------------------------------------------

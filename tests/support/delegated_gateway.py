@@ -30,6 +30,9 @@ COMMAND_ADAPTOR = "adaptors.endpoints.command_batch.CommandBatchEndpoint"
 # `batch-restricted` only for the group g-physics; the cluster "hpc-private" is for
 # g-physics alone.  (Alice is in g-physics, Bob is not.)
 BATCH_MODEL = "batch-model"
+# On "hpc" too: a delegating adaptor written as the seed's guide shows, whose batches run
+# on a remote system that reads `input_file` itself (`tests.guide_adaptors.batch_endpoint`).
+SEED_STYLE_MODEL = "seed-style-model"
 
 
 def delegating_fixtures(folder: Path, backend_url: str, scheduler: FakeScheduler) -> Path:
@@ -64,6 +67,16 @@ def delegating_fixtures(folder: Path, backend_url: str, scheduler: FakeScheduler
                 "config": scheduler.config(),
             }
         )
+    endpoints.append(
+        {
+            "endpoint_slug": f"hpc-vllm-{SEED_STYLE_MODEL}",
+            "cluster": "hpc",
+            "framework": "vllm",
+            "model": SEED_STYLE_MODEL,
+            "endpoint_adapter": "tests.guide_adaptors.batch_endpoint.RemoteBatchEndpoint",
+            "config": {"remote": "anywhere"},
+        }
+    )
     return write_fixtures(fixtures, clusters, endpoints)
 
 
