@@ -253,3 +253,49 @@ class BatchList(_Closed):
     first_id: str | None
     last_id: str | None
     has_more: bool
+
+
+# -- the seed system's batch routes (frontends.seed_batches) -----------------------------
+
+SeedStatusName = Literal["pending", "running", "failed", "completed"]
+
+
+class SeedBatchCreate(_Closed):
+    """`POST /resource_server/{cluster}/{framework}/v1/batches`: any other field is a 400."""
+
+    input_file: str
+    model: str
+    output_folder_path: str | None = None
+
+
+class SeedBatchCreated(_Closed):
+    batch_id: str
+    input_file: str
+    status: SeedStatusName
+
+
+class SeedBatchSummary(_Closed):
+    batch_id: str
+    cluster: str
+    framework: str
+    input_file: str
+    in_progress_at: str | None
+    completed_at: str | None
+    failed_at: str | None
+    status: SeedStatusName
+
+
+class SeedBatchList(pydantic.RootModel[list[SeedBatchSummary]]):
+    """The caller's batches, a bare JSON array as the seed answers."""
+
+
+class SeedBatchesQuery(_Closed):
+    status: SeedStatusName | None = None
+
+
+class SeedBatchStatus(pydantic.RootModel[SeedStatusName]):
+    """A batch's status, a bare JSON string as the seed answers."""
+
+
+class SeedBatchResult(pydantic.RootModel[str]):
+    """A completed batch's result: the output file's text (or the adaptor's result)."""
