@@ -28,6 +28,7 @@ from tests.support.batch_processes import (
     wait_until,
 )
 from tests.support.fake_openai import running_fake_openai
+from tests.support.quota import REDIS_URL, redis_prefix
 from tests.support.serve_process import ServeProcess
 
 BATCHES = 4
@@ -53,6 +54,10 @@ def holder_pid(batch_store: BatchStore, batch_id: str) -> int | None:
     return int(batch.lease_holder.split(":")[-2])
 
 
+def shared_redis(prefix: str) -> dict[str, str]:
+    return {"redis_url": REDIS_URL, "redis_key_prefix": prefix}
+
+
 def tag_of(line: str) -> str:
     return line.split(" line ")[0]
 
@@ -60,8 +65,10 @@ def tag_of(line: str) -> str:
 def test_each_batch_runs_in_one_of_two_processes_and_each_line_once(
     tmp_path: Path, postgresql_url: str, batch_store: BatchStore
 ) -> None:
-    with running_fake_openai(models=["gated"]) as (fake, backend_url):
-        settings = {"batch_concurrency": str(CONCURRENCY)}
+    with running_fake_openai(models=["gated"]) as (fake, backend_url), redis_prefix() as prefix:
+        # Replicas of one database count quotas in the Redis they share (else they
+        # refuse to start beside each other).
+        settings = {"batch_concurrency": str(CONCURRENCY), **shared_redis(prefix)}
         servers = [
             start_batch_serve(tmp_path / name, backend_url, postgresql_url, **settings)
             for name in ("a", "b")
@@ -112,8 +119,12 @@ def test_the_other_process_finishes_a_killed_ones_batch_once_its_lease_expires(
     answered = 20
     # A lease long enough that a holder slowed down by a busy machine still renews in
     # time: the batch changes hands because its holder died, not because it was slow.
-    with running_fake_openai(models=["gated"]) as (fake, backend_url):
-        settings = {"batch_concurrency": str(CONCURRENCY), "batch_lease_seconds": "5"}
+    with running_fake_openai(models=["gated"]) as (fake, backend_url), redis_prefix() as prefix:
+        settings = {
+            "batch_concurrency": str(CONCURRENCY),
+            "batch_lease_seconds": "5",
+            **shared_redis(prefix),
+        }
         servers = [
             start_batch_serve(tmp_path / name, backend_url, postgresql_url, **settings)
             for name in ("a", "b")
