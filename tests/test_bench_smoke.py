@@ -93,3 +93,20 @@ def test_the_replicas_benchmark_runs() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ratio 2/1:" in result.stdout
     assert "errors 0)" in result.stdout.split("1 replica:", 1)[1]
+
+
+def test_the_soak_runs_and_every_kind_of_request_gets_its_answer() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.soak", "--requests", "200"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcomes = result.stdout.rsplit("outcomes: ", 1)[1].strip()
+    assert outcomes == (
+        "400 400: 20, 401 401: 20, 404 404: 20, abandon 200: 20, json 200: 80, stream 200: 40"
+    )
+    assert "200 mixed requests" in result.stdout and "RSS" in result.stdout
