@@ -12,7 +12,14 @@ import anyio
 import pytest
 
 from tests.support.scripted_http import Exchange, ScriptedServer, serving
-from transports import BackendRequest, Timeout, TransportError, TransportTimeout
+from transports import (
+    BackendRequest,
+    ConnectionLimits,
+    Saturated,
+    Timeout,
+    TransportError,
+    TransportTimeout,
+)
 from transports.h11_transport import H11Transport
 
 pytestmark = pytest.mark.anyio
@@ -76,16 +83,19 @@ async def test_the_pool_bounds_connections_per_host(transport: H11Transport) -> 
     assert len(server.connections) == 2  # the third call waited for a slot, then reused
 
 
-async def test_waiting_for_a_slot_is_bounded_by_the_connect_timeout(
-    transport: H11Transport,
-) -> None:
-    async with serving({"/hang": _one_chunk_then_silence, "/ok": _ok}) as server:
-        streams = [await transport.open_stream(_get(server, "/hang")) for _ in range(2)]
-        with pytest.raises(TransportTimeout, match="free backend connection"):
-            await transport.send(_get(server, "/ok", Timeout(connect=0.2, read=5)))
-        for stream in streams:
-            await stream.aclose()
-        assert (await transport.send(_get(server, "/ok"))).body == b"ok"
+async def test_waiting_for_a_connection_is_bounded_by_the_pool_wait() -> None:
+    transport = H11Transport(limits=ConnectionLimits(per_backend=2, total=4, pool_wait=0.2))
+    try:
+        async with serving({"/hang": _one_chunk_then_silence, "/ok": _ok}) as server:
+            streams = [await transport.open_stream(_get(server, "/hang")) for _ in range(2)]
+            with pytest.raises(Saturated, match="to this backend") as caught:
+                await transport.send(_get(server, "/ok"))
+            assert not isinstance(caught.value, TransportTimeout)  # the gateway's own limit
+            for stream in streams:
+                await stream.aclose()
+            assert (await transport.send(_get(server, "/ok"))).body == b"ok"
+    finally:
+        await transport.aclose()
 
 
 async def test_cancellation_alone_closes_the_connection_and_frees_its_slot() -> None:

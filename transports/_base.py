@@ -36,13 +36,19 @@ from typing import Protocol, runtime_checkable
 import attrs
 
 __all__ = [
+    "AnswerTooLarge",
     "BackendRequest",
     "BackendResponse",
     "BackendStream",
     "ConnectError",
+    "ConnectTimeout",
+    "FirstByteTimeout",
+    "IdleTimeout",
     "ProtocolError",
+    "Saturated",
     "TLSOptions",
     "Timeout",
+    "TotalTimeout",
     "Transport",
     "TransportError",
     "TransportTimeout",
@@ -67,13 +73,29 @@ def _upper(value: str) -> str:
     return value.upper()
 
 
+def _like_read(instance: Timeout) -> float | None:
+    return instance.read
+
+
 @attrs.frozen(kw_only=True)
 class Timeout:
-    """How long a backend call may take, in seconds; None means no limit."""
+    """How long a backend call may take, in seconds; None means no limit.
+
+    `connect`: the TCP (and TLS) connect.  `read`: each write, and each receive of a
+    whole answer's body.  `first_byte`: from the request sent until the answer's head
+    arrives, and for a stream until its first body bytes too (a model's time to first
+    token).  `idle`: each silence between a stream's later chunks, however long the
+    stream keeps sending.  `total`: a whole `send`; for a stream, its opening and every
+    read (so callers that must never cut a stream that keeps sending leave it None).
+    `first_byte` and `idle` default to `read`.  Each limit that runs out raises its own
+    `TransportTimeout` subclass, so the caller can say which one it was.
+    """
 
     connect: float | None = 10.0
     read: float | None = 120.0
     total: float | None = None
+    first_byte: float | None = attrs.field(default=attrs.Factory(_like_read, takes_self=True))
+    idle: float | None = attrs.field(default=attrs.Factory(_like_read, takes_self=True))
 
 
 def _key_needs_cert(instance: TLSOptions, _: object, value: str | None) -> None:
@@ -170,8 +192,40 @@ class ConnectError(TransportError):
 
 
 class TransportTimeout(TransportError):
-    """A connect, read or total time limit ran out."""
+    """A time limit ran out (a write or a receive, when no subclass says more)."""
+
+
+class ConnectTimeout(TransportTimeout):
+    """No connection was made within `Timeout.connect`."""
+
+
+class FirstByteTimeout(TransportTimeout):
+    """The backend sent no answer (or, for a stream, no first bytes of its body) within
+    `Timeout.first_byte` of the request."""
+
+
+class IdleTimeout(TransportTimeout):
+    """A stream that had started went silent for longer than `Timeout.idle`."""
+
+
+class TotalTimeout(TransportTimeout):
+    """The call as a whole ran past `Timeout.total`."""
 
 
 class ProtocolError(TransportError):
     """The peer broke HTTP (closed mid-body, sent garbage)."""
+
+
+class AnswerTooLarge(ProtocolError):
+    """A whole answer's body grew past the transport's `max_answer_bytes`; reading
+    stopped there and the connection was closed."""
+
+    def __init__(self, message: str, *, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class Saturated(TransportError):
+    """No connection to the backend could be had within the transport's pool wait: every
+    connection allowed to that backend (or to all backends together) is in use.  The
+    gateway's own limit, not the backend's fault, and distinct from a timeout."""

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import anyio
 
-from transports._base import TransportTimeout
+from transports._base import TotalTimeout, TransportTimeout
 
 __all__ = ["deadline_after", "until"]
 
@@ -19,13 +19,20 @@ def deadline_after(seconds: float | None) -> float:
 
 
 @contextmanager
-def until(deadline: float) -> Iterator[None]:
-    """`fail_after` for the time left before `deadline` (inf: no limit)."""
+def until(
+    deadline: float,
+    error: TransportTimeout | None = None,
+) -> Iterator[None]:
+    """`fail_after` for the time left before `deadline` (inf: no limit).
+
+    A deadline already past raises `error` (by default the total limit's) at once; one
+    that runs out inside raises TimeoutError, which the transport maps by its phase.
+    """
     if deadline == math.inf:
         yield
         return
     remaining = deadline - anyio.current_time()
     if remaining <= 0:
-        raise TransportTimeout("the backend call exceeded its total time limit")
+        raise error or TotalTimeout("the backend call exceeded its total time limit")
     with anyio.fail_after(remaining):
         yield

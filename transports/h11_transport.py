@@ -6,12 +6,13 @@ module is its driver.  It opens TCP (and TLS) streams with anyio, so the same co
 natively on trio and on asyncio, and moves bytes between those streams and one
 `h11.Connection` per socket:
 
-* **Pool.**  Connections are kept per (scheme, host, port) in a `_HostPool`: a semaphore
-  of `max_connections_per_host` slots bounds the connections in use, and a list holds the
-  idle ones.  A call takes a slot (waiting at most the connect timeout), then an idle
-  connection if one is still sound (not readable: an idle socket with something to read
-  was closed or spoken to by the peer), else a new one.  Because a new connection is
-  only made when no idle one is left, open sockets never outnumber the slots.
+* **Pool.**  Idle connections are kept per (scheme, host, port) in a `_HostPool`.  A
+  call first takes a permit of its backend and of the whole transport
+  (`transports._limits`: at most `ConnectionLimits.per_backend` and `.total` exchanges
+  at once, waiting at most `pool_wait`, else `Saturated`), then an idle connection if
+  one is still sound (not readable: an idle socket with something to read was closed or
+  spoken to by the peer), else a new one.  Because a new connection is only made when
+  no idle one is left, a backend's open sockets never outnumber its permits.
 * **Reuse.**  After a response, a connection goes back to the pool only when h11 says
   both sides finished the exchange (`our_state is DONE and their_state is DONE`), and
   then only after `start_next_cycle()`.  Anything else (a body not read to its end, a
@@ -22,12 +23,19 @@ natively on trio and on asyncio, and moves bytes between those streams and one
   connection; h11 decides which.  `chunks()` yields the bytes of each h11 `Data` event
   as it is parsed, so one read from the socket is never held back to be merged with the
   next.  Bodies are handed over as sent: no content-encoding is asked for or decoded.
-* **Time.**  `Timeout.connect` bounds the wait for a pool slot and the TCP+TLS
-  connect; `Timeout.read` bounds each receive and the write of the request; `total`
-  bounds a whole `send`, and for a stream the time from `open_stream` to the last
-  read.  As in `transports.httpx_transport`, a stream keeps a deadline and opens a fresh
+* **Time.**  `Timeout.connect` bounds the TCP+TLS connect; `read` the write of the
+  request and each receive of a whole answer's body; `first_byte` the wait from the
+  request sent to the answer's head and, for a stream, to its first body bytes;
+  `idle` each later receive of a stream; `total` a whole `send` (from the moment it
+  holds its permits), and for a stream the time from `open_stream` to the last read.
+  Each raises its own `TransportTimeout` subclass.  As in
+  `transports.httpx_transport`, a stream keeps its deadlines and opens a fresh
   `fail_after` for each read, because a cancel scope may not stay open across the
   yields of a generator the caller drives.
+* **Size.**  A whole answer (`send`, or `aread` of a stream) is read piece by piece and
+  refused with `AnswerTooLarge` as soon as it passes `max_answer_bytes` (or at once,
+  when its `Content-Length` says it will): the connection is closed and what was read
+  is dropped, so a huge answer costs at most the cap in memory.
 * **Errors.**  Everything below HTTP is translated in one place, `_mapped_errors`, keyed
   by the phase of the call (pool, connect, write, read, total), into the
   `transports._base` family, with short messages of our own (no URL, host or header) and
@@ -86,16 +94,23 @@ import h11
 from anyio.streams.tls import TLSStream
 
 from transports._base import (
+    AnswerTooLarge,
     BackendRequest,
     BackendResponse,
     ConnectError,
+    ConnectTimeout,
+    FirstByteTimeout,
     Headers,
+    IdleTimeout,
     ProtocolError,
+    Timeout,
     TLSOptions,
+    TotalTimeout,
     TransportError,
     TransportTimeout,
 )
 from transports._deadline import deadline_after, until
+from transports._limits import Admission, ConnectionLimits, Permit
 from transports._tls import TLSConfigError, ssl_context_for
 
 __all__ = ["H11Stream", "H11Transport"]
@@ -110,21 +125,24 @@ _METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 class _Phase(enum.Enum):
     """Where in a call an error happened; it decides how the error is reported."""
 
-    POOL = "pool"
     CONNECT = "connect"
     WRITE = "write"
+    FIRST_BYTE = "first_byte"
+    IDLE = "idle"
     READ = "read"
     TOTAL = "total"
 
 
-# How each kind of failure reads, by the phase it happened in.
-_TIMEOUTS: dict[_Phase, str] = {
-    _Phase.POOL: "timed out waiting for a free backend connection",
-    _Phase.CONNECT: "timed out connecting to the backend",
-    _Phase.WRITE: "timed out sending the request to the backend",
-    _Phase.READ: "timed out waiting for the backend to answer",
-    _Phase.TOTAL: "the backend call exceeded its total time limit",
+# Which time limit ran out, and how it reads, by the phase it happened in.
+_TIMEOUTS: dict[_Phase, tuple[type[TransportTimeout], str]] = {
+    _Phase.CONNECT: (ConnectTimeout, "timed out connecting to the backend"),
+    _Phase.WRITE: (TransportTimeout, "timed out sending the request to the backend"),
+    _Phase.FIRST_BYTE: (FirstByteTimeout, "the backend sent no answer within the first-byte limit"),
+    _Phase.IDLE: (IdleTimeout, "the backend's stream went silent past the idle limit"),
+    _Phase.READ: (TransportTimeout, "timed out waiting for the backend to answer"),
+    _Phase.TOTAL: (TotalTimeout, "the backend call exceeded its total time limit"),
 }
+_READING = (_Phase.FIRST_BYTE, _Phase.IDLE, _Phase.READ)
 # A socket or TLS stream that broke, in whichever form the loop reports it.
 _BROKEN: tuple[type[Exception], ...] = (OSError, anyio.BrokenResourceError, anyio.EndOfStream)
 _BROKEN_IN: dict[_Phase, tuple[type[TransportError], str]] = {
@@ -152,9 +170,11 @@ def _mapped_errors(phase: _Phase) -> Iterator[None]:
     except TransportError:
         raise
     except TimeoutError:
-        raise TransportTimeout(_TIMEOUTS[phase]) from None
+        timeout, text = _TIMEOUTS[phase]
+        raise timeout(text) from None
     except _BROKEN:
-        target, message = _BROKEN_IN.get(phase, _BROKEN_ELSEWHERE)
+        key = _Phase.READ if phase in _READING else phase
+        target, message = _BROKEN_IN.get(key, _BROKEN_ELSEWHERE)
         raise target(message) from None
     except Exception as exc:
         for source, target, message in _ANY_PHASE:
@@ -318,9 +338,12 @@ class _Connection:
         with _mapped_errors(_Phase.WRITE), anyio.fail_after(timeout):
             await self.stream.send(data)
 
-    async def next_event(self, timeout: float | None) -> h11.Event | type[h11.PAUSED]:
-        """The next event from the peer, reading (each receive under `timeout`) as needed."""
-        with _mapped_errors(_Phase.READ):
+    async def next_event(
+        self, timeout: float | None, phase: _Phase = _Phase.READ
+    ) -> h11.Event | type[h11.PAUSED]:
+        """The next event from the peer, reading (each receive under `timeout`) as needed;
+        a receive that times out is reported as a timeout of `phase`."""
+        with _mapped_errors(phase):
             while True:
                 event = self.h11.next_event()
                 if event is not h11.NEED_DATA:
@@ -338,10 +361,9 @@ class _Connection:
 
 
 class _HostPool:
-    """Slots and idle connections for one (scheme, host, port)."""
+    """Idle connections for one (scheme, host, port, TLS options)."""
 
-    def __init__(self, size: int) -> None:
-        self.slots = anyio.Semaphore(size)
+    def __init__(self) -> None:
         self.idle: list[_Connection] = []
         self.retired = False
 
@@ -353,9 +375,10 @@ class H11Transport:
     without one, the system's CAs are trusted and hostnames verified, unless
     `verify=False` turns both off.  A request carrying `TLSOptions` uses the context
     built for them instead.  `trust_env` is the default for requests whose options do
-    not say (and for requests without options).  At most `max_connections_per_host`
-    connections are open to one (scheme, host, port, TLS options); a call waits for one
-    at most `Timeout.connect`.
+    not say (and for requests without options).  `limits` bounds the exchanges in flight
+    per backend (scheme, host, port) and in all, and the wait for one
+    (`max_connections_per_host`, if given, sets the per-backend bound alone);
+    `max_answer_bytes` caps a whole answer's body (None: no cap).
     """
 
     def __init__(
@@ -363,11 +386,22 @@ class H11Transport:
         *,
         ssl_context: ssl.SSLContext | None = None,
         verify: bool = True,
-        max_connections_per_host: int = 10,
+        max_connections_per_host: int | None = None,
         trust_env: bool = False,
+        limits: ConnectionLimits | None = None,
+        max_answer_bytes: int | None = None,
     ) -> None:
-        if max_connections_per_host < 1:
-            raise ValueError("max_connections_per_host must be at least 1")
+        limits = limits or ConnectionLimits()
+        if max_connections_per_host is not None:
+            if max_connections_per_host < 1:
+                raise ValueError("max_connections_per_host must be at least 1")
+            limits = ConnectionLimits(
+                per_backend=max_connections_per_host,
+                total=max(limits.total, max_connections_per_host),
+                pool_wait=limits.pool_wait,
+            )
+        if max_answer_bytes is not None and max_answer_bytes < 1:
+            raise ValueError("max_answer_bytes must be at least 1 (or None: no cap)")
         if ssl_context is None:
             ssl_context = ssl.create_default_context()
             if not verify:
@@ -375,7 +409,8 @@ class H11Transport:
                 ssl_context.verify_mode = ssl.CERT_NONE
             ssl_context.set_alpn_protocols(["http/1.1"])
         self._ssl_context = ssl_context
-        self._max_per_host = max_connections_per_host
+        self._admission = Admission(limits)
+        self._max_answer_bytes = max_answer_bytes
         self._trust_env = trust_env
         self._proxies = _environment_proxies()
         self._tls_contexts: dict[TLSOptions, ssl.SSLContext] = {}
@@ -415,10 +450,20 @@ class H11Transport:
         except TLSConfigError:
             raise ConnectError("the proxy named by the environment is not supported") from None
 
+    @property
+    def limits(self) -> ConnectionLimits:
+        return self._admission.limits
+
+    def in_use(self, url: str) -> int:
+        """Exchanges in flight to the backend of `url` (its scheme, host and port)."""
+        return self._admission.in_use(_parse_url(url).key)
+
     async def send(self, request: BackendRequest) -> BackendResponse:
-        """The whole answer, read under the call's total time limit."""
+        """The whole answer, read under the call's total time limit (counted from the
+        moment the call holds its permits)."""
+        lease = await self._admit(request)
         with _mapped_errors(_Phase.TOTAL), anyio.fail_after(request.timeout.total):
-            stream = await self._open(request, math.inf)
+            stream = await self._open(request, lease, math.inf)
             try:
                 body = await stream.aread()
             finally:
@@ -427,10 +472,10 @@ class H11Transport:
 
     async def open_stream(self, request: BackendRequest) -> H11Stream:
         """An answer whose headers have arrived; the body is read through the stream."""
-        total = request.timeout.total
-        deadline = deadline_after(total)
+        lease = await self._admit(request)
+        deadline = deadline_after(request.timeout.total)
         with _mapped_errors(_Phase.TOTAL), until(deadline):
-            return await self._open(request, deadline)
+            return await self._open(request, lease, deadline)
 
     async def aclose(self) -> None:
         """Close the idle connections; connections in use close when their answer ends."""
@@ -442,7 +487,8 @@ class H11Transport:
             for connection in idle:
                 await connection.close()
 
-    async def _open(self, request: BackendRequest, deadline: float) -> H11Stream:
+    async def _admit(self, request: BackendRequest) -> _Lease:
+        """The request checked (before any IO), and its permits: a lease to exchange on."""
         if self._closed:
             raise TransportError("the transport is closed")
         target = _parse_url(request.url)
@@ -453,25 +499,30 @@ class H11Transport:
         except TLSConfigError:
             # Checked at start; a file that went away since must not name its path here.
             raise ConnectError("the backend's TLS settings cannot be loaded") from None
-        key = (*target.key, request.tls)
-        pool = self._pools.setdefault(key, _HostPool(self._max_per_host))
+        pool = self._pools.setdefault((*target.key, request.tls), _HostPool())
+        permit = await self._admission.acquire(target.key)
+        return _Lease(pool, permit, _Plan(target=target, proxy=proxy, head=head, context=context))
+
+    async def _open(self, request: BackendRequest, lease: _Lease, deadline: float) -> H11Stream:
+        plan = lease.plan
         timeout = request.timeout
-        with _mapped_errors(_Phase.POOL), anyio.fail_after(timeout.connect):
-            await pool.slots.acquire()
-        lease = _Lease(pool)
         try:
-            lease.connection = await self._checkout(pool, target, timeout.connect, context, proxy)
+            lease.connection = await self._checkout(
+                lease.pool, plan.target, timeout.connect, plan.context, plan.proxy
+            )
             connection = lease.connection
             await connection.write(
-                [head, h11.Data(data=request.body), h11.EndOfMessage()], timeout.read
+                [plan.head, h11.Data(data=request.body), h11.EndOfMessage()], timeout.read
             )
-            while True:
-                event = await connection.next_event(timeout.read)
-                if isinstance(event, h11.InformationalResponse):
-                    continue
-                if isinstance(event, h11.Response):
-                    break
-                raise ProtocolError("the backend closed the connection without answering")
+            first_byte = deadline_after(timeout.first_byte)
+            with _mapped_errors(_Phase.FIRST_BYTE), until(first_byte, _first_byte_late()):
+                while True:
+                    event = await connection.next_event(None)
+                    if isinstance(event, h11.InformationalResponse):
+                        continue
+                    if isinstance(event, h11.Response):
+                        break
+                    raise ProtocolError("the backend closed the connection without answering")
         except BaseException:
             await lease.release(reuse=False)
             raise
@@ -479,8 +530,10 @@ class H11Transport:
             lease,
             status=event.status_code,
             headers=_decode_headers(list(event.headers)),
-            read_timeout=timeout.read,
+            timeout=timeout,
             deadline=deadline,
+            first_byte_deadline=first_byte,
+            max_answer_bytes=self._max_answer_bytes,
         )
 
     async def _checkout(
@@ -561,26 +614,42 @@ async def _tunnel(
         raise
 
 
-class _Lease:
-    """A pool slot, and the connection on it once there is one; released exactly once."""
+def _first_byte_late() -> FirstByteTimeout:
+    return FirstByteTimeout(_TIMEOUTS[_Phase.FIRST_BYTE][1])
 
-    def __init__(self, pool: _HostPool) -> None:
-        self._pool = pool
+
+@attrs.frozen(kw_only=True)
+class _Plan:
+    """Where and what to send, worked out before any IO."""
+
+    target: _Target
+    proxy: _Proxy | None
+    head: h11.Request
+    context: ssl.SSLContext | None
+
+
+class _Lease:
+    """A call's permits and pool, and its connection once there is one; released once."""
+
+    def __init__(self, pool: _HostPool, permit: Permit, plan: _Plan) -> None:
+        self.pool = pool
+        self.plan = plan
+        self._permit = permit
         self._released = False
         self.connection: _Connection | None = None
 
     async def release(self, *, reuse: bool) -> None:
-        """Give the slot back; keep the connection only if asked and h11 agrees."""
+        """Give the permits back; keep the connection only if asked and h11 agrees."""
         if self._released:
             return
         self._released = True
-        self._pool.slots.release()
+        self._permit.release()
         connection, self.connection = self.connection, None
         if connection is None:
             return
-        if reuse and connection.reusable and not self._pool.retired:
+        if reuse and connection.reusable and not self.pool.retired:
             connection.h11.start_next_cycle()
-            self._pool.idle.append(connection)
+            self.pool.idle.append(connection)
         else:
             await connection.close()
 
@@ -594,25 +663,49 @@ class H11Stream:
         *,
         status: int,
         headers: Headers,
-        read_timeout: float | None,
+        timeout: Timeout,
         deadline: float,
+        first_byte_deadline: float,
+        max_answer_bytes: int | None = None,
     ) -> None:
         self._lease = lease
-        self._read_timeout = read_timeout
+        self._timeout = timeout
         self._deadline = deadline
+        self._first_byte_deadline = first_byte_deadline
+        self._max_answer_bytes = max_answer_bytes
+        self._started = False  # a body byte has arrived
         self._finished = False
         self.status = status
         self.headers = headers
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """Body bytes, one chunk per h11 `Data` event, as they arrive."""
-        while (chunk := await self._next_chunk()) is not None:
+        """Body bytes, one chunk per h11 `Data` event, as they arrive: the first within
+        the first-byte limit, each later one within the idle limit."""
+        while True:
+            if self._started:
+                chunk = await self._next_chunk(self._timeout.idle, _Phase.IDLE, math.inf)
+            else:
+                chunk = await self._next_chunk(None, _Phase.FIRST_BYTE, self._first_byte_deadline)
+            if chunk is None:
+                return
+            self._started = True
             yield chunk
 
     async def aread(self) -> bytes:
-        """The rest of the body at once."""
-        parts = []
-        while (chunk := await self._next_chunk()) is not None:
+        """The rest of the body at once, each receive within the read limit, refused past
+        `max_answer_bytes` (the connection is then closed)."""
+        cap = self._max_answer_bytes
+        if cap is not None and _declared_length(self.headers) > cap:
+            await self._lease.release(reuse=False)
+            raise _too_large(cap)
+        parts: list[bytes] = []
+        size = 0
+        while chunk := await self._next_chunk(self._timeout.read, _Phase.READ, math.inf):
+            size += len(chunk)
+            if cap is not None and size > cap:
+                parts.clear()
+                await self._lease.release(reuse=False)
+                raise _too_large(cap)
             parts.append(chunk)
         return b"".join(parts)
 
@@ -620,17 +713,28 @@ class H11Stream:
         """Give the connection back if the body was read to its end, else close it."""
         await self._lease.release(reuse=self._finished)
 
-    async def _next_chunk(self) -> bytes | None:
-        """The next non-empty piece of body, or None at its end; any failure closes."""
+    async def _next_chunk(
+        self, timeout: float | None, phase: _Phase, phase_deadline: float
+    ) -> bytes | None:
+        """The next non-empty piece of body, or None at its end; any failure closes.
+
+        Each receive is bounded by `timeout`, all of them by `phase_deadline` (both
+        reported as `phase`'s timeout), and the whole call by the stream's deadline.
+        """
         if self._finished:
             return None
         connection = self._lease.connection
         if connection is None:
             raise TransportError("the backend answer was already read or closed")
         try:
-            with _mapped_errors(_Phase.TOTAL), until(self._deadline):
+            with (
+                _mapped_errors(_Phase.TOTAL),
+                until(self._deadline),
+                _mapped_errors(phase),
+                until(phase_deadline, _first_byte_late()),
+            ):
                 while True:
-                    event = await connection.next_event(self._read_timeout)
+                    event = await connection.next_event(timeout, phase)
                     if isinstance(event, h11.Data):
                         if event.data:
                             return bytes(event.data)
@@ -644,3 +748,16 @@ class H11Stream:
         self._finished = True
         await self._lease.release(reuse=True)
         return None
+
+
+def _declared_length(headers: Headers) -> int:
+    """The body length the head announces, or -1 when it does not say."""
+    value = next((v for k, v in headers if k == "content-length"), None)
+    try:
+        return int(value) if value is not None else -1
+    except ValueError:
+        return -1
+
+
+def _too_large(cap: int) -> AnswerTooLarge:
+    return AnswerTooLarge(f"the backend's answer exceeded the limit of {cap} bytes", limit=cap)

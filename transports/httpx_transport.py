@@ -1,16 +1,29 @@
 """The production transport: backend calls over a pooled `httpx.AsyncClient`.
 
-Theory of operation.  Each `BackendRequest` becomes one httpx request whose per-phase
-limits come from `BackendRequest.timeout` (connect and pool share `connect`, read and
-write share `read`).  httpx has no limit on a whole call, so `total` is a deadline kept
-with anyio: `send` runs under one `anyio.fail_after`; a stream computes its deadline when
-it opens and every later read runs under `fail_after(time left)`, because a cancel scope
-may not stay open across the yields of a generator the caller drives.
+Theory of operation.  Each `BackendRequest` becomes one httpx request.  httpx bounds the
+connect (`Timeout.connect`) and the write (`read`); every other limit is kept here with
+anyio, because httpx has one read limit for every receive while a call has several:
+`first_byte` bounds the call from its start until the answer's head (connect and write
+included, unlike the h11 transport, which starts that clock once the request is sent)
+and, for a stream, until its first body bytes; `idle` each later read of a stream;
+`read` each read of a whole answer's body; `total` a whole `send`, and a stream from
+`open_stream` to its last read.  A stream keeps its deadlines and opens a fresh
+`fail_after` for every read, because a cancel scope may not stay open across the yields
+of a generator the caller drives.  Each limit raises its own `TransportTimeout` subclass.
+
+Before any IO a call takes a permit of its backend (scheme, host, port) and of the whole
+transport (`transports._limits`), waiting at most `pool_wait` (else `Saturated`); it
+holds them until its answer was read or its stream closed.  httpx's own pool is sized to
+the global limit and never waited on, so one backend that hangs cannot take the
+connections another needs.  A whole answer is read piece by piece and refused with
+`AnswerTooLarge` once it passes `max_answer_bytes` (or at once, if its `Content-Length`
+says it will), closing the connection and dropping what was read.
 
 Every httpx error is translated in one place, `_mapped_errors`, into the
-`transports._base` family.  httpx messages can hold the URL (and a URL can hold
-userinfo), so the translated errors carry short messages of our own and drop the
-original chain.  Cancellation is never translated: only `Exception`s are caught.
+`transports._base` family, by the phase of the call it happened in.  httpx messages can
+hold the URL (and a URL can hold userinfo), so the translated errors carry short
+messages of our own and drop the original chain.  Cancellation is never translated: only
+`Exception`s are caught.
 
 Only anyio is used, never asyncio or trio directly; httpx itself picks the running loop.
 
@@ -24,6 +37,8 @@ exactly as it does for the seed system.
 
 from __future__ import annotations
 
+import enum
+import math
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
@@ -32,29 +47,51 @@ import certifi
 import httpx
 
 from transports._base import (
+    AnswerTooLarge,
     BackendRequest,
     BackendResponse,
     ConnectError,
+    ConnectTimeout,
+    FirstByteTimeout,
     Headers,
+    IdleTimeout,
     ProtocolError,
     Timeout,
     TLSOptions,
+    TotalTimeout,
     TransportError,
     TransportTimeout,
 )
 from transports._deadline import deadline_after, until
+from transports._limits import Admission, ConnectionLimits, Permit
 from transports._tls import TLSConfigError, ssl_context_for
 
 __all__ = ["HttpxStream", "HttpxTransport"]
 
+
+class _Phase(enum.Enum):
+    """Which limit a TimeoutError from our own deadlines belongs to."""
+
+    FIRST_BYTE = "first_byte"
+    IDLE = "idle"
+    READ = "read"
+    TOTAL = "total"
+
+
+_DEADLINES: dict[_Phase, tuple[type[TransportTimeout], str]] = {
+    _Phase.FIRST_BYTE: (FirstByteTimeout, "the backend sent no answer within the first-byte limit"),
+    _Phase.IDLE: (IdleTimeout, "the backend's stream went silent past the idle limit"),
+    _Phase.READ: (TransportTimeout, "timed out waiting for the backend to answer"),
+    _Phase.TOTAL: (TotalTimeout, "the backend call exceeded its total time limit"),
+}
+
 # Most specific first: the first row whose httpx type matches decides.
 _ERROR_TABLE: tuple[tuple[type[Exception], type[TransportError], str], ...] = (
-    (httpx.ConnectTimeout, TransportTimeout, "timed out connecting to the backend"),
+    (httpx.ConnectTimeout, ConnectTimeout, "timed out connecting to the backend"),
     (httpx.PoolTimeout, TransportTimeout, "timed out waiting for a free backend connection"),
     (httpx.ReadTimeout, TransportTimeout, "timed out waiting for the backend to answer"),
     (httpx.WriteTimeout, TransportTimeout, "timed out sending the request to the backend"),
     (httpx.TimeoutException, TransportTimeout, "the backend call timed out"),
-    (TimeoutError, TransportTimeout, "the backend call exceeded its total time limit"),
     (httpx.ConnectError, ConnectError, "could not connect to the backend"),
     (httpx.ProxyError, ConnectError, "could not connect to the backend through the proxy"),
     (httpx.RemoteProtocolError, ProtocolError, "the backend broke the HTTP protocol"),
@@ -71,12 +108,16 @@ _ERROR_TABLE: tuple[tuple[type[Exception], type[TransportError], str], ...] = (
 
 
 @contextmanager
-def _mapped_errors() -> Iterator[None]:
-    """The one boundary where httpx (and deadline) errors become transport errors."""
+def _mapped_errors(phase: _Phase = _Phase.TOTAL) -> Iterator[None]:
+    """The one boundary where httpx (and deadline) errors become transport errors; a
+    deadline of ours that ran out is reported as `phase`'s limit."""
     try:
         yield
     except TransportError:
         raise
+    except TimeoutError:
+        timeout, text = _DEADLINES[phase]
+        raise timeout(text) from None
     except Exception as exc:
         for source, target, message in _ERROR_TABLE:
             if isinstance(exc, source):
@@ -85,9 +126,50 @@ def _mapped_errors() -> Iterator[None]:
 
 
 def _httpx_timeout(timeout: Timeout) -> httpx.Timeout:
-    return httpx.Timeout(
-        connect=timeout.connect, read=timeout.read, write=timeout.read, pool=timeout.connect
-    )
+    """httpx keeps the connect and write limits; reads are bounded by our deadlines, and
+    the pool is never waited on (our permits come first)."""
+    return httpx.Timeout(connect=timeout.connect, read=None, write=timeout.read, pool=None)
+
+
+def _backend_key(url: str) -> tuple[str, str, int]:
+    parsed = httpx.URL(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return (parsed.scheme, parsed.host, port)
+
+
+def _declared_length(response: httpx.Response) -> int:
+    try:
+        return int(response.headers.get("content-length", "-1"))
+    except ValueError:
+        return -1
+
+
+def _too_large(cap: int) -> AnswerTooLarge:
+    return AnswerTooLarge(f"the backend's answer exceeded the limit of {cap} bytes", limit=cap)
+
+
+async def _read_capped(
+    response: httpx.Response, cap: int | None, read: float | None, deadline: float
+) -> bytes:
+    """A whole body, each read within `read`, refused (and the response closed) once it
+    passes `cap`; the caller closes the response in every case."""
+    if cap is not None and _declared_length(response) > cap:
+        raise _too_large(cap)
+    parts: list[bytes] = []
+    size = 0
+    reader = response.aiter_bytes()
+    while True:
+        with _mapped_errors(_Phase.TOTAL), until(deadline), _mapped_errors(_Phase.READ):
+            with anyio.fail_after(read):
+                try:
+                    chunk = await reader.__anext__()
+                except StopAsyncIteration:
+                    return b"".join(parts)
+        size += len(chunk)
+        if cap is not None and size > cap:
+            parts.clear()
+            raise _too_large(cap)
+        parts.append(chunk)
 
 
 def _headers(response: httpx.Response) -> Headers:
@@ -102,11 +184,27 @@ class HttpxTransport:
         client: httpx.AsyncClient | None = None,
         *,
         verify: bool = True,
-        max_connections: int = 100,
+        max_connections: int | None = None,
+        limits: ConnectionLimits | None = None,
+        max_answer_bytes: int | None = None,
     ) -> None:
+        """`limits` bound the exchanges in flight per backend and in all, and the wait
+        for one (`max_connections`, if given, sets the global bound alone);
+        `max_answer_bytes` caps a whole answer's body (None: no cap)."""
+        limits = limits or ConnectionLimits()
+        if max_connections is not None:
+            limits = ConnectionLimits(
+                total=max_connections,
+                per_backend=min(limits.per_backend, max_connections),
+                pool_wait=limits.pool_wait,
+            )
+        if max_answer_bytes is not None and max_answer_bytes < 1:
+            raise ValueError("max_answer_bytes must be at least 1 (or None: no cap)")
+        self._admission = Admission(limits)
+        self._max_answer_bytes = max_answer_bytes
         self._owns_client = client is None
         self._limits = httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
+            max_connections=limits.total, max_keepalive_connections=limits.per_backend
         )
         if client is None:
             client = httpx.AsyncClient(verify=verify, limits=self._limits, follow_redirects=False)
@@ -161,23 +259,68 @@ class HttpxTransport:
             timeout=_httpx_timeout(request.timeout),
         )
 
-    async def send(self, request: BackendRequest) -> BackendResponse:
-        """The whole answer; the body is decoded from any content-encoding."""
+    @property
+    def limits(self) -> ConnectionLimits:
+        return self._admission.limits
+
+    def in_use(self, url: str) -> int:
+        """Exchanges in flight to the backend of `url` (its scheme, host and port)."""
+        return self._admission.in_use(_backend_key(url))
+
+    async def _admit(self, request: BackendRequest) -> tuple[httpx.AsyncClient, Permit]:
         client = self._client_for(request.tls)
-        with _mapped_errors(), anyio.fail_after(request.timeout.total):
-            response = await client.send(self._build(client, request))
-        return BackendResponse(
-            status=response.status_code, headers=_headers(response), body=response.content
-        )
+        with _mapped_errors():
+            key = _backend_key(request.url)
+        return client, await self._admission.acquire(key)
+
+    async def _head(
+        self, client: httpx.AsyncClient, request: BackendRequest, deadline: float
+    ) -> httpx.Response:
+        """The answer's head, within the first-byte limit and the call's deadline."""
+        first_byte = deadline_after(request.timeout.first_byte)
+        with (
+            _mapped_errors(_Phase.TOTAL),
+            until(deadline),
+            _mapped_errors(_Phase.FIRST_BYTE),
+            until(first_byte, FirstByteTimeout(_DEADLINES[_Phase.FIRST_BYTE][1])),
+        ):
+            return await client.send(self._build(client, request), stream=True)
+
+    async def send(self, request: BackendRequest) -> BackendResponse:
+        """The whole answer (decoded from any content-encoding), capped in size."""
+        client, permit = await self._admit(request)
+        try:
+            deadline = deadline_after(request.timeout.total)
+            response = await self._head(client, request, deadline)
+            try:
+                body = await _read_capped(
+                    response, self._max_answer_bytes, request.timeout.read, deadline
+                )
+            finally:
+                with _mapped_errors():
+                    await response.aclose()
+        finally:
+            permit.release()
+        return BackendResponse(status=response.status_code, headers=_headers(response), body=body)
 
     async def open_stream(self, request: BackendRequest) -> HttpxStream:
         """An answer whose headers have arrived; the body is read through the stream."""
-        total = request.timeout.total
-        deadline = deadline_after(total)
-        client = self._client_for(request.tls)
-        with _mapped_errors(), until(deadline):
-            response = await client.send(self._build(client, request), stream=True)
-        return HttpxStream(response, deadline)
+        client, permit = await self._admit(request)
+        try:
+            deadline = deadline_after(request.timeout.total)
+            first_byte = deadline_after(request.timeout.first_byte)
+            response = await self._head(client, request, deadline)
+        except BaseException:
+            permit.release()
+            raise
+        return HttpxStream(
+            response,
+            deadline,
+            permit=permit,
+            timeout=request.timeout,
+            first_byte_deadline=first_byte,
+            max_answer_bytes=self._max_answer_bytes,
+        )
 
     async def aclose(self) -> None:
         """Close the pools we built: a client passed in belongs to its owner."""
@@ -191,37 +334,69 @@ class HttpxTransport:
 class HttpxStream:
     """A `BackendStream` over an httpx response opened with `stream=True`."""
 
-    def __init__(self, response: httpx.Response, deadline: float) -> None:
+    def __init__(
+        self,
+        response: httpx.Response,
+        deadline: float,
+        *,
+        permit: Permit | None = None,
+        timeout: Timeout | None = None,
+        first_byte_deadline: float = math.inf,
+        max_answer_bytes: int | None = None,
+    ) -> None:
         self._response = response
         self._deadline = deadline
+        self._permit = permit
+        self._timeout = timeout or Timeout(read=None)
+        self._first_byte_deadline = first_byte_deadline
+        self._max_answer_bytes = max_answer_bytes
         self._closed = False
         self.status: int = response.status_code
         self.headers: Headers = _headers(response)
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """Body bytes as httpx hands them over (decoded from any content-encoding).
+        """Body bytes as httpx hands them over (decoded from any content-encoding): the
+        first within the first-byte limit, each later one within the idle limit.
 
-        Each read gets its own deadline scope, so no cancel scope spans a `yield`.
+        Each read gets its own deadline scopes, so no cancel scope spans a `yield`.
         """
         reader = self._response.aiter_bytes()
+        started = False
         while True:
-            with _mapped_errors(), until(self._deadline):
+            if started:
+                phase, limit, phase_deadline = _Phase.IDLE, self._timeout.idle, math.inf
+            else:
+                phase, limit, phase_deadline = _Phase.FIRST_BYTE, None, self._first_byte_deadline
+            late = FirstByteTimeout(_DEADLINES[_Phase.FIRST_BYTE][1])
+            with (
+                _mapped_errors(_Phase.TOTAL),
+                until(self._deadline),
+                _mapped_errors(phase),
+                until(phase_deadline, late),
+                anyio.fail_after(limit),
+            ):
                 try:
                     chunk = await reader.__anext__()
                 except StopAsyncIteration:
                     return
             if chunk:
+                started = True
                 yield chunk
 
     async def aread(self) -> bytes:
-        """The rest of the body at once (for error answers, which are small)."""
-        with _mapped_errors(), until(self._deadline):
-            return await self._response.aread()
+        """The rest of the body at once (for error answers, which are small), capped."""
+        return await _read_capped(
+            self._response, self._max_answer_bytes, self._timeout.read, self._deadline
+        )
 
     async def aclose(self) -> None:
         """Give the connection back (or drop it mid-body); safe to call more than once."""
         if self._closed:
             return
         self._closed = True
-        with _mapped_errors():
-            await self._response.aclose()
+        try:
+            with _mapped_errors():
+                await self._response.aclose()
+        finally:
+            if self._permit is not None:
+                self._permit.release()

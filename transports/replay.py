@@ -42,8 +42,13 @@ from transports._base import (
     BackendRequest,
     BackendResponse,
     ConnectError,
+    ConnectTimeout,
+    FirstByteTimeout,
     Headers,
+    IdleTimeout,
     ProtocolError,
+    Saturated,
+    TotalTimeout,
     TransportError,
     TransportTimeout,
 )
@@ -59,7 +64,18 @@ __all__ = [
 ]
 
 _ERRORS: dict[str, type[TransportError]] = {
-    cls.__name__: cls for cls in (TransportError, ConnectError, TransportTimeout, ProtocolError)
+    cls.__name__: cls
+    for cls in (
+        TransportError,
+        ConnectError,
+        TransportTimeout,
+        ProtocolError,
+        ConnectTimeout,
+        FirstByteTimeout,
+        IdleTimeout,
+        TotalTimeout,
+        Saturated,
+    )
 }
 _FIELDS = ("method", "path", "query", "body")
 _MISSING = object()
