@@ -18,7 +18,8 @@ import os
 from collections.abc import Mapping
 from typing import ClassVar
 
-from transports import Transport
+from adaptors._timeouts import DEFAULT_TIMEOUTS
+from transports import Timeout, Transport
 
 __all__ = ["AdaptorBase"]
 
@@ -33,6 +34,7 @@ class AdaptorBase:
     # Class-level defaults: the seed's `__init__` never sets these, `bind` does.
     _transport: Transport | None = None
     _secrets: Mapping[str, str] | None = None
+    _timeout_defaults: Timeout = DEFAULT_TIMEOUTS
 
     @property
     def allowed_globus_groups(self) -> list[str]:
@@ -53,10 +55,23 @@ class AdaptorBase:
         """How errors name the adaptor, e.g. "endpoint 'slug'"; never its config."""
         return f"{self._kind} '{self._name()}'"
 
-    def _bind_io(self, transport: Transport, secrets: Mapping[str, str] | None) -> None:
+    def _bind_io(
+        self,
+        transport: Transport,
+        secrets: Mapping[str, str] | None,
+        timeouts: Timeout | None = None,
+    ) -> None:
         self._transport = transport
         if secrets is not None:
             self._secrets = dict(secrets)
+        if timeouts is not None:
+            self._timeout_defaults = timeouts
+
+    @property
+    def timeout_defaults(self) -> Timeout:
+        """The gateway's default limits for backend calls (its settings), as bound;
+        an entry's own config keys override them (`adaptors._timeouts`)."""
+        return self._timeout_defaults
 
     @property
     def transport(self) -> Transport:

@@ -175,6 +175,9 @@ class AdaptorReturned:
     error_message: str | None = None
     error_code: int | None = None
     headers: Headers = attrs.field(default=(), converter=header_pairs)
+    # The OpenAI error code of a failure the adaptor recognised (a backend timeout of
+    # one kind, the gateway's saturation...); None leaves it to the status.
+    failure_code: str | None = None
 
     __attrs_post_init__ = checked(
         status_fields("error_code"),
@@ -182,6 +185,7 @@ class AdaptorReturned:
         task_id=_OPTIONAL_TEXT,
         error_message=_OPTIONAL_TEXT,
         error_code=_OPTIONAL_INT,
+        failure_code=_OPTIONAL_TEXT,
     )
 
 
@@ -192,8 +196,11 @@ class AdaptorFailed:
 
     status: int = 502
     detail: str = ""
+    code: str | None = None  # the failure's OpenAI error code, if the edge knows it
 
-    __attrs_post_init__ = checked(status_fields("status"), status=int, detail=str)
+    __attrs_post_init__ = checked(
+        status_fields("status"), status=int, detail=str, code=_OPTIONAL_TEXT
+    )
 
 
 @attrs.frozen(kw_only=True)

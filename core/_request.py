@@ -358,12 +358,13 @@ class RequestMachine(Kernel[State, RequestEffect]):
     def _on_failed(self, event: AdaptorFailed) -> Outcome:
         endpoint = self._current_endpoint()
         return self._retry_or(
-            event, lambda: self._finish(shape_failure(endpoint, event.status, event.detail))
+            event,
+            lambda: self._finish(shape_failure(endpoint, event.status, event.detail, event.code)),
         )
 
     def _on_failed_mid_stream(self, event: AdaptorFailed) -> Outcome:
         """The stream broke after it started: end it with an error event, never cleanly."""
-        shaped = shape_failure(self._current_endpoint(), event.status, event.detail)
+        shaped = shape_failure(self._current_endpoint(), event.status, event.detail, event.code)
         rest = self._unended_rest()
         event_bytes = rest + error_event(shaped.response.body, after_partial=bool(rest))
         self._bytes_out += len(event_bytes)
@@ -483,6 +484,7 @@ class RequestMachine(Kernel[State, RequestEffect]):
             error_code=event.error_code,
             headers=event.headers,
             route=self._current_request().route,
+            failure_code=event.failure_code,
         )
 
     def _finish_with_error(self, error: GatewayError) -> Outcome:

@@ -28,6 +28,7 @@ from core._errors import (
     redact,
     type_for_status,
 )
+from core._failure_codes import KNOWN_FAILURES, SATURATED
 from core._records import EndpointRecord, Headers, OpenAIRoute, Response, Usage
 
 __all__ = [
@@ -129,6 +130,30 @@ def _failure_code(status: int) -> str:
     return {503: "backend_unavailable", 504: "backend_timeout"}.get(status, "backend_error")
 
 
+def _known_failure(
+    endpoint: EndpointRecord, code: str, said: str | None, detail: str, headers: Headers
+) -> Shaped:
+    """A failure whose code the edge named: its own status and words (the adaptor's,
+    redacted, when it gave some)."""
+    known = KNOWN_FAILURES[code]
+    phrase = redact(said).strip().rstrip(".") if said and said.strip() else known.phrase
+    if code == SATURATED:
+        error = BackendError(
+            f"The gateway is saturated for {_where(endpoint)}: {phrase}; retry shortly.",
+            status=known.status,
+            code=code,
+            headers=(("retry-after", "1"),),
+        )
+    else:
+        error = BackendError(
+            f"The backend serving {_where(endpoint)} failed: {phrase}.",
+            status=known.status,
+            code=code,
+            headers=relayed(headers),
+        )
+    return Shaped(response=error_response(error), error_code=code, detail=redact(detail))
+
+
 def _backend_failure(
     endpoint: EndpointRecord,
     status: int,
@@ -171,10 +196,16 @@ def shape_result(
     error_code: int | None,
     headers: Headers = (),
     route: OpenAIRoute | None = None,
+    failure_code: str | None = None,
 ) -> Shaped:
     """The client's response for a finished `submit_task` (or a streaming call that failed).
 
-    With `route`, a success must also have that route's answer shape (`core._answers`)."""
+    With `route`, a success must also have that route's answer shape (`core._answers`).
+    A `failure_code` the core knows (`core._failure_codes`) decides the status and code
+    of an error; the adaptor's message then says what happened."""
+    if failure_code in KNOWN_FAILURES and (error_code is not None or error_message is not None):
+        detail = f"HTTP {error_code}: {error_message or ''}"
+        return _known_failure(endpoint, failure_code, error_message, detail, headers)
     if error_code is None and error_message is None:
         if result is None:
             return _backend_failure(
@@ -239,6 +270,11 @@ def shape_result(
     )
 
 
-def shape_failure(endpoint: EndpointRecord, status: int, detail: str) -> Shaped:
-    """The client's response when calling the adaptor raised instead of returning."""
+def shape_failure(
+    endpoint: EndpointRecord, status: int, detail: str, code: str | None = None
+) -> Shaped:
+    """The client's response when calling the adaptor raised instead of returning; a
+    `code` the core knows names the failure precisely."""
+    if code in KNOWN_FAILURES:
+        return _known_failure(endpoint, code, None, detail, ())
     return _backend_failure(endpoint, status, _failure_code(status), detail)

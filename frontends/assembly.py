@@ -30,7 +30,7 @@ from frontends.gateway import Gateway, StreamObserver
 from frontends.identity import IdentityProvider
 from frontends.log_sink import LogSink
 from frontends.quota import QuotaCounters
-from transports import Transport
+from transports import Timeout, Transport
 from transports.cassette import Fixtures
 
 __all__ = ["assemble", "build_gateway", "catalog_of", "read_fixtures"]
@@ -90,18 +90,22 @@ def assemble(
     capture_limit: int | None = None,
     request_limits: RequestLimits | None = None,
     health: HealthPolicy | None = None,
+    timeouts: Timeout | None = None,
 ) -> Gateway:
     """Build and bind every adaptor of `catalog`, then the `Gateway` over them.
 
     `environ` is where the secrets fixtures name are looked up (default: the process
-    environment); `folder` only names the files in error messages.
+    environment); `folder` only names the files in error messages; `timeouts` are the
+    default time limits of backend calls handed to every adaptor (None: the built-in).
     """
     environ = os.environ if environ is None else environ
     clusters_file, endpoints_file = _files(folder)
     clusters: dict[str, BaseCluster] = {}
     for record in catalog.clusters:
         cluster = build_cluster(record, file=clusters_file)
-        cluster.bind(transport=transport, secrets=_secrets(record.config, environ))
+        cluster.bind(
+            transport=transport, secrets=_secrets(record.config, environ), timeouts=timeouts
+        )
         check_transport_tls(transport, tls_options_of(cluster), file=clusters_file, entry=record.id)
         clusters[record.cluster_name] = cluster
     endpoints: dict[str, BaseEndpoint] = {}
@@ -111,6 +115,7 @@ def assemble(
             transport=transport,
             cluster=clusters[entry.cluster],
             secrets=_secrets(entry.config, environ),
+            timeouts=timeouts,
         )
         check_transport_tls(
             transport, tls_options_of(endpoint), file=endpoints_file, entry=entry.id
@@ -147,6 +152,7 @@ def build_gateway(
     capture_limit: int | None = None,
     request_limits: RequestLimits | None = None,
     health: HealthPolicy | None = None,
+    timeouts: Timeout | None = None,
 ) -> Gateway:
     """A `Gateway` over the fixtures in `fixtures_dir`: read, checked, built and bound."""
     folder = Path(fixtures_dir)
@@ -165,4 +171,5 @@ def build_gateway(
         capture_limit=capture_limit,
         request_limits=request_limits,
         health=health,
+        timeouts=timeouts,
     )

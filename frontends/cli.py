@@ -187,11 +187,18 @@ def _token_problem(settings: Settings, token: str | None, command: str) -> str |
     return None
 
 
-def _transport(verify_tls: bool = True) -> Transport:
-    """The one transport of a served gateway: adaptors and identity providers share it."""
+def _transport(settings: Settings | None = None) -> Transport:
+    """The one transport of a served gateway: adaptors and identity providers share it,
+    with the settings' connection limits and answer cap."""
     from transports.httpx_transport import HttpxTransport
 
-    return HttpxTransport(verify=verify_tls)
+    if settings is None:
+        return HttpxTransport()
+    return HttpxTransport(
+        verify=settings.verify_tls,
+        limits=settings.connection_limits,
+        max_answer_bytes=settings.max_answer_bytes,
+    )
 
 
 def _quota(settings: Settings) -> tuple[QuotaCounters | None, QuotaPolicy]:
@@ -274,7 +281,7 @@ def _serve(settings: Settings, *, loop: str = "asyncio", listen_fd: int | None =
     new_token = None
     if "static" in settings.identity_providers and listen_fd is None:
         new_token = ensure_tokens_file(settings.tokens_path, settings.local_key_path)
-    transport = _transport(settings.verify_tls)
+    transport = _transport(settings)
     identity = build_identity(settings, transport=transport)
     metrics = _metrics(settings)
     quota, policy = _quota(settings)
@@ -291,6 +298,7 @@ def _serve(settings: Settings, *, loop: str = "asyncio", listen_fd: int | None =
             max_json_depth=settings.max_json_depth, max_messages=settings.max_messages
         ),
         health=_health(settings),
+        timeouts=settings.backend_timeouts,
         # Records go to the metrics, the request log and the access log (the app adds
         # those two), not to a logger line of their own: stderr has the access log.
         log_sink=FanOut(metrics),

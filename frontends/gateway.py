@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import anyio
 import attrs
 
+from adaptors._failures import failure_of
 from adaptors.clusters.cluster import BaseCluster
 from adaptors.endpoints._body import ClientBody
 from adaptors.endpoints.endpoint import BaseEndpoint, StreamingResponse, SubmitTaskResponse
@@ -66,7 +67,7 @@ from frontends.endpoint_health import HealthBook, HealthPolicy, Lease
 from frontends.identity import IdentityProvider
 from frontends.log_sink import FanOut, LoggerSink, LogSink, Timing
 from frontends.quota import QuotaCounters
-from transports import Transport, TransportTimeout
+from transports import Transport, TransportError
 
 __all__ = [
     "ByteStream",
@@ -190,9 +191,14 @@ class GatewayResponse:
 
 
 def _failure(exc: BaseException) -> AdaptorFailed:
-    """The one place adaptor exceptions become events: 504 for time-outs, 502 otherwise."""
-    status = 504 if isinstance(exc, (TransportTimeout, TimeoutError)) else 502
-    return AdaptorFailed(status=status, detail=redact(f"{type(exc).__name__}: {exc}"))
+    """The one place adaptor exceptions become events: a transport error as its kind
+    says (each time limit its own code, saturation 503), 504 for other time-outs, 502
+    otherwise."""
+    detail = redact(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, TransportError):
+        failure = failure_of(exc)
+        return AdaptorFailed(status=failure.status, code=failure.code, detail=detail)
+    return AdaptorFailed(status=504 if isinstance(exc, TimeoutError) else 502, detail=detail)
 
 
 def _as_text(result: Any) -> str | None:
@@ -216,6 +222,7 @@ def _returned(answer: Any) -> AdaptorReturned | AdaptorFailed:
             error_code=getattr(answer, "error_code", None),
             headers=_pairs(getattr(answer, "headers", None)),
             task_id=_text_or_none(getattr(answer, "task_id", None)),
+            failure_code=_text_or_none(getattr(answer, "failure_code", None)),
         )
     except (TypeError, ValueError) as exc:  # e.g. an error_code that is no HTTP status
         return AdaptorFailed(status=502, detail=redact(f"adaptor answer refused: {exc}"))

@@ -19,6 +19,7 @@ from pydantic_settings import (
 )
 
 from core import ConfigurationError
+from transports import ConnectionLimits, Timeout
 
 __all__ = ["Settings", "default_fixtures", "load_settings"]
 
@@ -129,6 +130,19 @@ class Settings(BaseSettings):
     breaker_cooldown: float = pydantic.Field(default=30.0, gt=0)
     status_ttl: float = pydantic.Field(default=10.0, gt=0)
 
+    # Backend calls (README "Backend time limits, connections and answer size"): the
+    # default time limits, which an endpoint's or its cluster's config may override; the
+    # connections in use per backend (host) and in all, and how long a request waits for
+    # one before its 503; the largest non-streamed answer read from a backend (bytes).
+    connect_timeout: float = pydantic.Field(default=10.0, gt=0)
+    first_byte_timeout: float = pydantic.Field(default=120.0, gt=0)
+    stream_idle_timeout: float = pydantic.Field(default=120.0, gt=0)
+    total_timeout: float = pydantic.Field(default=120.0, gt=0)
+    max_connections_per_backend: int = pydantic.Field(default=100, ge=1)
+    max_connections: int = pydantic.Field(default=1000, ge=1)
+    pool_wait_timeout: float = pydantic.Field(default=5.0, gt=0)
+    max_answer_bytes: int = pydantic.Field(default=16 * 1024 * 1024, ge=1)
+
     # Identity providers, tried in this order (a JSON list or "static,globus").
     identity_providers: Annotated[list[ProviderName], NoDecode] = ["static"]
     identity_timeout: float = pydantic.Field(default=10.0, gt=0)
@@ -231,6 +245,35 @@ class Settings(BaseSettings):
                             f"includes '{provider}' (INFERENCE_GATEWAY_{name.upper()})"
                         )
         return self
+
+    @pydantic.model_validator(mode="after")
+    def _connections(self) -> Settings:
+        if self.max_connections_per_backend > self.max_connections:
+            raise ValueError(
+                f"field 'max_connections_per_backend' ({self.max_connections_per_backend}) "
+                f"must not exceed max_connections ({self.max_connections}): one backend "
+                "could then hold every connection"
+            )
+        return self
+
+    @property
+    def backend_timeouts(self) -> Timeout:
+        """The default time limits of a backend call (see `adaptors._timeouts`)."""
+        return Timeout(
+            connect=self.connect_timeout,
+            read=self.total_timeout,
+            first_byte=self.first_byte_timeout,
+            idle=self.stream_idle_timeout,
+            total=self.total_timeout,
+        )
+
+    @property
+    def connection_limits(self) -> ConnectionLimits:
+        return ConnectionLimits(
+            total=self.max_connections,
+            per_backend=self.max_connections_per_backend,
+            pool_wait=self.pool_wait_timeout,
+        )
 
     @property
     def tokens_path(self) -> Path:

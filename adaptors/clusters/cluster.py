@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from adaptors._common import AdaptorBase
 from adaptors._values import string_list
-from transports import Transport
+from transports import Timeout, Transport
 
 __all__ = ["BaseCluster", "GetJobsResponse", "JobInfo", "Jobs"]
 
@@ -89,9 +89,16 @@ class BaseCluster(AdaptorBase, ABC):
     def openai_endpoints(self) -> list[str]:
         return list(self._openai_endpoints)
 
-    def bind(self, *, transport: Transport, secrets: Mapping[str, str] | None = None) -> None:
-        """Give the adaptor the gateway's shared transport and the secrets its config names."""
-        self._bind_io(transport, secrets)
+    def bind(
+        self,
+        *,
+        transport: Transport,
+        secrets: Mapping[str, str] | None = None,
+        timeouts: Timeout | None = None,
+    ) -> None:
+        """Give the adaptor the gateway's shared transport, the secrets its config names
+        and the default time limits of backend calls (its endpoints read them)."""
+        self._bind_io(transport, secrets, timeouts)
 
     @abstractmethod
     async def get_jobs(self) -> GetJobsResponse:

@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
+from adaptors._timeouts import TimeoutConfig
 from adaptors._tls import TLSConfig
 from adaptors.clusters.cluster import BaseCluster, GetJobsResponse
 from transports import (
@@ -35,8 +36,9 @@ from transports import (
 __all__ = ["DirectAPICluster", "DirectAPIClusterConfig", "StatusClient", "StatusError"]
 
 
-class DirectAPIClusterConfig(TLSConfig):
-    """The `config` of a Direct API cluster entry in `clusters.json`."""
+class DirectAPIClusterConfig(TLSConfig, TimeoutConfig):
+    """The `config` of a Direct API cluster entry in `clusters.json`; the time-limit keys
+    (`TimeoutConfig`) are defaults for the endpoints on this cluster."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -11,8 +11,9 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
+from adaptors._timeouts import TimeoutConfig
 from adaptors._urls import resolve_url
 from adaptors.clusters.cluster import BaseCluster, GetJobsResponse, JobInfo, Jobs
 from transports import BackendRequest, ConnectError, Timeout, TransportError, TransportTimeout
@@ -20,8 +21,9 @@ from transports import BackendRequest, ConnectError, Timeout, TransportError, Tr
 __all__ = ["OpenAICompatibleCluster", "OpenAICompatibleClusterConfig"]
 
 
-class OpenAICompatibleClusterConfig(BaseModel):
-    """The `config` of an OpenAI-compatible entry in `clusters.json`."""
+class OpenAICompatibleClusterConfig(TimeoutConfig):
+    """The `config` of an OpenAI-compatible entry in `clusters.json`; the time-limit keys
+    (`TimeoutConfig`) are defaults for the endpoints on this cluster."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

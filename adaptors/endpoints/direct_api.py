@@ -19,6 +19,8 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, field_validator
 
+from adaptors._failures import failure_of
+from adaptors._timeouts import TimeoutConfig, endpoint_timeout
 from adaptors._tls import TLSConfig
 from adaptors._urls import resolve_url
 from adaptors.endpoints._body import body_bytes
@@ -29,20 +31,15 @@ from adaptors.endpoints.endpoint import (
     SubmitTaskResponse,
     unpack_task_data,
 )
-from transports import (
-    BackendRequest,
-    BackendStream,
-    ConnectError,
-    Timeout,
-    TransportError,
-    TransportTimeout,
-)
+from transports import BackendRequest, BackendStream, Timeout, TransportError
 
 __all__ = ["DirectAPIEndpoint", "DirectAPIEndpointConfig"]
 
 
-class DirectAPIEndpointConfig(TLSConfig):
-    """The `config` of a Direct API entry in `endpoints.json` (TLS options: `TLSConfig`)."""
+class DirectAPIEndpointConfig(TLSConfig, TimeoutConfig):
+    """The `config` of a Direct API entry in `endpoints.json` (TLS options: `TLSConfig`;
+    time limits: `TimeoutConfig`, with `api_request_timeout` as `adaptors._timeouts`
+    says)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -56,15 +53,6 @@ class DirectAPIEndpointConfig(TLSConfig):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value
-
-
-def _failure(exc: TransportError, seconds: float) -> tuple[str, int]:
-    """The message and status for a call that never got an HTTP answer."""
-    if isinstance(exc, TransportTimeout):
-        return f"The backend request timed out after {seconds:g}s.", 504
-    if isinstance(exc, ConnectError):
-        return "The gateway could not connect to the backend.", 502
-    return f"The connection to the backend failed ({type(exc).__name__}).", 502
 
 
 def _refusal(status: int, body: bytes) -> tuple[str, int]:
@@ -130,10 +118,24 @@ class DirectAPIEndpoint(BaseEndpoint):
         name = "submit_streaming_task" if stream else "submit_task"
         return getattr(type(self), name) is not getattr(DirectAPIEndpoint, name)
 
+    def timeout(self, *, stream: bool) -> Timeout:
+        """The time limits of one call (see `adaptors._timeouts` for where each comes
+        from); a stream gets no total limit, so it is never cut while it keeps sending."""
+        config = self._config
+        cluster = self.cluster_adaptor
+        return endpoint_timeout(
+            config,
+            legacy=config.api_request_timeout
+            if "api_request_timeout" in config.model_fields_set
+            else None,
+            cluster_config=getattr(cluster, "config", None),
+            defaults=self.timeout_defaults,
+            stream=stream,
+        )
+
     def _request(
         self, body: dict[str, Any], route: str | None, accept: str, request_id: object = None
     ) -> BackendRequest:
-        seconds = self._config.api_request_timeout
         headers = [("content-type", "application/json"), ("accept", accept)]
         if self._api_key:
             headers.append(("authorization", f"Bearer {self._api_key}"))
@@ -144,7 +146,7 @@ class DirectAPIEndpoint(BaseEndpoint):
             url=resolve_url(self._api_url, route),
             headers=headers,
             body=body_bytes(body),
-            timeout=Timeout(connect=min(10.0, seconds), read=seconds, total=seconds),
+            timeout=self.timeout(stream=accept == "text/event-stream"),
             tls=self._config.tls_options,
         )
 
@@ -154,8 +156,12 @@ class DirectAPIEndpoint(BaseEndpoint):
         try:
             response = await self.transport.send(request)
         except TransportError as exc:
-            message, code = _failure(exc, self._config.api_request_timeout)
-            return SubmitTaskResponse(error_message=message, error_code=code)
+            failure = failure_of(exc, request.timeout)
+            return SubmitTaskResponse(
+                error_message=failure.message,
+                error_code=failure.status,
+                failure_code=failure.code,
+            )
         headers = _as_dict(response.headers)
         if not 200 <= response.status < 300:
             message, code = _refusal(response.status, response.body)
@@ -177,13 +183,17 @@ class DirectAPIEndpoint(BaseEndpoint):
         try:
             stream = await self.transport.open_stream(request)
         except TransportError as exc:
-            message, code = _failure(exc, self._config.api_request_timeout)
-            return SubmitStreamingTaskResponse(error_message=message, error_code=code)
+            failure = failure_of(exc, request.timeout)
+            return SubmitStreamingTaskResponse(
+                error_message=failure.message,
+                error_code=failure.status,
+                failure_code=failure.code,
+            )
         headers = _as_dict(stream.headers)
         if not 200 <= stream.status < 300:
-            message, code = await _read_refusal(stream, self._config.api_request_timeout)
+            message, code, known = await _read_refusal(stream, request.timeout)
             return SubmitStreamingTaskResponse(
-                error_message=message, error_code=code, headers=headers
+                error_message=message, error_code=code, headers=headers, failure_code=known
             )
         headers.setdefault("content-type", "text/event-stream")
         return SubmitStreamingTaskResponse(
@@ -208,14 +218,16 @@ def _header_safe(value: object) -> bool:
     )
 
 
-async def _read_refusal(stream: BackendStream, seconds: float) -> tuple[str, int]:
+async def _read_refusal(stream: BackendStream, timeout: Timeout) -> tuple[str, int, str | None]:
+    """The message, status and failure code of a stream the backend refused."""
     try:
         body = await stream.aread()
     except TransportError as exc:
-        return _failure(exc, seconds)
+        failure = failure_of(exc, timeout)
+        return failure.message, failure.status, failure.code
     finally:
         await stream.aclose()
-    return _refusal(stream.status, body)
+    return (*_refusal(stream.status, body), None)
 
 
 def _as_dict(headers: Iterable[tuple[str, str]]) -> dict[str, str]:

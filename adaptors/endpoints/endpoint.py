@@ -23,7 +23,7 @@ from adaptors._common import AdaptorBase
 from adaptors._values import string_list
 from adaptors.clusters.cluster import BaseCluster
 from adaptors.endpoints._body import ClientBody
-from transports import Transport
+from transports import Timeout, Transport
 
 __all__ = [
     "BaseEndpoint",
@@ -90,6 +90,9 @@ class SubmitTaskResponse(BaseModel):
     # Extension to the seed contract: the backend's response headers.  The gateway relays
     # only an allow-list of them (content type, request id), never hop-by-hop ones.
     headers: dict[str, str] | None = None
+    # Extension: the OpenAI error code of a failure the adaptor recognised (which time
+    # limit ran out, the gateway's saturation; see `adaptors._failures`).
+    failure_code: str | None = None
     # The backend's exact bytes behind `result`, so the client gets them unchanged.
     _body: tuple[str, bytes] | None = PrivateAttr(default=None)
 
@@ -115,6 +118,7 @@ class SubmitStreamingTaskResponse(BaseModel):
     error_message: str | None = None
     error_code: int | None = None
     headers: dict[str, str] | None = None  # as on SubmitTaskResponse, for error answers
+    failure_code: str | None = None  # as on SubmitTaskResponse
 
     @field_validator("response", mode="plain")
     @classmethod
@@ -268,10 +272,11 @@ class BaseEndpoint(AdaptorBase, ABC):
         transport: Transport,
         cluster: BaseCluster | None = None,
         secrets: Mapping[str, str] | None = None,
+        timeouts: Timeout | None = None,
     ) -> None:
-        """Give the adaptor the gateway's transport, its cluster's adaptor and the secrets
-        its config names."""
-        self._bind_io(transport, secrets)
+        """Give the adaptor the gateway's transport, its cluster's adaptor, the secrets
+        its config names and the default time limits of backend calls."""
+        self._bind_io(transport, secrets, timeouts)
         self._cluster_adaptor = cluster
 
     @property
