@@ -124,6 +124,7 @@ class AccessLog:
             "completion_tokens": usage.completion_tokens if usage else None,
             "total_tokens": usage.total_tokens if usage else None,
             "tokens_estimated": entry.estimated if entry else None,
+            "error_code": entry.error_code if entry else None,
         }
         self._logger.info(json.dumps(line))
 
