@@ -19,7 +19,7 @@ from pydantic_settings import (
 )
 
 from core import ConfigurationError
-from transports import ConnectionLimits, Timeout
+from transports import DEFAULT_MAX_ANSWER_BYTES, ConnectionLimits, Timeout
 
 __all__ = ["Settings", "default_fixtures", "load_settings"]
 
@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     max_connections_per_backend: int = pydantic.Field(default=100, ge=1)
     max_connections: int = pydantic.Field(default=1000, ge=1)
     pool_wait_timeout: float = pydantic.Field(default=5.0, gt=0)
-    max_answer_bytes: int = pydantic.Field(default=16 * 1024 * 1024, ge=1)
+    max_answer_bytes: int = pydantic.Field(default=DEFAULT_MAX_ANSWER_BYTES, ge=1)
 
     # Identity providers, tried in this order (a JSON list or "static,globus").
     identity_providers: Annotated[list[ProviderName], NoDecode] = ["static"]

@@ -18,12 +18,13 @@ from transports._base import (
     TransportError,
     TransportTimeout,
 )
-from transports._limits import ConnectionLimits
+from transports._limits import DEFAULT_MAX_ANSWER_BYTES, ConnectionLimits
 from transports._tls import TLSConfigError, check_readable, ssl_context_for
 from transports.function import FunctionTransport
 from transports.h11_transport import H11Transport
 
 __all__ = [
+    "DEFAULT_MAX_ANSWER_BYTES",
     "AnswerTooLarge",
     "BackendRequest",
     "BackendResponse",

@@ -20,9 +20,12 @@ import attrs
 
 from transports._base import Saturated
 
-__all__ = ["Admission", "ConnectionLimits", "Permit"]
+__all__ = ["DEFAULT_MAX_ANSWER_BYTES", "Admission", "ConnectionLimits", "Permit"]
 
 BackendKey = tuple[str, str, int]
+# The largest whole (non-streamed) answer a transport reads by default: far above any
+# chat completion or embedding batch, far below what would hurt a gateway's memory.
+DEFAULT_MAX_ANSWER_BYTES = 16 * 1024 * 1024
 
 
 def _at_least_one(_: object, attribute: attrs.Attribute[int], value: int) -> None:

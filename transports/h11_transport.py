@@ -110,7 +110,7 @@ from transports._base import (
     TransportTimeout,
 )
 from transports._deadline import deadline_after, until
-from transports._limits import Admission, ConnectionLimits, Permit
+from transports._limits import DEFAULT_MAX_ANSWER_BYTES, Admission, ConnectionLimits, Permit
 from transports._tls import TLSConfigError, ssl_context_for
 
 __all__ = ["H11Stream", "H11Transport"]
@@ -378,7 +378,7 @@ class H11Transport:
     not say (and for requests without options).  `limits` bounds the exchanges in flight
     per backend (scheme, host, port) and in all, and the wait for one
     (`max_connections_per_host`, if given, sets the per-backend bound alone);
-    `max_answer_bytes` caps a whole answer's body (None: no cap).
+    `max_answer_bytes` caps a whole answer's body (16 MiB unless given; None: no cap).
     """
 
     def __init__(
@@ -389,7 +389,7 @@ class H11Transport:
         max_connections_per_host: int | None = None,
         trust_env: bool = False,
         limits: ConnectionLimits | None = None,
-        max_answer_bytes: int | None = None,
+        max_answer_bytes: int | None = DEFAULT_MAX_ANSWER_BYTES,
     ) -> None:
         limits = limits or ConnectionLimits()
         if max_connections_per_host is not None:
@@ -666,7 +666,7 @@ class H11Stream:
         timeout: Timeout,
         deadline: float,
         first_byte_deadline: float,
-        max_answer_bytes: int | None = None,
+        max_answer_bytes: int | None = DEFAULT_MAX_ANSWER_BYTES,
     ) -> None:
         self._lease = lease
         self._timeout = timeout

@@ -63,7 +63,7 @@ from transports._base import (
     TransportTimeout,
 )
 from transports._deadline import deadline_after, until
-from transports._limits import Admission, ConnectionLimits, Permit
+from transports._limits import DEFAULT_MAX_ANSWER_BYTES, Admission, ConnectionLimits, Permit
 from transports._tls import TLSConfigError, ssl_context_for
 
 __all__ = ["HttpxStream", "HttpxTransport"]
@@ -186,11 +186,11 @@ class HttpxTransport:
         verify: bool = True,
         max_connections: int | None = None,
         limits: ConnectionLimits | None = None,
-        max_answer_bytes: int | None = None,
+        max_answer_bytes: int | None = DEFAULT_MAX_ANSWER_BYTES,
     ) -> None:
         """`limits` bound the exchanges in flight per backend and in all, and the wait
         for one (`max_connections`, if given, sets the global bound alone);
-        `max_answer_bytes` caps a whole answer's body (None: no cap)."""
+        `max_answer_bytes` caps a whole answer's body (16 MiB unless given; None: no cap)."""
         limits = limits or ConnectionLimits()
         if max_connections is not None:
             limits = ConnectionLimits(
@@ -342,7 +342,7 @@ class HttpxStream:
         permit: Permit | None = None,
         timeout: Timeout | None = None,
         first_byte_deadline: float = math.inf,
-        max_answer_bytes: int | None = None,
+        max_answer_bytes: int | None = DEFAULT_MAX_ANSWER_BYTES,
     ) -> None:
         self._response = response
         self._deadline = deadline
