@@ -34,6 +34,7 @@ from tests.support.misbehaving_backend import (
     MisbehavingBackend,
     refused_url,
     running_misbehaving_backend,
+    unaccepting_url,
 )
 from tests.support.served_cli import ServedGateway, served_gateway
 
@@ -73,6 +74,13 @@ class Case:
 CASES = [
     Case(
         name="refuses connections", behaviour="refused", status=502, code="backend_error", limit=0
+    ),
+    Case(
+        name="never accepts (accept queue full)",
+        behaviour="unaccepting",
+        status=504,
+        code="backend_connect_timeout",
+        limit=1,
     ),
     Case(
         name="accepts, never answers",
@@ -199,7 +207,9 @@ def _model(index: int) -> str:
     return f"fault-{index}"
 
 
-def _fixtures(folder: Path, bad: MisbehavingBackend, good: MisbehavingBackend) -> Path:
+def _fixtures(
+    folder: Path, bad: MisbehavingBackend, good: MisbehavingBackend, unaccepting: str = ""
+) -> Path:
     cluster = {
         "cluster_name": "battery",
         "frameworks": ["api"],
@@ -218,12 +228,10 @@ def _fixtures(folder: Path, bad: MisbehavingBackend, good: MisbehavingBackend) -
             "config": {"api_url": url, "api_key_env_name": "UNSET_KEY"},
         }
 
-    refused = refused_url()
+    elsewhere = {"refused": refused_url(), "unaccepting": unaccepting or refused_url()}
     endpoints = [endpoint(HEALTHY, good.url_for("ok"))]
     for index, case in enumerate(CASES):
-        url = (
-            refused if case.behaviour == "refused" else bad.url_for(case.behaviour, **case.options)
-        )
+        url = elsewhere.get(case.behaviour) or bad.url_for(case.behaviour, **case.options)
         endpoints.append(endpoint(_model(index), url))
     return write_fixtures(folder / "fixtures", [cluster], endpoints)
 
@@ -292,10 +300,12 @@ def test_each_fault_costs_only_its_own_error(
     tmp_path: Path, loop: str, backends: tuple[MisbehavingBackend, MisbehavingBackend]
 ) -> None:
     bad, good = backends
-    fixtures = _fixtures(tmp_path, bad, good)
     expected_codes: dict[str, str | None] = {}
     with (
-        served_gateway(tmp_path, fixtures, loop=loop, settings=SETTINGS) as gateway,
+        unaccepting_url() as unaccepting,
+        served_gateway(
+            tmp_path, _fixtures(tmp_path, bad, good, unaccepting), loop=loop, settings=SETTINGS
+        ) as gateway,
         httpx.Client(timeout=60) as client,
     ):
         _probe(client, gateway.url)  # warm: the first request pays for imports
@@ -311,7 +321,7 @@ def test_each_fault_costs_only_its_own_error(
                 args=(_model(index), case.stream, request_id, outcome),
             )
             fault.start()
-            if case.behaviour != "refused":
+            if case.behaviour not in ("refused", "unaccepting"):
                 assert bad.wait_for_requests(seen + 1, timeout=10), case.name
             probes = [_probe(client, gateway.url) for _ in range(PROBES)]
             fault.join(60)

@@ -462,20 +462,27 @@ class H11Transport:
         """The whole answer, read under the call's total time limit (counted from the
         moment the call holds its permits)."""
         lease = await self._admit(request)
-        with _mapped_errors(_Phase.TOTAL), anyio.fail_after(request.timeout.total):
-            stream = await self._open(request, lease, math.inf)
-            try:
-                body = await stream.aread()
-            finally:
-                await stream.aclose()
+        try:
+            with _mapped_errors(_Phase.TOTAL), anyio.fail_after(request.timeout.total):
+                stream = await self._open(request, lease, math.inf)
+                try:
+                    body = await stream.aread()
+                finally:
+                    await stream.aclose()
+        finally:
+            await lease.release(reuse=False)  # a no-op when the answer gave it back
         return BackendResponse(status=stream.status, headers=stream.headers, body=body)
 
     async def open_stream(self, request: BackendRequest) -> H11Stream:
         """An answer whose headers have arrived; the body is read through the stream."""
         lease = await self._admit(request)
         deadline = deadline_after(request.timeout.total)
-        with _mapped_errors(_Phase.TOTAL), until(deadline):
-            return await self._open(request, lease, deadline)
+        try:
+            with _mapped_errors(_Phase.TOTAL), until(deadline):
+                return await self._open(request, lease, deadline)
+        except BaseException:
+            await lease.release(reuse=False)  # a no-op when opening gave it back
+            raise
 
     async def aclose(self) -> None:
         """Close the idle connections; connections in use close when their answer ends."""

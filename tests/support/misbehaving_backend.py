@@ -36,7 +36,8 @@ it, so after a test no connection should stay open: `open_connections` counts th
 (accepted and not yet closed by either side) and `wait_until_idle` waits for zero.  A
 behaviour that waits for the client notices it leaving at once (a readable socket that
 reads empty), and a sending one at its next write.  `refused_url()` names a port nothing
-listens on, for the backend that refuses connections.
+listens on, for the backend that refuses connections; `unaccepting_url()` one whose
+connections are never accepted, for a connect timeout.
 """
 
 from __future__ import annotations
@@ -54,7 +55,13 @@ from typing import Any
 
 import h11
 
-__all__ = ["BEHAVIOURS", "MisbehavingBackend", "refused_url", "running_misbehaving_backend"]
+__all__ = [
+    "BEHAVIOURS",
+    "MisbehavingBackend",
+    "refused_url",
+    "running_misbehaving_backend",
+    "unaccepting_url",
+]
 
 BEHAVIOURS = (
     "ok",
@@ -83,6 +90,33 @@ def refused_url() -> str:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     return f"http://127.0.0.1:{port}/refused/v1"
+
+
+@contextmanager
+def unaccepting_url() -> Iterator[str]:
+    """An http URL on 127.0.0.1 whose listener never accepts and whose accept queue is
+    full, so the kernel drops further SYNs and a connect hangs until the client's own
+    connect timeout.  The premise (that this kernel drops them) is checked once, with a
+    probe that must not connect within 0.3 s."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    address = listener.getsockname()
+    fillers: list[socket.socket] = []
+    try:
+        for _ in range(4):
+            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            filler.connect_ex(address)
+            fillers.append(filler)
+        _, connected, _ = select.select([], [fillers[-1]], [], 0.3)
+        if connected:
+            raise RuntimeError("this kernel accepts connections past a full accept queue")
+        yield f"http://127.0.0.1:{address[1]}/unaccepting/v1"
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
 
 
 def _completion(model: str, text: str = "Hello from a misbehaving backend.") -> bytes:
