@@ -176,6 +176,25 @@ async def test_a_stream_that_keeps_sending_is_never_cut_for_its_length(
     assert body == b"".join(b"data: %d\n\n" % i for i in range(8))
 
 
+async def _gap_longer_than_the_first_byte_limit(exchange: Exchange) -> None:
+    await exchange.start(200, [("content-type", "text/event-stream")])
+    await exchange.send(b"data: 1\n\n")
+    await anyio.sleep(0.6)  # the backend's pace: past first byte, within idle
+    await exchange.send(b"data: 2\n\n")
+    await exchange.end()
+
+
+async def test_after_the_first_bytes_only_the_idle_limit_applies(transport: Transport) -> None:
+    timeout = Timeout(connect=5, read=5, first_byte=0.3, idle=3)
+    async with serving({"/gap": _gap_longer_than_the_first_byte_limit}) as server:
+        stream = await transport.open_stream(_get(server, "/gap", timeout))
+        try:
+            body = b"".join([chunk async for chunk in stream.chunks()])
+        finally:
+            await stream.aclose()
+    assert body == b"data: 1\n\ndata: 2\n\n"
+
+
 async def test_a_whole_answer_past_its_total_is_a_total_timeout(transport: Transport) -> None:
     timeout = Timeout(connect=5, read=5, first_byte=5, total=0.3)
     async with serving({"/steady": _slow_but_steady}) as server:

@@ -1,15 +1,16 @@
 """The production transport: backend calls over a pooled `httpx.AsyncClient`.
 
-Theory of operation.  Each `BackendRequest` becomes one httpx request.  httpx bounds the
-connect (`Timeout.connect`) and the write (`read`); every other limit is kept here with
-anyio, because httpx has one read limit for every receive while a call has several:
-`first_byte` bounds the call from its start until the answer's head (connect and write
-included, unlike the h11 transport, which starts that clock once the request is sent)
-and, for a stream, until its first body bytes; `idle` each later read of a stream;
-`read` each read of a whole answer's body; `total` a whole `send`, and a stream from
-`open_stream` to its last read.  A stream keeps its deadlines and opens a fresh
-`fail_after` for every read, because a cancel scope may not stay open across the yields
-of a generator the caller drives.  Each limit raises its own `TransportTimeout` subclass.
+Theory of operation.  Each `BackendRequest` becomes one httpx request.  httpx has one
+read limit for every receive while a call has several, so it keeps only what it can:
+the connect (`Timeout.connect`), the write (`read`) and, as its read limit while the
+head is awaited, `first_byte` (the request sent until the head); once the head is in,
+that limit is lifted and the rest is kept here with anyio: a stream's first body bytes
+within `first_byte` of the call's start, each later read of a stream within `idle`,
+each read of a whole answer's body within `read`, a whole `send` within `total` (and a
+stream from `open_stream` to its last read).  A stream keeps its deadlines and opens a
+fresh `fail_after` for every read, because a cancel scope may not stay open across the
+yields of a generator the caller drives.  Each limit raises its own `TransportTimeout`
+subclass.
 
 Before any IO a call takes a permit of its backend (scheme, host, port) and of the whole
 transport (`transports._limits`), waiting at most `pool_wait` (else `Saturated`); it
@@ -118,6 +119,10 @@ def _mapped_errors(phase: _Phase = _Phase.TOTAL) -> Iterator[None]:
     except TimeoutError:
         timeout, text = _DEADLINES[phase]
         raise timeout(text) from None
+    except httpx.ReadTimeout:
+        # httpx's read limit is the first-byte limit while the head is awaited.
+        timeout, text = _DEADLINES[phase if phase is _Phase.FIRST_BYTE else _Phase.READ]
+        raise timeout(text) from None
     except Exception as exc:
         for source, target, message in _ERROR_TABLE:
             if isinstance(exc, source):
@@ -126,9 +131,22 @@ def _mapped_errors(phase: _Phase = _Phase.TOTAL) -> Iterator[None]:
 
 
 def _httpx_timeout(timeout: Timeout) -> httpx.Timeout:
-    """httpx keeps the connect and write limits; reads are bounded by our deadlines, and
-    the pool is never waited on (our permits come first)."""
-    return httpx.Timeout(connect=timeout.connect, read=None, write=timeout.read, pool=None)
+    """httpx keeps the connect and write limits, and the first-byte limit as its read
+    limit while the head is awaited (one read, from the request sent); the pool is never
+    waited on (our permits come first)."""
+    return httpx.Timeout(
+        connect=timeout.connect, read=timeout.first_byte, write=timeout.read, pool=None
+    )
+
+
+def _body_reads_unbounded_by_httpx(response: httpx.Response) -> None:
+    """Lift httpx's read limit once the head is in: the body's reads are bounded by our
+    own deadlines (idle, read, total).  httpcore reads the limit from the request's
+    extensions when the body is first read, so this must happen before that; were it
+    ever read earlier, the body would merely keep the first-byte limit as well."""
+    limits = response.request.extensions.get("timeout")
+    if isinstance(limits, dict):
+        limits["read"] = None
 
 
 def _backend_key(url: str) -> tuple[str, str, int]:
@@ -276,15 +294,12 @@ class HttpxTransport:
     async def _head(
         self, client: httpx.AsyncClient, request: BackendRequest, deadline: float
     ) -> httpx.Response:
-        """The answer's head, within the first-byte limit and the call's deadline."""
-        first_byte = deadline_after(request.timeout.first_byte)
-        with (
-            _mapped_errors(_Phase.TOTAL),
-            until(deadline),
-            _mapped_errors(_Phase.FIRST_BYTE),
-            until(first_byte, FirstByteTimeout(_DEADLINES[_Phase.FIRST_BYTE][1])),
-        ):
-            return await client.send(self._build(client, request), stream=True)
+        """The answer's head, within the first-byte limit (httpx's read limit for now)
+        and the call's deadline."""
+        with _mapped_errors(_Phase.TOTAL), until(deadline), _mapped_errors(_Phase.FIRST_BYTE):
+            response = await client.send(self._build(client, request), stream=True)
+        _body_reads_unbounded_by_httpx(response)
+        return response
 
     async def send(self, request: BackendRequest) -> BackendResponse:
         """The whole answer (decoded from any content-encoding), capped in size."""
