@@ -96,8 +96,11 @@ def served_gateway(
             raise RuntimeError(f"serve did not start: {banner!r}\n{stderr.read_text()}")
         yield ServedGateway(url=found[1], process=process, stderr=stderr)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+        died = process.poll()
+        if died is not None:
+            tail = "\n".join(stderr.read_text().splitlines()[-30:])
+            raise RuntimeError(f"serve --loop {loop} exited by itself ({died}):\n{tail}")
+        process.send_signal(signal.SIGTERM)
         try:
             process.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
