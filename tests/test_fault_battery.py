@@ -140,6 +140,21 @@ CASES = [
         code="malformed_backend_response",
         limit=0,
     ),
+    Case(
+        name="invalid JSON event (stream)",
+        behaviour="invalid-json",
+        stream=True,
+        status=200,
+        code="backend_invalid_response",
+        limit=0,
+    ),
+    Case(
+        name="wrong JSON shape",
+        behaviour="wrong-shape",
+        status=502,
+        code="backend_invalid_response",
+        limit=0,
+    ),
     Case(name="answer cut half-way", behaviour="cut", status=502, code="backend_error", limit=0),
     Case(
         name="stream cut half-way",

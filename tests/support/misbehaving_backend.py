@@ -17,7 +17,8 @@ ok              a proper chat completion (a stream if the body asks for one); `d
 silent          accepts, reads the request, never answers until the client goes away
 status          HTTP `code` (default 500): an OpenAI error body for 4xx (429 with
                 `Retry-After: 1`), a text body for 5xx
-invalid-json    HTTP 200, `application/json`, a body that is not JSON
+invalid-json    HTTP 200, `application/json`, a body that is not JSON; a stream: one
+                event, then one that is not JSON, then `[DONE]`
 wrong-shape     HTTP 200, a JSON object that is not a chat completion
 cut             a stream: two events, then the connection closes mid-body; a whole
                 answer: a tenth of its announced `Content-Length`, then the close
@@ -280,6 +281,12 @@ class _Exchange:
             self.send(_head(code, "text/plain", length=len(body)) + body)
 
     def _invalid_json(self) -> None:
+        if self.stream:
+            self.send(_head(200, "text/event-stream", length=None))
+            self.send(_chunk(_event(self.model, 0, "Hello")))
+            self.send(_chunk(b'data: {"id": "chatcmpl-1", "choices": [\n\n'))
+            self.send(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+            return
         body = b'{"id": "chatcmpl-1", "choices": [{"message": '
         self.send(_head(200, "application/json", length=len(body)) + body)
 
