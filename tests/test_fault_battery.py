@@ -485,14 +485,18 @@ def test_two_hundred_requests_hanging_on_one_backend_leave_the_other_answering(
     codes = [(a.status_code, a.json()["error"]["code"]) for a in answers]
     saturated = codes.count((503, "gateway_saturated"))
     timed_out = codes.count((504, "backend_first_byte_timeout"))
-    assert saturated + timed_out == 200, set(codes)
-    assert timed_out == 100 and saturated == 100, (timed_out, saturated)
-    refusal = next(a for a in answers if a.status_code == 503)
+    # Once five saturated waits in a row have failed, the endpoint's breaker opens and
+    # the rest are refused at once (`circuit_open`) instead of waiting for the pool.
+    broken = codes.count((503, "circuit_open"))
+    assert saturated + timed_out + broken == 200, set(codes)
+    assert timed_out == 100 and saturated >= 1, (timed_out, saturated, broken)
+    refusal = next(a for a in answers if a.json()["error"]["code"] == "gateway_saturated")
     assert refusal.headers["retry-after"] == "1"
     assert "saturated" in refusal.json()["error"]["message"]
     assert statistics.median(times) < PROMPT_BOUND, times
     assert max(times) < 5.0, times  # none waited for the hanging backend's 10 s
     print(
-        f"\n{loop}: 200 hanging -> {timed_out} x 504 first byte, {saturated} x 503 saturated; "
+        f"\n{loop}: 200 hanging -> {timed_out} x 504 first byte, {saturated} x 503 saturated, "
+        f"{broken} x 503 circuit open; "
         f"healthy median {statistics.median(times) * 1000:.1f} ms, max {max(times) * 1000:.1f} ms"
     )
