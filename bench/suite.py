@@ -238,6 +238,9 @@ def run(plan: Plan, out: Path | None) -> str:
             "INFERENCE_GATEWAY_TOKENS_FILE": str(write_tokens(folder)),
             "INFERENCE_GATEWAY_STATE_DIR": str(folder / "state"),
             "INFERENCE_GATEWAY_LOG_LEVEL": "WARNING",
+            # The open-streams figure holds this many streams to one backend at once.
+            "INFERENCE_GATEWAY_MAX_CONNECTIONS_PER_BACKEND": str(plan.open_streams + 100),
+            "INFERENCE_GATEWAY_MAX_CONNECTIONS": str(plan.open_streams + 1000),
         }
         serve = [sys.executable, "-m", "frontends.cli", "serve"]
         gateway = servers_stack.enter_context(
