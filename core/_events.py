@@ -38,6 +38,7 @@ __all__ = [
     "Effect",
     "EndStream",
     "Event",
+    "GatewayStopping",
     "IdentityResolved",
     "IdentityUnavailable",
     "LogEntry",
@@ -230,6 +231,12 @@ class ClientDisconnected:
     """The client went away before the request finished."""
 
 
+@attrs.frozen(kw_only=True)
+class GatewayStopping:
+    """The gateway's drain deadline passed while this request still waited on its backend
+    or streamed: it ends now, telling the client the gateway is shutting down."""
+
+
 Event = (
     RequestReceived
     | IdentityResolved
@@ -242,6 +249,7 @@ Event = (
     | ChunkReceived
     | StreamEnded
     | ClientDisconnected
+    | GatewayStopping
 )
 
 

@@ -49,6 +49,7 @@ from core._events import (
     ClientDisconnected,
     Effect,
     EndStream,
+    GatewayStopping,
     IdentityResolved,
     IdentityUnavailable,
     LogEntry,
@@ -117,6 +118,10 @@ TABLE: Mapping[tuple[State, type[Any]], Cell[State]] = {
     (S.STREAMING, StreamEnded): Cell("_on_stream_ended", S.DONE),
     (S.STREAMING, AdaptorFailed): Cell("_on_failed_mid_stream", S.DONE),
     (S.STREAMING, ClientDisconnected): Cell("_on_disconnect", S.CANCELLED),
+    # Graceful drain: the deadline passed while the backend still had the request.
+    (S.AWAITING_RESULT, GatewayStopping): Cell("_on_stopping", S.DONE),
+    (S.AWAITING_STREAM, GatewayStopping): Cell("_on_stopping", S.DONE),
+    (S.STREAMING, GatewayStopping): Cell("_on_stopping_mid_stream", S.DONE),
 }
 TERMINAL = frozenset({S.DONE, S.CANCELLED})
 
@@ -136,6 +141,16 @@ def _usage_options(body: Mapping[str, Any]) -> dict[str, Any] | None:
 
 # 499: nginx's "client closed request", the usual way to log a request nobody waited for.
 _CLIENT_CLOSED = 499
+
+
+def _shutting_down() -> GatewayError:
+    """Neither the client's fault nor the backend's: the gateway is going away."""
+    return GatewayError(
+        "The gateway is shutting down and ended this request before it finished; send it again.",
+        status=503,
+        code="gateway_shutting_down",
+        headers=(("Retry-After", "1"),),
+    )
 
 
 # What the machine may ask of its driver: the shared effects, and health for choosing.
@@ -447,6 +462,29 @@ class RequestMachine(Kernel[State, RequestEffect]):
             ),
         )
 
+    def _on_stopping(self, event: GatewayStopping) -> Outcome:
+        """The drain deadline came before the backend answered or opened its stream: the
+        client received nothing of it, so, as after a backend's failure, nothing counts."""
+        error = _shutting_down()
+        shaped = Shaped(response=error_response(error), detail="drain deadline passed")
+        return self._finish(shaped, error_code=error.code)
+
+    def _on_stopping_mid_stream(self, event: GatewayStopping) -> Outcome:
+        """The drain deadline came mid-stream: an error event ends it (never a clean end);
+        what was relayed counts as used, as when a client leaves."""
+        error = _shutting_down()
+        rest = self._unended_rest()
+        event_bytes = rest + error_event(error_body(error), after_partial=bool(rest))
+        self._bytes_out += len(event_bytes)
+        ending = self._ending(
+            error.status,
+            usage=self._monitor.usage,
+            error_code=error.code,
+            detail="drain deadline passed",
+            spent=True,
+        )
+        return S.DONE, (RelayChunk(data=event_bytes), EndStream(), *ending)
+
     def _on_disconnect_before_call(self, event: ClientDisconnected) -> Outcome:
         """The client left before the adaptor was called: nothing to cancel, and any
         reservation the counters may already hold is given back."""
@@ -509,13 +547,14 @@ class RequestMachine(Kernel[State, RequestEffect]):
         error_code: str | None = None,
         detail: str | None = None,
         cancelled: bool = False,
+        spent: bool = False,
     ) -> tuple[Effect, ...]:
         """The effects every end after the call shares: settle what was reserved with the
         tokens used (reported, else estimated), and the one log line."""
         estimated = False
-        # Tokens were spent when the backend answered, or streamed to a client who left;
-        # a refusal or failure spent none.
-        spent = self._called and (status == 200 or cancelled)
+        # Tokens were spent when the backend answered, or streamed to a client who left
+        # (or whom the gateway's drain cut off: `spent`); a refusal or failure spent none.
+        spent = self._called and (status == 200 or cancelled or spent)
         if spent and (usage is None or usage.total_tokens is None):
             usage, estimated = self._estimate(usage), True
         log = self._log(

@@ -34,6 +34,7 @@ from core import (
     EndpointRecord,
     EndStream,
     Event,
+    GatewayStopping,
     HealthAssessed,
     Identity,
     IdentityResolved,
@@ -203,6 +204,10 @@ EXPECTED: dict[tuple[State, type[Any]], frozenset[State]] = {
     (S.STREAMING, StreamEnded): frozenset({S.DONE}),
     (S.STREAMING, AdaptorFailed): frozenset({S.DONE}),
     (S.STREAMING, ClientDisconnected): frozenset({S.CANCELLED}),
+    # The graceful drain's deadline, while the backend still has the request.
+    (S.AWAITING_RESULT, GatewayStopping): frozenset({S.DONE}),
+    (S.AWAITING_STREAM, GatewayStopping): frozenset({S.DONE}),
+    (S.STREAMING, GatewayStopping): frozenset({S.DONE}),
 }
 
 
@@ -220,6 +225,7 @@ SAMPLE_EVENTS: list[Any] = [
     ChunkReceived(data=b'data: {"id": "x"}\n\n'),
     StreamEnded(),
     ClientDisconnected(),
+    GatewayStopping(),
     Reserved(),
     QuotaExceeded(refusal=Refusal(limit=Limit.USER_TOKENS, retry_after=3)),
     HealthAssessed(endpoints=()),
@@ -495,7 +501,9 @@ class RequestMachineRules(RuleBasedStateMachine):
             assert (CancelUpstream in kinds(effects)) == called
         if isinstance(event, ChunkReceived):
             self.check_relay(effects)
-        if isinstance(event, StreamEnded | AdaptorFailed) and before is State.STREAMING:
+        if isinstance(event, StreamEnded | AdaptorFailed | GatewayStopping) and (
+            before is State.STREAMING
+        ):
             assert kinds(effects)[-2:] == [EndStream, WriteLog]
 
     def check_relay(self, effects: tuple[Any, ...]) -> None:
@@ -625,6 +633,17 @@ class RequestMachineRules(RuleBasedStateMachine):
     @rule()
     def client_disconnects(self) -> None:
         self.feed(ClientDisconnected())
+
+    @precondition(
+        lambda self: (
+            self.machine is not None
+            and self.machine.state
+            in (State.AWAITING_RESULT, State.AWAITING_STREAM, State.STREAMING)
+        )
+    )
+    @rule()
+    def the_drain_deadline_passes(self) -> None:
+        self.feed(GatewayStopping())
 
     # Events a live state refuses are covered pair by pair by the table tests above; here
     # they come after the end, so that most drives go deep before anything is refused.
