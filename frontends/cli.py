@@ -7,7 +7,6 @@ import asyncio
 import logging
 import shlex
 import shutil
-import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from core import BreakerPolicy, ConfigurationError, QuotaPolicy, RequestLimits
 from frontends import cli_keys
 from frontends.assembly import build_gateway
+from frontends.drain import CUT_GRACE_SECONDS, serve_draining
 from frontends.endpoint_health import HealthPolicy
 from frontends.gateway import Gateway
 from frontends.identity import (
@@ -320,6 +320,9 @@ def _serve(settings: Settings, *, loop: str = "asyncio", listen_fd: int | None =
     config.errorlog = logging.getLogger("hypercorn.error")  # ours, not a second handler
     for name, value in hypercorn_limits(settings.max_header_bytes).items():
         setattr(config, name, value)  # heads over our limit reach the app's OpenAI 431
+    config.keep_alive_timeout = settings.keep_alive_seconds
+    # Hypercorn's grace outlasts the drain, so requests cut at its end can still answer.
+    config.graceful_timeout = settings.drain_seconds + CUT_GRACE_SECONDS
     if listen_fd is None:  # a worker's parent printed it
         _banner(settings, gateway, f"http://{host}:{port}", new_token, request_log.store)
     token = settings.metrics_token
@@ -335,9 +338,9 @@ def _serve(settings: Settings, *, loop: str = "asyncio", listen_fd: int | None =
     }
     try:
         if loop == "trio":
-            _serve_trio(gateway, config, app_options)
+            _serve_trio(gateway, config, app_options, settings.drain_seconds)
         else:
-            _serve_asyncio(gateway, config, app_options)
+            _serve_asyncio(gateway, config, app_options, settings.drain_seconds)
     finally:
         metrics.close()
         request_log.store.close()  # closed when the log stopped; again if it never ran
@@ -414,37 +417,40 @@ def _access_log_to_stderr() -> None:
         access.propagate = False
 
 
-def _serve_asyncio(gateway: Gateway, config: Any, app_options: dict[str, Any]) -> None:
+def _serve_asyncio(
+    gateway: Gateway, config: Any, app_options: dict[str, Any], drain_seconds: float
+) -> None:
     from hypercorn.asyncio import serve
 
     from frontends.web import create_app
 
     async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await serve(create_app(gateway, **app_options), config, shutdown_trigger=stop.wait)
+        app = create_app(gateway, **app_options)
+        await serve_draining(
+            lambda stop: serve(app, config, shutdown_trigger=stop), gateway.drain, drain_seconds
+        )
 
     asyncio.run(run())
 
 
-def _serve_trio(gateway: Gateway, config: Any, app_options: dict[str, Any]) -> None:
-    """The same app and Gateway on trio: only the Quart class and the worker differ."""
+def _serve_trio(
+    gateway: Gateway, config: Any, app_options: dict[str, Any], drain_seconds: float
+) -> None:
+    """The same app and Gateway on trio: the Quart class and the worker differ, and each
+    `send()` is shielded so that connections close (see `frontends.web.shielded_send`)."""
     import trio
     from hypercorn.trio import serve
     from quart_trio import QuartTrio
 
     from frontends.web import create_app
-
-    async def wait_for_signal() -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for _ in signals:
-                return
+    from frontends.web.shielded_send import ShieldedSend
 
     async def run() -> None:
         app = create_app(gateway, app_class=QuartTrio, **app_options)
-        await serve(app, config, shutdown_trigger=wait_for_signal)
+        app.asgi_app = ShieldedSend(app.asgi_app)  # type: ignore[method-assign,assignment]
+        await serve_draining(
+            lambda stop: serve(app, config, shutdown_trigger=stop), gateway.drain, drain_seconds
+        )
 
     trio.run(run)
 

@@ -40,6 +40,7 @@ from core import (
     ChunkReceived,
     ClientDisconnected,
     Event,
+    GatewayStopping,
     Identity,
     LocalProtocolError,
     OpenAIRoute,
@@ -63,6 +64,7 @@ from core import (
     redact,
 )
 from frontends.caller import resolve_caller
+from frontends.drain import Drain
 from frontends.endpoint_health import HealthBook, HealthPolicy, Lease
 from frontends.identity import IdentityProvider
 from frontends.log_sink import FanOut, LoggerSink, LogSink, Timing
@@ -304,6 +306,8 @@ class Gateway:
         self._capture_limit = capture_limit
         self._request_limits = request_limits or RequestLimits()
         self.health = HealthBook(catalog, clusters, health)
+        # What `serve` cuts at its drain deadline (see `frontends.drain`).
+        self.drain = Drain()
 
     def add_log_sink(self, sink: LogSink) -> None:
         """Hand every record to `sink` too (the web app's access log uses this)."""
@@ -326,9 +330,12 @@ class Gateway:
         """This gateway, for requests made on behalf of a caller it already knows (a
         batch's owner): the same catalog, adaptors, transport, quotas and log, with an
         identity edge that vouches for `identity` alone.  Selection, authorization and
-        quota admission still run for every request.  Not to be closed: it owns nothing."""
+        quota admission still run for every request.  Not to be closed: it owns nothing.
+        Its drain is its own and never cut: the batch runner has its own graceful stop
+        for the lines it has in flight."""
         clone = copy.copy(self)
         clone._identity = _Vouching(identity)
+        clone.drain = Drain()
         return clone
 
     @property
@@ -424,17 +431,24 @@ class Gateway:
                 elif isinstance(effect, CallAdaptor) and not effect.stream:
                     moments.calling()
                     with self.health.leased(effect.endpoint_slug) as call:
-                        answer = call.refusal or await self._submit(effect, request.request_id)
+                        answer: Event = GatewayStopping()  # unless it comes before the cut
+                        if call.refusal is not None:
+                            answer = call.refusal
+                        else:
+                            with self.drain.cuttable():
+                                answer = await self._submit(effect, request.request_id)
                         call.judge(answer)
                     moments.answered()
                     pending.extend(machine.receive(answer))
                 elif isinstance(effect, CallAdaptor):
                     moments.calling()
                     lease = self.health.lease(effect.endpoint_slug)
+                    event: Event = GatewayStopping()  # unless it comes before the cut
                     if lease.refusal is not None:
-                        event: Event = lease.refusal
+                        event = lease.refusal
                     else:
-                        event, upstream = await self._open_stream(effect, request)
+                        with self.drain.cuttable():
+                            event, upstream = await self._open_stream(effect, request)
                     lease.judge(event)
                     if upstream is None:
                         lease.close()
@@ -574,9 +588,10 @@ class StreamRelay:
             if self._machine.finished:
                 await self.aclose()
                 raise StopAsyncIteration
+            event: Event = GatewayStopping()  # unless a chunk comes before the drain's cut
             try:
-                chunk = await self._chunks.__anext__()
-                event: Event = ChunkReceived(data=chunk)
+                with self._gateway.drain.cuttable():
+                    event = ChunkReceived(data=await self._chunks.__anext__())
             except StopAsyncIteration:
                 event = StreamEnded()
             except anyio.get_cancelled_exc_class():

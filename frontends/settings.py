@@ -162,6 +162,12 @@ class Settings(BaseSettings):
     oidc_groups_claim: str = "groups"
     oidc_algorithms: Annotated[list[str], NoDecode] = ["RS256", "ES256"]
 
+    # Graceful drain and connections (README "Stopping"): after SIGTERM or SIGINT, how
+    # long requests and streams in flight may go on before they are ended with a
+    # "shutting down" error; how long an idle keep-alive connection is kept open.
+    drain_seconds: float = pydantic.Field(default=30.0, ge=0)
+    keep_alive_seconds: float = pydantic.Field(default=5.0, gt=0)
+
     @pydantic.field_validator(
         "identity_providers",
         "globus_allowed_domains",
