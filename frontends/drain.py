@@ -52,6 +52,11 @@ class Drain:
     def is_cut(self) -> bool:
         return self._cut
 
+    @property
+    def waiting(self) -> int:
+        """How many cuttable waits are in progress (what a cut now would end)."""
+        return len(self._waits)
+
     def cuttable(self) -> _Cuttable:
         """A block the cut may interrupt.  It does so by cancelling the block's own scope,
         so the block ends quietly (no exception): the caller tells that it was cut by
