@@ -26,16 +26,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import attrs
 import httpx
 import pytest
 import sqlalchemy as sa
 
+from frontends.quota import RedisCounters
 from frontends.store import Store
 from frontends.store._schema import request_log
 from tests.support.gated_openai import MODEL, running_gated_openai
-from tests.support.gateway_server import ALICE, write_tokens
-from tests.support.quota import limited_fixtures
+from tests.support.gateway_server import ALICE, TOKENS, write_tokens
+from tests.support.quota import REDIS_URL, limited_fixtures, redis_prefix
 
 pytestmark = pytest.mark.e2e
 
@@ -43,6 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LOOPS = ["asyncio", "trio"]
 # Generous bounds for a noisy machine; none is a measurement.
 BOUND = 60.0
+ALICE_NAME = TOKENS[0]["username"]
+TPM_USER = 10_000
 
 
 # -- a served gateway, as a subprocess ---------------------------------------------------
@@ -79,10 +83,12 @@ class Served:
 
 
 @contextmanager
-def serving(tmp_path: Path, backend_url: str, loop: str, **settings: str) -> Iterator[Served]:
+def serving(
+    tmp_path: Path, backend_url: str, loop: str, *, tpm_user: int = 0, **settings: str
+) -> Iterator[Served]:
     """`inference-gateway serve` on a free port with these settings, answering; killed at
     the end if the test has not stopped it."""
-    fixtures = limited_fixtures(tmp_path / "fixtures", backend_url, [MODEL])
+    fixtures = limited_fixtures(tmp_path / "fixtures", backend_url, [MODEL], tpm_user=tpm_user)
     state = tmp_path / f"state-{loop}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_GATEWAY_")}
     env.update(
@@ -271,10 +277,19 @@ def test_the_drain_closes_idle_connections_and_a_second_signal_ends_it_at_once(
     tmp_path: Path, loop: str
 ) -> None:
     # A deadline far beyond the test's bounds: only the second signal can end the drain.
+    # Token quotas in Redis: what the two streams used is settled there before the exit.
     with (
         running_gated_openai() as (backend, backend_url),
+        redis_prefix() as prefix,
         serving(
-            tmp_path, backend_url, loop, drain_seconds="600", keep_alive_seconds="600"
+            tmp_path,
+            backend_url,
+            loop,
+            tpm_user=TPM_USER,
+            drain_seconds="600",
+            keep_alive_seconds="600",
+            redis_url=REDIS_URL,
+            redis_key_prefix=prefix,
         ) as served,
         socket.create_connection((served.host, served.port), timeout=BOUND) as idle,
     ):
@@ -293,8 +308,21 @@ def test_the_drain_closes_idle_connections_and_a_second_signal_ends_it_at_once(
         assert_ended_by_shutdown(cut.result())
         assert served.exit_status() == 0, served.log()
         records = served.records()
+        settled = anyio.run(redis_used, prefix, f"tpm_user:fake-api-{MODEL}:{ALICE_NAME}")
     assert records["finish-1"]["status"] == 200
     assert records["cut-1"]["error_code"] == "gateway_shutting_down"
+    # Each stream reserved its prompt and 1024 tokens (the default max_tokens); settled,
+    # they hold what they relayed (estimated: a few tokens each).
+    assert 0 < settled < 1024
+    assert settled == sum(records[n]["total_tokens"] for n in ("finish-1", "cut-1"))
+
+
+async def redis_used(prefix: str, key: str) -> int:
+    counters = RedisCounters(REDIS_URL, prefix=prefix)
+    try:
+        return await counters.used(key)
+    finally:
+        await counters.aclose()
 
 
 # -- closing connections, on raw sockets --------------------------------------------------
