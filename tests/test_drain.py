@@ -298,7 +298,7 @@ def test_the_drain_closes_idle_connections_and_a_second_signal_ends_it_at_once(
         finishing, cut = start_clients(served, ["finish-1", "cut-1"])
         backend.wait_until_waiting(["finish-1", "cut-1"])
 
-        served.signal(signal.SIGTERM)
+        served.signal(signal.SIGINT)  # Ctrl-C drains as SIGTERM does
         assert closed_by_server(idle), "an idle keep-alive connection outlived the drain"
         wait_until_refused(served)
         backend.open("finish-1")
