@@ -138,6 +138,6 @@ async def _watch_signals(
                 break
         running = drain.cut()
         if running:
-            log.warning("drain over: ending %d request(s) still running", running)
+            log.warning("drain over: ending %d request(s) still waiting on their backends", running)
         async for _ in signals:
             pass

@@ -259,7 +259,7 @@ def test_sigterm_lets_streams_finish_until_the_deadline_then_ends_the_rest(
         assert json.loads(cut_answer.body)["error"]["code"] == "gateway_shutting_down"
 
         assert served.exit_status() == 0, served.log()
-        assert "drain over: ending 3 request(s) still running" in served.log()
+        assert "drain over: ending 3 request(s) still waiting on their backends" in served.log()
         assert "request log flushed" in served.log()
         records = served.records()
     for name in finishing:
