@@ -99,7 +99,9 @@ async def serve_draining(
 ) -> None:
     """Run `serve(shutdown_trigger)` (Hypercorn's `serve` with the app and config bound)
     until SIGTERM or SIGINT, then drain as the module says.  Further signals after the
-    cut are ignored, so the last answers and the flush are never interrupted."""
+    cut, and after serving ended, are ignored: the last answers, the flush and the exit
+    are never interrupted (`serve --workers` passes every signal on to each worker,
+    including those that have finished their drain already)."""
     signalled = anyio.Event()
     async with anyio.create_task_group() as tasks:
         watcher = await tasks.start(_watch_signals, signalled, drain, drain_seconds)
@@ -110,6 +112,9 @@ async def serve_draining(
             # (host) task too, and after Hypercorn's asyncio worker had run here, that
             # CancelledError escaped the group (exit status 1 instead of 0).
             watcher.cancel()
+    if signalled.is_set():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)
 
 
 async def _watch_signals(

@@ -64,6 +64,10 @@ def run_workers(
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
+        if len(children) == workers:
+            # Our copy of the listening socket would keep it open while the children
+            # drain: new connections would wait in its backlog instead of being refused.
+            sock.close()
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

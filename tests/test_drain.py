@@ -325,6 +325,29 @@ async def redis_used(prefix: str, key: str) -> int:
         await counters.aclose()
 
 
+def test_with_workers_each_drains_and_new_connections_are_refused(tmp_path: Path) -> None:
+    with (
+        running_gated_openai() as (backend, backend_url),
+        serving(tmp_path, backend_url, "asyncio", workers="2", drain_seconds="600") as served,
+    ):
+        # Each worker logs this once it serves, its signal handlers already in place (a
+        # worker still starting would die of the signal; that is not the drain's part).
+        deadline = time.monotonic() + BOUND
+        while served.log().count("Running on http") < 2:
+            assert time.monotonic() < deadline, served.log()
+            time.sleep(0.05)
+        streams = start_clients(served, ["finish-1", "cut-1"])
+        backend.wait_until_waiting(["finish-1", "cut-1"])
+
+        served.signal(signal.SIGTERM)  # the parent passes it to each worker
+        wait_until_refused(served)
+        backend.open("finish-1")
+        assert_completed(streams[0].result())
+        served.signal(signal.SIGTERM)
+        assert_ended_by_shutdown(streams[1].result())
+        assert served.exit_status() == 0, served.log()
+
+
 # -- closing connections, on raw sockets --------------------------------------------------
 
 
