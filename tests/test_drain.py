@@ -5,9 +5,9 @@ On SIGTERM the gateway refuses new connections, lets the streams and requests in
 finish until its drain deadline, then ends those still running with an OpenAI error
 event (streams, with a properly ended body) or a 503 (requests still waiting for their
 answer), logs each as what it was, and exits 0.  Idle keep-alive connections are closed
-when the drain begins; a second signal ends the drain at once; with `--workers` too.  And on both loops a
-connection is closed after `Connection: close` at once, and after the keep-alive idle
-timeout when idle (checked on raw sockets).
+when the drain begins; a second signal ends the drain at once; with `--workers` too.
+And on both loops a connection is closed after `Connection: close` at once, and after
+the keep-alive idle timeout when idle (checked on raw sockets).
 """
 
 from __future__ import annotations
