@@ -10,42 +10,35 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_overhead_benchmark_runs() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.overhead", "--requests", "3"],
+def run_bench(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """`python -m <args>` from the checkout, as a user runs a bench."""
+    return subprocess.run(
+        [sys.executable, "-m", *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
+
+
+def test_overhead_benchmark_runs() -> None:
+    result = run_bench(["bench.overhead", "--requests", "3"], timeout=120)
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith(("whole", "stream"))]
     assert len(rows) == 3
 
 
 def test_batch_runner_benchmark_runs() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.batch_runner", "--lines", "10", "--databases", "sqlite"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = run_bench(
+        ["bench.batch_runner", "--lines", "10", "--databases", "sqlite"], timeout=120
     )
     assert result.returncode == 0, result.stderr
     assert "lines/s" in result.stdout
 
 
 def test_features_cost_benchmark_runs_with_the_request_log_on() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.features_cost", "--requests", "20", "--rounds", "1"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_bench(["bench.features_cost", "--requests", "20", "--rounds", "1"], timeout=120)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("on: request log (SQLite), quotas, metrics")
@@ -63,14 +56,7 @@ def test_features_cost_benchmark_runs_with_the_request_log_on() -> None:
 def test_the_floor_comparison_runs_and_prints_its_table() -> None:
     """`python -m bench --quick` with nginx and wrk (which `.ci/run` installs): four
     rows of gateway against floor, no failed request, and every stream held."""
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--streams", "20"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_bench(["bench", "--quick", "--streams", "20"], timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith(("| json", "| sse"))]
     assert len(rows) == 4, result.stdout
@@ -82,28 +68,14 @@ def test_the_floor_comparison_runs_and_prints_its_table() -> None:
 
 def test_the_replicas_benchmark_runs() -> None:
     """One replica against two behind nginx, on the machine's PostgreSQL and Redis."""
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.replicas", "--seconds", "1", "--rounds", "1"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_bench(["bench.replicas", "--seconds", "1", "--rounds", "1"], timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ratio 2/1:" in result.stdout
     assert "errors 0)" in result.stdout.split("1 replica:", 1)[1]
 
 
 def test_the_soak_runs_and_every_kind_of_request_gets_its_answer() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.soak", "--requests", "200"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_bench(["bench.soak", "--requests", "200"], timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     outcomes = result.stdout.rsplit("outcomes: ", 1)[1].strip()
     assert outcomes == (
