@@ -87,6 +87,7 @@ from core._caller import (
     missing_credentials,
 )
 from core._catalog import Catalog
+from core._dialects import in_dialect, route_of_path
 from core._errors import (
     BackendError,
     ClientError,
@@ -116,6 +117,7 @@ from core._events import (
     QuotaExceeded,
     RelayChunk,
     Release,
+    RememberResponse,
     RequestReceived,
     Reserve,
     Reserved,
@@ -149,6 +151,7 @@ from core._quota import (
 )
 from core._records import ClusterRecord, EndpointRecord, Identity, OpenAIRoute, Response, Usage
 from core._request import TABLE, TERMINAL, RequestEffect, RequestMachine, State
+from core._responses import ResponseDirectory, response_not_found
 from core._selection import (
     select_batch_endpoint,
     select_endpoint,
@@ -246,6 +249,7 @@ __all__ = [
     "Refused",
     "RelayChunk",
     "Release",
+    "RememberResponse",
     "RequestEffect",
     "RequestLimits",
     "RequestMachine",
@@ -255,6 +259,7 @@ __all__ = [
     "Reserved",
     "Respond",
     "Response",
+    "ResponseDirectory",
     "Rule",
     "RunLine",
     "SSEDecoder",
@@ -289,6 +294,7 @@ __all__ = [
     "filter_jobs",
     "identity_refusal",
     "identity_unavailable",
+    "in_dialect",
     "is_retriable",
     "json_object",
     "load_catalog",
@@ -306,6 +312,8 @@ __all__ = [
     "quota_refusal",
     "redact",
     "request_model",
+    "response_not_found",
+    "route_of_path",
     "seed_status_of",
     "select_batch_endpoint",
     "select_endpoint",

@@ -22,6 +22,9 @@ ANSWER_LISTS: Mapping[OpenAIRoute, str] = {
     OpenAIRoute.CHAT_COMPLETIONS: "choices",
     OpenAIRoute.COMPLETIONS: "choices",
     OpenAIRoute.EMBEDDINGS: "data",
+    # The Responses API's `output` items; the Messages API's `content` blocks.
+    OpenAIRoute.RESPONSES: "output",
+    OpenAIRoute.MESSAGES: "content",
 }
 
 

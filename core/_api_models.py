@@ -31,8 +31,10 @@ __all__ = [
     "EmbeddingRequest",
     "ErrorDetail",
     "ErrorResponse",
+    "MessagesRequest",
     "OpenAIRequest",
     "ReservedField",
+    "ResponsesRequest",
     "request_model",
 ]
 
@@ -130,10 +132,39 @@ class EmbeddingRequest(OpenAIRequest):
         return stream
 
 
+class ResponsesRequest(OpenAIRequest):
+    """`POST /v1/responses` (OpenAI's Responses API): the input items pass as written."""
+
+    input: str | list[Any] = pydantic.Field(
+        description="A string, or an array of input items (messages, tool outputs, ...).",
+        examples=["Hello"],
+    )
+    previous_response_id: str | None = pydantic.Field(
+        default=None,
+        pattern=r"\S",
+        description="Continue a stored response: sent to the endpoint that made it, which "
+        "only the user it was made for may do.",
+    )
+
+
+class MessagesRequest(OpenAIRequest):
+    """`POST /v1/messages` (Anthropic's Messages API); errors take Anthropic's shape."""
+
+    messages: list[dict[str, Any]] = pydantic.Field(
+        description='The conversation: objects such as {"role": "user", "content": ...}.',
+        examples=[[{"role": "user", "content": "Hello"}]],
+    )
+    max_tokens: int = pydantic.Field(
+        ge=1, description="The most tokens to generate (required).", examples=[256]
+    )
+
+
 _MODELS: dict[OpenAIRoute, type[OpenAIRequest]] = {
     OpenAIRoute.CHAT_COMPLETIONS: ChatCompletionRequest,
     OpenAIRoute.COMPLETIONS: CompletionRequest,
     OpenAIRoute.EMBEDDINGS: EmbeddingRequest,
+    OpenAIRoute.RESPONSES: ResponsesRequest,
+    OpenAIRoute.MESSAGES: MessagesRequest,
 }
 
 

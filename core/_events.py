@@ -45,6 +45,7 @@ __all__ = [
     "QuotaExceeded",
     "RelayChunk",
     "Release",
+    "RememberResponse",
     "RequestReceived",
     "Reserve",
     "Reserved",
@@ -416,6 +417,23 @@ class LogEntry:
 
 
 @attrs.frozen(kw_only=True)
+class RememberResponse:
+    """A Responses API answer was stored by this endpoint's backend for this user: note
+    it, so `previous_response_id` and `GET /v1/responses/{id}` can find their way back."""
+
+    response_id: str
+    username: str
+    endpoint_slug: str
+
+    __attrs_post_init__ = checked(
+        non_empty("response_id", "endpoint_slug"),
+        response_id=str,
+        username=str,
+        endpoint_slug=str,
+    )
+
+
+@attrs.frozen(kw_only=True)
 class WriteLog:
     entry: LogEntry
 
@@ -433,5 +451,6 @@ Effect = (
     | RelayChunk
     | EndStream
     | CancelUpstream
+    | RememberResponse
     | WriteLog
 )

@@ -142,15 +142,21 @@ def _text_length(value: Any) -> int:
     return 0
 
 
+_PROMPT_FIELDS = ("messages", "prompt", "input", "instructions", "system")
+# The most a request may generate, by each API's name for it.
+_MAX_TOKENS_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+
+
 def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
     """A prompt's tokens, estimated as one per four characters (OpenAI's rule of thumb)
-    of its text; used only where the backend reports nothing, or before it can."""
-    text = sum(_text_length(body.get(field)) for field in ("messages", "prompt", "input"))
+    of its text; used only where the backend reports nothing, or before it can.  The
+    Responses API's `instructions` and the Messages API's `system` are prompt too."""
+    text = sum(_text_length(body.get(field)) for field in _PROMPT_FIELDS)
     return max(1, (text + 3) // 4)
 
 
 def _max_tokens(body: Mapping[str, Any], default: int) -> int:
-    for field in ("max_completion_tokens", "max_tokens"):
+    for field in _MAX_TOKENS_FIELDS:
         value = body.get(field)
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value

@@ -38,6 +38,9 @@ class OpenAIRoute(enum.Enum):
     CHAT_COMPLETIONS = "chat/completions"
     COMPLETIONS = "completions"
     EMBEDDINGS = "embeddings"
+    # OpenAI's Responses API and Anthropic's Messages API (vLLM serves both).
+    RESPONSES = "responses"
+    MESSAGES = "messages"
 
     @classmethod
     def from_path(cls, path: str) -> OpenAIRoute | None:
@@ -248,7 +251,13 @@ class Usage:
 
     @classmethod
     def from_json(cls, value: object) -> Usage | None:
-        """The counts of a decoded `usage` object; None when it is not an object."""
+        """The counts of a decoded `usage` object; None when it is not an object.
+
+        Reads OpenAI's chat names (`prompt_tokens`, `completion_tokens`) and the names the
+        Responses and Messages APIs use (`input_tokens`, `output_tokens`); the Messages
+        API gives no total, so with those names a missing total is their sum, and its
+        cache counts (kept apart from `input_tokens`) are prompt tokens too.
+        """
         if not isinstance(value, dict):
             return None
 
@@ -258,8 +267,31 @@ class Usage:
                 return None
             return number
 
-        return cls(
-            prompt_tokens=count("prompt_tokens"),
-            completion_tokens=count("completion_tokens"),
-            total_tokens=count("total_tokens"),
+        prompt, completion, total = (
+            count("prompt_tokens"),
+            count("completion_tokens"),
+            count("total_tokens"),
         )
+        if prompt is None and completion is None:
+            prompt, completion = count("input_tokens"), count("output_tokens")
+            cached = [count(n) for n in ("cache_creation_input_tokens", "cache_read_input_tokens")]
+            if prompt is not None and "total_tokens" not in value:
+                prompt += sum(c for c in cached if c is not None)
+            if total is None and prompt is not None and completion is not None:
+                total = prompt + completion
+        return cls(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total)
+
+    def then(self, later: Usage) -> Usage:
+        """These counts updated by a later report of the same request (a Messages stream
+        reports the input in `message_start` and the output in `message_delta`)."""
+        prompt = self.prompt_tokens if later.prompt_tokens is None else later.prompt_tokens
+        completion = (
+            self.completion_tokens if later.completion_tokens is None else later.completion_tokens
+        )
+        total = later.total_tokens
+        complete_report = later.prompt_tokens is not None and later.completion_tokens is not None
+        if not complete_report or total is None:
+            total = None if prompt is None or completion is None else prompt + completion
+            if total is None:
+                total = self.total_tokens if later.total_tokens is None else later.total_tokens
+        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total)

@@ -38,6 +38,7 @@ from typing import Any
 from core._balance import AssessHealth, HealthAssessed, choose, is_retriable, permitted_candidates
 from core._caller import caller, credentials, identity_unavailable
 from core._catalog import Catalog
+from core._dialects import in_dialect, stream_error_event, stream_rules
 from core._errors import BackendError, ClientError, GatewayError, error_body, log_detail
 from core._events import (
     AdaptorFailed,
@@ -56,6 +57,7 @@ from core._events import (
     QuotaExceeded,
     RelayChunk,
     Release,
+    RememberResponse,
     RequestReceived,
     Reserve,
     Reserved,
@@ -70,9 +72,17 @@ from core._limits import DEFAULT_LIMITS, RequestLimits
 from core._machine import Cell, Kernel
 from core._quota import QuotaPolicy, Reservation, estimate_prompt_tokens, plan, quota_refusal
 from core._records import EndpointRecord, Identity, OpenAIRoute, Usage
+from core._responses import ResponseDirectory, follow_up_endpoint, response_not_found
 from core._selection import select_endpoint
-from core._shaping import Shaped, error_response, shape_failure, shape_result, stream_headers
-from core._sse import SSEFramer, SSEMonitor, error_event, is_usage_only
+from core._shaping import (
+    Shaped,
+    error_response,
+    json_object,
+    shape_failure,
+    shape_result,
+    stream_headers,
+)
+from core._sse import SSEFramer, SSEMonitor, is_usage_only
 from core._validation import ValidRequest, validate_request
 
 __all__ = ["TABLE", "TERMINAL", "RequestEffect", "RequestMachine", "State"]
@@ -172,9 +182,13 @@ class RequestMachine(Kernel[State, RequestEffect]):
         stream_usage: bool = False,
         limits: RequestLimits = DEFAULT_LIMITS,
         balanced: bool = False,
+        responses: ResponseDirectory | None = None,
     ) -> None:
         """`quota` None: no limits at all (the driver has no counters to reserve on).
         `limits`: what a request's JSON may be (depth, messages; see `core._limits`).
+
+        `responses`: where stored Responses API answers were made, read to send a
+        `previous_response_id` back to that endpoint (None: no follow-up can be found).
 
         `stream_usage`: ask backends for usage at the end of every chat or completions
         stream (`stream_options.include_usage`), so streams are counted, not estimated;
@@ -195,6 +209,7 @@ class RequestMachine(Kernel[State, RequestEffect]):
         self._quota = quota
         self._stream_usage = stream_usage
         self._limits = limits
+        self._responses = responses
         self._strip_usage = False  # leave the usage event the client did not ask for out
         self._framer = SSEFramer()
         self._reservations: tuple[Reservation, ...] = ()
@@ -223,6 +238,7 @@ class RequestMachine(Kernel[State, RequestEffect]):
 
     def _on_request(self, event: RequestReceived) -> Outcome:
         self._request = event
+        self._monitor = SSEMonitor(rules=stream_rules(event.route))
         token = credentials(event.authorization)
         if isinstance(token, ClientError):
             return self._finish_with_error(token)
@@ -244,12 +260,17 @@ class RequestMachine(Kernel[State, RequestEffect]):
             cluster=request.cluster,
             framework=request.framework,
         )
+        previous = valid.body.get("previous_response_id")
+        if isinstance(previous, str) and not isinstance(endpoint, ClientError):
+            endpoint = self._follow_up(identity, valid, endpoint, previous)
         if isinstance(endpoint, ClientError):
             return self._finish_with_error(endpoint)
         self._valid = valid
         if self._balanced:
+            # A follow-up of a stored response has one place to go: where that one is.
+            pinned = request.cluster is not None or isinstance(previous, str)
             self._candidates = permitted_candidates(
-                self._catalog, identity, endpoint, request.route, pinned=request.cluster is not None
+                self._catalog, identity, endpoint, request.route, pinned=pinned
             )
             slugs = tuple(e.endpoint_slug for e in self._candidates)
             return S.CHOOSING, (AssessHealth(slugs=slugs),)
@@ -333,6 +354,20 @@ class RequestMachine(Kernel[State, RequestEffect]):
         )
         return S.CHOOSING, (AssessHealth(slugs=tuple(e.endpoint_slug for e in left)),)
 
+    def _follow_up(
+        self, identity: Identity, valid: ValidRequest, selected: EndpointRecord, previous: str
+    ) -> EndpointRecord | ClientError:
+        """A Responses request continuing a stored response goes where that one was made."""
+        slug = None
+        if self._responses is not None:
+            slug = self._responses.endpoint_for(previous, identity.username)
+        if slug is None:
+            return response_not_found(previous, param="previous_response_id")
+        addressed = self._current_request().cluster is not None
+        return follow_up_endpoint(
+            self._catalog, identity, valid, selected, slug, addressed=addressed
+        )
+
     def _asks_usage(self, valid: ValidRequest) -> bool:
         return self._stream_usage and valid.stream and valid.route in _STREAM_USAGE_ROUTES
 
@@ -381,7 +416,12 @@ class RequestMachine(Kernel[State, RequestEffect]):
         """The stream broke after it started: end it with an error event, never cleanly."""
         shaped = shape_failure(self._current_endpoint(), event.status, event.detail, event.code)
         rest = self._unended_rest()
-        event_bytes = rest + error_event(shaped.response.body, after_partial=bool(rest))
+        event_bytes = rest + stream_error_event(
+            self._current_request().route,
+            shaped.response.body,
+            shaped.response.status,
+            after_partial=bool(rest),
+        )
         self._bytes_out += len(event_bytes)
         effects = (RelayChunk(data=event_bytes), EndStream())
         ending = self._ending(
@@ -413,14 +453,17 @@ class RequestMachine(Kernel[State, RequestEffect]):
 
     def _end_dishonest(self, relay: list[bytes], problem: str) -> Outcome:
         """An event no client could parse: the whole events before it go out, then an
-        OpenAI error event in its place ends the stream; no `[DONE]` follows it."""
+        error event (in the route's dialect) in its place ends the stream; no `[DONE]`
+        follows it."""
         self._framer.flush()  # whatever follows the bad event is not relayed either
         error = BackendError(
             f"The backend serving model '{self._current_endpoint().model}' sent a stream "
             "event that is not valid JSON; the stream was ended there.",
             code="backend_invalid_response",
         )
-        data = b"".join(relay) + error_event(error_body(error))
+        data = b"".join(relay) + stream_error_event(
+            self._current_request().route, error_body(error), error.status
+        )
         self._bytes_out += len(data)
         ending = self._ending(error.status, error_code=error.code, detail=problem)
         return S.DONE, (RelayChunk(data=data), EndStream(), *ending)
@@ -451,7 +494,9 @@ class RequestMachine(Kernel[State, RequestEffect]):
             "before it was complete.",
             code="incomplete_stream",
         )
-        event_bytes = error_event(error_body(error), after_partial=partial)
+        event_bytes = stream_error_event(
+            self._current_request().route, error_body(error), error.status, after_partial=partial
+        )
         self._bytes_out += len(event_bytes)
         return S.DONE, (
             *relayed,
@@ -529,15 +574,21 @@ class RequestMachine(Kernel[State, RequestEffect]):
         return self._finish(Shaped(response=error_response(error)), error_code=error.code)
 
     def _finish(self, shaped: Shaped, *, error_code: str | None = None) -> Outcome:
-        status = shaped.response.status
-        self._bytes_out += len(shaped.response.body)
+        # The one place the machine's answers take the route's own error dialect.
+        response = in_dialect(self._current_request().route, shaped.response)
+        status = response.status
+        self._bytes_out += len(response.body)
+        if status == 200 and self._current_request().route is OpenAIRoute.RESPONSES:
+            payload = json_object(response.body)
+            ident = None if payload is None else payload.get("id")
+            self._monitor.response_id = ident if isinstance(ident, str) and ident else None
         ending = self._ending(
             status,
             usage=shaped.usage,
             error_code=shaped.error_code if error_code is None else error_code,
             detail=shaped.detail,
         )
-        return S.DONE, (Respond(response=shaped.response), *ending)
+        return S.DONE, (Respond(response=response), *ending)
 
     def _ending(
         self,
@@ -565,14 +616,28 @@ class RequestMachine(Kernel[State, RequestEffect]):
             detail=detail,
             cancelled=cancelled,
         )
+        remembered = self._remembered(status)
         if not self._reserved:
-            return (log,)
+            return (*remembered, log)
         used = usage.total_tokens if usage is not None and usage.total_tokens is not None else 0
         keys = tuple(r.key for r in self._reservations if r.limit.counts_tokens)
         if not keys:
-            return (log,)
+            return (*remembered, log)
         settle = Settle(reservation_id=self._current_request().request_id, keys=keys, used=used)
-        return (settle, log)
+        return (*remembered, settle, log)
+
+    def _remembered(self, status: int) -> tuple[Effect, ...]:
+        """A stored Responses answer's id, to be noted with its endpoint and user."""
+        ident, identity, endpoint = self._monitor.response_id, self._identity, self._endpoint
+        if status != 200 or ident is None or identity is None or endpoint is None:
+            return ()
+        return (
+            RememberResponse(
+                response_id=ident,
+                username=identity.username,
+                endpoint_slug=endpoint.endpoint_slug,
+            ),
+        )
 
     def _estimate(self, reported: Usage | None) -> Usage:
         """Counts the backend did not give: the prompt from its text (one token per four

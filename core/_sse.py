@@ -18,6 +18,7 @@ import re
 
 import attrs
 
+from core._dialects import StreamRules
 from core._records import Usage
 
 __all__ = [
@@ -103,6 +104,9 @@ class SSEMonitor:
     nested too deeply to parse at all is relayed unread rather than judged.
     `usage_only` says whether what the last `feed` completed was exactly one event, the
     usage chunk `include_usage` adds (so a relay of whole events need not parse it again).
+    `rules` say how the API ends its streams and where it reports usage (chat and
+    completions: `[DONE]` and a top-level `usage`; see `core._dialects`).  Usage reported
+    in parts (a Messages stream's input first, output last) is put together.
     """
 
     done: bool = False
@@ -111,6 +115,8 @@ class SSEMonitor:
     usage: Usage | None = None
     invalid: str | None = None
     usage_only: bool = False
+    rules: StreamRules = attrs.field(factory=StreamRules)
+    response_id: str | None = None  # a Responses stream's, from its `response.created`
     _decoder: SSEDecoder = attrs.field(factory=SSEDecoder)
 
     @property
@@ -145,16 +151,32 @@ class SSEMonitor:
         if not isinstance(payload, dict):
             self._refuse(f"event {self.events} is JSON but not an object")
             return
-        if isinstance(payload.get("error"), dict):
+        kind = payload.get("type")
+        if isinstance(payload.get("error"), dict) or kind in self.rules.failed:
             self.errored = True
-        usage = Usage.from_json(payload.get("usage"))
+        if kind in self.rules.finished:
+            self.done = True
+        if kind is not None and kind == self.rules.created:
+            self._created(payload)
+        reported = payload.get("usage")
+        for key in self.rules.usage_under:
+            nested = payload.get(key)
+            if not isinstance(reported, dict) and isinstance(nested, dict):
+                reported = nested.get("usage")
+        usage = Usage.from_json(reported)
         if usage is not None:
-            self.usage = usage
+            self.usage = usage if self.usage is None else self.usage.then(usage)
         self.usage_only = payload.get("choices") == [] and isinstance(payload.get("usage"), dict)
 
     def _refuse(self, problem: str) -> None:
         if self.invalid is None:
             self.invalid = problem
+
+    def _created(self, payload: dict[str, object]) -> None:
+        response = payload.get("response")
+        ident = response.get("id") if isinstance(response, dict) else None
+        if isinstance(ident, str) and ident:
+            self.response_id = ident
 
 
 @attrs.define

@@ -168,7 +168,8 @@ def validate_body(
     """The route's body model (`core._api_models`) decides; its first error is refused.
     The number of messages is a setting, not part of the model: checked first, so that a
     huge array costs a length, not a walk."""
-    messages = body.get("messages") if route is OpenAIRoute.CHAT_COMPLETIONS else None
+    chat_like = route in (OpenAIRoute.CHAT_COMPLETIONS, OpenAIRoute.MESSAGES)
+    messages = body.get("messages") if chat_like else None
     if isinstance(messages, list) and len(messages) > limits.max_messages:
         return _reject(
             f"Invalid 'messages': array too long. Expected an array with maximum length "
@@ -181,6 +182,13 @@ def validate_body(
     except pydantic.ValidationError as exc:
         return _refusal(route, exc.errors(include_url=False)[0])
     return ValidRequest(route=route, model=checked.model, stream=bool(checked.stream), body=body)
+
+
+# The Responses and Messages APIs' other checked fields, and what each must be.
+_OTHER_FIELDS = {
+    "max_tokens": "a positive integer",
+    "previous_response_id": "a non-empty string",
+}
 
 
 def _refusal(route: OpenAIRoute, error: Mapping[str, Any]) -> ClientError:
@@ -224,6 +232,15 @@ def _refusal(route: OpenAIRoute, error: Mapping[str, Any]) -> ClientError:
                 code="empty_array",
             )
         return _reject("Invalid 'messages': expected an array.", param=field, code="invalid_type")
+    words = _OTHER_FIELDS.get(field or "")
+    if words is not None:
+        return _reject(f"Invalid '{field}': expected {words}.", param=field, code="invalid_type")
+    if route is OpenAIRoute.RESPONSES and field == "input":
+        return _reject(
+            "Invalid 'input': expected a string or an array of input items.",
+            param=field,
+            code="invalid_type",
+        )
     if value == []:
         return _reject(f"Invalid '{field}': empty array.", param=field, code="empty_array")
     return _reject(

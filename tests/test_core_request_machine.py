@@ -67,7 +67,11 @@ INPUT = {
     CHAT: ("messages", [{"role": "user", "content": "hi"}]),
     COMPLETIONS: ("prompt", "once upon"),
     EMBEDDINGS: ("input", ["a", "b"]),
+    OpenAIRoute.RESPONSES: ("input", "hi"),
+    OpenAIRoute.MESSAGES: ("messages", [{"role": "user", "content": "hi"}]),
 }
+# What each route requires beside its input (the Messages API: `max_tokens`).
+REQUIRED = {OpenAIRoute.MESSAGES: {"max_tokens": 16}}
 
 TOKEN = "tok-SECRET-credential-42"
 BEARER = f"Bearer {TOKEN}"
@@ -343,6 +347,7 @@ def requests(draw: st.DrawFn) -> tuple[RequestReceived, bool]:
         field: value,
         "stream": stream,
         "seed": 7,
+        **REQUIRED.get(route, {}),
     }
     valid = True
     place: tuple[str | None, str | None] = (None, None)

@@ -19,8 +19,26 @@ JSON = "application/json"
 CHAT = OpenAIRoute.CHAT_COMPLETIONS
 COMPLETIONS = OpenAIRoute.COMPLETIONS
 EMBEDDINGS = OpenAIRoute.EMBEDDINGS
-INPUT_FIELD = {CHAT: "messages", COMPLETIONS: "prompt", EMBEDDINGS: "input"}
-KNOWN_FIELDS = {"model", "stream", "messages", "prompt", "input"} | RESERVED_FIELDS
+RESPONSES = OpenAIRoute.RESPONSES
+MESSAGES_ROUTE = OpenAIRoute.MESSAGES
+INPUT_FIELD = {
+    CHAT: "messages",
+    COMPLETIONS: "prompt",
+    EMBEDDINGS: "input",
+    RESPONSES: "input",
+    MESSAGES_ROUTE: "messages",
+}
+# Fields a route checks beside its input: the Messages API requires `max_tokens`.
+CHECKED_FIELDS = {MESSAGES_ROUTE: {"max_tokens"}, RESPONSES: {"previous_response_id"}}
+KNOWN_FIELDS = {
+    "model",
+    "stream",
+    "messages",
+    "prompt",
+    "input",
+    "max_tokens",
+    "previous_response_id",
+} | RESERVED_FIELDS
 
 # -- strategies --------------------------------------------------------------------------
 
@@ -157,7 +175,11 @@ def test_a_rejected_json_object_names_the_param_to_fix(
         assert result.status == 400
         assert result.param is not None
         field = result.param.partition("[")[0]
-        assert field in body or field in {"model", INPUT_FIELD[route]}
+        assert field in body or field in {
+            "model",
+            INPUT_FIELD[route],
+            *CHECKED_FIELDS.get(route, ()),
+        }
 
 
 @given(route=routes, value=json_values.filter(lambda v: not isinstance(v, dict)))
@@ -188,13 +210,18 @@ def valid_bodies(route: OpenAIRoute) -> st.SearchStrategy[dict[str, Any]]:
         | tokens
         | st.lists(tokens, min_size=1, max_size=3)
     )
-    inputs = st.lists(message, min_size=1, max_size=3) if route is CHAT else text_or_tokens
+    inputs = (
+        st.lists(message, min_size=1, max_size=3)
+        if route in (CHAT, MESSAGES_ROUTE)
+        else text_or_tokens
+    )
     streams = st.just(False) if route is EMBEDDINGS else st.booleans()
     return st.builds(
         lambda model, stream, value, extra, send_stream: {
             **extra,
             "model": model,
             INPUT_FIELD[route]: value,
+            **({"max_tokens": 64} if route is MESSAGES_ROUTE else {}),
             **({"stream": stream} if send_stream else {}),
         },
         model=st.text(min_size=1, max_size=12).filter(str.strip),
@@ -274,6 +301,65 @@ REJECTIONS: list[tuple[str, OpenAIRoute, Any, int, str | None, str]] = [
         "invalid_type",
     ),
     ("messages missing", CHAT, {"model": "m"}, 400, "messages", "missing_required_parameter"),
+    # -- the Responses API: `input` a string or a list of items ----------------------------
+    (
+        "responses input missing",
+        RESPONSES,
+        {"model": "m"},
+        400,
+        "input",
+        "missing_required_parameter",
+    ),
+    (
+        "responses input object",
+        RESPONSES,
+        {"model": "m", "input": {}},
+        400,
+        "input",
+        "invalid_type",
+    ),
+    ("responses input number", RESPONSES, {"model": "m", "input": 3}, 400, "input", "invalid_type"),
+    (
+        "previous_response_id not a string",
+        RESPONSES,
+        {"model": "m", "input": "x", "previous_response_id": 7},
+        400,
+        "previous_response_id",
+        "invalid_type",
+    ),
+    # -- the Messages API: `messages` a list, `max_tokens` a positive integer -------------
+    (
+        "anthropic messages string",
+        MESSAGES_ROUTE,
+        {"model": "m", "messages": "hi", "max_tokens": 5},
+        400,
+        "messages",
+        "invalid_type",
+    ),
+    (
+        "anthropic max_tokens missing",
+        MESSAGES_ROUTE,
+        {"model": "m", "messages": MESSAGES},
+        400,
+        "max_tokens",
+        "missing_required_parameter",
+    ),
+    (
+        "anthropic max_tokens zero",
+        MESSAGES_ROUTE,
+        {"model": "m", "messages": MESSAGES, "max_tokens": 0},
+        400,
+        "max_tokens",
+        "invalid_type",
+    ),
+    (
+        "anthropic max_tokens string",
+        MESSAGES_ROUTE,
+        {"model": "m", "messages": MESSAGES, "max_tokens": "5"},
+        400,
+        "max_tokens",
+        "invalid_type",
+    ),
     ("messages string", CHAT, {"model": "m", "messages": "hi"}, 400, "messages", "invalid_type"),
     (
         "messages object",
