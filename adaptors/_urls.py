@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 __all__ = ["ROUTE_SUFFIXES", "resolve_url"]
 
 # Longest first: "/chat/completions" also ends with "/completions".
-ROUTE_SUFFIXES = ("/chat/completions", "/completions", "/embeddings")
+ROUTE_SUFFIXES = ("/chat/completions", "/completions", "/embeddings", "/responses", "/messages")
 
 
 def _strip_route(path: str) -> str:

@@ -158,7 +158,14 @@ from core._selection import (
     usable_cluster,
     usable_endpoints,
 )
-from core._shaping import JSON_HEADERS, STREAM_HEADERS, error_response, json_object
+from core._shaping import (
+    JSON_HEADERS,
+    STREAM_HEADERS,
+    error_response,
+    json_object,
+    shape_failure,
+    shape_result,
+)
 from core._sse import SSEDecoder, SSEMonitor
 from core._validation import RESERVED_FIELDS, ValidRequest, validate_request
 
@@ -317,6 +324,8 @@ __all__ = [
     "seed_status_of",
     "select_batch_endpoint",
     "select_endpoint",
+    "shape_failure",
+    "shape_result",
     "slugify",
     "type_for_status",
     "usable_cluster",

@@ -49,7 +49,10 @@ __all__ = [
 ]
 
 # The OpenAI routes a batch line may name, and the operation each is.
-BATCH_URLS = {f"/v1/{route.value}": route for route in OpenAIRoute}
+# (OpenAI's batch API takes chat, completions and embeddings lines; the Responses and
+# Messages APIs are not batched here.)
+_BATCHED = (OpenAIRoute.CHAT_COMPLETIONS, OpenAIRoute.COMPLETIONS, OpenAIRoute.EMBEDDINGS)
+BATCH_URLS = {f"/v1/{route.value}": route for route in _BATCHED}
 COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
 # OpenAI lists up to 10,000 files a page (and that many unless asked for fewer).
 MAX_FILES_LISTED = 10_000

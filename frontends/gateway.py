@@ -29,6 +29,7 @@ import attrs
 from adaptors._failures import failure_of
 from adaptors.clusters.cluster import BaseCluster
 from adaptors.endpoints._body import ClientBody
+from adaptors.endpoints.direct_api import PASSED_HEADERS
 from adaptors.endpoints.endpoint import BaseEndpoint, StreamingResponse, SubmitTaskResponse
 from core import (
     AdaptorFailed,
@@ -48,6 +49,7 @@ from core import (
     QuotaPolicy,
     RelayChunk,
     Release,
+    RememberResponse,
     RequestEffect,
     RequestLimits,
     RequestMachine,
@@ -55,6 +57,7 @@ from core import (
     Reserve,
     Reserved,
     Respond,
+    ResponseDirectory,
     Settle,
     SSEDecoder,
     StartStream,
@@ -63,6 +66,7 @@ from core import (
     WriteLog,
     redact,
 )
+from frontends.api_headers import authorization_for, passed_headers
 from frontends.caller import resolve_caller
 from frontends.drain import Drain
 from frontends.endpoint_health import HealthBook, HealthPolicy, Lease
@@ -103,6 +107,9 @@ class GatewayRequest:
     log_id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
     client: str | None = None  # the client's address, for the request log
     received_at: float = attrs.field(factory=time.time)  # wall clock, epoch seconds
+    # Headers of the client's that its API defines and the backend reads
+    # (`anthropic-version`), handed on as they came.
+    passed_headers: tuple[tuple[str, str], ...] = ()
 
 
 class _Moments:
@@ -234,15 +241,23 @@ def _text_or_none(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-def _task_data(adaptor: BaseEndpoint, call: CallAdaptor, request_id: str) -> dict[str, Any]:
+def _task_data(adaptor: BaseEndpoint, call: CallAdaptor, request: GatewayRequest) -> dict[str, Any]:
     """The seed's task data for an adaptor call, `model_params` holding the client's bytes
-    and `request_id` the HTTP request id (which the Direct API adaptor sends on)."""
+    and `request_id` the HTTP request id (which the Direct API adaptor sends on, with the
+    client's `passed_headers`)."""
     lazy = not adaptor.reads_model_params(call.stream)
-    return {
+    data: dict[str, Any] = {
         "model_params": ClientBody(call.body, lazy=lazy),
         "openai_endpoint": call.route.value,
-        "request_id": request_id,
+        "request_id": request.request_id,
     }
+    if request.passed_headers:
+        data[PASSED_HEADERS] = dict(request.passed_headers)
+    return data
+
+
+# Effects that only record: carried out at once, never awaited on the request path.
+_RECORDS = (WriteLog, Settle, Release, RememberResponse)
 
 
 def _pairs(headers: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
@@ -308,6 +323,8 @@ class Gateway:
         self.health = HealthBook(catalog, clusters, health)
         # What `serve` cuts at its drain deadline (see `frontends.drain`).
         self.drain = Drain()
+        # Where stored Responses API answers were made, for follow-ups (in this process).
+        self.responses = ResponseDirectory()
 
     def add_log_sink(self, sink: LogSink) -> None:
         """Hand every record to `sink` too (the web app's access log uses this)."""
@@ -363,8 +380,9 @@ class Gateway:
     ) -> GatewayResponse:
         """The embedding entry point: an OpenAI operation by name, a JSON body, headers.
 
-        `route` is "chat/completions", "completions" or "embeddings" (a leading "/v1/" is
-        accepted); `cluster` and `framework` select as the ALCF route does.
+        `route` is "chat/completions", "completions", "embeddings", "responses" or
+        "messages" (a leading "/v1/" is accepted); `cluster` and `framework` select as
+        the ALCF route does.
         """
         name = route.strip("/").removeprefix("v1/")
         operation = OpenAIRoute.from_path(name)
@@ -378,9 +396,10 @@ class Gateway:
                 route=operation,
                 body=raw,
                 content_type=lowered.get("content-type", "application/json"),
-                authorization=lowered.get("authorization"),
+                authorization=authorization_for(operation, lowered.get),
                 cluster=cluster,
                 framework=framework,
+                passed_headers=passed_headers(operation, lowered.get),
             )
         )
 
@@ -392,6 +411,7 @@ class Gateway:
             stream_usage=self._stream_usage,
             limits=self._request_limits,
             balanced=True,
+            responses=self.responses,
         )
         moments = _Moments(request, self._capture_limit)
         pending = deque(
@@ -413,7 +433,7 @@ class Gateway:
         try:
             while pending:
                 effect = pending.popleft()
-                if isinstance(effect, WriteLog | Settle | Release):
+                if isinstance(effect, _RECORDS):
                     self.record(effect, moments)
                 elif isinstance(effect, Reserve):
                     pending.extend(machine.receive(await self._reserve(effect)))
@@ -436,7 +456,7 @@ class Gateway:
                             answer = call.refusal
                         else:
                             with self.drain.cuttable():
-                                answer = await self._submit(effect, request.request_id)
+                                answer = await self._submit(effect, request)
                         call.judge(answer)
                     moments.answered()
                     pending.extend(machine.receive(answer))
@@ -473,13 +493,17 @@ class Gateway:
 
     def _carry_out_records(self, effects: Iterable[RequestEffect], moments: _Moments) -> None:
         for effect in effects:
-            if isinstance(effect, WriteLog | Settle | Release):
+            if isinstance(effect, _RECORDS):
                 self.record(effect, moments)
 
-    def record(self, effect: WriteLog | Settle | Release, moments: _Moments) -> None:
-        """Carry out an effect that only records (a log line, a settlement): never awaited,
-        never raises into the request."""
-        if isinstance(effect, WriteLog):
+    def record(
+        self, effect: WriteLog | Settle | Release | RememberResponse, moments: _Moments
+    ) -> None:
+        """Carry out an effect that only records (a log line, a settlement, a stored
+        response's endpoint): never awaited, never raises into the request."""
+        if isinstance(effect, RememberResponse):
+            self.responses.remember(effect.response_id, effect.username, effect.endpoint_slug)
+        elif isinstance(effect, WriteLog):
             self._log_sink.write(effect.entry, moments.timing())
         elif self._quota is None:
             return
@@ -503,10 +527,16 @@ class Gateway:
     def _adaptor(self, slug: str) -> BaseEndpoint:
         return self._endpoints[slug.lower()]
 
-    async def _submit(self, call: CallAdaptor, request_id: str) -> AdaptorReturned | AdaptorFailed:
+    def adaptor(self, slug: str) -> BaseEndpoint:
+        """The endpoint adaptor of this slug (for routes beside the machine's)."""
+        return self._adaptor(slug)
+
+    async def _submit(
+        self, call: CallAdaptor, request: GatewayRequest
+    ) -> AdaptorReturned | AdaptorFailed:
         adaptor = self._adaptor(call.endpoint_slug)
         try:
-            answer = await adaptor.submit_task(_task_data(adaptor, call, request_id))
+            answer = await adaptor.submit_task(_task_data(adaptor, call, request))
         except anyio.get_cancelled_exc_class():
             raise
         except Exception as exc:
@@ -518,7 +548,7 @@ class Gateway:
         self, call: CallAdaptor, request: GatewayRequest
     ) -> tuple[Event, StreamingResponse | None]:
         adaptor = self._adaptor(call.endpoint_slug)
-        data = _task_data(adaptor, call, request.request_id)
+        data = _task_data(adaptor, call, request)
         try:
             answer = await adaptor.submit_streaming_task(data, request.log_id)
         except anyio.get_cancelled_exc_class():
@@ -603,7 +633,7 @@ class StreamRelay:
                 if isinstance(effect, RelayChunk):
                     self._out.append(effect.data)
                     self._moments.relayed(effect.data)
-                elif isinstance(effect, WriteLog | Settle | Release):
+                elif isinstance(effect, _RECORDS):
                     self._gateway.record(effect, self._moments)
         self._moments.first_byte()
         return self._out.popleft()
@@ -621,7 +651,7 @@ class StreamRelay:
         with anyio.CancelScope(shield=True):
             if not self._machine.finished:
                 for effect in self._machine.receive(ClientDisconnected()):
-                    if isinstance(effect, WriteLog | Settle | Release):
+                    if isinstance(effect, _RECORDS):
                         self._gateway.record(effect, self._moments)
             await _close_quietly(self._upstream)
 

@@ -8,6 +8,7 @@ demo fixtures double as a template for real ones.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -19,6 +20,7 @@ from adaptors.endpoints._demo_answers import (
     completion_stream,
     embeddings,
 )
+from adaptors.endpoints._demo_apis import message, message_stream, response, streamed_response
 from adaptors.endpoints.endpoint import (
     BaseEndpoint,
     StreamingResponse,
@@ -33,8 +35,16 @@ _ANSWERS: dict[str, Callable[[Mapping[str, Any], str], dict[str, Any]]] = {
     "chat/completions": chat_completion,
     "completions": completion,
     "embeddings": embeddings,
+    "responses": response,
+    "messages": message,
 }
-_STREAMS = {"chat/completions": chat_stream, "completions": completion_stream}
+_STREAMS = {
+    "chat/completions": chat_stream,
+    "completions": completion_stream,
+    "messages": message_stream,
+}
+# How many of its Responses API answers the demo keeps for `GET /v1/responses/{id}`.
+_STORED = 256
 
 
 def _unsupported(route: str | None, streaming: bool) -> DemoRefusal:
@@ -43,7 +53,9 @@ def _unsupported(route: str | None, streaming: bool) -> DemoRefusal:
 
 
 class DemoEndpoint(BaseEndpoint):
-    """Answers chat, completions and embeddings locally and deterministically."""
+    """Answers chat, completions, embeddings, the Responses API and the Messages API
+    locally and deterministically; keeps its last Responses answers, as a backend that
+    stores them would."""
 
     def __init__(
         self,
@@ -58,6 +70,7 @@ class DemoEndpoint(BaseEndpoint):
         config: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = dict(config or {})
+        self._stored: OrderedDict[str, str] = OrderedDict()
         super().__init__(
             id,
             endpoint_slug,
@@ -75,7 +88,10 @@ class DemoEndpoint(BaseEndpoint):
             answer = _ANSWERS.get(route or "")
             if answer is None:
                 raise _unsupported(route, streaming=False)
-            return SubmitTaskResponse(result=json.dumps(answer(body, self.model)))
+            payload = answer(body, self.model)
+            if route == "responses":
+                self._store(payload, body)
+            return SubmitTaskResponse(result=json.dumps(payload))
         except DemoRefusal as refusal:
             return SubmitTaskResponse(error_message=refusal.body(), error_code=400)
 
@@ -84,10 +100,14 @@ class DemoEndpoint(BaseEndpoint):
     ) -> SubmitStreamingTaskResponse:
         body, route = unpack_task_data(data)
         try:
-            stream = _STREAMS.get(route or "")
-            if stream is None:
-                raise _unsupported(route, streaming=True)
-            content = stream(body, self.model)
+            if route == "responses":
+                final, content = streamed_response(body, self.model)
+                self._store(final, body)
+            else:
+                stream = _STREAMS.get(route or "")
+                if stream is None:
+                    raise _unsupported(route, streaming=True)
+                content = stream(body, self.model)
         except DemoRefusal as refusal:
             return SubmitStreamingTaskResponse(error_message=refusal.body(), error_code=400)
         return SubmitStreamingTaskResponse(
@@ -96,3 +116,18 @@ class DemoEndpoint(BaseEndpoint):
             ),
             task_id=request_log_id,
         )
+
+    def _store(self, payload: Mapping[str, Any], body: Mapping[str, Any]) -> None:
+        if body.get("store") is False:  # the client asked that it not be kept
+            return
+        self._stored[str(payload["id"])] = json.dumps(payload)
+        while len(self._stored) > _STORED:
+            self._stored.popitem(last=False)
+
+    async def retrieve_response(self, response_id: str, request_id: str) -> SubmitTaskResponse:
+        """A Responses API answer this demo gave, as `GET /v1/responses/{id}` returns it."""
+        stored = self._stored.get(response_id)
+        if stored is None:
+            refusal = DemoRefusal(f"Response with id '{response_id}' not found.")
+            return SubmitTaskResponse(error_message=refusal.body(), error_code=404)
+        return SubmitTaskResponse(result=stored)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import ConfigDict, Field, field_validator
 
@@ -33,7 +34,7 @@ from adaptors.endpoints.endpoint import (
 )
 from transports import BackendRequest, BackendStream, Timeout, TransportError
 
-__all__ = ["DirectAPIEndpoint", "DirectAPIEndpointConfig"]
+__all__ = ["PASSED_HEADERS", "DirectAPIEndpoint", "DirectAPIEndpointConfig"]
 
 
 class DirectAPIEndpointConfig(TLSConfig, TimeoutConfig):
@@ -134,25 +135,43 @@ class DirectAPIEndpoint(BaseEndpoint):
         )
 
     def _request(
-        self, body: dict[str, Any], route: str | None, accept: str, request_id: object = None
+        self,
+        body: dict[str, Any] | None,
+        route: str | None,
+        accept: str,
+        request_id: object = None,
+        passed: object = None,
     ) -> BackendRequest:
-        headers = [("content-type", "application/json"), ("accept", accept)]
+        headers = [("accept", accept)]
+        if body is not None:
+            headers.insert(0, ("content-type", "application/json"))
         if self._api_key:
             headers.append(("authorization", f"Bearer {self._api_key}"))
         if _header_safe(request_id):
             headers.append(("x-request-id", str(request_id)))
+        headers.extend(_passed_headers(passed))
         return BackendRequest(
-            method="POST",
+            method="POST" if body is not None else "GET",
             url=resolve_url(self._api_url, route),
             headers=headers,
-            body=body_bytes(body),
+            body=b"" if body is None else body_bytes(body),
             timeout=self.timeout(stream=accept == "text/event-stream"),
             tls=self._config.tls_options,
         )
 
+    async def retrieve_response(self, response_id: str, request_id: str) -> SubmitTaskResponse:
+        """`GET {api_url}/responses/{id}`: a response the backend stored, as it keeps it."""
+        route = f"responses/{quote(response_id, safe='')}"
+        return await self._send(self._request(None, route, "application/json", request_id))
+
     async def submit_task(self, data: dict[str, Any]) -> SubmitTaskResponse:
         body, route = unpack_task_data(data)
-        request = self._request(body, route, "application/json", data.get("request_id"))
+        request = self._request(
+            body, route, "application/json", data.get("request_id"), data.get(PASSED_HEADERS)
+        )
+        return await self._send(request)
+
+    async def _send(self, request: BackendRequest) -> SubmitTaskResponse:
         try:
             response = await self.transport.send(request)
         except TransportError as exc:
@@ -179,7 +198,9 @@ class DirectAPIEndpoint(BaseEndpoint):
         self, data: dict[str, Any], request_log_id: str
     ) -> SubmitStreamingTaskResponse:
         body, route = unpack_task_data(data)
-        request = self._request(body, route, "text/event-stream", data.get("request_id"))
+        request = self._request(
+            body, route, "text/event-stream", data.get("request_id"), data.get(PASSED_HEADERS)
+        )
         try:
             stream = await self.transport.open_stream(request)
         except TransportError as exc:
@@ -205,6 +226,17 @@ class DirectAPIEndpoint(BaseEndpoint):
             ),
             task_id=request_log_id,
         )
+
+
+# The task data key under which the gateway hands on the client's headers that the API
+# itself defines (the Messages API's `anthropic-version` and `anthropic-beta`).
+PASSED_HEADERS = "passed_headers"
+
+
+def _passed_headers(value: object) -> list[tuple[str, str]]:
+    if not isinstance(value, Mapping):
+        return []
+    return [(str(k), str(v)) for k, v in value.items() if _header_safe(v)]
 
 
 def _header_safe(value: object) -> bool:

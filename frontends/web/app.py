@@ -8,7 +8,14 @@ from collections.abc import AsyncGenerator
 from quart import Quart, Response, current_app, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from core import BackendError, ClientError, error_response, type_for_status
+from core import (
+    BackendError,
+    ClientError,
+    error_response,
+    in_dialect,
+    route_of_path,
+    type_for_status,
+)
 from frontends.batch_runner import BatchRunner
 from frontends.batches import Batches
 from frontends.gateway import Gateway
@@ -192,7 +199,7 @@ async def _http_error(error: HTTPException) -> Response:
     allowed = getattr(error, "valid_methods", None) if status == 405 else None
     headers = (("allow", ", ".join(sorted(allowed))),) if allowed else ()
     refusal = kind(message, status=status, type=type_for_status(status), code=code, headers=headers)
-    return to_quart(error_response(refusal))
+    return to_quart(in_dialect(route_of_path(request.path), error_response(refusal)))
 
 
 async def _unexpected_error(error: Exception) -> Response:
@@ -201,4 +208,4 @@ async def _unexpected_error(error: Exception) -> Response:
     response = error_response(
         BackendError("The gateway hit an internal error.", status=500, code="internal_error")
     )
-    return to_quart(response)
+    return to_quart(in_dialect(route_of_path(request.path), response))

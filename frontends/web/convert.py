@@ -10,6 +10,7 @@ from werkzeug.datastructures import Headers
 
 from core import OpenAIRoute
 from core import Response as CoreResponse
+from frontends.api_headers import authorization_for, passed_headers
 from frontends.gateway import Gateway, GatewayRequest, GatewayResponse
 from frontends.listings import Listings
 from frontends.request_log import RequestLog
@@ -22,6 +23,7 @@ __all__ = [
     "current_gateway",
     "current_listings",
     "current_operators",
+    "current_request_id",
     "current_request_log",
     "gateway_request",
     "to_quart",
@@ -60,15 +62,22 @@ async def gateway_request(
         route=route,
         body=await request.get_data(cache=True, as_text=False, parse_form_data=False),
         content_type=request.headers.get("Content-Type"),
-        authorization=request.headers.get("Authorization"),
+        authorization=authorization_for(route, request.headers.get),
         cluster=cluster,
         framework=framework,
         client=request.remote_addr or None,
+        passed_headers=passed_headers(route, request.headers.get),
     )
     trace = request.scope.get(SCOPE_KEY)
     if isinstance(trace, Trace):  # the access layer's ids for this request
         return attrs.evolve(made, request_id=trace.request_id, log_id=trace.log_id)
     return made
+
+
+def current_request_id() -> str | None:
+    """The HTTP request id the access layer gave this request, if it runs."""
+    trace = request.scope.get(SCOPE_KEY)
+    return trace.request_id if isinstance(trace, Trace) else None
 
 
 def to_quart(answer: GatewayResponse | CoreResponse) -> Response:

@@ -6,7 +6,14 @@ from quart import Blueprint, Response, request
 
 from core import OpenAIRoute
 from frontends.api_models import ModelEntry, ModelList
-from frontends.web.convert import current_gateway, current_listings, gateway_request, to_quart
+from frontends.stored_responses import retrieve_response
+from frontends.web.convert import (
+    current_gateway,
+    current_listings,
+    current_request_id,
+    gateway_request,
+    to_quart,
+)
 from frontends.web.openapi import AUTH_ERRORS, INFERENCE_OPERATIONS, Operation, documented
 
 __all__ = ["openai_api"]
@@ -30,6 +37,31 @@ async def completions() -> Response:
 @documented(INFERENCE_OPERATIONS[OpenAIRoute.EMBEDDINGS])
 async def embeddings() -> Response:
     return await _forward(OpenAIRoute.EMBEDDINGS)
+
+
+@openai_api.post("/responses")
+async def responses() -> Response:
+    """OpenAI's Responses API, relayed to backends that serve it (vLLM does)."""
+    return await _forward(OpenAIRoute.RESPONSES)
+
+
+@openai_api.get("/responses/<response_id>")
+async def stored_response(response_id: str) -> Response:
+    """A stored response, from the endpoint that made it (only for the user it was for)."""
+    answer = await retrieve_response(
+        current_gateway(),
+        current_listings(),
+        request.headers.get("Authorization"),
+        response_id,
+        request_id=current_request_id(),
+    )
+    return to_quart(answer)
+
+
+@openai_api.post("/messages")
+async def messages() -> Response:
+    """Anthropic's Messages API (key as `x-api-key` or bearer), relayed likewise."""
+    return await _forward(OpenAIRoute.MESSAGES)
 
 
 @openai_api.get("/models")

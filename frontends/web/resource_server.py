@@ -17,11 +17,13 @@ from frontends.api_models import (
     Whoami,
 )
 from frontends.gateway import GatewayResponse
+from frontends.stored_responses import retrieve_response
 from frontends.usage import usage_answer
 from frontends.web.convert import (
     current_gateway,
     current_listings,
     current_operators,
+    current_request_id,
     current_request_log,
     gateway_request,
     to_quart,
@@ -41,6 +43,20 @@ async def inference(cluster: str, framework: str, operation: str) -> Response:
         raise NotFound()
     answer = await current_gateway().handle(
         await gateway_request(route, cluster=cluster, framework=framework)
+    )
+    return to_quart(answer)
+
+
+@resource_server.get("/<cluster>/<framework>/v1/responses/<response_id>")
+async def stored_response(cluster: str, framework: str, response_id: str) -> Response:
+    """A stored response, when it was made on this cluster (see `frontends.stored_responses`)."""
+    answer = await retrieve_response(
+        current_gateway(),
+        current_listings(),
+        request.headers.get("Authorization"),
+        response_id,
+        cluster=cluster,
+        request_id=current_request_id(),
     )
     return to_quart(answer)
 
