@@ -22,6 +22,9 @@ gated           answers properly, but only as the test lets it through the gate
                 (`allow`): the test decides how many requests are answered and
                 which are held, so "mid-way" is a state, not a moment
 
+`POST /v1/responses` (stored; `GET /v1/responses/{id}`) and `POST /v1/messages` are
+served too (`tests.support.fake_apis`).
+
 A stream whose request says `stream_options.include_usage` ends, as OpenAI's and vLLM's
 do, with a chunk that has no choices and the usage.
 ==============  ==============================================================
@@ -48,6 +51,7 @@ from typing import Any
 import attrs
 from quart import Quart, Response, g, request
 
+from tests.support.fake_apis import add_apis
 from tests.support.servers import serve_app
 
 __all__ = ["EXACT_BODY", "SECRET_DETAIL", "FakeOpenAI", "RecordedRequest", "running_fake_openai"]
@@ -234,6 +238,7 @@ class FakeOpenAI:
         async def embeddings() -> Response:
             return await self._answer("embedding")
 
+        add_apis(app, _raw_body)  # the Responses and Messages APIs, as vLLM serves them
         return app
 
     async def _hang(self) -> None:
