@@ -207,10 +207,12 @@ def test_messages_create_relays_with_the_key_as_x_api_key(world: World) -> None:
 
 
 def test_messages_create_streams_every_event(world: World) -> None:
-    with anthropic_client(world.url) as client:
-        with client.messages.stream(model="fake-model", max_tokens=64, messages=HELLO) as stream:
-            kinds = [event.type for event in stream]
-            final = stream.get_final_message()
+    with (
+        anthropic_client(world.url) as client,
+        client.messages.stream(model="fake-model", max_tokens=64, messages=HELLO) as stream,
+    ):
+        kinds = [event.type for event in stream]
+        final = stream.get_final_message()
     assert kinds[0] == "message_start" and "message_stop" in kinds
     assert final.content[0].type == "text"
     assert final.content[0].text == "fake reply to: Hello backend"
@@ -318,9 +320,11 @@ def test_the_apps_own_refusals_on_messages_take_anthropics_shape(world: World) -
 
 
 def test_the_official_clients_raise_their_own_errors(world: World) -> None:
-    with anthropic_client(world.url, key="igw-not-a-key-0123456789") as stranger:
-        with pytest.raises(anthropic.AuthenticationError):
-            stranger.messages.create(model="fake-model", max_tokens=8, messages=HELLO)
+    with (
+        anthropic_client(world.url, key="igw-not-a-key-0123456789") as stranger,
+        pytest.raises(anthropic.AuthenticationError),
+    ):
+        stranger.messages.create(model="fake-model", max_tokens=8, messages=HELLO)
     with anthropic_client(world.url) as client:
         with pytest.raises(anthropic.NotFoundError):
             client.messages.create(model="nope", max_tokens=8, messages=HELLO)
