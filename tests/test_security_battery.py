@@ -97,7 +97,13 @@ def _cluster(name: str, url: str, **rules: Any) -> dict[str, Any]:
     return {
         "cluster_name": name,
         "frameworks": ["api"],
-        "openai_endpoints": ["chat/completions", "completions", "embeddings"],
+        "openai_endpoints": [
+            "chat/completions",
+            "completions",
+            "embeddings",
+            "responses",
+            "messages",
+        ],
         "cluster_adapter": "adaptors.clusters.openai_compatible.OpenAICompatibleCluster",
         "config": {"api_url": f"{url}/v1", "api_key_env_name": KEY_ENV},
         **rules,
@@ -373,6 +379,87 @@ def test_security_battery(world: World, case: Case) -> None:
         assert "identity provider" in response.json()["error"]["message"]
     for secret in world.credentials.values():
         assert secret not in response.text
+
+
+# -- the same refusals on the Responses and Messages APIs ---------------------------------
+
+OTHER_APIS = {
+    "responses": lambda model: {"model": model, "input": "hi"},
+    "messages": lambda model: {
+        "model": model,
+        "max_tokens": 8,
+        "messages": [{"role": "user", "content": "hi"}],
+    },
+}
+INFERENCE_CASES = [c for c in CASES if "chat/completions" in c.path]
+ANTHROPIC_TYPES = {401: "authentication_error", 403: "permission_error", 503: "overloaded_error"}
+
+
+@pytest.mark.parametrize("api", sorted(OTHER_APIS))
+@pytest.mark.parametrize("case", INFERENCE_CASES, ids=[c.name for c in INFERENCE_CASES])
+def test_security_battery_on_the_other_apis(world: World, case: Case, api: str) -> None:
+    """Every refusal (and control) of the battery, on `/v1/responses` and `/v1/messages`;
+    on the Messages route each refusal takes Anthropic's error shape."""
+    headers = {"Content-Type": "application/json", **case.headers}
+    if case.auth is not None:
+        headers["Authorization"] = f"Bearer {world.credentials[case.auth]}"
+    elif case.raw_authorization is not None:
+        headers["Authorization"] = fill(case.raw_authorization, world.credentials)
+    if case.name == "wrong scheme Basic":
+        basic = base64.b64encode(f"alice:{world.credentials['alice']}".encode()).decode()
+        headers["Authorization"] = f"Basic {basic}"
+    path = fill(case.path, world.credentials).replace("chat/completions", api)
+    before = len(world.backend.requests)
+    world.globus.down = case.globus_down
+    try:
+        response = httpx.post(world.url + path, json=OTHER_APIS[api](case.model), headers=headers)
+    finally:
+        world.globus.down = False
+    reached = len(world.backend.requests) - before
+    assert response.status_code == case.status, response.text
+    assert reached == (1 if case.status == 200 else 0), f"{reached} call(s) reached the backend"
+    if case.status == 200:
+        assert world.backend.requests[-1].path == f"/v1/{api}"
+    elif api == "messages":
+        payload = response.json()
+        assert payload["type"] == "error" and set(payload["error"]) == {"type", "message"}
+        assert payload["error"]["type"] == ANTHROPIC_TYPES[case.status]
+    else:
+        assert set(response.json()["error"]) == {"message", "type", "code", "param"}
+    if case.status == 401:
+        assert response.headers["www-authenticate"].startswith("Bearer")
+    if case.status == 403 and case.rule:
+        assert case.rule in response.text
+    for secret in [*world.credentials.values(), BACKEND_SECRET]:
+        assert secret not in response.text
+
+
+@pytest.mark.parametrize(
+    ("key", "path", "status"),
+    [
+        ("alice", "/v1/messages", 200),
+        ("bob", "/v1/messages", 403),  # physics-model: a group bob is not in
+        ("revoked", "/v1/messages", 401),
+        ("alice_changed", "/v1/messages", 401),
+        ("alice", "/resource_server/closed/api/v1/messages", 403),
+        ("alice", "/v1/responses", 401),  # x-api-key is the Messages API's header only
+        ("alice", "/v1/chat/completions", 401),
+    ],
+)
+def test_x_api_key_is_checked_as_a_bearer_token_is(
+    world: World, key: str, path: str, status: int
+) -> None:
+    model = "closed-model" if "closed" in path else "physics-model"
+    body = OTHER_APIS["messages"](model) if "messages" in path else chat(model)
+    if path.endswith("responses"):
+        body = OTHER_APIS["responses"](model)
+    before = len(world.backend.requests)
+    response = httpx.post(
+        world.url + path, json=body, headers={"x-api-key": world.credentials[key]}
+    )
+    assert response.status_code == status, response.text
+    assert len(world.backend.requests) - before == (1 if status == 200 else 0)
+    assert world.credentials[key] not in response.text and BACKEND_SECRET not in response.text
 
 
 # -- listings show only what the caller may use ------------------------------------------
