@@ -281,7 +281,7 @@ BROKEN: list[tuple[str, Any, Any, str, Any, str | None]] = [
     ),
     (
         "unknown openai_endpoints value",
-        [cluster_entry(1), cluster_entry(2, cluster_name="b", openai_endpoints=["responses"])],
+        [cluster_entry(1), cluster_entry(2, cluster_name="b", openai_endpoints=["audio/speech"])],
         GOOD_ENDPOINTS,
         CLUSTERS,
         2,

@@ -23,6 +23,7 @@ import httpx
 import openai
 import pytest
 
+from frontends.quota import InProcessCounters
 from tests.support.fake_openai import FakeOpenAI, running_fake_openai
 from tests.support.gateway_server import (
     ALICE,
@@ -32,6 +33,7 @@ from tests.support.gateway_server import (
     write_fixtures,
     write_tokens,
 )
+from tests.support.quota import limited_fixtures
 
 pytestmark = pytest.mark.e2e
 
@@ -397,3 +399,30 @@ def test_the_repo_fixtures_open_both_routes() -> None:
     clusters = json.loads((Path(REPO_FIXTURES) / "clusters.json").read_text())
     for cluster in clusters:
         assert {"responses", "messages"} <= set(cluster["fields"]["openai_endpoints"])
+
+
+# -- quotas: the estimate reads each API's fields; the refusal takes the route's shape ---
+
+
+def test_quota_refusals_on_both_apis(tmp_path: Path) -> None:
+    """A user may spend 100 tokens a minute: asking for up to 1000 in one request is
+    refused before the backend is called, on /v1/messages as Anthropic's
+    `rate_limit_error`, on /v1/responses as OpenAI's 429; a request that fits passes."""
+    with running_fake_openai(models=["gpt-test"]) as (fake, backend_url):
+        fixtures = limited_fixtures(tmp_path / "fixtures", backend_url, ["gpt-test"], tpm_user=100)
+        with running_gateway(fixtures, write_tokens(tmp_path), quota=InProcessCounters()) as url:
+            greedy = {"model": "gpt-test", "max_tokens": 1000, "messages": HELLO}
+            refused = _post(World(url, {}), "/v1/messages", greedy, KEYED)
+            fits = _post(World(url, {}), "/v1/messages", {**greedy, "max_tokens": 20}, KEYED)
+            long_answer = {"model": "gpt-test", "input": "hi", "max_output_tokens": 1000}
+            refused_too = _post(
+                World(url, {}), "/v1/responses", long_answer, {"Authorization": f"Bearer {ALICE}"}
+            )
+        assert [r.path for r in fake.requests] == ["/v1/messages"]
+    message = _anthropic_error(refused, 429, "rate_limit_error")
+    assert "gpt-test" in message
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert fits.status_code == 200
+    assert refused_too.status_code == 429
+    assert refused_too.json()["error"]["code"] == "rate_limit_exceeded"
+    assert "retry-after" in refused_too.headers

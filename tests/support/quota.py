@@ -62,7 +62,13 @@ def limited_fixtures(
     cluster: Mapping[str, Any] = {
         "cluster_name": "fake",
         "frameworks": ["api"],
-        "openai_endpoints": ["chat/completions", "completions", "embeddings"],
+        "openai_endpoints": [
+            "chat/completions",
+            "completions",
+            "embeddings",
+            "responses",
+            "messages",
+        ],
         "cluster_adapter": "adaptors.clusters.openai_compatible.OpenAICompatibleCluster",
         "config": {"api_url": f"{backend_url}/v1"},
     }
