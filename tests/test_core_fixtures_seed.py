@@ -234,7 +234,7 @@ STILL_BROKEN: list[tuple[str, str, list[dict[str, Any]], Any, str, str]] = [
     (
         "unknown prefixed route",
         CLUSTERS,
-        [cluster_entry(4, openai_endpoints=["/v1/responses"])],
+        [cluster_entry(4, openai_endpoints=["/v1/audio/speech"])],
         4,
         "openai_endpoints",
         "unknown",
