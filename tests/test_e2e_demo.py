@@ -130,7 +130,7 @@ def test_validation_errors_name_the_parameter(client: openai.OpenAI) -> None:
         ("POST", "/v1/chat/completions", {"Content-Type": "application/json"}, b"[1]", 400),
         ("POST", "/v1/no-such-route", {}, b"{}", 404),
         ("GET", "/v1/chat/completions", {}, b"", 405),
-        ("POST", "/resource_server/local/demo/v1/responses", {}, b"{}", 404),
+        ("POST", "/resource_server/local/demo/v1/audio/speech", {}, b"{}", 404),
     ],
 )
 def test_bad_requests_get_openai_shaped_errors(

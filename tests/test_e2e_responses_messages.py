@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -426,3 +429,34 @@ def test_quota_refusals_on_both_apis(tmp_path: Path) -> None:
     assert refused_too.status_code == 429
     assert refused_too.json()["error"]["code"] == "rate_limit_exceeded"
     assert "retry-after" in refused_too.headers
+
+
+# -- the README's example, run as written against the demo -------------------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_the_readme_example_runs_against_the_demo(demo_url: str, tmp_path: Path) -> None:
+    [example] = [
+        block
+        for block in re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+        if "anthropic.Anthropic(" in block
+    ]
+    script = tmp_path / "example.py"
+    script.write_text(example.replace("http://127.0.0.1:8000", demo_url))
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        env={**os.environ, "OPENAI_API_KEY": ALICE},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    said = "Hello from the demo model! You said:"
+    assert result.stdout.splitlines() == [
+        f"{said} Hello",
+        f"{said} Once more",
+        f"{said} Hello",
+        f"{said} Hello",
+        f"{said} Hello",
+    ]
