@@ -43,7 +43,7 @@ def fixtures(backend: tuple[FakeOpenAI, str], tmp_path_factory: pytest.TempPathF
     cluster = {
         "cluster_name": "lab",
         "frameworks": ["vllm"],
-        "openai_endpoints": ["chat/completions", "embeddings"],
+        "openai_endpoints": ["chat/completions", "embeddings", "responses", "messages"],
         "cluster_adapter": "adaptors.clusters.openai_compatible.OpenAICompatibleCluster",
         "config": {"api_url": f"{url}/v1"},
     }
@@ -118,8 +118,26 @@ async def test_rules_apply_to_embedders_too(
 @pytest.mark.anyio
 async def test_unknown_operation_is_refused_before_anything_runs(fixtures: Path) -> None:
     async with open_gateway(fixtures, identity=_me()) as gateway:
-        with pytest.raises(ValueError, match="responses"):
-            await gateway.request("responses", CHAT, headers=AUTH)
+        with pytest.raises(ValueError, match="audio/speech"):
+            await gateway.request("audio/speech", CHAT, headers=AUTH)
+
+
+@pytest.mark.anyio
+async def test_an_embedder_speaks_both_other_apis(fixtures: Path) -> None:
+    """`request("messages", ...)` reads the key from `x-api-key` as the web route does."""
+    async with open_gateway(fixtures, identity=_me()) as gateway:
+        answer = await gateway.request(
+            "responses", {"model": "open-model", "input": "Hi"}, headers=AUTH
+        )
+        message = await gateway.request(
+            "/v1/messages",
+            {"model": "open-model", "max_tokens": 8, "messages": CHAT["messages"]},
+            headers={"x-api-key": "anything", "anthropic-version": "2023-06-01"},
+        )
+        refused = await gateway.request("messages", {"model": "open-model", "messages": []})
+    assert answer.status == 200 and answer.json()["object"] == "response"
+    assert message.status == 200 and message.json()["type"] == "message"
+    assert refused.status == 401 and refused.json()["error"]["type"] == "authentication_error"
 
 
 @pytest.mark.anyio
