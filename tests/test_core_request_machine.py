@@ -106,7 +106,7 @@ def an_endpoint(
     )
 
 
-ALL_ROUTES = ["chat/completions", "completions", "embeddings"]
+ALL_ROUTES = [route.value for route in OpenAIRoute]
 CATALOG = Catalog.build(
     [
         a_cluster("open", ALL_ROUTES),
