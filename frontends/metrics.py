@@ -12,7 +12,7 @@ and `dropped` (the store's `LogWriter`, or the `RequestLog` that runs one), hand
 start; likewise the quota counters' `status()`, for `quota_fallback` (1 while counters
 meant to live in Redis count in this process instead, because Redis does not answer).
 
-Labels are bounded: the route (three OpenAI operations), the model as the fixtures name
+Labels are bounded: the route (the five relayed operations), the model as the fixtures name
 it ("-" when the request never reached one, e.g. an unknown model or a bad token), the
 HTTP status, the token kind and the quota limit's name.  Never a user, a token or a
 request id.
