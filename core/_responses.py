@@ -44,6 +44,10 @@ class ResponseDirectory:
         while len(self._entries) > self._capacity:
             self._entries.popitem(last=False)
 
+    def forget(self, response_id: str) -> None:
+        """The backend deleted it: follow-ups have nowhere to go."""
+        self._entries.pop(response_id, None)
+
     def endpoint_for(self, response_id: str, username: str) -> str | None:
         """The slug of the endpoint holding `response_id`, if `username` made it."""
         entry = self._entries.get(response_id)

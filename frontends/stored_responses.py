@@ -1,10 +1,10 @@
-"""`GET /v1/responses/{id}`: a stored Responses API answer, fetched from the endpoint
-whose backend holds it.
+"""The Responses API's calls on a stored response (`GET` and `DELETE /v1/responses/{id}`,
+`POST .../cancel`, `GET .../input_items`), relayed to the endpoint whose backend holds it.
 
 Only the user the response was made for can find it: to anyone else, as for an id the
 gateway never saw, it does not exist (404).  The caller must still pass both levels of
-rules for that endpoint, and the endpoint's adaptor must know how to fetch (the Direct
-API and demo adaptors do: `retrieve_response(response_id, request_id)`).  The answer is
+rules for that endpoint, and the endpoint's adaptor must know how (the Direct API and
+demo adaptors do: `stored_response(response_id, operation, request_id)`).  The answer is
 shaped as the machine shapes any backend answer: the backend's bytes on success, its
 failures as the gateway's own errors, never its URL or key.
 """
@@ -30,7 +30,10 @@ from core import (
 from frontends.gateway import Gateway, GatewayResponse
 from frontends.listings import Listings
 
-__all__ = ["retrieve_response"]
+__all__ = ["OPERATIONS", "stored_response"]
+
+# What may be asked of a stored response (the Direct API adaptor's STORED_OPERATIONS).
+OPERATIONS = frozenset({"retrieve", "cancel", "delete", "input_items"})
 
 log = logging.getLogger("inference_gateway")
 
@@ -40,15 +43,18 @@ def _answer(error: ClientError) -> GatewayResponse:
     return GatewayResponse(status=response.status, headers=response.headers, body=response.body)
 
 
-async def retrieve_response(
+async def stored_response(
     gateway: Gateway,
     listings: Listings,
     authorization: str | None,
     response_id: str,
+    operation: str = "retrieve",
     *,
     cluster: str | None = None,
     request_id: str | None = None,
 ) -> GatewayResponse:
+    if operation not in OPERATIONS:
+        raise ValueError(f"unknown operation on a stored response: {operation!r}")
     identity = await listings.authenticate(authorization)
     if isinstance(identity, GatewayResponse):
         return identity
@@ -59,11 +65,11 @@ async def retrieve_response(
     where = gateway.catalog.cluster_of(endpoint)
     allowed = isinstance(authorize(identity, where, endpoint), Allowed)
     adaptor = gateway.adaptor(endpoint.endpoint_slug)
-    fetch = getattr(adaptor, "retrieve_response", None)
+    fetch = getattr(adaptor, "stored_response", None)
     if not allowed or not where.accepts(OpenAIRoute.RESPONSES) or fetch is None:
         return _answer(response_not_found(response_id))
     try:
-        answer = await fetch(response_id, request_id or uuid.uuid4().hex)
+        answer = await fetch(response_id, operation, request_id or uuid.uuid4().hex)
     except anyio.get_cancelled_exc_class():
         raise
     except Exception as exc:
@@ -81,4 +87,6 @@ async def retrieve_response(
             ),
         )
     response = shaped.response
+    if operation == "delete" and response.status == 200:
+        gateway.responses.forget(response_id)
     return GatewayResponse(status=response.status, headers=response.headers, body=response.body)

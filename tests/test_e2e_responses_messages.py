@@ -176,6 +176,28 @@ def test_a_follow_up_goes_to_the_endpoint_that_holds_the_previous_response(
     assert paths == ["/v1/responses", f"/v1/responses/{first.id}"]
 
 
+def test_every_call_on_a_stored_response_goes_to_its_endpoint(world: World) -> None:
+    with openai_client(f"{world.url}/resource_server/two/api/v1") as on_two:
+        made = on_two.responses.create(model="fake-model", input="keep me")
+    backend = world.backends["two"]
+    before = len(backend.requests)
+    with openai_client(f"{world.url}/v1") as client:
+        items = client.responses.input_items.list(made.id)
+        cancelled = client.responses.cancel(made.id)
+        client.responses.delete(made.id)
+        with pytest.raises(openai.NotFoundError):  # deleted: the gateway forgot it too
+            client.responses.retrieve(made.id)
+    assert [item.content[0].text for item in items.data] == ["keep me"]  # type: ignore[union-attr]
+    assert cancelled.id == made.id and cancelled.status == "cancelled"
+    calls = [(r.method, r.path) for r in backend.requests[before:]]
+    assert calls == [
+        ("GET", f"/v1/responses/{made.id}/input_items"),
+        ("POST", f"/v1/responses/{made.id}/cancel"),
+        ("DELETE", f"/v1/responses/{made.id}"),
+    ]
+    assert all(r.header("authorization") == f"Bearer {BACKEND_SECRET}" for r in backend.requests)
+
+
 def test_another_users_response_id_does_not_exist_for_them(world: World) -> None:
     with openai_client(f"{world.url}/v1") as alice:
         made = alice.responses.create(model="fake-model", input="mine")
@@ -187,6 +209,10 @@ def test_another_users_response_id_does_not_exist_for_them(world: World) -> None
             bob.responses.retrieve(made.id)
         with pytest.raises(openai.NotFoundError):
             bob.responses.retrieve("resp_never_made")
+        with pytest.raises(openai.NotFoundError):
+            bob.responses.delete(made.id)
+        with pytest.raises(openai.NotFoundError):
+            bob.responses.cancel(made.id)
     assert follow_up.value.body["param"] == "previous_response_id"  # type: ignore[index]
     assert made.id in str(retrieve.value)
     assert sum(len(b.requests) for b in world.backends.values()) == before  # none relayed
@@ -374,6 +400,9 @@ def test_the_demo_answers_the_responses_api(demo_url: str) -> None:
         follow_up = client.responses.create(
             model="demo-model", input="And again", previous_response_id=answer.id
         )
+        client.responses.delete(follow_up.id)
+        with pytest.raises(openai.NotFoundError):
+            client.responses.retrieve(follow_up.id)
     assert "Hello there" in answer.output_text
     assert answer.usage is not None and answer.usage.total_tokens > 0
     assert events[0].type == "response.created" and events[-1].type == "response.completed"

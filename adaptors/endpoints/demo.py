@@ -124,10 +124,20 @@ class DemoEndpoint(BaseEndpoint):
         while len(self._stored) > _STORED:
             self._stored.popitem(last=False)
 
-    async def retrieve_response(self, response_id: str, request_id: str) -> SubmitTaskResponse:
-        """A Responses API answer this demo gave, as `GET /v1/responses/{id}` returns it."""
+    async def stored_response(
+        self, response_id: str, operation: str, request_id: str
+    ) -> SubmitTaskResponse:
+        """A Responses API answer this demo gave, retrieved or deleted (it has nothing
+        left to cancel, and keeps no input items)."""
         stored = self._stored.get(response_id)
         if stored is None:
             refusal = DemoRefusal(f"Response with id '{response_id}' not found.")
             return SubmitTaskResponse(error_message=refusal.body(), error_code=404)
-        return SubmitTaskResponse(result=stored)
+        if operation == "retrieve":
+            return SubmitTaskResponse(result=stored)
+        if operation == "delete":
+            del self._stored[response_id]
+            deleted = {"id": response_id, "object": "response", "deleted": True}
+            return SubmitTaskResponse(result=json.dumps(deleted))
+        refusal = DemoRefusal(f"The demo model cannot answer {operation} on a response.")
+        return SubmitTaskResponse(error_message=refusal.body(), error_code=400)

@@ -34,7 +34,12 @@ from adaptors.endpoints.endpoint import (
 )
 from transports import BackendRequest, BackendStream, Timeout, TransportError
 
-__all__ = ["PASSED_HEADERS", "DirectAPIEndpoint", "DirectAPIEndpointConfig"]
+__all__ = [
+    "PASSED_HEADERS",
+    "STORED_OPERATIONS",
+    "DirectAPIEndpoint",
+    "DirectAPIEndpointConfig",
+]
 
 
 class DirectAPIEndpointConfig(TLSConfig, TimeoutConfig):
@@ -141,6 +146,7 @@ class DirectAPIEndpoint(BaseEndpoint):
         accept: str,
         request_id: object = None,
         passed: object = None,
+        method: str = "POST",
     ) -> BackendRequest:
         headers = [("accept", accept)]
         if body is not None:
@@ -151,7 +157,7 @@ class DirectAPIEndpoint(BaseEndpoint):
             headers.append(("x-request-id", str(request_id)))
         headers.extend(_passed_headers(passed))
         return BackendRequest(
-            method="POST" if body is not None else "GET",
+            method=method,
             url=resolve_url(self._api_url, route),
             headers=headers,
             body=b"" if body is None else body_bytes(body),
@@ -159,10 +165,15 @@ class DirectAPIEndpoint(BaseEndpoint):
             tls=self._config.tls_options,
         )
 
-    async def retrieve_response(self, response_id: str, request_id: str) -> SubmitTaskResponse:
-        """`GET {api_url}/responses/{id}`: a response the backend stored, as it keeps it."""
-        route = f"responses/{quote(response_id, safe='')}"
-        return await self._send(self._request(None, route, "application/json", request_id))
+    async def stored_response(
+        self, response_id: str, operation: str, request_id: str
+    ) -> SubmitTaskResponse:
+        """One of the Responses API's calls on a response the backend stored
+        (`STORED_OPERATIONS`: retrieve, cancel, delete, input_items), answered as it is."""
+        method, suffix = STORED_OPERATIONS[operation]
+        route = f"responses/{quote(response_id, safe='')}{suffix}"
+        request = self._request(None, route, "application/json", request_id, method=method)
+        return await self._send(request)
 
     async def submit_task(self, data: dict[str, Any]) -> SubmitTaskResponse:
         body, route = unpack_task_data(data)
@@ -227,6 +238,14 @@ class DirectAPIEndpoint(BaseEndpoint):
             task_id=request_log_id,
         )
 
+
+# The Responses API's calls on a stored response: (HTTP method, path after its id).
+STORED_OPERATIONS = {
+    "retrieve": ("GET", ""),
+    "cancel": ("POST", "/cancel"),
+    "delete": ("DELETE", ""),
+    "input_items": ("GET", "/input_items"),
+}
 
 # The task data key under which the gateway hands on the client's headers that the API
 # itself defines (the Messages API's `anthropic-version` and `anthropic-beta`).

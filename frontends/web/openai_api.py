@@ -6,7 +6,7 @@ from quart import Blueprint, Response, request
 
 from core import OpenAIRoute
 from frontends.api_models import ModelEntry, ModelList
-from frontends.stored_responses import retrieve_response
+from frontends.stored_responses import stored_response
 from frontends.web.convert import (
     current_gateway,
     current_listings,
@@ -45,14 +45,18 @@ async def responses() -> Response:
     return await _forward(OpenAIRoute.RESPONSES)
 
 
-@openai_api.get("/responses/<response_id>")
-async def stored_response(response_id: str) -> Response:
+@openai_api.get("/responses/<response_id>", defaults={"operation": "retrieve"})
+@openai_api.delete("/responses/<response_id>", defaults={"operation": "delete"})
+@openai_api.post("/responses/<response_id>/cancel", defaults={"operation": "cancel"})
+@openai_api.get("/responses/<response_id>/input_items", defaults={"operation": "input_items"})
+async def stored(response_id: str, operation: str) -> Response:
     """A stored response, from the endpoint that made it (only for the user it was for)."""
-    answer = await retrieve_response(
+    answer = await stored_response(
         current_gateway(),
         current_listings(),
         request.headers.get("Authorization"),
         response_id,
+        operation,
         request_id=current_request_id(),
     )
     return to_quart(answer)

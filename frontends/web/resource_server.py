@@ -17,7 +17,7 @@ from frontends.api_models import (
     Whoami,
 )
 from frontends.gateway import GatewayResponse
-from frontends.stored_responses import retrieve_response
+from frontends.stored_responses import stored_response
 from frontends.usage import usage_answer
 from frontends.web.convert import (
     current_gateway,
@@ -47,14 +47,21 @@ async def inference(cluster: str, framework: str, operation: str) -> Response:
     return to_quart(answer)
 
 
-@resource_server.get("/<cluster>/<framework>/v1/responses/<response_id>")
-async def stored_response(cluster: str, framework: str, response_id: str) -> Response:
+_STORED = "/<cluster>/<framework>/v1/responses/<response_id>"
+
+
+@resource_server.get(_STORED, defaults={"operation": "retrieve"})
+@resource_server.delete(_STORED, defaults={"operation": "delete"})
+@resource_server.post(f"{_STORED}/cancel", defaults={"operation": "cancel"})
+@resource_server.get(f"{_STORED}/input_items", defaults={"operation": "input_items"})
+async def stored(cluster: str, framework: str, response_id: str, operation: str) -> Response:
     """A stored response, when it was made on this cluster (see `frontends.stored_responses`)."""
-    answer = await retrieve_response(
+    answer = await stored_response(
         current_gateway(),
         current_listings(),
         request.headers.get("Authorization"),
         response_id,
+        operation,
         cluster=cluster,
         request_id=current_request_id(),
     )

@@ -1,7 +1,8 @@
 """The Responses API and the Messages API on the fake backend, as vLLM serves them.
 
 Registered on `FakeOpenAI`'s app (`add_apis`): `POST /v1/responses` (stored, so
-`previous_response_id` and `GET /v1/responses/{id}` work, an unknown id being a 404),
+`previous_response_id`, and `GET`, `DELETE`, `.../cancel` and `.../input_items` on
+`/v1/responses/{id}` work, an unknown id being a 404),
 and `POST /v1/messages` (errors in Anthropic's shape).  Each answers whole or streamed,
 with named SSE events, written here independently of the gateway's demo model so the
 two can be compared with the official clients.  The reply is "fake reply to: <last
@@ -80,6 +81,7 @@ class _Responses:
 
     def __init__(self) -> None:
         self.stored: dict[str, dict[str, Any]] = {}
+        self.inputs: dict[str, str] = {}  # what the user said last, per stored response
         self._ids = itertools.count(1)
 
     def make(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -115,6 +117,7 @@ class _Responses:
         }
         if body.get("store") is not False:
             self.stored[answer["id"]] = answer
+            self.inputs[answer["id"]] = _last_user(body.get("input"))
         return answer
 
     def events(self, answer: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -204,6 +207,41 @@ def add_apis(app: Quart, raw_body: Callable[[], Any]) -> None:
         if stored is None:
             return _openai_error(404, f"Response with id '{response_id}' not found.", None, None)
         return _json(stored)
+
+    @app.delete("/v1/responses/<response_id>")
+    async def delete_response(response_id: str) -> Response:
+        if responses.stored.pop(response_id, None) is None:
+            return _openai_error(404, f"Response with id '{response_id}' not found.", None, None)
+        return _json({"id": response_id, "object": "response", "deleted": True})
+
+    @app.post("/v1/responses/<response_id>/cancel")
+    async def cancel_response(response_id: str) -> Response:
+        stored = responses.stored.get(response_id)
+        if stored is None:
+            return _openai_error(404, f"Response with id '{response_id}' not found.", None, None)
+        return _json({**stored, "status": "cancelled"})
+
+    @app.get("/v1/responses/<response_id>/input_items")
+    async def input_items(response_id: str) -> Response:
+        stored = responses.stored.get(response_id)
+        if stored is None:
+            return _openai_error(404, f"Response with id '{response_id}' not found.", None, None)
+        item = {
+            "id": "msg_input",
+            "type": "message",
+            "role": "user",
+            "status": "completed",
+            "content": [{"type": "input_text", "text": responses.inputs[response_id]}],
+        }
+        return _json(
+            {
+                "object": "list",
+                "data": [item],
+                "first_id": "msg_input",
+                "last_id": "msg_input",
+                "has_more": False,
+            }
+        )
 
     @app.post("/v1/messages")
     async def create_message() -> Response:

@@ -22,15 +22,15 @@ gated           answers properly, but only as the test lets it through the gate
                 (`allow`): the test decides how many requests are answered and
                 which are held, so "mid-way" is a state, not a moment
 
-`POST /v1/responses` (stored; `GET /v1/responses/{id}`) and `POST /v1/messages` are
-served too (`tests.support.fake_apis`).
-
 A stream whose request says `stream_options.include_usage` ends, as OpenAI's and vLLM's
 do, with a chunk that has no choices and the usage.
 ==============  ==============================================================
 
 The gate starts closed; `allow(n)` lets n more gated requests through, `allow(None)`
 opens it for good (teardown opens it too).  `held` lists the requests waiting at it.
+
+`POST /v1/responses` (stored, with `GET`, `DELETE`, `.../cancel` and `.../input_items`
+on `/v1/responses/{id}`) and `POST /v1/messages` are served too (`tests.support.fake_apis`).
 
 "Until the client goes away" is observable: `stream_cancelled` (a `threading.Event`)
 is set when the server sees the client leave a hanging stream or a slow request, and
