@@ -305,7 +305,9 @@ def test_a_follow_up_that_cannot_go_back_is_refused_without_a_call(
 def test_a_stored_response_is_remembered_whole_or_streamed() -> None:
     directory = ResponseDirectory()
     machine, _ = _run(directory, {"model": "m", "input": "x"})
-    effects = machine.receive(AdaptorReturned(result=b'{"id": "resp_9", "object": "response"}'))
+    effects = machine.receive(
+        AdaptorReturned(result=b'{"id": "resp_9", "object": "response", "output": []}')
+    )
     assert (
         RememberResponse(response_id="resp_9", username=ADA.username, endpoint_slug="one-vllm-m")
         in effects
@@ -318,3 +320,22 @@ def test_a_stored_response_is_remembered_whole_or_streamed() -> None:
         RememberResponse(response_id="resp_1", username=ADA.username, endpoint_slug="one-vllm-m")
         in ended
     )
+
+
+@pytest.mark.parametrize(("route", "field"), [(RESPONSES, "output"), (MESSAGES, "content")])
+def test_a_success_without_the_apis_list_is_a_backends_failure(
+    route: OpenAIRoute, field: str
+) -> None:
+    body = {"model": "m", "input": "x", "messages": [], "max_tokens": 4}
+    machine = RequestMachine(CATALOG)
+    machine.receive(
+        RequestReceived(
+            request_id="r", route=route, body=json.dumps(body).encode(), authorization="Bearer t"
+        )
+    )
+    machine.receive(IdentityResolved(identity=ADA))
+    effects = machine.receive(AdaptorReturned(result=b'{"id": "x"}'))
+    [respond] = [e for e in effects if isinstance(e, Respond)]
+    assert respond.response.status == 502
+    assert field in respond.response.body.decode()
+    assert not any(isinstance(e, RememberResponse) for e in effects)

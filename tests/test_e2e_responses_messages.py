@@ -346,6 +346,8 @@ def test_the_apps_own_refusals_on_messages_take_anthropics_shape(world: World) -
     _anthropic_error(wrong_method, 405, "invalid_request_error")
     too_large = _post(world, "/v1/messages", b"{" + b" " * (17 * 1024 * 1024) + b"}", KEYED)
     _anthropic_error(too_large, 413, "request_too_large")
+    huge_headers = _post(world, "/v1/messages", MESSAGE, {**KEYED, "x-padding": "p" * 40_000})
+    _anthropic_error(huge_headers, 431, "invalid_request_error")
     elsewhere = _post(world, "/v1/responses", {"model": "nope", "input": "x"})
     assert set(elsewhere.json()["error"]) == {"message", "type", "param", "code"}
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from core import ClientError, error_body
+from core import ClientError, error_response, in_dialect, route_of_path
 
 __all__ = ["MIN_READ_LIMIT", "HeaderLimit", "head_size", "hypercorn_limits"]
 
@@ -68,7 +68,8 @@ class HeaderLimit:
             status=431,
             code="request_header_fields_too_large",
         )
-        body = error_body(error)
+        # In the route's own dialect (Anthropic's on /v1/messages), as every refusal is.
+        body = in_dialect(route_of_path(scope.get("path", "")), error_response(error)).body
         await send(
             {
                 "type": "http.response.start",
