@@ -152,6 +152,7 @@ class SSEMonitor:
             self._refuse(f"event {self.events} is JSON but not an object")
             return
         kind = payload.get("type")
+        kind = kind if isinstance(kind, str) else None  # a backend's `"type": []` is no kind
         if isinstance(payload.get("error"), dict) or kind in self.rules.failed:
             self.errored = True
         if kind in self.rules.finished:

@@ -339,3 +339,12 @@ def test_a_success_without_the_apis_list_is_a_backends_failure(
     assert respond.response.status == 502
     assert field in respond.response.body.decode()
     assert not any(isinstance(e, RememberResponse) for e in effects)
+
+
+@pytest.mark.parametrize("route", list(OpenAIRoute))
+@pytest.mark.parametrize("kind", [[], {}, 3, None, "response.completed", "message_stop"])
+def test_any_event_type_a_backend_sends_is_only_observed(route: OpenAIRoute, kind: Any) -> None:
+    monitor = SSEMonitor(rules=stream_rules(route))
+    monitor.feed(_events({"type": kind, "usage": {"output_tokens": 2}}, named=False))
+    assert monitor.invalid is None
+    assert monitor.done == (isinstance(kind, str) and kind in stream_rules(route).finished)
