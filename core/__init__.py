@@ -3,6 +3,7 @@ shaping, driven as a state machine.  Pure data in, decisions and effects out; no
 here may import an IO library (tests/test_core_purity.py enforces it)."""
 
 from core._api_models import (
+    AnthropicErrorResponse,
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -13,7 +14,13 @@ from core._api_models import (
     EmbeddingRequest,
     ErrorDetail,
     ErrorResponse,
+    InputItemList,
+    Message,
+    MessageStreamEvent,
     OpenAIRequest,
+    ResponseDeleted,
+    ResponseObject,
+    ResponseStreamEvent,
     request_model,
 )
 from core._authorization import (
@@ -185,6 +192,7 @@ __all__ = [
     "AdaptorReturned",
     "Admitted",
     "Allowed",
+    "AnthropicErrorResponse",
     "AssessHealth",
     "Authenticate",
     "BackendError",
@@ -238,6 +246,7 @@ __all__ = [
     "Identity",
     "IdentityResolved",
     "IdentityUnavailable",
+    "InputItemList",
     "Kernel",
     "Ledger",
     "Level",
@@ -245,6 +254,8 @@ __all__ = [
     "LineDone",
     "LocalProtocolError",
     "LogEntry",
+    "Message",
+    "MessageStreamEvent",
     "ModelState",
     "OpenAIRequest",
     "OpenAIRoute",
@@ -266,7 +277,10 @@ __all__ = [
     "Reserved",
     "Respond",
     "Response",
+    "ResponseDeleted",
     "ResponseDirectory",
+    "ResponseObject",
+    "ResponseStreamEvent",
     "Rule",
     "RunLine",
     "SSEDecoder",

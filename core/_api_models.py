@@ -21,6 +21,8 @@ from core._records import OpenAIRoute
 
 __all__ = [
     "RESERVED_FIELDS",
+    "AnthropicErrorDetail",
+    "AnthropicErrorResponse",
     "ChatCompletion",
     "ChatCompletionChunk",
     "ChatCompletionRequest",
@@ -31,9 +33,15 @@ __all__ = [
     "EmbeddingRequest",
     "ErrorDetail",
     "ErrorResponse",
+    "InputItemList",
+    "Message",
+    "MessageStreamEvent",
     "MessagesRequest",
     "OpenAIRequest",
     "ReservedField",
+    "ResponseDeleted",
+    "ResponseObject",
+    "ResponseStreamEvent",
     "ResponsesRequest",
     "request_model",
 ]
@@ -246,3 +254,64 @@ class ErrorResponse(pydantic.BaseModel):
     """Every error the gateway answers with, from any layer: OpenAI's shape."""
 
     error: ErrorDetail
+
+
+# -- the Responses and Messages APIs' answers (relayed as they come; described here) -------
+
+
+class ResponseObject(_Open):
+    """The answer of `POST /v1/responses` without `stream` (and of the calls on a stored
+    response: retrieve, cancel)."""
+
+    id: str
+    object: Literal["response"]
+    output: list[dict[str, Any]]
+    usage: dict[str, Any] | None = None
+
+
+class ResponseStreamEvent(_Open):
+    """One event's data in a streamed response (`response.created` ... `response.completed`)."""
+
+    type: str
+
+
+class ResponseDeleted(_Open):
+    """The answer of `DELETE /v1/responses/{id}`."""
+
+    id: str
+    deleted: bool
+
+
+class InputItemList(_Open):
+    """The answer of `GET /v1/responses/{id}/input_items`."""
+
+    object: Literal["list"]
+    data: list[dict[str, Any]]
+
+
+class Message(_Open):
+    """The answer of `POST /v1/messages` without `stream` (Anthropic's `message`)."""
+
+    id: str
+    type: Literal["message"]
+    role: str
+    content: list[dict[str, Any]]
+    usage: dict[str, Any] | None = None
+
+
+class MessageStreamEvent(_Open):
+    """One event's data in a streamed message (`message_start` ... `message_stop`)."""
+
+    type: str
+
+
+class AnthropicErrorDetail(pydantic.BaseModel):
+    type: str = pydantic.Field(examples=["invalid_request_error"])
+    message: str
+
+
+class AnthropicErrorResponse(pydantic.BaseModel):
+    """Every error on `/v1/messages`, from any layer: Anthropic's shape."""
+
+    type: Literal["error"]
+    error: AnthropicErrorDetail

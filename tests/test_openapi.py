@@ -133,7 +133,11 @@ def test_every_error_is_openai_shaped_and_every_key_is_a_bearer_token(app: Quart
             for status, answer in operation["responses"].items():
                 if status != "200":
                     schema = answer["content"]["application/json"]["schema"]
-                    assert schema == {"$ref": SCHEMAS + "ErrorResponse"}, (method, path)
+                    # Anthropic's Messages API answers in Anthropic's error shape.
+                    shape = (
+                        "AnthropicErrorResponse" if path.endswith("/messages") else "ErrorResponse"
+                    )
+                    assert schema == {"$ref": SCHEMAS + shape}, (method, path)
             if {"bearerAuth": []} not in operation["security"]:
                 open_routes.add(f"{method.upper()} {path}")
             else:

@@ -14,7 +14,13 @@ from frontends.web.convert import (
     gateway_request,
     to_quart,
 )
-from frontends.web.openapi import AUTH_ERRORS, INFERENCE_OPERATIONS, Operation, documented
+from frontends.web.openapi import (
+    AUTH_ERRORS,
+    INFERENCE_OPERATIONS,
+    STORED_RESPONSE,
+    Operation,
+    documented,
+)
 
 __all__ = ["openai_api"]
 
@@ -40,6 +46,7 @@ async def embeddings() -> Response:
 
 
 @openai_api.post("/responses")
+@documented(INFERENCE_OPERATIONS[OpenAIRoute.RESPONSES])
 async def responses() -> Response:
     """OpenAI's Responses API, relayed to backends that serve it (vLLM does)."""
     return await _forward(OpenAIRoute.RESPONSES)
@@ -49,6 +56,7 @@ async def responses() -> Response:
 @openai_api.delete("/responses/<response_id>", defaults={"operation": "delete"})
 @openai_api.post("/responses/<response_id>/cancel", defaults={"operation": "cancel"})
 @openai_api.get("/responses/<response_id>/input_items", defaults={"operation": "input_items"})
+@documented(STORED_RESPONSE)
 async def stored(response_id: str, operation: str) -> Response:
     """A stored response, from the endpoint that made it (only for the user it was for)."""
     answer = await stored_response(
@@ -63,6 +71,7 @@ async def stored(response_id: str, operation: str) -> Response:
 
 
 @openai_api.post("/messages")
+@documented(INFERENCE_OPERATIONS[OpenAIRoute.MESSAGES])
 async def messages() -> Response:
     """Anthropic's Messages API (key as `x-api-key` or bearer), relayed likewise."""
     return await _forward(OpenAIRoute.MESSAGES)

@@ -25,12 +25,17 @@ from quart import Blueprint, Quart, Response, current_app
 from werkzeug.routing import Rule
 
 from core import (
+    AnthropicErrorResponse,
     ChatCompletion,
     ChatCompletionChunk,
     Completion,
     EmbeddingList,
     ErrorResponse,
+    Message,
+    MessageStreamEvent,
     OpenAIRoute,
+    ResponseObject,
+    ResponseStreamEvent,
     request_model,
 )
 
@@ -38,6 +43,7 @@ __all__ = [
     "AUTH_ERRORS",
     "INFERENCE_ERRORS",
     "INFERENCE_OPERATIONS",
+    "STORED_RESPONSE",
     "Operation",
     "UndocumentedRoute",
     "documented",
@@ -90,6 +96,8 @@ class Operation:
     errors: tuple[int, ...] = AUTH_ERRORS
     tags: tuple[str, ...] = ()
     description: str | None = None
+    # The shape of its errors: OpenAI's, or Anthropic's on the Messages API.
+    error_model: Model = ErrorResponse
 
 
 def documented(
@@ -133,7 +141,34 @@ INFERENCE_OPERATIONS = {
         errors=INFERENCE_ERRORS,
         tags=("openai",),
     ),
+    OpenAIRoute.RESPONSES: Operation(
+        summary="OpenAI's Responses API: a response, answered whole or streamed.",
+        body=request_model(OpenAIRoute.RESPONSES),
+        answer=ResponseObject,
+        stream=ResponseStreamEvent,
+        errors=INFERENCE_ERRORS,
+        tags=("openai",),
+    ),
+    OpenAIRoute.MESSAGES: Operation(
+        summary="Anthropic's Messages API (key as x-api-key or bearer): a message, answered "
+        "whole or streamed; its errors take Anthropic's shape.",
+        body=request_model(OpenAIRoute.MESSAGES),
+        answer=Message,
+        stream=MessageStreamEvent,
+        errors=INFERENCE_ERRORS,
+        tags=("anthropic",),
+        error_model=AnthropicErrorResponse,
+    ),
 }
+
+# The Responses API's calls on a stored response (retrieve, delete, cancel, input items):
+# relayed to the endpoint that made it, answered as its backend keeps it.
+STORED_RESPONSE = Operation(
+    summary="A stored response of yours (GET: it; DELETE: remove it; POST .../cancel; "
+    "GET .../input_items), from the endpoint that made it; another user's id is a 404.",
+    errors=(400, 401, 404, 502, 503, 504),
+    tags=("openai",),
+)
 
 openapi_api = Blueprint("openapi", __name__)
 
@@ -187,7 +222,8 @@ def build_document(app: Quart) -> dict[str, Any]:
             "version": _version(),
             "description": (
                 "An OpenAI-compatible inference gateway. Every error has OpenAI's shape "
-                '{"error": {"message", "type", "param", "code"}}.'
+                '{"error": {"message", "type", "param", "code"}}, but on /v1/messages '
+                '(Anthropic\'s Messages API): {"type": "error", "error": {"type", "message"}}.'
             ),
         },
         "paths": paths,
@@ -317,7 +353,7 @@ def _responses(operation: Operation) -> dict[str, Any]:
                 "type": "object",
                 "description": "One server-sent event: its `data` is one "
                 f"{operation.stream.__name__} as JSON; the last is `[DONE]`. A stream that "
-                "breaks ends with an event whose data is an ErrorResponse.",
+                f"breaks ends with an event whose data is an {operation.error_model.__name__}.",
                 "required": ["data"],
                 "properties": {
                     "data": {
@@ -326,7 +362,7 @@ def _responses(operation: Operation) -> dict[str, Any]:
                                 "type": "string",
                                 "contentMediaType": "application/json",
                                 "contentSchema": {
-                                    "anyOf": [_ref(operation.stream), _ref(ErrorResponse)]
+                                    "anyOf": [_ref(operation.stream), _ref(operation.error_model)]
                                 },
                             },
                             {"const": "[DONE]"},
@@ -339,13 +375,19 @@ def _responses(operation: Operation) -> dict[str, Any]:
     for status in operation.errors:
         responses[str(status)] = {
             "description": HTTPStatus(status).phrase,
-            "content": {"application/json": {"schema": _ref(ErrorResponse)}},
+            "content": {"application/json": {"schema": _ref(operation.error_model)}},
         }
     return responses
 
 
 def _models_of(operation: Operation) -> set[Model]:
-    named = (operation.body, operation.form, operation.answer, operation.stream)
+    named = (
+        operation.body,
+        operation.form,
+        operation.answer,
+        operation.stream,
+        operation.error_model,
+    )
     return {model for model in named if model is not None}
 
 

@@ -28,7 +28,13 @@ from frontends.web.convert import (
     gateway_request,
     to_quart,
 )
-from frontends.web.openapi import AUTH_ERRORS, INFERENCE_OPERATIONS, Operation, documented
+from frontends.web.openapi import (
+    AUTH_ERRORS,
+    INFERENCE_OPERATIONS,
+    STORED_RESPONSE,
+    Operation,
+    documented,
+)
 
 __all__ = ["resource_server"]
 
@@ -54,6 +60,7 @@ _STORED = "/<cluster>/<framework>/v1/responses/<response_id>"
 @resource_server.delete(_STORED, defaults={"operation": "delete"})
 @resource_server.post(f"{_STORED}/cancel", defaults={"operation": "cancel"})
 @resource_server.get(f"{_STORED}/input_items", defaults={"operation": "input_items"})
+@documented(STORED_RESPONSE)
 async def stored(cluster: str, framework: str, response_id: str, operation: str) -> Response:
     """A stored response, when it was made on this cluster (see `frontends.stored_responses`)."""
     answer = await stored_response(
