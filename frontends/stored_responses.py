@@ -50,7 +50,6 @@ async def stored_response(
     response_id: str,
     operation: str = "retrieve",
     *,
-    cluster: str | None = None,
     request_id: str | None = None,
 ) -> GatewayResponse:
     if operation not in OPERATIONS:
@@ -60,7 +59,7 @@ async def stored_response(
         return identity
     slug = gateway.responses.endpoint_for(response_id, identity.username)
     endpoint = None if slug is None else gateway.catalog.endpoint(slug)
-    if endpoint is None or (cluster is not None and endpoint.cluster != cluster):
+    if endpoint is None:
         return _answer(response_not_found(response_id))
     where = gateway.catalog.cluster_of(endpoint)
     allowed = isinstance(authorize(identity, where, endpoint), Allowed)

@@ -42,7 +42,9 @@ pytestmark = pytest.mark.e2e
 
 KEY_ENV = "IGW_TEST_APIS_BACKEND_KEY"
 BACKEND_SECRET = "sk-apis-backend-secret-0123456789"
-MODELS = ["fake-model", "reject-400", "fail-500", "cut-stream", "chat-only-model"]
+MODELS = ["fake-model", "reject-400", "fail-500", "cut-stream", "chat-only-model", "shared-model"]
+# "shared-model" is served on both clusters (the gateway may pick either); the others on
+# cluster one only (chat-only-model on a cluster of its own that opens chat alone).
 HELLO = [{"role": "user", "content": "Hello backend"}]
 
 
@@ -84,7 +86,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     try:
         with (
             running_fake_openai(models=MODELS, api_key=BACKEND_SECRET) as (first, first_url),
-            running_fake_openai(models=["fake-model"], api_key=BACKEND_SECRET) as (
+            running_fake_openai(models=["shared-model"], api_key=BACKEND_SECRET) as (
                 second,
                 second_url,
             ),
@@ -98,7 +100,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 ],
                 [
                     *(_endpoint("one", m, first_url) for m in MODELS if m != "chat-only-model"),
-                    _endpoint("two", "fake-model", second_url),
+                    _endpoint("two", "shared-model", second_url),
                     _endpoint("chatonly", "chat-only-model", first_url),
                 ],
             )
@@ -106,6 +108,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 yield World(url, {"one": first, "two": second})
     finally:
         os.environ.pop(KEY_ENV, None)
+
+
+def relayed(backend: FakeOpenAI, before: int = 0) -> list[Any]:
+    """The calls the gateway relayed to `backend` since `before` (its status reads of
+    `GET /v1/models` aside)."""
+    return [r for r in backend.requests[before:] if r.path != "/v1/models"]
 
 
 def openai_client(base_url: str, key: str = ALICE) -> openai.OpenAI:
@@ -126,7 +134,7 @@ def test_responses_create_relays_to_the_backend_route(world: World) -> None:
         answer = client.responses.create(model="fake-model", input="Hello backend")
     assert answer.output_text == "fake reply to: Hello backend"
     assert answer.usage is not None and answer.usage.output_tokens == 5
-    sent = backend.requests[before]
+    [sent] = relayed(backend, before)
     assert sent.path == "/v1/responses"
     assert sent.header("authorization") == f"Bearer {BACKEND_SECRET}"
     assert sent.json() == {"model": "fake-model", "input": "Hello backend"}
@@ -142,43 +150,46 @@ def test_responses_create_streams_every_event(world: World) -> None:
     assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert text == "fake reply to: Hello backend"
-    assert world.backends["one"].requests[-1].json()["stream"] is True
+    assert relayed(world.backends["one"])[-1].json()["stream"] is True
 
 
 def test_responses_on_the_alcf_route_reach_the_named_cluster(world: World) -> None:
     backend = world.backends["two"]
     before = len(backend.requests)
     with openai_client(f"{world.url}/resource_server/two/api/v1") as client:
-        answer = client.responses.create(model="fake-model", input=[*HELLO])
-        streamed = list(client.responses.create(model="fake-model", input="hi", stream=True))
+        answer = client.responses.create(model="shared-model", input=[*HELLO])
+        streamed = list(client.responses.create(model="shared-model", input="hi", stream=True))
     assert answer.output_text == "fake reply to: Hello backend"
     assert streamed[-1].type == "response.completed"
-    assert [r.path for r in backend.requests[before:]] == ["/v1/responses"] * 2
+    assert [r.path for r in relayed(backend, before)] == ["/v1/responses"] * 2
 
 
 def test_a_follow_up_goes_to_the_endpoint_that_holds_the_previous_response(
     world: World,
 ) -> None:
-    """Made on cluster two (named in the URL), continued on the plain route, where the
-    model alone would pick cluster one: the gateway sends it back to cluster two."""
+    """Made on cluster two (named in the URL), continued five times on the plain route,
+    where the model alone may pick either cluster: every follow-up goes back to two."""
     with openai_client(f"{world.url}/resource_server/two/api/v1") as on_two:
-        first = on_two.responses.create(model="fake-model", input="first")
+        first = on_two.responses.create(model="shared-model", input="first")
     second_backend = world.backends["two"]
     before = len(second_backend.requests)
     with openai_client(f"{world.url}/v1") as client:
-        follow_up = client.responses.create(
-            model="fake-model", input="second", previous_response_id=first.id
-        )
+        follow_ups = [
+            client.responses.create(
+                model="shared-model", input="again", previous_response_id=first.id
+            )
+            for _ in range(5)
+        ]
         stored = client.responses.retrieve(first.id)
-    assert follow_up.previous_response_id == first.id
+    assert {f.previous_response_id for f in follow_ups} == {first.id}
     assert stored.id == first.id and stored.output_text == first.output_text
-    paths = [r.path for r in second_backend.requests[before:]]
-    assert paths == ["/v1/responses", f"/v1/responses/{first.id}"]
+    paths = [r.path for r in relayed(second_backend, before)]
+    assert paths == ["/v1/responses"] * 5 + [f"/v1/responses/{first.id}"]
 
 
 def test_every_call_on_a_stored_response_goes_to_its_endpoint(world: World) -> None:
     with openai_client(f"{world.url}/resource_server/two/api/v1") as on_two:
-        made = on_two.responses.create(model="fake-model", input="keep me")
+        made = on_two.responses.create(model="shared-model", input="keep me")
     backend = world.backends["two"]
     before = len(backend.requests)
     with openai_client(f"{world.url}/v1") as client:
@@ -189,19 +200,19 @@ def test_every_call_on_a_stored_response_goes_to_its_endpoint(world: World) -> N
             client.responses.retrieve(made.id)
     assert [item.content[0].text for item in items.data] == ["keep me"]  # type: ignore[union-attr]
     assert cancelled.id == made.id and cancelled.status == "cancelled"
-    calls = [(r.method, r.path) for r in backend.requests[before:]]
+    calls = [(r.method, r.path) for r in relayed(backend, before)]
     assert calls == [
         ("GET", f"/v1/responses/{made.id}/input_items"),
         ("POST", f"/v1/responses/{made.id}/cancel"),
         ("DELETE", f"/v1/responses/{made.id}"),
     ]
-    assert all(r.header("authorization") == f"Bearer {BACKEND_SECRET}" for r in backend.requests)
+    assert all(r.header("authorization") == f"Bearer {BACKEND_SECRET}" for r in relayed(backend))
 
 
 def test_another_users_response_id_does_not_exist_for_them(world: World) -> None:
     with openai_client(f"{world.url}/v1") as alice:
         made = alice.responses.create(model="fake-model", input="mine")
-    before = sum(len(b.requests) for b in world.backends.values())
+    before = sum(len(relayed(b)) for b in world.backends.values())
     with openai_client(f"{world.url}/v1", key=BOB) as bob:
         with pytest.raises(openai.NotFoundError) as follow_up:
             bob.responses.create(model="fake-model", input="x", previous_response_id=made.id)
@@ -215,7 +226,7 @@ def test_another_users_response_id_does_not_exist_for_them(world: World) -> None
             bob.responses.cancel(made.id)
     assert follow_up.value.body["param"] == "previous_response_id"  # type: ignore[index]
     assert made.id in str(retrieve.value)
-    assert sum(len(b.requests) for b in world.backends.values()) == before  # none relayed
+    assert sum(len(relayed(b)) for b in world.backends.values()) == before  # none relayed
 
 
 # -- the Messages API with the official anthropic client --------------------------------
@@ -229,7 +240,7 @@ def test_messages_create_relays_with_the_key_as_x_api_key(world: World) -> None:
     assert message.content[0].type == "text"
     assert message.content[0].text == "fake reply to: Hello backend"
     assert message.usage.output_tokens == 5
-    sent = backend.requests[before]
+    [sent] = relayed(backend, before)
     assert sent.path == "/v1/messages"
     assert sent.header("authorization") == f"Bearer {BACKEND_SECRET}"
     assert sent.header("x-api-key") is None  # the client's key stays at the gateway
@@ -255,12 +266,14 @@ def test_messages_with_a_bearer_token_and_on_the_alcf_route(world: World) -> Non
     before = len(backend.requests)
     base = f"{world.url}/resource_server/two/api"
     with anthropic.Anthropic(base_url=base, auth_token=ALICE, max_retries=0) as client:
-        message = client.messages.create(model="fake-model", max_tokens=8, messages=HELLO)
-        raw = client.messages.create(model="fake-model", max_tokens=8, messages=HELLO, stream=True)
+        message = client.messages.create(model="shared-model", max_tokens=8, messages=HELLO)
+        raw = client.messages.create(
+            model="shared-model", max_tokens=8, messages=HELLO, stream=True
+        )
         kinds = [event.type for event in raw]
     assert message.content[0].type == "text"
     assert kinds[-1] == "message_stop"
-    assert [r.path for r in backend.requests[before:]] == ["/v1/messages"] * 2
+    assert [r.path for r in relayed(backend, before)] == ["/v1/messages"] * 2
 
 
 # -- errors: Anthropic's shape on /v1/messages, OpenAI's elsewhere ----------------------
@@ -452,7 +465,7 @@ def test_quota_refusals_on_both_apis(tmp_path: Path) -> None:
             refused_too = _post(
                 World(url, {}), "/v1/responses", long_answer, {"Authorization": f"Bearer {ALICE}"}
             )
-        assert [r.path for r in fake.requests] == ["/v1/messages"]
+        assert [r.path for r in relayed(fake)] == ["/v1/messages"]
     message = _anthropic_error(refused, 429, "rate_limit_error")
     assert "gpt-test" in message
     assert 1 <= int(refused.headers["retry-after"]) <= 60

@@ -17,24 +17,16 @@ from frontends.api_models import (
     Whoami,
 )
 from frontends.gateway import GatewayResponse
-from frontends.stored_responses import stored_response
 from frontends.usage import usage_answer
 from frontends.web.convert import (
     current_gateway,
     current_listings,
     current_operators,
-    current_request_id,
     current_request_log,
     gateway_request,
     to_quart,
 )
-from frontends.web.openapi import (
-    AUTH_ERRORS,
-    INFERENCE_OPERATIONS,
-    STORED_RESPONSE,
-    Operation,
-    documented,
-)
+from frontends.web.openapi import AUTH_ERRORS, INFERENCE_OPERATIONS, Operation, documented
 
 __all__ = ["resource_server"]
 
@@ -49,28 +41,6 @@ async def inference(cluster: str, framework: str, operation: str) -> Response:
         raise NotFound()
     answer = await current_gateway().handle(
         await gateway_request(route, cluster=cluster, framework=framework)
-    )
-    return to_quart(answer)
-
-
-_STORED = "/<cluster>/<framework>/v1/responses/<response_id>"
-
-
-@resource_server.get(_STORED, defaults={"operation": "retrieve"})
-@resource_server.delete(_STORED, defaults={"operation": "delete"})
-@resource_server.post(f"{_STORED}/cancel", defaults={"operation": "cancel"})
-@resource_server.get(f"{_STORED}/input_items", defaults={"operation": "input_items"})
-@documented(STORED_RESPONSE)
-async def stored(cluster: str, framework: str, response_id: str, operation: str) -> Response:
-    """A stored response, when it was made on this cluster (see `frontends.stored_responses`)."""
-    answer = await stored_response(
-        current_gateway(),
-        current_listings(),
-        request.headers.get("Authorization"),
-        response_id,
-        operation,
-        cluster=cluster,
-        request_id=current_request_id(),
     )
     return to_quart(answer)
 
