@@ -519,7 +519,9 @@ class RequestMachine(Kernel[State, RequestEffect]):
         what was relayed counts as used, as when a client leaves."""
         error = _shutting_down()
         rest = self._unended_rest()
-        event_bytes = rest + error_event(error_body(error), after_partial=bool(rest))
+        event_bytes = rest + stream_error_event(
+            self._current_request().route, error_body(error), error.status, after_partial=bool(rest)
+        )
         self._bytes_out += len(event_bytes)
         ending = self._ending(
             error.status,
