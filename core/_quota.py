@@ -105,12 +105,21 @@ class QuotaPolicy:
 @attrs.frozen(kw_only=True)
 class Reservation:
     """One amount to hold against one limit's counter (`key`) of `capacity` per window
-    (0 when this process's part of a shared limit is nothing: it admits none)."""
+    (0 when this process's part of a shared limit is nothing: it admits none).
+
+    `configured` is the limit as the operator set it, which a refusal names: under
+    `serve --workers N` without Redis `capacity` is only this process's part of it, a
+    figure the client could not make sense of."""
 
     limit: Limit
     key: str
     amount: int = attrs.field(validator=_non_negative)
     capacity: int = attrs.field(validator=_non_negative)
+    configured: int = attrs.field(validator=_non_negative)
+
+    @configured.default
+    def _whole_capacity(self) -> int:
+        return self.capacity
 
 
 @attrs.frozen(kw_only=True)
@@ -182,7 +191,13 @@ def plan(
         (Limit.USER_REQUESTS, f"rpm_user:{user}", 1, policy.requests_per_minute_per_user),
     )
     return tuple(
-        Reservation(limit=limit, key=key, amount=amount, capacity=policy.part(capacity))
+        Reservation(
+            limit=limit,
+            key=key,
+            amount=amount,
+            capacity=policy.part(capacity),
+            configured=capacity,
+        )
         for limit, key, amount, capacity in limits
         if capacity  # 0 disables a limit
     )
@@ -316,9 +331,9 @@ def quota_refusal(refusal: Refusal, reservations: Sequence[Reservation], model: 
     """OpenAI's 429 for a limit that did not fit: `rate_limit_exceeded`, the limit named,
     and `Retry-After` in seconds."""
     kind, words = _LIMIT_WORDS[refusal.limit]
-    capacity = next((r.capacity for r in reservations if r.limit is refusal.limit), 0)
+    configured = next((r.configured for r in reservations if r.limit is refusal.limit), 0)
     return ClientError(
-        f"Rate limit reached for model '{model}' on {words}: limit {capacity}. "
+        f"Rate limit reached for model '{model}' on {words}: limit {configured}. "
         f"Please try again in {refusal.retry_after}s.",
         status=429,
         type=kind,

@@ -197,6 +197,14 @@ def test_the_429_names_the_limit_and_says_when_to_retry() -> None:
     assert ("retry-after", "7") in error.headers
 
 
+
+def test_the_429_under_workers_counting_apart_names_the_limit_the_operator_set() -> None:
+    """Three workers without Redis each hold a third of 100; the client is told 100."""
+    wanted = plan(endpoint(), ADA, BODY, QuotaPolicy(shares=3, share_index=0))
+    assert [r.capacity for r in wanted if r.limit is Limit.USER_TOKENS] == [34]
+    error = quota_refusal(Refusal(limit=Limit.USER_TOKENS, retry_after=7), wanted, "m")
+    assert "limit 100." in error.message and "34" not in error.message
+
 # -- the request machine with quotas ---------------------------------------------------------
 
 from core import (  # noqa: E402
