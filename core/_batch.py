@@ -293,6 +293,12 @@ _SEED_STATUS = {
     B.CANCELLED: SeedStatus.failed,
     B.ERROR: SeedStatus.failed,
 }
+_FINISHED_AT_FIELD = {
+    B.COMPLETED: "completed_at",
+    B.FAILED: "failed_at",
+    B.EXPIRED: "expired_at",
+    B.CANCELLED: "cancelled_at",
+}
 
 # Each OpenAI status belongs to exactly one seed status (checked at import), so the
 # stored OpenAI status is enough to answer the seed's routes.
@@ -350,6 +356,12 @@ class BatchMachine(Kernel[BatchState, BatchEffect]):
     @property
     def openai_status(self) -> str:
         return "validating" if self._queued() else _OPENAI_STATUS[self.state]
+
+    @property
+    def finished_at_field(self) -> str:
+        """The OpenAI batch object's time field this terminal state sets (`completed_at`,
+        `failed_at`, `expired_at`, `cancelled_at`); a KeyError before the machine ends."""
+        return _FINISHED_AT_FIELD[self.state]
 
     @property
     def seed_status(self) -> SeedStatus:

@@ -78,12 +78,6 @@ __all__ = ["BatchDelegation", "delegates_batches"]
 
 log = logging.getLogger("inference_gateway.batches")
 
-_FINISHED_AT = {
-    BatchState.COMPLETED: "completed_at",
-    BatchState.FAILED: "failed_at",
-    BatchState.EXPIRED: "expired_at",
-    BatchState.CANCELLED: "cancelled_at",
-}
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
 _REASON_LIMIT = 1000
 
@@ -475,7 +469,7 @@ class DelegatedRun:
         batch, now = self.batch, self.delegation.now()
         if machine.state is BatchState.COMPLETED:
             await self._collect()
-        values: dict[str, Any] = {"status": machine.openai_status, _FINISHED_AT[machine.state]: now}
+        values: dict[str, Any] = {"status": machine.openai_status, machine.finished_at_field: now}
         if machine.state is BatchState.FAILED:
             values["result"] = _reason(machine.failure, "The batch job failed.")
         elif self._result is not None:

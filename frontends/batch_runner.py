@@ -89,12 +89,6 @@ _NO_ANSWER = {
         "is unknown; it was not sent again, so that no request runs twice."
     ),
 }
-_FINISHED_AT = {
-    BatchState.COMPLETED: "completed_at",
-    BatchState.FAILED: "failed_at",
-    BatchState.EXPIRED: "expired_at",
-    BatchState.CANCELLED: "cancelled_at",
-}
 
 
 def _body_json(body: bytes) -> Any:
@@ -468,7 +462,7 @@ class BatchRun:
             "failed": counts["failed"],
             "output_file_id": ids["output"],
             "error_file_id": ids["error"],
-            _FINISHED_AT[machine.state]: now,
+            machine.finished_at_field: now,
         }
         if batch.finalizing_at is None:
             values.setdefault("finalizing_at", now)
