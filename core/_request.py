@@ -205,6 +205,8 @@ class RequestMachine(Kernel[State, RequestEffect]):
         self._retried = False
         self._failover: str | None = None  # for the log: which endpoint failed first
         self._give_up: Callable[[], Outcome] | None = None  # while CHOOSING for a retry
+        # While ADMITTING a retry: what a refusal of its reservations leads to.
+        self._refused_retry: Callable[[], Outcome] | None = None
         self._catalog = catalog
         self._quota = quota
         self._stream_usage = stream_usage
@@ -330,7 +332,42 @@ class RequestMachine(Kernel[State, RequestEffect]):
         again = choose(self._untried(), event)
         if isinstance(again, BackendError):
             return give_up()  # nowhere healthy to go: the first failure stands
-        return self._calling(self._call_for(again))
+        return self._readmit(again, give_up)
+
+    def _readmit(self, again: EndpointRecord, give_up: Callable[[], Outcome]) -> Outcome:
+        """The retry's call, counted against the endpoint that will serve it: what the
+        failed endpoint held is given back (it spent nothing: the failure was one that
+        says it could not serve) and the retry reserves on its own limits.  If those do
+        not fit, the retry does not go and the first failure stands, as when nothing
+        healthy is left: a 429 would blame the caller for the backend's failure."""
+        first = self._current_endpoint()
+        held = self._reservations if self._reserved else ()
+        self._reserved = False
+        if self._quota is not None:
+            embeddings = self._current_request().route is OpenAIRoute.EMBEDDINGS
+            identity = self._identity
+            assert identity is not None, "a retry follows a call made for a known caller"
+            self._reservations = plan(
+                again, identity, self._current_valid().body, self._quota, embeddings=embeddings
+            )
+        call = self._call_for(again)
+        request_id = self._current_request().request_id
+        given_back: tuple[Effect, ...] = ()
+        if held:
+            given_back = (Release(reservation_id=request_id, keys=tuple(r.key for r in held)),)
+        if not self._reservations:
+            state, effects = self._calling(call)
+            return state, (*given_back, *effects)
+        self._call = call
+
+        def first_failure_stands() -> Outcome:
+            self._endpoint = first
+            self._reservations = ()
+            return give_up()
+
+        self._refused_retry = first_failure_stands
+        reserve = Reserve(reservation_id=request_id, reservations=self._reservations)
+        return S.ADMITTING, (*given_back, reserve)
 
     def _untried(self) -> tuple[EndpointRecord, ...]:
         tried = self._current_endpoint().endpoint_slug
@@ -381,6 +418,8 @@ class RequestMachine(Kernel[State, RequestEffect]):
         return self._calling(self._call)
 
     def _on_quota_exceeded(self, event: QuotaExceeded) -> Outcome:
+        if self._refused_retry is not None:
+            return self._refused_retry()
         error = quota_refusal(event.refusal, self._reservations, self._current_endpoint().model)
         # The log says which limit refused (for the operator and the rejection metrics).
         shaped = Shaped(response=error_response(error), detail=event.refusal.limit.value)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -31,11 +32,20 @@ from core import (
     HealthAssessed,
     Identity,
     IdentityResolved,
+    Limit,
     ModelState,
     OpenAIRoute,
+    QuotaExceeded,
+    QuotaPolicy,
+    Refusal,
+    Release,
     RequestMachine,
     RequestReceived,
+    Reservation,
+    Reserve,
+    Reserved,
     Respond,
+    Settle,
     State,
     StreamOpened,
     WriteLog,
@@ -313,3 +323,58 @@ def test_an_unbalanced_machine_keeps_the_old_flow() -> None:
     assert isinstance(call, CallAdaptor) and call.endpoint_slug == A.endpoint_slug
     machine.receive(AdaptorFailed(status=502, detail="refused"))
     assert machine.state is State.DONE
+
+
+# -- the retry's quota: counted where the call goes -----------------------------------------
+
+LIMITED = [attrs.evolve(e, tpm_model=10_000, tpm_user=1_000) for e in (A, B, C)]
+LIMITED_CATALOG = Catalog.build([cluster("a"), cluster("b"), cluster("c")], LIMITED)
+
+
+def started_with_quota() -> tuple[RequestMachine, CallAdaptor]:
+    machine = RequestMachine(
+        LIMITED_CATALOG, QuotaPolicy(requests_per_minute_per_user=10), balanced=True
+    )
+    machine.receive(a_request())
+    (ask,) = machine.receive(IdentityResolved(identity=ALICE))
+    (reserve,) = machine.receive(all_healthy(ask))
+    assert isinstance(reserve, Reserve)
+    (call,) = machine.receive(Reserved())
+    assert isinstance(call, CallAdaptor)
+    return machine, call
+
+
+def token_keys(reservations: tuple[Reservation, ...]) -> set[str]:
+    return {r.key for r in reservations if r.limit.counts_tokens}
+
+
+def test_a_retry_gives_back_what_the_failed_endpoint_held_and_reserves_where_it_goes() -> None:
+    machine, first = started_with_quota()
+    (again,) = machine.receive(AdaptorFailed(status=502, detail="reset"))
+    release, reserve = machine.receive(all_healthy(again))
+    assert isinstance(release, Release) and isinstance(reserve, Reserve)
+    assert machine.state is State.ADMITTING
+    assert f"tpm_model:{first.endpoint_slug}" in release.keys
+    (second,) = [k.split(":")[1] for k in token_keys(reserve.reservations) if "tpm_model" in k]
+    assert second != first.endpoint_slug
+    (call,) = machine.receive(Reserved())
+    assert isinstance(call, CallAdaptor) and call.endpoint_slug == second
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    answer = json.dumps({"choices": [], "usage": usage}).encode()
+    _, settle, log = machine.receive(AdaptorReturned(result=answer))
+    assert isinstance(settle, Settle) and settle.used == 5
+    assert set(settle.keys) == token_keys(reserve.reservations)
+    assert isinstance(log, WriteLog) and log.entry.endpoint_slug == second
+
+
+def test_a_retry_whose_endpoint_has_no_room_does_not_go_and_the_first_failure_stands() -> None:
+    machine, first = started_with_quota()
+    (again,) = machine.receive(AdaptorFailed(status=502, detail="reset"))
+    machine.receive(all_healthy(again))
+    effects = machine.receive(
+        QuotaExceeded(refusal=Refusal(limit=Limit.USER_TOKENS, retry_after=9))
+    )
+    assert machine.state is State.DONE
+    respond, log = effects  # nothing held any more: nothing to settle
+    assert isinstance(respond, Respond) and respond.response.status == 502
+    assert isinstance(log, WriteLog) and log.entry.endpoint_slug == first.endpoint_slug
