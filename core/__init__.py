@@ -155,6 +155,7 @@ from core._quota import (
     estimate_prompt_tokens,
     plan,
     quota_refusal,
+    user_tokens_key,
 )
 from core._records import ClusterRecord, EndpointRecord, Identity, OpenAIRoute, Response, Usage
 from core._request import TABLE, TERMINAL, RequestEffect, RequestMachine, State
@@ -174,6 +175,15 @@ from core._shaping import (
     shape_result,
 )
 from core._sse import SSEDecoder, SSEMonitor
+from core._status_page import (
+    Figures,
+    Sample,
+    endpoint_figures,
+    public_endpoints,
+    remaining_tokens,
+    status_summary,
+    visible_endpoints,
+)
 from core._validation import RESERVED_FIELDS, ValidRequest, validate_request
 
 __all__ = [
@@ -239,6 +249,7 @@ __all__ = [
     "Event",
     "Expired",
     "Failed",
+    "Figures",
     "Finalize",
     "GatewayError",
     "GatewayStopping",
@@ -285,6 +296,7 @@ __all__ = [
     "RunLine",
     "SSEDecoder",
     "SSEMonitor",
+    "Sample",
     "SeedStatus",
     "Settle",
     "StartStream",
@@ -308,6 +320,7 @@ __all__ = [
     "cluster_for_jobs",
     "credentials",
     "domain_allowed",
+    "endpoint_figures",
     "endpoint_listing",
     "error_body",
     "error_response",
@@ -330,8 +343,10 @@ __all__ = [
     "parse_endpoints",
     "permitted_candidates",
     "plan",
+    "public_endpoints",
     "quota_refusal",
     "redact",
+    "remaining_tokens",
     "request_model",
     "response_not_found",
     "route_of_path",
@@ -341,8 +356,11 @@ __all__ = [
     "shape_failure",
     "shape_result",
     "slugify",
+    "status_summary",
     "type_for_status",
     "usable_cluster",
     "usable_endpoints",
+    "user_tokens_key",
     "validate_request",
+    "visible_endpoints",
 ]

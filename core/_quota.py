@@ -47,6 +47,7 @@ __all__ = [
     "estimate_prompt_tokens",
     "plan",
     "quota_refusal",
+    "user_tokens_key",
 ]
 
 WINDOW_MS = 60_000
@@ -172,6 +173,11 @@ def _max_tokens(body: Mapping[str, Any], default: int) -> int:
     return default
 
 
+def user_tokens_key(endpoint: EndpointRecord, identity: Identity) -> str:
+    """The counter of one user's tokens on one endpoint (`tpm_user`)."""
+    return f"tpm_user:{endpoint.endpoint_slug}:{identity.username}"
+
+
 def plan(
     endpoint: EndpointRecord,
     identity: Identity,
@@ -187,7 +193,7 @@ def plan(
     slug, user = endpoint.endpoint_slug, identity.username
     limits = (
         (Limit.MODEL_TOKENS, f"tpm_model:{slug}", tokens, endpoint.tpm_model),
-        (Limit.USER_TOKENS, f"tpm_user:{slug}:{user}", tokens, endpoint.tpm_user),
+        (Limit.USER_TOKENS, user_tokens_key(endpoint, identity), tokens, endpoint.tpm_user),
         (Limit.USER_REQUESTS, f"rpm_user:{user}", 1, policy.requests_per_minute_per_user),
     )
     return tuple(

@@ -33,6 +33,11 @@ __all__ = [
     "ListFilesQuery",
     "ModelEntry",
     "ModelList",
+    "StatusCluster",
+    "StatusFigures",
+    "StatusModel",
+    "StatusSummary",
+    "StatusUsage",
     "UsageAnswer",
     "UsageQuery",
     "Whoami",
@@ -299,3 +304,49 @@ class SeedBatchStatus(pydantic.RootModel[SeedStatusName]):
 
 class SeedBatchResult(pydantic.RootModel[str]):
     """A completed batch's result: the output file's text (or the adaptor's result)."""
+
+
+# -- the status page (`frontends.web.status_page`) ----------------------------------------
+
+
+class StatusFigures(_Closed):
+    requests: int = pydantic.Field(description="Successful requests in the window.")
+    latency_p50_seconds: float | None
+    first_token_p50_seconds: float | None = pydantic.Field(description="Streams only.")
+    output_tokens_per_second: float | None
+
+
+class StatusUsage(_Closed):
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class StatusModel(_Closed):
+    model: str
+    framework: str
+    endpoint_slug: str
+    state: Literal["running", "queued", "stopped", "unknown"]
+    figures: StatusFigures | None = pydantic.Field(description="null: no request log.")
+    usage: StatusUsage | None = pydantic.Field(
+        default=None, description="With a key: the caller's own, since `usage_since`."
+    )
+    tokens_per_minute_per_user: int | None = None
+    remaining_tokens_per_minute: int | None = pydantic.Field(
+        default=None, description="With a key: what is left of the caller's tokens per minute."
+    )
+
+
+class StatusCluster(_Closed):
+    name: str
+    models: list[StatusModel]
+
+
+class StatusSummary(_Closed):
+    object: Literal["status"]
+    window_seconds: float = pydantic.Field(description="The figures' window.")
+    request_log: bool
+    user: str | None = pydantic.Field(description="Whose key was given; null: none.")
+    usage_since: str | None = pydantic.Field(description="ISO time; null without a key.")
+    clusters: list[StatusCluster]

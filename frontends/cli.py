@@ -335,6 +335,7 @@ def _serve(settings: Settings, *, loop: str = "asyncio", listen_fd: int | None =
         "max_body_bytes": settings.max_body_bytes,
         "max_header_bytes": settings.max_header_bytes,
         "replicas": replicas,
+        "status_window": settings.status_window_seconds,
     }
     try:
         if loop == "trio":

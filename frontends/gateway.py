@@ -360,6 +360,11 @@ class Gateway:
         """The quota counters, if quotas apply."""
         return self._quota
 
+    @property
+    def quota_policy(self) -> QuotaPolicy | None:
+        """The quota policy, if quotas apply (each process's part of every limit)."""
+        return self._quota_policy
+
     async def aclose(self) -> None:
         await self._transport.aclose()
         for edge in (self._identity, self._quota):

@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     breaker_failures: int = pydantic.Field(default=5, ge=1)
     breaker_cooldown: float = pydantic.Field(default=30.0, gt=0)
     status_ttl: float = pydantic.Field(default=10.0, gt=0)
+    # The status page (README "Status page"): the seconds of the request log its
+    # latency, time-to-first-token and throughput figures cover.
+    status_window_seconds: float = pydantic.Field(default=900.0, gt=0, le=7 * 86400)
 
     # Backend calls (README "Backend time limits, connections and answer size"): the
     # default time limits, which an endpoint's or its cluster's config may override; the

@@ -142,7 +142,15 @@ def test_every_error_is_openai_shaped_and_every_key_is_a_bearer_token(app: Quart
                 open_routes.add(f"{method.upper()} {path}")
             else:
                 assert "401" in operation["responses"], (method, path)
-    assert open_routes == {"GET /openapi.json", "GET /resource_server/health"}
+    assert open_routes == {
+        "GET /openapi.json",
+        "GET /resource_server/health",
+        # The status page and its files (its data route takes a key optionally).
+        "GET /",
+        "GET /status",
+        "GET /status/assets/page.js",
+        "GET /status/assets/page.css",
+    }
 
 
 def test_the_document_is_valid_openapi(app: Quart) -> None:

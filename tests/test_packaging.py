@@ -160,6 +160,12 @@ def test_the_installed_command_serves_the_demo_model_from_any_directory(
         )
         assert reply.status_code == 200, reply.text
         assert "ping" in reply.json()["choices"][0]["message"]["content"]
+        # The status page's files are package data, served from the installed copy.
+        page = httpx.get(f"{url[1]}/status", timeout=30)
+        assert page.status_code == 200 and "Inference gateway status" in page.text
+        script = re.search(r'src="(/status/assets/page\.js\?v=\w+)"', page.text)
+        assert script, page.text
+        assert "/status/summary" in httpx.get(f"{url[1]}{script[1]}", timeout=30).text
     finally:
         process.send_signal(signal.SIGINT)
         _out, err = process.communicate(timeout=30)

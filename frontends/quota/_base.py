@@ -26,6 +26,11 @@ class QuotaCounters(Protocol):
         """Give back what `reservation_id` holds on these keys; never blocks or raises."""
         ...
 
+    async def holding(self, key: str) -> int:
+        """What `key` holds in the window ending now (for the status page: what is left of
+        a caller's quota); may raise when the counters cannot be read."""
+        ...
+
     def status(self) -> dict[str, Any]:
         """A small dict for health and metrics; `backend` names what counts: "in-process",
         "redis" or "redis-unreachable, using in-process"."""

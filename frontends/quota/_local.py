@@ -40,6 +40,9 @@ class InProcessCounters:
         """What `key` holds in the window ending now (for health and tests)."""
         return self._ledger.used(key, self._clock())
 
+    async def holding(self, key: str) -> int:
+        return self.used(key)
+
     def status(self) -> dict[str, Any]:
         """For health and metrics: always `{"backend": "in-process"}`."""
         return {"backend": "in-process"}

@@ -309,6 +309,14 @@ class RedisCounters:
             self._used_in_redis, key, ticket, limiter=self._thread_limiter()
         )
 
+    async def holding(self, key: str) -> int:
+        """`used`, or while Redis is unreachable what the in-process fallback holds."""
+        with self._lock:
+            reachable = self._reachable
+        if not reachable:
+            return await self._fallback.holding(key)
+        return await self.used(key)
+
     async def aclose(self) -> None:
         """Apply what is queued (parked writes get one more try), stop the drainer and
         close the connections; waits at most about one Redis timeout per write."""

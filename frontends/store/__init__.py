@@ -17,6 +17,7 @@ from frontends.store._engine import (
     migrate,
     normalise_database_url,
 )
+from frontends.store._figures import fetch_samples, recent_samples, samples_query
 from frontends.store._records import CAPTURE_CEILING, DETAIL_LIMIT, RequestRecord, capture
 from frontends.store._replicas import Replicas, check_can_join
 from frontends.store._store import Store
@@ -44,11 +45,14 @@ __all__ = [
     "create_store_engine",
     "current_revision",
     "default_database_url",
+    "fetch_samples",
     "fetch_usage",
     "head_revision",
     "migrate",
     "normalise_database_url",
     "open_log_writer",
+    "recent_samples",
+    "samples_query",
     "usage",
     "usage_query",
 ]

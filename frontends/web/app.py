@@ -39,6 +39,7 @@ from frontends.web.openai_api import openai_api
 from frontends.web.openapi import openapi_api
 from frontends.web.resource_server import resource_server
 from frontends.web.seed_batches_api import seed_batches_api
+from frontends.web.status_page import DEFAULT_WINDOW, STATUS_KEY, StatusSettings, status_page
 from frontends.web.unread_body import read_unread_body
 
 __all__ = ["create_app"]
@@ -61,6 +62,7 @@ def create_app(
     request_log: RequestLog | None = None,
     operators: Operators | None = None,
     replicas: Replicas | None = None,
+    status_window: float = DEFAULT_WINDOW,
 ) -> Quart:
     """The app; `app_class=quart_trio.QuartTrio` gives the same app on trio.
 
@@ -75,6 +77,7 @@ def create_app(
     `max_header_bytes` a 431 (`frontends.web.limits`; serve with `hypercorn_limits`).
     With `replicas` (this server's row in the shared database, already checked), it
     keeps the row's heartbeat while serving.
+    The status page (`/`, `/status`) shows figures over the last `status_window` seconds.
     """
     # No static route: Quart would serve any file under ./static of the working directory.
     app = app_class("inference_gateway", static_folder=None)
@@ -89,6 +92,8 @@ def create_app(
     app.register_blueprint(openai_api)
     app.register_blueprint(resource_server)
     app.register_blueprint(openapi_api)
+    app.extensions[STATUS_KEY] = StatusSettings(window=status_window)
+    app.register_blueprint(status_page)
     if metrics is not None:
         app.extensions[METRICS_KEY] = metrics
         app.extensions[METRICS_TOKEN_KEY] = metrics_token
