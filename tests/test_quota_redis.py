@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from core import WINDOW_MS, Ledger, Limit, Refusal, Reservation
-from frontends.quota import RedisCounters
+from frontends.quota import InProcessCounters, RedisCounters
 from tests.support.quota import REDIS_URL, closed_port_url, redis_prefix
 
 KEYS = ("a", "b", "c")
@@ -252,3 +252,32 @@ async def test_counting_returns_to_redis_when_it_answers_again(anyio_backend: st
                 assert await counters.used(key) == 940
         finally:
             await counters.aclose()
+
+
+# -- what a key holds, read for the status page -------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("where", ["in-process", "redis", "redis-unreachable"])
+async def test_holding_reads_what_a_key_holds_now(anyio_backend: str, where: str) -> None:
+    """Every kind of counter answers `holding`: after its own settlements in Redis, and
+    from the in-process fallback while Redis is away."""
+    tokens = Reservation(limit=Limit.USER_TOKENS, key="tpm_user:e:u", amount=900, capacity=1000)
+    with redis_prefix() as prefix:
+        counters: InProcessCounters | RedisCounters
+        if where == "in-process":
+            counters = InProcessCounters()
+        else:
+            url = REDIS_URL if where == "redis" else closed_port_url()
+            counters = RedisCounters(url, prefix=prefix, timeout=0.5)
+        try:
+            assert await counters.holding("tpm_user:e:u") == 0
+            assert await counters.reserve("first", [tokens]) is None
+            assert await counters.holding("tpm_user:e:u") == 900
+            counters.settle("first", ["tpm_user:e:u"], 40)
+            assert await counters.holding("tpm_user:e:u") == 40
+            assert await counters.holding("tpm_user:e:other") == 0
+        finally:
+            if isinstance(counters, RedisCounters):
+                await counters.aclose()

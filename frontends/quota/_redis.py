@@ -310,12 +310,16 @@ class RedisCounters:
         )
 
     async def holding(self, key: str) -> int:
-        """`used`, or while Redis is unreachable what the in-process fallback holds."""
+        """`used`; while Redis is unreachable (or found so now, as a reserve would find
+        it), what the in-process fallback holds."""
         with self._lock:
             reachable = self._reachable
-        if not reachable:
-            return await self._fallback.holding(key)
-        return await self.used(key)
+        if reachable:
+            try:
+                return await self.used(key)
+            except _FAILURES as exc:
+                self._unreachable(exc)
+        return await self._fallback.holding(key)
 
     async def aclose(self) -> None:
         """Apply what is queued (parked writes get one more try), stop the drainer and
