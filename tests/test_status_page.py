@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support.gateway_server import ALICE, BOB
+from tests.support.gateway_server import ALICE, BOB, running_gateway, write_tokens
 from tests.support.served_cli import ServedGateway, served_gateway
 from tests.support.status_page import (
     ALICE_MODELS,
@@ -152,3 +153,18 @@ def test_the_page_is_served_with_a_strict_policy(
         assert "http://" not in answer.text and "https://" not in answer.text
         total += len(answer.content)
     assert total < 20 * 1024, f"the page's files weigh {total} bytes"
+
+
+def test_without_a_request_log_or_quotas_there_is_nothing_to_show_but_states(
+    tmp_path: Path,
+) -> None:
+    fixtures = status_fixtures(tmp_path / "fixtures")
+    with running_gateway(fixtures, write_tokens(tmp_path)) as url:
+        public = _summary(url).json()
+        mine = _summary(url, ALICE).json()
+    assert public["request_log"] is False
+    assert {name: m["state"] for name, m in _models(public).items()} == PUBLIC_MODELS
+    assert all(m["figures"] is None for m in _models(public).values())
+    demo = _models(mine)["demo-model"]
+    assert (demo["usage"], demo["remaining_tokens_per_minute"]) == (None, None)
+    assert demo["tokens_per_minute_per_user"] == TPM_USER

@@ -116,6 +116,39 @@ def _cell(page: Page, model: str, column: str) -> str:
     return text
 
 
+CONTRAST = """() => {
+    const channel = c => {
+        c /= 255;
+        return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+    };
+    const luminance = rgb => {
+        const [r, g, b] = rgb.match(/[\\d.]+/g).map(Number);
+        return 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b);
+    };
+    const background = element => {
+        for (let e = element; e; e = e.parentElement) {
+            const colour = getComputedStyle(e).backgroundColor;
+            if (!/rgba\\(.*, 0\\)$/.test(colour) && colour !== 'transparent') { return colour; }
+        }
+        return 'rgb(255, 255, 255)';
+    };
+    let lowest = 21;
+    for (const element of document.body.querySelectorAll('*')) {
+        const text = [...element.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+        if (!text || element.closest('[hidden]') || !element.getClientRects().length) { continue; }
+        const [a, b] = [luminance(getComputedStyle(element).color), luminance(background(element))];
+        lowest = Math.min(lowest, (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05));
+    }
+    return lowest;
+}"""
+
+
+def _lowest_contrast(page: Page) -> float:
+    """The lowest contrast ratio (WCAG) of any visible text against its background."""
+    lowest: float = page.evaluate(CONTRAST)
+    return lowest
+
+
 def test_the_page_shows_models_and_a_keys_usage(served: str, page: Page, tmp_path: Path) -> None:
     page.goto(f"{served}/")
     live = page.locator("#live")
@@ -162,6 +195,8 @@ def test_the_page_shows_models_and_a_keys_usage(served: str, page: Page, tmp_pat
     assert stored == [ALICE]
     assert page.evaluate("() => document.cookie") == ""
     assert ALICE not in page.url
+
+    assert _lowest_contrast(page) >= 4.5
 
     shot = tmp_path / "status.png"
     page.screenshot(path=str(shot), full_page=True)
