@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from importlib import resources
+from typing import Any
 
 import anyio
 import attrs
@@ -168,7 +169,13 @@ async def summary() -> Response:
     states = await _states(gateway, endpoints)
     figures = await _figures(settings)
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    mine = identity is not None
+    mine: dict[str, Any] = {}
+    if identity is not None:
+        mine = {
+            "usage": await _usage(identity, today),
+            "remaining": await _remaining(gateway, identity, endpoints),
+            "usage_since": today.isoformat(),
+        }
     answer = status_summary(
         gateway.catalog,
         endpoints,
@@ -176,9 +183,7 @@ async def summary() -> Response:
         figures=figures,
         window_seconds=settings.window,
         identity=identity,
-        usage=await _usage(identity, today) if identity is not None else None,
-        remaining=await _remaining(gateway, identity, endpoints) if identity is not None else None,
-        usage_since=today.isoformat() if mine else None,
+        **mine,
     )
     body = json.dumps(answer).encode()
     headers = (*JSON_HEADERS, ("cache-control", "no-store"))
