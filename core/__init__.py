@@ -139,10 +139,12 @@ from core._fixtures import load_catalog, parse_clusters, parse_endpoints, slugif
 from core._limits import RequestLimits, clip
 from core._listing import (
     cluster_for_jobs,
+    cluster_models,
     endpoint_listing,
     filter_jobs,
     model_entry,
     model_list,
+    public_clusters,
 )
 from core._machine import Cell, Kernel
 from core._quota import (
@@ -318,6 +320,7 @@ __all__ = [
     "choose",
     "clip",
     "cluster_for_jobs",
+    "cluster_models",
     "credentials",
     "domain_allowed",
     "endpoint_figures",
@@ -343,6 +346,7 @@ __all__ = [
     "parse_endpoints",
     "permitted_candidates",
     "plan",
+    "public_clusters",
     "public_endpoints",
     "quota_refusal",
     "redact",

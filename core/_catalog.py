@@ -1,8 +1,12 @@
 """What the gateway serves: clusters and endpoints, indexed for selection.
 
 Built once at start; every cross-entry rule (clusters exist, slugs unique, one endpoint
-per cluster/framework/model) is checked here so a running gateway never meets an
-ambiguous or dangling fixture.
+per cluster/framework/model, an alias names one model and is no other model's name) is
+checked here so a running gateway never meets an ambiguous or dangling fixture.
+
+A model is found by its name as the fixture spells it, else case-insensitively, else by
+one of its endpoint's `aliases` (exactly, else case-insensitively): `named` is that one
+rule, for selection by model and on a cluster, and for the listings.
 """
 
 from __future__ import annotations
@@ -14,7 +18,58 @@ import attrs
 from core._errors import ConfigurationError
 from core._records import ClusterRecord, EndpointRecord
 
-__all__ = ["Catalog"]
+__all__ = ["Catalog", "named"]
+
+
+def named(candidates: Iterable[EndpointRecord], name: str) -> tuple[EndpointRecord, ...]:
+    """The candidates a client's model name means, in their order: those whose model is
+    `name` exactly, else case-insensitively, else whose aliases hold it exactly, else
+    case-insensitively.  The first rule that finds any wins."""
+    candidates = tuple(candidates)
+    folded = name.casefold()
+    rules = (
+        lambda e: e.model == name,
+        lambda e: e.model.casefold() == folded,
+        lambda e: name in e.aliases,
+        lambda e: any(alias.casefold() == folded for alias in e.aliases),
+    )
+    for rule in rules:
+        found = tuple(e for e in candidates if rule(e))
+        if found:
+            return found
+    return ()
+
+
+def _check_aliases(endpoints: tuple[EndpointRecord, ...], endpoints_file: str) -> None:
+    """An alias means one model: it is no other model's real name, and no endpoint of
+    another model claims it too (compared case-insensitively, as selection matches).
+    The same model on several clusters may list the same alias."""
+    models: dict[str, EndpointRecord] = {}
+    for endpoint in endpoints:
+        models.setdefault(endpoint.model.casefold(), endpoint)
+    claimed: dict[str, EndpointRecord] = {}
+    for endpoint in endpoints:
+        for alias in endpoint.aliases:
+            key = alias.casefold()
+            named_so = models.get(key)
+            if named_so is not None and named_so.model != endpoint.model:
+                raise ConfigurationError(
+                    f"alias {alias!r} is the model name of entry pk={named_so.id} "
+                    f"({named_so.model!r}); an alias may not name another model",
+                    file=endpoints_file,
+                    entry=endpoint.id,
+                    field="config.aliases",
+                )
+            other = claimed.setdefault(key, endpoint)
+            if other.model != endpoint.model:
+                raise ConfigurationError(
+                    f"alias {alias!r} is claimed by entry pk={other.id} for model "
+                    f"{other.model!r} and by entry pk={endpoint.id} for model "
+                    f"{endpoint.model!r}; an alias names one model",
+                    file=endpoints_file,
+                    entry=endpoint.id,
+                    field="config.aliases",
+                )
 
 
 @attrs.frozen
@@ -91,6 +146,7 @@ class Catalog:
                     field="model",
                 )
             triples[triple] = endpoint
+        _check_aliases(endpoints, endpoints_file)
         return cls(clusters, endpoints)
 
     def cluster(self, name: str) -> ClusterRecord | None:
@@ -103,12 +159,8 @@ class Catalog:
         return self._clusters_by_name[endpoint.cluster]
 
     def serving(self, model: str) -> tuple[EndpointRecord, ...]:
-        """Endpoints serving a model name, exact match first, else case-insensitively."""
-        exact = tuple(e for e in self.endpoints if e.model == model)
-        if exact:
-            return exact
-        folded = model.casefold()
-        return tuple(e for e in self.endpoints if e.model.casefold() == folded)
+        """Endpoints serving a model name or alias, by `named`'s rule."""
+        return named(self.endpoints, model)
 
     def on_cluster(self, cluster: str, framework: str | None = None) -> tuple[EndpointRecord, ...]:
         return tuple(

@@ -18,6 +18,10 @@ here brings those dumps, so their spellings are accepted as well as the guides' 
   `"cluster framework model"`.
 
 Everything else stays strict: an unknown field is an error naming file, entry and field.
+An endpoint's `config` is the adaptor's to read, but the keys the gateway itself shows
+or acts on are checked here: the public metadata (`core._listing.PUBLIC_CONFIG_KEYS`,
+each of its type) and `aliases` (a list of non-empty text), so a wrong type fails at
+start, named as `config.<key>`, rather than showing or matching something odd.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import pydantic
 
 from core._catalog import Catalog
 from core._errors import ConfigurationError
+from core._listing import ALIASES_KEY, PUBLIC_CONFIG_KEYS
 from core._records import (
     DEFAULT_TPM_MODEL,
     DEFAULT_TPM_USER,
@@ -178,12 +183,41 @@ def _parse(text: str, file: str, entry_type: type[_Strict]) -> list[Any]:
     return parsed
 
 
+_TYPE_NAMES: dict[type, str] = {str: "text", dict: "a JSON object"}
+
+
+def _check_public_config(config: dict[str, Any], *, file: str, entry: object) -> None:
+    """The config keys the gateway shows or matches on have the types it expects."""
+    for key, kind in PUBLIC_CONFIG_KEYS.items():
+        if key in config and not isinstance(config[key], kind):
+            raise ConfigurationError(
+                f"must be {_TYPE_NAMES.get(kind, kind.__name__)} (it is shown to users "
+                "as the model's metadata)",
+                file=file,
+                entry=entry,
+                field=f"config.{key}",
+            )
+    if ALIASES_KEY not in config:
+        return
+    aliases = config[ALIASES_KEY]
+    if not isinstance(aliases, list) or not all(
+        isinstance(alias, str) and alias.strip() for alias in aliases
+    ):
+        raise ConfigurationError(
+            "must be a list of non-empty model names (other names clients use for it)",
+            file=file,
+            entry=entry,
+            field=f"config.{ALIASES_KEY}",
+        )
+
+
 def parse_endpoints(text: str, *, file: str) -> tuple[EndpointRecord, ...]:
     """Endpoint records from the text of an `endpoints.json`; raises ConfigurationError."""
     records = []
     filled: set[str] = set()  # pks whose slug was filled in
     for entry in _parse(text, file, _EndpointEntry):
         fields = entry.fields
+        _check_public_config(fields.config, file=file, entry=entry.pk)
         values = fields.model_dump()
         if not fields.endpoint_slug:
             values["endpoint_slug"] = slugify(

@@ -88,6 +88,15 @@ class EndpointRecord:
     tpm_model: int = attrs.field(default=DEFAULT_TPM_MODEL, validator=_tokens_per_minute)
     tpm_user: int = attrs.field(default=DEFAULT_TPM_USER, validator=_tokens_per_minute)
 
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        """Other names clients use for this model: the config's `aliases` (its type is
+        checked when fixtures load; anything but non-empty text is ignored here)."""
+        names = self.config.get("aliases")
+        if not isinstance(names, list | tuple):
+            return ()
+        return tuple(name for name in names if isinstance(name, str) and name)
+
 
 @attrs.frozen(kw_only=True)
 class ClusterRecord:

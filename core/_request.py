@@ -18,9 +18,10 @@ another endpoint.
 Every request that reserved ends with one Settle (the tokens really used) or, if it never
 reached its call, one Release.
 The client's body travels as bytes: the adaptor is handed exactly what the client sent
-(with the fixture's spelling of the model, if the client's differed).  Every path into
-DONE or CANCELLED emits exactly one WriteLog.  An event a state does not accept, or a
-handler that fails, poisons the machine (state ERROR): every later call raises too.
+(with the fixture's spelling of the model, if the client's differed or was an alias).
+Every path into DONE or CANCELLED emits exactly one WriteLog.  An event a state does
+not accept, or a handler that fails, poisons the machine (state ERROR): every later
+call raises too.
 
 A stream is relayed event by event, each as soon as it is whole, byte for byte.  Streams
 stay honest: an event that is not JSON ends the stream (STREAMING -> DONE on a chunk)
@@ -302,7 +303,9 @@ class RequestMachine(Kernel[State, RequestEffect]):
         self._sent = valid.body
         body = request.body
         changes: dict[str, Any] = {}
-        if valid.model != endpoint.model:  # matched case-insensitively: send the real name
+        # Matched case-insensitively or by an alias: the backend gets the real name (and
+        # the body is re-encoded); a client naming the real model is sent on untouched.
+        if valid.model != endpoint.model:
             changes["model"] = endpoint.model
         options = _usage_options(valid.body) if self._asks_usage(valid) else None
         if options is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from core._authorization import Allowed, Denied, authorize, may_use_cluster
-from core._catalog import Catalog
+from core._catalog import Catalog, named
 from core._errors import ClientError
 from core._limits import clip
 from core._records import ClusterRecord, EndpointRecord, Identity, OpenAIRoute
@@ -68,12 +68,8 @@ def _model_not_found(model: str, where: str, usable: Iterable[EndpointRecord]) -
 
 
 def _match(candidates: Iterable[EndpointRecord], model: str) -> EndpointRecord | None:
-    candidates = tuple(candidates)
-    for endpoint in candidates:
-        if endpoint.model == model:
-            return endpoint
-    folded = model.casefold()
-    return next((e for e in candidates if e.model.casefold() == folded), None)
+    """The endpoint a model name or alias means among these (`core._catalog.named`)."""
+    return next(iter(named(candidates, model)), None)
 
 
 def select_endpoint(
