@@ -22,6 +22,8 @@ __all__ = [
     "BatchEndpoint",
     "BatchList",
     "BatchObject",
+    "ClusterModels",
+    "ClusterModelsQuery",
     "EndpointListing",
     "FileDeleted",
     "FileList",
@@ -33,6 +35,7 @@ __all__ = [
     "ListFilesQuery",
     "ModelEntry",
     "ModelList",
+    "PublicStatus",
     "StatusCluster",
     "StatusFigures",
     "StatusModel",
@@ -55,11 +58,49 @@ class _Closed(pydantic.BaseModel):
 # -- models and listings ------------------------------------------------------------------
 
 
-class ModelEntry(_Closed):
+class _ModelMetadata(_Closed):
+    """A model's public metadata (`core._listing`): shown only when set."""
+
+    display_name: str | None = None
+    description: str | None = None
+    capabilities: dict[str, Any] | None = None
+    aliases: list[str] | None = pydantic.Field(
+        default=None, description="Other names the gateway accepts for this model."
+    )
+    rate_limit_token_per_minute: int | None = pydantic.Field(
+        default=None, description="Tokens per minute for the model, all users together."
+    )
+    rate_limit_token_per_minute_per_user: int | None = pydantic.Field(
+        default=None, description="Tokens per minute for the model, per user."
+    )
+
+
+class ModelEntry(_ModelMetadata):
     id: str
     object: Literal["model"]
     created: int
     owned_by: str = pydantic.Field(description="The cluster serving the model.")
+
+
+class ClusterModel(_ModelMetadata):
+    id: str
+    object: Literal["model"]
+    cluster: str
+    framework: str
+
+
+class ClusterModels(pydantic.RootModel[list[ClusterModel]]):
+    """The models of a cluster you may use, by name."""
+
+
+class ClusterModelsQuery(_Closed):
+    model_id: str | None = pydantic.Field(
+        default=None, description="One model (its name or an alias)."
+    )
+
+
+class PublicStatus(pydantic.RootModel[dict[str, bool]]):
+    """Cluster → whether its status service answers (clusters open to everyone)."""
 
 
 class ModelList(_Closed):

@@ -421,7 +421,7 @@ class Batches:
             input_file=input_file_id,
             cluster=chosen.cluster,
             framework=chosen.framework,
-            model=lines[0].model,
+            model=chosen.model,  # the real name, if the lines named an alias
             status="validating",
             endpoint=endpoint_url,
             endpoint_slug=chosen.endpoint_slug,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -222,6 +222,23 @@ class HealthBook:
         await self._read(cluster)
         report = self._reports.get(cluster)
         return None if report is None else report.answer
+
+    async def up(self, clusters: Iterable[str]) -> dict[str, bool]:
+        """Whether each cluster's status service answered its last reading with a job
+        report (False: it failed, or reported an error instead).  Read through the cache
+        as `jobs` is, side by side: at most one `get_jobs` per cluster per TTL however
+        many callers ask, none while the background refresher keeps it fresh."""
+        names = list(clusters)
+        answers: dict[str, bool] = {}
+
+        async def read(name: str) -> None:
+            answer = await self.jobs(name)
+            answers[name] = answer is not None and answer.jobs is not None
+
+        async with anyio.create_task_group() as tasks:
+            for name in names:
+                tasks.start_soon(read, name)
+        return {name: answers[name] for name in names}
 
     async def _read(self, cluster: str) -> None:
         running = self._reading.get(cluster)

@@ -23,12 +23,14 @@ from core import (
     Identity,
     caller,
     cluster_for_jobs,
+    cluster_models,
     credentials,
     endpoint_listing,
     error_response,
     filter_jobs,
     model_entry,
     model_list,
+    public_clusters,
 )
 from frontends.caller import resolve_caller
 from frontends.endpoint_health import HealthBook
@@ -142,6 +144,24 @@ class Listings:
                 )
             )
         return _json(filter_jobs(self.catalog, identity, cluster, answer.jobs.model_dump()))
+
+    async def cluster_models(
+        self, authorization: str | None, cluster_name: str, model_id: str | None
+    ) -> GatewayResponse:
+        """The models of a cluster the caller may use, with their public metadata."""
+        identity = await self.authenticate(authorization)
+        if isinstance(identity, GatewayResponse):
+            return identity
+        models = cluster_models(self.catalog, identity, cluster_name, model_id)
+        return _respond(models) if isinstance(models, ClientError) else _json(models)
+
+    async def public_status(self) -> GatewayResponse:
+        """`{cluster: up}` for the clusters open to everyone, with no key: true when the
+        cluster's status service answered its last reading with a job report (the
+        seed's "up"; its "down" is a cluster under maintenance, which here is one whose
+        status cannot be read).  From the health book's cache, never a read per call."""
+        names = [c.cluster_name for c in public_clusters(self.catalog)]
+        return _json(await self._health.up(names))
 
     def health(self) -> GatewayResponse:
         """Up; `clusters`: per cluster its status report, per endpoint its breaker,

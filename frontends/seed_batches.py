@@ -246,6 +246,11 @@ class SeedBatches:
         lines = parse_batch_lines(content, max_lines=self.batches.limits.max_lines)
         return _respond(lines) if isinstance(lines, ClientError) else lines
 
+    def _means(self, name: str, model: str) -> bool:
+        """Whether two names a client gave mean one model (a name and its alias)."""
+        catalog = self.gateway.catalog
+        return {e.model for e in catalog.serving(name)} == {e.model for e in catalog.serving(model)}
+
     def _check_lines(
         self,
         caller: Identity,
@@ -266,7 +271,7 @@ class SeedBatches:
                     param="input_file",
                     code="invalid_file",
                 )
-            if line.model.casefold() != model.casefold():
+            if line.model.casefold() != model.casefold() and not self._means(line.model, model):
                 return _bad(
                     f"Line {number}: model '{line.model}' is not the batch's model '{model}'.",
                     param="input_file",

@@ -150,6 +150,7 @@ def test_every_error_is_openai_shaped_and_every_key_is_a_bearer_token(app: Quart
         "GET /status",
         "GET /status/assets/page.js",
         "GET /status/assets/page.css",
+        "GET /resource_server/status",
     }
 
 

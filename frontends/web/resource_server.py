@@ -9,9 +9,12 @@ from werkzeug.exceptions import NotFound
 
 from core import BackendError, OpenAIRoute, error_response
 from frontends.api_models import (
+    ClusterModels,
+    ClusterModelsQuery,
     EndpointListing,
     Health,
     JobsAnswer,
+    PublicStatus,
     UsageAnswer,
     UsageQuery,
     Whoami,
@@ -61,6 +64,41 @@ async def list_endpoints() -> Response:
 )
 async def jobs(cluster: str) -> Response:
     return to_quart(await current_listings().jobs(request.headers.get("Authorization"), cluster))
+
+
+@resource_server.get("/<cluster>/models")
+@documented(
+    Operation(
+        summary="The models of a cluster you may use, with their public metadata.",
+        query=ClusterModelsQuery,
+        answer=ClusterModels,
+        errors=(*AUTH_ERRORS, 403, 404),
+    )
+)
+async def cluster_models(cluster: str) -> Response:
+    listings = current_listings()
+    authorization = request.headers.get("Authorization")
+    model_id = request.args.get("model_id")
+    return to_quart(await listings.cluster_models(authorization, cluster, model_id))
+
+
+@resource_server.get("/status")
+@documented(
+    Operation(
+        summary="Which clusters open to everyone are up.",
+        auth="none",
+        answer=PublicStatus,
+        errors=(),
+        description=(
+            "No key needed.  For each cluster that restricts its users by neither group "
+            "nor domain: true when its status service answered the gateway's last "
+            "reading with a job report, false when that reading failed.  Answered from "
+            "the gateway's cached cluster status."
+        ),
+    )
+)
+async def public_status() -> Response:
+    return to_quart(await current_listings().public_status())
 
 
 @resource_server.get("/whoami")
