@@ -4,7 +4,9 @@ An operator's typo in an adaptor path or config should stop the gateway before i
 serves anything, with a `ConfigurationError` that names the file, the entry and the
 field to fix; never with a traceback from deep inside importlib or pydantic.
 Adaptors are called with keyword arguments, so a seed adaptor whose parameters are in a
-different order still receives the right values.
+different order still receives the right values.  An endpoint's adaptor gets its config
+without the keys that are the gateway's (`core.GATEWAY_CONFIG_KEYS`: the model's public
+metadata and `aliases`), so an adaptor with a strict config never has to know them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pydantic import ValidationError
 
 from adaptors.clusters.cluster import BaseCluster
 from adaptors.endpoints.endpoint import BaseEndpoint
-from core import ClusterRecord, ConfigurationError, EndpointRecord
+from core import GATEWAY_CONFIG_KEYS, ClusterRecord, ConfigurationError, EndpointRecord
 
 __all__ = ["build_cluster", "build_endpoint", "import_adaptor"]
 
@@ -137,6 +139,10 @@ def _build(
         getattr(record, adapter_field), base, file=file, entry=record.id, field=adapter_field
     )
     arguments = {name: _plain(getattr(record, name)) for name in names}
+    if isinstance(record, EndpointRecord):
+        # The model's public metadata and aliases are the gateway's, not the adaptor's.
+        config = arguments["config"]
+        arguments["config"] = {k: v for k, v in config.items() if k not in GATEWAY_CONFIG_KEYS}
     return _construct(cls, arguments, file=file, entry=record.id)
 
 

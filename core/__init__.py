@@ -138,6 +138,7 @@ from core._events import (
 from core._fixtures import load_catalog, parse_clusters, parse_endpoints, slugify
 from core._limits import RequestLimits, clip
 from core._listing import (
+    GATEWAY_CONFIG_KEYS,
     cluster_for_jobs,
     cluster_models,
     endpoint_listing,
@@ -191,6 +192,7 @@ from core._validation import RESERVED_FIELDS, ValidRequest, validate_request
 __all__ = [
     "BATCH_TABLE",
     "BREAKER_TABLE",
+    "GATEWAY_CONFIG_KEYS",
     "JSON_HEADERS",
     "REFUSAL_REASONS",
     "RESERVED_FIELDS",

@@ -22,6 +22,7 @@ from core._selection import usable_cluster, usable_endpoints
 
 __all__ = [
     "ALIASES_KEY",
+    "GATEWAY_CONFIG_KEYS",
     "PUBLIC_CONFIG_KEYS",
     "cluster_for_jobs",
     "cluster_models",
@@ -42,6 +43,9 @@ PUBLIC_CONFIG_KEYS: Mapping[str, type] = {
 }
 # Other names clients use for the model: a list of non-empty text, shown as it is.
 ALIASES_KEY = "aliases"
+# The config keys that are the gateway's, not the adaptor's: adaptors are built without
+# them (`adaptors.loading`), so a strict adaptor config need not know them.
+GATEWAY_CONFIG_KEYS = frozenset({*PUBLIC_CONFIG_KEYS, ALIASES_KEY})
 
 _JOB_LISTS = (
     "running",
