@@ -307,3 +307,22 @@ def test_uploads_have_their_own_size_limit_and_other_bodies_keep_theirs(
         with pytest.raises(openai.APIStatusError) as refused:
             c.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": big}])
         assert refused.value.status_code == 413
+
+
+def test_lines_naming_an_alias_run_on_the_model_under_its_real_name(
+    backend: tuple[FakeOpenAI, str], database_url: str, tmp_path: Path
+) -> None:
+    fake, url = backend
+    aliases = {"gpt-test": ["gpt-fast"]}
+    with running_batch_gateway(tmp_path, url, database_url, aliases=aliases) as gateway:
+        c = client(gateway)
+        file_id = upload(c, [line(i, model="gpt-fast") for i in range(5)])
+        batch = c.batches.create(
+            input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        assert batch.model_dump()["model"] == "gpt-test"  # the real name, recorded
+        done = wait_for(c, batch.id)
+        assert done.status == "completed"
+        assert done.request_counts is not None and done.request_counts.completed == 5
+        sent = [r.json()["model"] for r in fake.requests if r.path == "/v1/chat/completions"]
+        assert sent == ["gpt-test"] * 5

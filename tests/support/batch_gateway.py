@@ -3,7 +3,7 @@ real database, in front of the fake OpenAI backend."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,9 +24,14 @@ KEY_ENV = "IGW_TEST_BATCH_BACKEND_KEY"
 MODELS = ("gpt-test", "fail-500", "slow", "restricted")
 
 
-def batch_fixtures(folder: Path, backend_url: str, models: Sequence[str] = MODELS) -> Path:
-    """One cluster on the fake backend, an endpoint per model; `restricted` only for the
-    group g-physics (alice has it, bob has not)."""
+def batch_fixtures(
+    folder: Path,
+    backend_url: str,
+    models: Sequence[str] = MODELS,
+    aliases: Mapping[str, Sequence[str]] | None = None,
+) -> Path:
+    """One cluster on the fake backend, an endpoint per model (with its `aliases`, if
+    given); `restricted` only for the group g-physics (alice has it, bob has not)."""
     cluster = {
         "cluster_name": "fake",
         "frameworks": ["api"],
@@ -50,6 +55,8 @@ def batch_fixtures(folder: Path, backend_url: str, models: Sequence[str] = MODEL
         }
         if model == "restricted":
             entry["allowed_globus_groups"] = ["g-physics"]
+        if aliases and model in aliases:
+            entry["config"]["aliases"] = list(aliases[model])
         endpoints.append(entry)
     return write_fixtures(folder / "fixtures", [cluster], endpoints)
 
@@ -71,9 +78,10 @@ def running_batch_gateway(
     with_runner: bool = True,
     poll_interval: float = 0.2,
     max_body_bytes: int = 16 * 1024 * 1024,
+    aliases: Mapping[str, Sequence[str]] | None = None,
 ) -> Iterator[BatchGateway]:
     """A gateway with files and batches on `database_url`, served on a free port."""
-    fixtures = batch_fixtures(folder, backend_url)
+    fixtures = batch_fixtures(folder, backend_url, aliases=aliases)
     tokens = write_tokens(folder)
     gateway = build_gateway(
         fixtures,
