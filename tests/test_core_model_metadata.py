@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -428,3 +430,17 @@ def test_the_body_sent_differs_from_the_clients_in_model_only(
         assert call.body == raw  # the real name: not one byte changed
     else:
         assert json.loads(call.body) == {**client, "model": "llama"}
+
+
+def test_the_readme_s_endpoint_example_is_the_example_file_which_loads() -> None:
+    root = Path(__file__).resolve().parent.parent
+    blocks = re.findall(r"```json\n(.*?)```", (root / "README.md").read_text(), re.S)
+    [shown] = [json.loads(b) for b in blocks if '"aliases"' in b and "endpoint_adapter" in b]
+    examples = root / "fixtures" / "examples"
+    assert [shown] == json.loads((examples / "endpoints.json").read_text())
+    catalog = load(
+        (examples / "clusters.json").read_text(), (examples / "endpoints.json").read_text()
+    )
+    [entry] = model_list(catalog, ALICE)["data"]
+    assert entry["aliases"] == ["llama-3.1-8b"] and "api_url" not in entry
+    assert catalog.serving("llama-3.1-8b") == catalog.endpoints
