@@ -292,6 +292,22 @@ CASES = [
         auth="alice",
         path="/resource_server/closed/jobs",
     ),
+    Case(
+        "models of a cluster the caller may not use",
+        403,
+        auth="alice",
+        path="/resource_server/closed/models",
+    ),
+    Case(
+        "one model of a cluster the caller may not use",
+        403,
+        auth="alice",
+        path="/resource_server/closed/models?model_id=closed-model",
+    ),
+    Case("models of a cluster with no key", 401, path="/resource_server/open/models"),
+    Case(
+        "models of a cluster, unknown key", 401, auth="revoked", path="/resource_server/open/models"
+    ),
     # -- domains -------------------------------------------------------------------------
     Case(
         "domain look-alike evil-example.org",
@@ -353,7 +369,7 @@ def test_security_battery(world: World, case: Case) -> None:
     before = len(world.backend.requests)
     world.globus.down = case.globus_down
     try:
-        if path.endswith("/jobs"):
+        if path.split("?")[0].endswith(("/jobs", "/models")):
             response = httpx.get(world.url + path, headers=headers)
         else:
             response = httpx.post(world.url + path, json=chat(case.model), headers=headers)
