@@ -93,7 +93,8 @@ async def models() -> Response:
     )
 )
 async def retrieve_model(model: str) -> Response:
-    """Model names may hold `/` (meta-llama/Llama-3.1-8B-Instruct), hence `path:`."""
+    """Model names may hold `/` (meta-llama/Llama-3.1-8B-Instruct), hence `path:`.  An
+    alias answers with its model's entry, under the real id (`core.model_entry`)."""
     listings = current_listings()
     return to_quart(await listings.retrieve_model(request.headers.get("Authorization"), model))
 
