@@ -32,6 +32,7 @@ from frontends.metrics import MetricsSink
 from frontends.quota import InProcessCounters, QuotaCounters, RedisCounters
 from frontends.replay import add_replay_command, run_replay_command
 from frontends.settings import Settings, load_settings
+from frontends.status_share import FolderMedium, RedisMedium, StatusShare
 from transports import Transport
 
 if TYPE_CHECKING:
@@ -266,7 +267,24 @@ def _serve_workers(settings: Settings, *, loop: str) -> int:
 def _health(settings: Settings) -> HealthPolicy:
     """Breakers and cluster status as the settings say; served, status is kept fresh."""
     breaker = BreakerPolicy(failures=settings.breaker_failures, cooldown=settings.breaker_cooldown)
-    return HealthPolicy(breaker=breaker, status_ttl=settings.status_ttl, refresh_status=True)
+    return HealthPolicy(
+        breaker=breaker,
+        status_ttl=settings.status_ttl,
+        refresh_status=True,
+        share=_status_share(settings),
+    )
+
+
+def _status_share(settings: Settings) -> StatusShare | None:
+    """Where this process shares its readings of cluster status: the replicas' Redis;
+    without one, the workers of one `serve` share a folder (their metrics directory);
+    a lone process reads for itself."""
+    if settings.redis_url is not None:
+        url = settings.redis_url.get_secret_value()
+        return StatusShare(RedisMedium(url, prefix=settings.redis_key_prefix))
+    if settings.workers > 1 and settings.metrics_dir is not None:
+        return StatusShare(FolderMedium(settings.metrics_dir / "cluster-status"))
+    return None
 
 
 def _serve(settings: Settings, *, loop: str = "asyncio", listen_fd: int | None = None) -> int:

@@ -10,6 +10,10 @@ keeps what they decide on, because counting and reading clocks are IO's business
   `refreshing()` runs (the served app runs it), read again in the background before it
   goes stale, so no request ever waits for a status page.
 
+With a `share` (`frontends.status_share`: Redis for replicas, a folder for the workers
+of one `serve`), a report is read by one process at a time and shared with the others,
+so N processes do not read a cluster N times per TTL.
+
 The cached report is the one way the gateway reads cluster status: the jobs route
 (`/resource_server/{cluster}/jobs`) reads through it too.  A report older than three
 TTLs (the refresher stopped, or never ran) is not trusted for admission: the model is
@@ -53,6 +57,7 @@ from core import (
     model_states,
     redact,
 )
+from frontends.status_share import Reading, StatusShare
 
 __all__ = ["HealthBook", "HealthPolicy", "Lease"]
 
@@ -68,11 +73,13 @@ class HealthPolicy:
 
     `refresh_status`: whether `refreshing()` reads the reports in the background (the
     served gateway does; an embedding program may leave it off and never touch a status
-    page it did not ask for)."""
+    page it did not ask for).  `share`: where the processes of one gateway share their
+    readings (None: this process reads every cluster itself)."""
 
     breaker: BreakerPolicy = attrs.field(factory=BreakerPolicy)
     status_ttl: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
     refresh_status: bool = False
+    share: StatusShare | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen
@@ -83,6 +90,7 @@ class _Report:
     states: dict[str, ModelState]  # by case-folded model name, read once per report
     answer: GetJobsResponse | None
     error: str | None = None
+    fetched_at: float | None = None  # wall clock, as every process sharing it says
 
 
 class Lease:
@@ -253,6 +261,31 @@ class HealthBook:
             done.set()
 
     async def _fetch(self, cluster: str) -> _Report:
+        share = self.policy.share
+        if share is None:
+            reading = await self._ask(cluster)
+            age = 0.0
+        else:
+            ttl = self.policy.status_ttl
+            reading = await share.reading(cluster, ttl, lambda: self._ask(cluster))
+            age = max(0.0, time.time() - reading.fetched_at)
+        answer, error = reading.answer, reading.error
+        jobs = None
+        if answer is not None and answer.jobs is not None:
+            jobs = answer.jobs.model_dump()
+        previous = self._reports.get(cluster)
+        if error is not None and (previous is None or previous.error != error):
+            log.warning("cluster %s status: %s", cluster, error)
+        return _Report(
+            at=self._clock() - age,
+            states=model_states(jobs),
+            answer=answer,
+            error=error,
+            fetched_at=reading.fetched_at,
+        )
+
+    async def _ask(self, cluster: str) -> Reading:
+        """The cluster adaptor's `get_jobs`, now, and what went wrong if anything did."""
         adaptor = self._clusters.get(cluster)
         answer: GetJobsResponse | None = None
         error: str | None = None
@@ -262,15 +295,9 @@ class HealthBook:
         except Exception as exc:
             log.warning("cluster adaptor %s raised", cluster, exc_info=True)
             error = f"the cluster adaptor failed ({type(exc).__name__})"
-        jobs = None
-        if answer is not None and answer.jobs is not None:
-            jobs = answer.jobs.model_dump()
-        elif answer is not None:
+        if answer is not None and answer.jobs is None:
             error = redact(answer.error_message or "the cluster reported no jobs")
-        previous = self._reports.get(cluster)
-        if error is not None and (previous is None or previous.error != error):
-            log.warning("cluster %s status: %s", cluster, error)
-        return _Report(at=self._clock(), states=model_states(jobs), answer=answer, error=error)
+        return Reading(answer=answer, error=error, fetched_at=time.time())
 
     async def refresh(self) -> None:
         """Read every cluster's status once, side by side."""
@@ -311,6 +338,12 @@ class HealthBook:
 
     # -- what health shows ----------------------------------------------------------------
 
+    def sharing(self) -> str | None:
+        """How cluster status is shared: "redis", "folder", "<medium>-unreachable,
+        fetching locally", or None when this process reads every cluster itself."""
+        share = self.policy.share
+        return None if share is None else share.status()
+
     def report(self) -> dict[str, Any]:
         """Per cluster, its status report's state; per endpoint, its breaker, outstanding
         calls and model state.  Names only: never a URL or key."""
@@ -322,6 +355,7 @@ class HealthBook:
             if report is not None:
                 entry["status"] = "ok" if report.error is None else "unavailable"
                 entry["checked_seconds_ago"] = round(now - report.at, 3)
+                entry["fetched_at"] = report.fetched_at
                 if report.error is not None:
                     entry["detail"] = report.error
             entry["endpoints"] = {}

@@ -167,8 +167,13 @@ class Listings:
         """Up; `clusters`: per cluster its status report, per endpoint its breaker,
         outstanding calls and model state; and, when quotas apply, what counts them
         (`quota`): "in-process", "redis", or "redis-unreachable, using in-process"
-        (requests are served in every case)."""
+        (requests are served in every case); and how cluster status is shared
+        (`cluster_status`: "redis", "folder", or "...-unreachable, fetching locally"),
+        when it is."""
         payload: dict[str, Any] = {"status": "ok", "clusters": self._health.report()}
         if self._quota is not None:
             payload["quota"] = str(self._quota.status()["backend"])
+        sharing = self._health.sharing()
+        if sharing is not None:
+            payload["cluster_status"] = sharing
         return _json(payload)

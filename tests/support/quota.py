@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -10,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+import redis.exceptions
 
 from tests.support.gateway_server import write_fixtures
 from tests.support.serve_process import serving
@@ -18,6 +22,7 @@ __all__ = [
     "REDIS_URL",
     "closed_port_url",
     "limited_fixtures",
+    "private_redis",
     "redis_prefix",
     "serve_process",
 ]
@@ -94,3 +99,30 @@ def serve_process(tmp_path: Path, fixtures: Path, loop: str, **settings: str) ->
     and stops it with SIGTERM afterwards (it must exit cleanly)."""
     with serving(tmp_path / f"serve-{loop}", fixtures=fixtures, loop=loop, settings=settings) as s:
         yield s.url
+
+
+@contextmanager
+def private_redis(folder: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A Redis server of the test's own on a Unix socket in `folder` (keep its path
+    short), for a test that stops it: yields its URL and its process."""
+    socket_path = folder / "redis.sock"
+    command = [shutil.which("redis-server") or "redis-server", "--port", "0"]
+    command += ["--unixsocket", str(socket_path), "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(unix_socket_path=str(socket_path))
+    try:
+        deadline = time.monotonic() + 20
+        while True:  # a real process starting: poll it, with a deadline
+            try:
+                if client.ping():
+                    break
+            except redis.exceptions.ConnectionError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+        yield f"unix://{socket_path}", process
+    finally:
+        client.close()
+        if process.poll() is None:
+            process.kill()
+        process.wait()
