@@ -32,6 +32,7 @@ from frontends.metrics import MetricsSink
 from frontends.quota import InProcessCounters, QuotaCounters, RedisCounters
 from frontends.replay import add_replay_command, run_replay_command
 from frontends.settings import Settings, load_settings
+from frontends.shared_responses import SharedResponses
 from frontends.status_share import FolderMedium, RedisMedium, StatusShare
 from transports import Transport
 
@@ -321,6 +322,12 @@ def _serve(settings: Settings, *, loop: str = "asyncio", listen_fd: int | None =
         # those two), not to a logger line of their own: stderr has the access log.
         log_sink=FanOut(metrics),
     )
+    if settings.redis_url is not None:  # replicas find each other's stored responses
+        gateway.responses = SharedResponses(
+            settings.redis_url.get_secret_value(),
+            prefix=settings.redis_key_prefix,
+            ttl=settings.response_ttl,
+        )
     request_log = RequestLog.open(settings.store_url, capture_limit=settings.capture_chars)
     metrics.log_queue, metrics.quota = request_log, quota  # read when scraped
     batch_parts = _batch_parts(settings, gateway, request_log.store)

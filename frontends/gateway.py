@@ -57,7 +57,6 @@ from core import (
     Reserve,
     Reserved,
     Respond,
-    ResponseDirectory,
     Settle,
     SSEDecoder,
     StartStream,
@@ -73,6 +72,7 @@ from frontends.endpoint_health import HealthBook, HealthPolicy, Lease
 from frontends.identity import IdentityProvider
 from frontends.log_sink import FanOut, LoggerSink, LogSink, Timing
 from frontends.quota import QuotaCounters
+from frontends.shared_responses import SharedResponses, previous_response_id
 from transports import Transport, TransportError
 
 __all__ = [
@@ -323,8 +323,9 @@ class Gateway:
         self.health = HealthBook(catalog, clusters, health)
         # What `serve` cuts at its drain deadline (see `frontends.drain`).
         self.drain = Drain()
-        # Where stored Responses API answers were made, for follow-ups (in this process).
-        self.responses = ResponseDirectory()
+        # Where stored Responses API answers were made, for follow-ups: in this process,
+        # and in Redis too when `serve` puts a shared one here (`frontends.shared_responses`).
+        self.responses = SharedResponses()
 
     def add_log_sink(self, sink: LogSink) -> None:
         """Hand every record to `sink` too (the web app's access log uses this)."""
@@ -416,7 +417,7 @@ class Gateway:
             stream_usage=self._stream_usage,
             limits=self._request_limits,
             balanced=True,
-            responses=self.responses,
+            responses=self.responses.directory,
         )
         moments = _Moments(request, self._capture_limit)
         pending = deque(
@@ -440,6 +441,7 @@ class Gateway:
                 effect = pending.popleft()
                 if isinstance(effect, _RECORDS):
                     self.record(effect, moments)
+                    await self._share(effect)
                 elif isinstance(effect, Reserve):
                     pending.extend(machine.receive(await self._reserve(effect)))
                 elif isinstance(effect, Respond):
@@ -447,9 +449,14 @@ class Gateway:
                     r = effect.response
                     moments.relayed(r.body)
                     self._carry_out_records(pending, moments)
+                    for rest in pending:
+                        await self._share(rest)
                     return GatewayResponse(status=r.status, headers=r.headers, body=r.body)
                 elif isinstance(effect, Authenticate):
                     verdict = await resolve_caller(self._identity, effect.credentials)
+                    previous = previous_response_id(request.body)
+                    if previous is not None:  # where the core will look for it
+                        await self.responses.load(previous)
                     pending.extend(machine.receive(verdict))
                 elif isinstance(effect, AssessHealth):
                     pending.extend(machine.receive(self.health.assess(effect)))
@@ -516,6 +523,12 @@ class Gateway:
             self._quota.settle(effect.reservation_id, effect.keys, effect.used)
         else:
             self._quota.release(effect.reservation_id, effect.keys)
+
+    async def _share(self, effect: RequestEffect) -> None:
+        """A stored response's endpoint, written where every replica finds it, before
+        the client has the answer (a no-op for every other effect, and without Redis)."""
+        if isinstance(effect, RememberResponse):
+            await self.responses.share(effect.response_id, effect.username, effect.endpoint_slug)
 
     async def _reserve(self, effect: Reserve) -> Reserved | QuotaExceeded:
         assert self._quota is not None, "the machine reserves only when counters exist"
@@ -640,6 +653,7 @@ class StreamRelay:
                     self._moments.relayed(effect.data)
                 elif isinstance(effect, _RECORDS):
                     self._gateway.record(effect, self._moments)
+                    await self._gateway._share(effect)
         self._moments.first_byte()
         return self._out.popleft()
 

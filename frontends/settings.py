@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     redis_key_prefix: str = pydantic.Field(default="inference-gateway:{quota}:", min_length=1)
     requests_per_minute_per_user: int = pydantic.Field(default=0, ge=0)
     quota_default_max_tokens: int = pydantic.Field(default=1024, ge=1)
+    # With redis_url, which endpoint holds each stored Responses API answer is kept there
+    # for every replica this many seconds (default 30 days, as OpenAI keeps a response).
+    response_ttl: float = pydantic.Field(default=30 * 24 * 3600.0, gt=0)
 
     # Limits on what a client may send (README "Limits"): the body's bytes (413), the
     # request line and headers' bytes (431), how deeply its JSON nests and how many chat

@@ -57,7 +57,7 @@ async def stored_response(
     identity = await listings.authenticate(authorization)
     if isinstance(identity, GatewayResponse):
         return identity
-    slug = gateway.responses.endpoint_for(response_id, identity.username)
+    slug = await gateway.responses.endpoint_for(response_id, identity.username)
     endpoint = None if slug is None else gateway.catalog.endpoint(slug)
     if endpoint is None:
         return _answer(response_not_found(response_id))
@@ -87,5 +87,5 @@ async def stored_response(
         )
     response = shaped.response
     if operation == "delete" and response.status == 200:
-        gateway.responses.forget(response_id)
+        await gateway.responses.forget(response_id)
     return GatewayResponse(status=response.status, headers=response.headers, body=response.body)
