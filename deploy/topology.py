@@ -139,10 +139,13 @@ def running_topology(
     fixtures: Path | None = None,
     port: int | None = None,
     settings: Mapping[str, str] | None = None,
+    environ: Sequence[Mapping[str, str]] = (),
 ) -> Iterator[Topology]:
     """Replicas sharing `database_url` and `redis_url`, behind nginx on `port` (one the OS
     picks when None).  `settings` are more INFERENCE_GATEWAY_* settings, named without
-    the prefix.  Everything is stopped (SIGTERM, then SIGKILL) on the way out."""
+    the prefix; `environ`, more environment variables for each replica in turn (an API
+    key the fixtures name, say).  Everything is stopped (SIGTERM, then SIGKILL) on the
+    way out."""
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(nginx).exists():
         raise RuntimeError("nginx is not installed: apt-get install nginx")
@@ -171,7 +174,8 @@ def running_topology(
         stack.callback(stop_all)
         # The first replica migrates the database before the others start.
         for index in range(replicas):
-            started.append(_start_replica(f"replica-{index + 1}", folder, env, fixtures))
+            own = {**env, **(environ[index] if index < len(environ) else {})}
+            started.append(_start_replica(f"replica-{index + 1}", folder, own, fixtures))
         listen = port or free_port()
         conf = folder / "nginx.conf"
         conf.write_text(nginx_config(folder, listen, [r.port for r in started]))

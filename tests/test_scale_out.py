@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,8 @@ import pytest
 from deploy.topology import Topology, nginx_config, running_topology
 from tests.support.databases import scratch_postgres_database
 from tests.support.fake_openai import FakeOpenAI, running_fake_openai
+from tests.support.gated_openai import MODEL as GATED
+from tests.support.gated_openai import running_gated_openai
 from tests.support.gateway_server import ALICE, write_tokens
 from tests.support.quota import REDIS_URL, limited_fixtures, redis_prefix
 
@@ -35,10 +37,21 @@ def backend() -> Iterator[tuple[FakeOpenAI, str]]:
 
 
 @contextmanager
-def two_replicas(tmp_path: Path, backend_url: str, **settings: str) -> Iterator[Topology]:
-    """Two replicas and nginx on a database and a Redis key prefix of this test's own."""
+def two_replicas(
+    tmp_path: Path,
+    backend_url: str,
+    *,
+    models: Sequence[str] = ("gpt-test",),
+    environ: Sequence[Mapping[str, str]] = (),
+    **settings: str,
+) -> Iterator[Topology]:
+    """Two replicas and nginx on a database and a Redis key prefix of this test's own
+    (`environ`: more environment variables for each replica in turn; the backend's key
+    is `REPLICA_KEY`)."""
     with scratch_postgres_database("igw_scale") as database, redis_prefix() as prefix:
-        fixtures = limited_fixtures(tmp_path / "fixtures", backend_url, ["gpt-test"])
+        fixtures = limited_fixtures(
+            tmp_path / "fixtures", backend_url, models, key_env="REPLICA_KEY"
+        )
         with running_topology(
             tmp_path / "topology",
             replicas=2,
@@ -47,6 +60,7 @@ def two_replicas(tmp_path: Path, backend_url: str, **settings: str) -> Iterator[
             tokens_file=write_tokens(tmp_path),
             fixtures=fixtures,
             settings={"redis_key_prefix": prefix, "batch_max_active": "5", **settings},
+            environ=environ,
         ) as running:
             yield running
 
@@ -195,3 +209,66 @@ def test_a_replica_that_dies_costs_no_request_that_had_not_reached_it(
         # connect and goes to the other one; none fails.
         after = anyio.run(_all_at_once, topology.url, 40)
     assert sorted(a.status_code for a in after) == [200] * 40
+
+
+async def _each_named(url: str, names: Sequence[str]) -> dict[str, httpx.Response]:
+    """One non-streaming request per name, all at once; the name is its last message
+    (the gated backend's gate), so the backend knows each apart."""
+    answers: dict[str, httpx.Response] = {}
+    limits = httpx.Limits(max_connections=len(names), max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+
+        async def one(name: str) -> None:
+            body = {"model": GATED, "messages": [{"role": "user", "content": name}]}
+            answers[name] = await client.post(f"{url}/v1/chat/completions", json=body, headers=AUTH)
+
+        async with anyio.create_task_group() as tasks:
+            for name in names:
+                tasks.start_soon(one, name)
+    return answers
+
+
+def test_killing_a_replica_during_load_fails_only_the_requests_it_held(tmp_path: Path) -> None:
+    """SIGKILL to one replica while both hold requests at the backend: exactly the
+    requests that had reached it fail (nginx never sends a POST it had begun again), and
+    every other, those the survivor held and those sent after the kill, is answered."""
+    keys = [{"REPLICA_KEY": "key-of-replica-1"}, {"REPLICA_KEY": "key-of-replica-2"}]
+    killed_by, survivor_by = "Bearer key-of-replica-1", "Bearer key-of-replica-2"
+    first = [f"before-{i}" for i in range(40)]
+    second = [f"after-{i}" for i in range(20)]
+    with (
+        running_gated_openai() as (backend, backend_url),
+        two_replicas(tmp_path, backend_url, models=[GATED], environ=keys) as topology,
+    ):
+        answers: dict[str, httpx.Response] = {}
+
+        async def load() -> None:
+            async with anyio.create_task_group() as tasks:
+
+                async def wave(names: list[str]) -> None:
+                    answers.update(await _each_named(topology.url, names))
+
+                tasks.start_soon(wave, first)
+                # Every request of the first wave is in flight at the backend, held at
+                # its gate, each through the replica that took it (none in between).
+                await anyio.to_thread.run_sync(backend.wait_until_waiting, first)
+                held = [n for n, seen in backend.callers().items() if seen == [killed_by]]
+                assert held, "least_conn gave the first replica none of forty requests"
+                await anyio.to_thread.run_sync(topology.replicas[0].kill)
+                # More load after the kill: nginx may still send some to the dead
+                # replica; refused at connect, they must go to the other.
+                tasks.start_soon(wave, second)
+                await anyio.to_thread.run_sync(backend.wait_until_waiting, second)
+                backend.open_all()
+
+        anyio.run(load)
+    callers = backend.callers()
+    reached_killed = {n for n, seen in callers.items() if killed_by in seen}
+    failed = {n for n, a in answers.items() if a.status_code != 200}
+    assert failed == reached_killed, "a request that never reached the dead replica failed"
+    assert all(answers[n].status_code == 502 for n in failed)
+    assert reached_killed <= set(first)  # nothing after the kill reached it
+    # Each request reached the backend once: none that reached the dead replica was
+    # sent again through the survivor.
+    assert all(len(seen) == 1 for seen in callers.values())
+    assert {n for n, seen in callers.items() if seen == [survivor_by]} == set(answers) - failed

@@ -48,6 +48,7 @@ class GatedOpenAI:
         self._waiting: set[str] = set()
         self._opened: set[str] = set()
         self._gates: dict[str, asyncio.Event] = {}
+        self._callers: dict[str, list[str | None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.app = self._build_app()
 
@@ -58,6 +59,12 @@ class GatedOpenAI:
         with self._lock:
             if not self._lock.wait_for(lambda: wanted <= self._waiting, timeout):
                 raise AssertionError(f"never waiting at their gates: {wanted - self._waiting}")
+
+    def callers(self) -> dict[str, list[str | None]]:
+        """Per request (its gate's name), the Authorization header of each time it
+        arrived: who sent it, and whether it came more than once."""
+        with self._lock:
+            return {name: list(seen) for name, seen in self._callers.items()}
 
     def open(self, *names: str) -> None:
         with self._lock:
@@ -100,6 +107,8 @@ class GatedOpenAI:
         async def chat() -> Response:
             body = json.loads(await request.get_data(as_text=False))
             name = str(body["messages"][-1]["content"])
+            with self._lock:
+                self._callers.setdefault(name, []).append(request.headers.get("Authorization"))
             if body.get("stream") is True:
                 response = Response(self._stream(name), content_type="text/event-stream")
                 response.timeout = None

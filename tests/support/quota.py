@@ -62,8 +62,10 @@ def limited_fixtures(
     *,
     tpm_model: int = 0,
     tpm_user: int = 0,
+    key_env: str = "UNSET_KEY",
 ) -> Path:
-    """Fixtures with one endpoint per model of the fake backend, with these limits."""
+    """Fixtures with one endpoint per model of the fake backend, with these limits, whose
+    API key is the environment variable `key_env` (unset: none is sent)."""
     cluster: Mapping[str, Any] = {
         "cluster_name": "fake",
         "frameworks": ["api"],
@@ -84,7 +86,7 @@ def limited_fixtures(
             "framework": "api",
             "model": model,
             "endpoint_adapter": "adaptors.endpoints.direct_api.DirectAPIEndpoint",
-            "config": {"api_url": f"{backend_url}/v1", "api_key_env_name": "UNSET_KEY"},
+            "config": {"api_url": f"{backend_url}/v1", "api_key_env_name": key_env},
             "tpm_model": tpm_model,
             "tpm_user": tpm_user,
         }
