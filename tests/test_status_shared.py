@@ -4,6 +4,11 @@ about once per TTL between them, not N times; without the medium each reads alon
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,7 +30,7 @@ from frontends.status_share import (
     next_step,
 )
 from tests.support.fake_openai import FakeOpenAI, running_fake_openai
-from tests.support.gateway_server import ALICE
+from tests.support.gateway_server import ALICE, write_tokens
 from tests.support.quota import (
     REDIS_URL,
     closed_port_url,
@@ -33,7 +38,7 @@ from tests.support.quota import (
     private_redis,
     redis_prefix,
 )
-from tests.support.serve_process import ServeProcess, start_serve
+from tests.support.serve_process import ROOT, ServeProcess, start_serve
 
 TTL = 10.0
 AT = 1_000_000.0
@@ -216,3 +221,47 @@ def test_two_replicas_on_one_redis_read_a_cluster_once_per_ttl_and_serve_without
         finally:
             for replica in replicas:
                 replica.stop()
+
+
+@pytest.mark.e2e
+def test_the_workers_of_one_serve_without_redis_share_through_a_folder(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_GATEWAY_")}
+    with running_fake_openai(models=["gpt-test"]) as (fake, backend_url):
+        fixtures = limited_fixtures(tmp_path / "fixtures", backend_url, ["gpt-test"])
+        env.update(
+            PYTHONPATH=str(ROOT),
+            INFERENCE_GATEWAY_TOKENS_FILE=str(write_tokens(tmp_path)),
+            INFERENCE_GATEWAY_STATE_DIR=str(tmp_path / "state"),
+            INFERENCE_GATEWAY_STATUS_TTL=str(STATUS_TTL),
+        )
+        command = [sys.executable, "-m", "frontends.cli", "serve", "--port", "0"]
+        command += ["--workers", "2", "--fixtures", str(fixtures)]
+        with (tmp_path / "serve.log").open("w") as log:
+            process = subprocess.Popen(
+                command, env=env, stdout=subprocess.PIPE, stderr=log, text=True
+            )
+        try:
+            assert process.stdout is not None
+            found = re.search(r"on (http://\S+)/v1", process.stdout.readline())
+            assert found, (tmp_path / "serve.log").read_text()
+            url = found[1]
+
+            def both_sharing() -> bool:  # new connections: the kernel spreads them
+                seen = {
+                    httpx.get(f"{url}/resource_server/health", headers={"Connection": "close"})
+                    .json()
+                    .get("cluster_status")
+                    for _ in range(20)
+                }
+                return seen == {"folder"}
+
+            _until(both_sharing, "the workers to share cluster status")
+            started, before = time.monotonic(), _status_reads(fake)
+            _until(lambda: _status_reads(fake) >= before + 4, "four more status reads")
+            calls = _status_reads(fake) - before
+            elapsed = time.monotonic() - started
+            assert calls <= elapsed / STATUS_TTL + 1, (calls, elapsed)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.communicate(timeout=60)
+    assert process.returncode == 0
