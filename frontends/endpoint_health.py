@@ -338,6 +338,11 @@ class HealthBook:
 
     # -- what health shows ----------------------------------------------------------------
 
+    def close(self) -> None:
+        """Let go of the share's connections, if there is one."""
+        if self.policy.share is not None:
+            self.policy.share.close()
+
     def sharing(self) -> str | None:
         """How cluster status is shared: "redis", "folder", "<medium>-unreachable,
         fetching locally", or None when this process reads every cluster itself."""

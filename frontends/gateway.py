@@ -368,6 +368,8 @@ class Gateway:
 
     async def aclose(self) -> None:
         await self._transport.aclose()
+        self.responses.close()
+        self.health.close()
         for edge in (self._identity, self._quota):
             close = getattr(edge, "aclose", None)
             if close is not None:

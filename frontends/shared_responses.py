@@ -76,12 +76,6 @@ class SharedResponses:
         )
         self._failing = False
 
-    def status(self) -> str:
-        """ "in-process", "redis", or "redis-unreachable, in-process"."""
-        if self._redis is None:
-            return "in-process"
-        return "redis-unreachable, in-process" if self._failing else "redis"
-
     # -- what the driver calls ------------------------------------------------------------
 
     def remember(self, response_id: str, username: str, endpoint_slug: str) -> None:
