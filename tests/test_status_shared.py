@@ -154,7 +154,7 @@ def _status_reads(fake: FakeOpenAI) -> int:
 
 
 def _health(replica: ServeProcess) -> dict[str, Any]:
-    answer: dict[str, Any] = httpx.get(f"{replica.url}/resource_server/health", timeout=10).json()
+    answer: dict[str, Any] = httpx.get(f"{replica.url}/resource_server/health", timeout=60).json()
     return answer
 
 
@@ -248,7 +248,9 @@ def test_the_workers_of_one_serve_without_redis_share_through_a_folder(tmp_path:
 
             def both_sharing() -> bool:  # new connections: the kernel spreads them
                 seen = {
-                    httpx.get(f"{url}/resource_server/health", headers={"Connection": "close"})
+                    httpx.get(
+                        f"{url}/resource_server/health", headers={"Connection": "close"}, timeout=60
+                    )
                     .json()
                     .get("cluster_status")
                     for _ in range(20)
