@@ -8,7 +8,9 @@ exist (404, as for an unknown id, so ids cannot be probed).
 
 The directory is plain data in memory, bounded (the oldest entries leave first), with no
 clock: the request machine reads it while selecting, and the driver writes it when the
-machine asks (`RememberResponse`).  A gateway of several processes keeps one each.
+machine asks (`RememberResponse`).  Each process keeps one; with Redis, the driver's edge
+(`frontends.shared_responses`) also writes every entry there and reads an entry into
+the directory before the machine looks for it, so any process finds any response.
 """
 
 from __future__ import annotations
