@@ -1,7 +1,7 @@
 """Two replicas behind nginx on loopback, sharing the machine's PostgreSQL and Redis, as
 `python -m deploy.topology` starts them: a quota holds across both, a batch made through
 one is seen, polled and cancelled through the other and runs once, and a replica that
-dies costs no request that had not reached it."""
+dies, between bursts or during load, costs no request that had not reached it."""
 
 from __future__ import annotations
 
