@@ -93,7 +93,7 @@ from core._caller import (
     identity_unavailable,
     missing_credentials,
 )
-from core._catalog import Catalog
+from core._catalog import Catalog, named
 from core._dialects import in_dialect, route_of_path
 from core._errors import (
     BackendError,
@@ -343,6 +343,7 @@ __all__ = [
     "model_list",
     "model_state",
     "model_states",
+    "named",
     "normalise_domain",
     "parse_clusters",
     "parse_endpoints",

@@ -30,6 +30,7 @@ from core import (
     OpenAIRoute,
     clip,
     error_response,
+    named,
     select_endpoint,
     validate_request,
 )
@@ -454,7 +455,8 @@ class Batches:
         self, caller: Identity, lines: list[BatchLine], endpoint_url: str
     ) -> EndpointRecord | ClientError:
         """The endpoint the batch runs on, chosen as the request path chooses it for the
-        first line; every line must name the batch's endpoint and the same model."""
+        first line; every line must name the batch's endpoint and mean the same model
+        (its real name, another spelling or an alias of it: `named`'s rule)."""
         first = lines[0]
         for number, line in enumerate(lines, 1):
             if line.url != endpoint_url:
@@ -463,17 +465,21 @@ class Batches:
                     f"{endpoint_url}.",
                     param="input_file_id",
                 )
-            if line.model != first.model:
+        route = BATCH_URLS[endpoint_url]
+        valid = validate_request(route, "application/json", json.dumps(first.body).encode())
+        if isinstance(valid, ClientError):
+            return _invalid(f"Line 1: {valid.message}", param="input_file_id")
+        chosen = select_endpoint(self.gateway.catalog, caller, valid)
+        if isinstance(chosen, ClientError):
+            return chosen
+        for number, line in enumerate(lines, 1):
+            if not named((chosen,), line.model):
                 return _invalid(
                     f"Line {number}: model '{clip(line.model)}' differs from line 1's "
                     f"'{clip(first.model)}'; a batch runs one model.",
                     param="input_file_id",
                 )
-        route = BATCH_URLS[endpoint_url]
-        valid = validate_request(route, "application/json", json.dumps(first.body).encode())
-        if isinstance(valid, ClientError):
-            return _invalid(f"Line 1: {valid.message}", param="input_file_id")
-        return select_endpoint(self.gateway.catalog, caller, valid)
+        return chosen
 
     async def retrieve(self, authorization: str | None, batch_id: str) -> GatewayResponse:
         caller = await self._listings.authenticate(authorization)

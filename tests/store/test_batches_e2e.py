@@ -326,3 +326,18 @@ def test_lines_naming_an_alias_run_on_the_model_under_its_real_name(
         assert done.request_counts is not None and done.request_counts.completed == 5
         sent = [r.json()["model"] for r in fake.requests if r.path == "/v1/chat/completions"]
         assert sent == ["gpt-test"] * 5
+        # One model under several of its names is still one model.
+        mixed = [line(i, model=name) for i, name in enumerate(["gpt-fast", "gpt-test", "GPT-Fast"])]
+        batch = c.batches.create(
+            input_file_id=upload(c, mixed),
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+        )
+        assert wait_for(c, batch.id).status == "completed"
+        other = [line(0, model="gpt-fast"), line(1, model="no-such-model")]
+        with pytest.raises(openai.BadRequestError, match="Line 2: model 'no-such-model'"):
+            c.batches.create(
+                input_file_id=upload(c, other),
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+            )
