@@ -4,24 +4,18 @@ failing a request) when Redis cannot be reached."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-import redis
 from hypothesis import given
 from hypothesis import strategies as st
 
 from core import WINDOW_MS, Ledger, Limit, Refusal, Reservation
 from frontends.quota import InProcessCounters, RedisCounters
-from tests.support.quota import REDIS_URL, closed_port_url, redis_prefix
+from tests.support.quota import REDIS_URL, closed_port_url, private_redis, redis_prefix
 
 KEYS = ("a", "b", "c")
 IDS = ("r1", "r2", "r3", "r4", "r5")
@@ -179,49 +173,6 @@ async def test_settlements_queued_while_redis_is_away_are_counted_not_dropped_si
     }
 
 
-@contextmanager
-def _own_redis(socket_path: Path) -> Iterator[None]:
-    """A Redis server of this test's own on a Unix socket, saving its data to its folder
-    when shut down (so a restart finds the counts it had)."""
-    process = subprocess.Popen(
-        [
-            shutil.which("redis-server") or "redis-server",
-            "--port",
-            "0",
-            "--unixsocket",
-            str(socket_path),
-            "--dir",
-            str(socket_path.parent),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(unix_socket_path=str(socket_path))
-    try:
-        deadline = time.monotonic() + 20
-        while True:  # a real process starting: poll it, with a deadline
-            try:
-                if client.ping():
-                    break
-            except redis.exceptions.ConnectionError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-        yield
-        client.save()
-        process.terminate()
-        assert process.wait(timeout=20) == 0
-    finally:
-        client.close()
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 async def test_counting_returns_to_redis_when_it_answers_again(anyio_backend: str) -> None:
@@ -232,7 +183,7 @@ async def test_counting_returns_to_redis_when_it_answers_again(anyio_backend: st
         # retry_interval 0: every reserve tries Redis while it is away (no waiting here).
         counters = RedisCounters(f"unix://{socket_path}", retry_interval=0, timeout=2)
         try:
-            with _own_redis(socket_path):
+            with private_redis(socket_path.parent, persist=True):
                 assert await counters.reserve("in-redis", [tokens]) is None
             # Redis is down (its counts saved to disk).
             counters.settle("in-redis", [key], 40)  # kept for Redis, not dropped
@@ -240,7 +191,8 @@ async def test_counting_returns_to_redis_when_it_answers_again(anyio_backend: st
             assert counters.status()["redis"] == "unreachable"
             assert counters.status()["pending"] == 1
             counters.settle("in-process", [key], 30)  # settled where it was reserved
-            with _own_redis(socket_path):  # back, with what it held: 900 for "in-redis"
+            # Back, with what it held: 900 for "in-redis".
+            with private_redis(socket_path.parent, persist=True):
                 # The kept settlement goes first (900 -> 40), so 900 more fit in Redis.
                 assert await counters.reserve("back-in-redis", [tokens]) is None
                 assert counters.status() == {

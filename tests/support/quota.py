@@ -104,12 +104,18 @@ def serve_process(tmp_path: Path, fixtures: Path, loop: str, **settings: str) ->
 
 
 @contextmanager
-def private_redis(folder: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def private_redis(
+    folder: Path, *, persist: bool = False
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A Redis server of the test's own on a Unix socket in `folder` (keep its path
-    short), for a test that stops it: yields its URL and its process."""
+    short), for a test that stops it: yields its URL and its process.
+
+    `persist`: it saves its data to `folder` when the block ends (and stops cleanly), so
+    the next one started on the same folder finds the counts it had."""
     socket_path = folder / "redis.sock"
     command = [shutil.which("redis-server") or "redis-server", "--port", "0"]
-    command += ["--unixsocket", str(socket_path), "--save", "", "--appendonly", "no"]
+    command += ["--unixsocket", str(socket_path), "--dir", str(folder)]
+    command += ["--save", "", "--appendonly", "no"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = redis.Redis(unix_socket_path=str(socket_path))
     try:
@@ -123,6 +129,10 @@ def private_redis(folder: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]
                     raise
                 time.sleep(0.02)
         yield f"unix://{socket_path}", process
+        if persist:
+            client.save()
+            process.terminate()
+            assert process.wait(timeout=20) == 0
     finally:
         client.close()
         if process.poll() is None:
