@@ -29,7 +29,7 @@ from frontends.identity import (
 )
 from frontends.log_sink import FanOut
 from frontends.metrics import MetricsSink
-from frontends.quota import InProcessCounters, QuotaCounters, RedisCounters
+from frontends.quota import InProcessCounters, QuotaCounters
 from frontends.replay import add_replay_command, run_replay_command
 from frontends.settings import Settings, load_settings
 from frontends.shared_responses import SharedResponses
@@ -216,6 +216,8 @@ def _quota(settings: Settings) -> tuple[QuotaCounters | None, QuotaPolicy]:
         return None, policy
     if settings.redis_url is None:
         return InProcessCounters(), policy
+    from frontends.quota import RedisCounters  # loads redis-py only when it is used
+
     url = settings.redis_url.get_secret_value()
     return RedisCounters(url, prefix=settings.redis_key_prefix), policy
 

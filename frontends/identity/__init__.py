@@ -6,6 +6,8 @@ introspection, and OIDC/JWT.  `build_identity(settings)` makes the chain the set
 for.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from frontends.identity._base import (
     AccessRefused,
     ChainProvider,
@@ -16,7 +18,6 @@ from frontends.identity._base import (
 )
 from frontends.identity._build import build_identity
 from frontends.identity._globus import GlobusAuth
-from frontends.identity._oidc import OIDCProvider
 from frontends.identity._static import (
     StaticKeys,
     add_key,
@@ -28,6 +29,9 @@ from frontends.identity._static import (
     read_entries,
     revoke_keys,
 )
+
+if TYPE_CHECKING:
+    from frontends.identity._oidc import OIDCProvider
 
 __all__ = [
     "AccessRefused",
@@ -49,3 +53,13 @@ __all__ = [
     "read_entries",
     "revoke_keys",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """`OIDCProvider` loads PyJWT and cryptography, which a gateway without OIDC never
+    needs: it is imported on first use."""
+    if name == "OIDCProvider":
+        from frontends.identity._oidc import OIDCProvider
+
+        return OIDCProvider
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

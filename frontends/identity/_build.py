@@ -1,4 +1,8 @@
-"""The provider chain the settings ask for, in their order, calling out through `transport`."""
+"""The provider chain the settings ask for, in their order, calling out through `transport`.
+
+Only the providers asked for are imported: OIDC loads PyJWT and cryptography, the shared
+Globus cache redis-py, and a gateway on static keys needs neither (megabytes of RSS in
+every worker)."""
 
 from __future__ import annotations
 
@@ -6,8 +10,6 @@ from typing import TYPE_CHECKING
 
 from frontends.identity._base import ChainProvider, IdentityProvider
 from frontends.identity._globus import GlobusAuth
-from frontends.identity._oidc import OIDCProvider
-from frontends.identity._shared import RedisIdentities
 from frontends.identity._static import StaticKeys
 from transports import Transport
 
@@ -22,6 +24,8 @@ def build_identity(settings: Settings, *, transport: Transport) -> ChainProvider
     providers: list[IdentityProvider] = []
     shared = None
     if settings.redis_url is not None and "globus" in settings.identity_providers:
+        from frontends.identity._shared import RedisIdentities
+
         # Replicas share Globus's answers through the Redis they count quotas in.
         shared = RedisIdentities(
             settings.redis_url.get_secret_value(), prefix=settings.redis_key_prefix
@@ -47,6 +51,8 @@ def build_identity(settings: Settings, *, transport: Transport) -> ChainProvider
             )
         elif name == "oidc":
             assert settings.oidc_issuer and settings.oidc_audience
+            from frontends.identity._oidc import OIDCProvider
+
             providers.append(
                 OIDCProvider(
                     issuer=settings.oidc_issuer,

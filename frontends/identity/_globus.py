@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core import Identity, Rule, domain_allowed
 from frontends.identity._base import (
@@ -37,8 +37,10 @@ from frontends.identity._base import (
 )
 from frontends.identity._cache import TokenCache
 from frontends.identity._http import basic_authorization, call_json, timeout_of
-from frontends.identity._shared import RedisIdentities
 from transports import Transport
+
+if TYPE_CHECKING:
+    from frontends.identity._shared import RedisIdentities
 
 __all__ = ["GlobusAuth"]
 

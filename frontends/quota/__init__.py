@@ -12,8 +12,22 @@ Both have `status()`, a small dict whose `backend` says which is counting (for h
 and metrics); counters with an `aclose()` are closed when the gateway stops.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from frontends.quota._base import QuotaCounters
 from frontends.quota._local import InProcessCounters
-from frontends.quota._redis import DEFAULT_PREFIX, RedisCounters
+
+if TYPE_CHECKING:
+    from frontends.quota._redis import DEFAULT_PREFIX, RedisCounters
 
 __all__ = ["DEFAULT_PREFIX", "InProcessCounters", "QuotaCounters", "RedisCounters"]
+
+
+def __getattr__(name: str) -> Any:
+    """`RedisCounters` and `DEFAULT_PREFIX` load redis-py (about 6 MB), which a gateway
+    counting in process never needs: they are imported on first use."""
+    if name in ("DEFAULT_PREFIX", "RedisCounters"):
+        from frontends.quota import _redis
+
+        return getattr(_redis, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

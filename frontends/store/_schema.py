@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
 __all__ = [
+    "HEAD_REVISION",
     "VERSION_TABLE",
     "UTCDateTime",
     "batch_lines",
@@ -27,6 +28,9 @@ __all__ = [
 # Alembic's record of the schema's revision; named for us, so a database shared with
 # another Alembic-managed application keeps the two apart.
 VERSION_TABLE = "inference_gateway_schema"
+# The newest migration's revision: a database at it is served without importing Alembic.
+# A new migration moves it (tests/store/test_migrations.py checks it is Alembic's head).
+HEAD_REVISION = "0006"
 
 # Constraint and index names the same on every database, so later migrations can name them.
 NAMING_CONVENTION = {
@@ -201,4 +205,3 @@ replicas = sa.Table(
     sa.Column("started_at", UTCDateTime, nullable=False),
     sa.Column("seen_at", UTCDateTime, nullable=False),
 )
-

@@ -26,7 +26,7 @@ from frontends.store import (
     head_revision,
     migrate,
 )
-from frontends.store._schema import metadata
+from frontends.store._schema import HEAD_REVISION, metadata
 from tests.store.factories import record
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,6 +90,29 @@ def test_a_second_start_changes_nothing(database_url: str) -> None:
             assert versions.scalars().all() == [head_revision()]
     finally:
         second.close()
+
+
+def test_the_head_a_served_start_checks_for_is_alembics_head() -> None:
+    # A start on a database at HEAD_REVISION skips Alembic; a new migration must move it.
+    assert head_revision() == HEAD_REVISION
+
+
+def test_a_start_on_a_database_at_the_head_does_not_import_alembic(tmp_path: Path) -> None:
+    Store.connect(f"sqlite:///{tmp_path}/x.db").close()
+    script = (
+        "import sys, frontends.store as s;"
+        "s.Store.connect(sys.argv[1]).close();"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'mako')))"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", script, f"sqlite:///{tmp_path}/x.db"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "[]"
 
 
 def test_replicas_starting_together_migrate_once(postgresql_url: str) -> None:
