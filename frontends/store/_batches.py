@@ -30,8 +30,8 @@ from typing import Any, ParamSpec, TypeVar
 import anyio
 import attrs
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
+from frontends.store._engine import dialect_insert
 from frontends.store._schema import batch_lines, batches, files
 
 __all__ = [
@@ -138,8 +138,7 @@ class BatchStore:
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
-        dialect = engine.dialect.name
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        insert = dialect_insert(engine.dialect.name)
         # A line's answer replaces the row that says it started, and nothing else: an
         # outcome once recorded stays.
         insert_lines = insert(batch_lines)

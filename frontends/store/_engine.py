@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.resources
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,12 +21,17 @@ from frontends.store._schema import HEAD_REVISION, VERSION_TABLE
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from sqlalchemy.dialects.postgresql import Insert as PostgresInsert
+    from sqlalchemy.dialects.sqlite import Insert as SQLiteInsert
+
+    Insert = PostgresInsert | SQLiteInsert
 
 __all__ = [
     "SQLITE_BUSY_TIMEOUT_MS",
     "create_store_engine",
     "current_revision",
     "default_database_url",
+    "dialect_insert",
     "head_revision",
     "migrate",
     "normalise_database_url",
@@ -96,6 +101,20 @@ def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
     finally:
         cursor.close()
+
+
+def dialect_insert(dialect: str) -> Callable[[sa.Table], Insert]:
+    """The INSERT of this database's dialect (with its ON CONFLICT clauses).  The dialect
+    module is imported here, so a gateway on SQLite never loads PostgreSQL's (2 MB)."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert
+    if dialect == "sqlite":
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert
+    raise ValueError(f"no store for database {dialect!r}")
 
 
 def create_store_engine(url: str) -> sa.Engine:

@@ -14,10 +14,9 @@ from typing import Any
 import anyio
 import attrs
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, IntegrityError
 
-from frontends.store._engine import create_store_engine, migrate, safe_url
+from frontends.store._engine import create_store_engine, dialect_insert, migrate, safe_url
 from frontends.store._records import RequestRecord
 from frontends.store._schema import request_log
 
@@ -32,11 +31,7 @@ _values = operator.attrgetter(*_FIELDS)  # a record's values in _FIELDS order, f
 def _insert_ignoring_duplicates(dialect: str) -> sa.Insert:
     """INSERT that skips a record whose id is already stored, so a batch retried after a
     commit whose answer was lost does not fail on its own first copy."""
-    if dialect == "postgresql":
-        return postgresql.insert(request_log).on_conflict_do_nothing(index_elements=["id"])
-    if dialect == "sqlite":
-        return sqlite.insert(request_log).on_conflict_do_nothing(index_elements=["id"])
-    raise ValueError(f"no store for database {dialect!r}")
+    return dialect_insert(dialect)(request_log).on_conflict_do_nothing(index_elements=["id"])
 
 
 class Store:
