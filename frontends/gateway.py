@@ -623,7 +623,9 @@ class StreamRelay:
         self._machine = machine
         self._upstream = upstream
         self._moments = moments
-        self._chunks = _as_bytes(upstream.content)
+        # The adaptor's iterator itself, not a generator around it: one frame less to
+        # keep per open stream and one less to step through per chunk.
+        self._chunks = aiter(upstream.content)
         self._out: deque[bytes] = deque()
         self._closed = False
         self._observer = gateway._stream_observer
@@ -641,7 +643,8 @@ class StreamRelay:
             event: Event = GatewayStopping()  # unless a chunk comes before the drain's cut
             try:
                 with self._gateway.drain.cuttable():
-                    event = ChunkReceived(data=await self._chunks.__anext__())
+                    chunk = await anext(self._chunks)
+                    event = ChunkReceived(data=chunk.encode() if isinstance(chunk, str) else chunk)
             except StopAsyncIteration:
                 event = StreamEnded()
             except anyio.get_cancelled_exc_class():

@@ -99,7 +99,10 @@ class AccessLog:
             await send(message)
 
         try:
-            await self._app({**scope, SCOPE_KEY: trace}, receive, send_with_id)
+            # Into the request's own scope, not a copy of it that a stream would keep
+            # beside it for its whole life.
+            scope[SCOPE_KEY] = trace
+            await self._app(scope, receive, send_with_id)
         finally:
             self._traces.pop(trace.log_id, None)
             self._log(scope, trace, received, time.monotonic() - started, status)

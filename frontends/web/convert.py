@@ -60,7 +60,9 @@ async def gateway_request(
 ) -> GatewayRequest:
     made = GatewayRequest(
         route=route,
-        body=await request.get_data(cache=True, as_text=False, parse_form_data=False),
+        # Not cached: Quart would keep its own copy of the body for as long as the
+        # request lasts (a stream's whole life); the gateway holds the one it needs.
+        body=await request.get_data(cache=False, as_text=False, parse_form_data=False),
         content_type=request.headers.get("Content-Type"),
         authorization=authorization_for(route, request.headers.get),
         cluster=cluster,
