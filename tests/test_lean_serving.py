@@ -1,0 +1,58 @@
+"""A served worker carries only what its settings use: a gateway on static keys, quotas
+counted in process and an SQLite request log already at the newest schema never imports
+Alembic (nor Mako behind it), redis-py, PyJWT or SQLAlchemy's PostgreSQL dialect; each
+costs megabytes of RSS in every worker.  (Pygments is not on the list: httpx's own CLI
+module imports it whenever httpx is imported.)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from frontends.store import Store
+from tests.support.gateway_server import write_tokens
+
+ROOT = Path(__file__).resolve().parents[1]
+
+UNUSED = ("alembic", "mako", "redis", "jwt", "sqlalchemy.dialects.postgresql")
+
+# `serve` as the CLI runs it, up to the point where Hypercorn would start serving: there
+# the modules the worker holds are printed, and it returns instead.
+SERVE_UNTIL_LISTENING = """
+import sys
+import frontends.cli as cli
+
+def report(*args, **kwargs):
+    unused = sys.argv[1].split(",")
+    print(sorted(m for m in sys.modules if any(m == u or m.startswith(u + ".") for u in unused)))
+
+cli._serve_asyncio = report
+sys.exit(cli.main(["serve", "--port", "0", "--fixtures", sys.argv[2]]))
+"""
+
+
+def test_a_worker_on_static_keys_and_sqlite_imports_nothing_it_does_not_use(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    # A database at the newest schema, as every start after the first finds it.
+    Store.connect(f"sqlite:///{state}/gateway.db").close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_GATEWAY_")}
+    env |= {
+        "INFERENCE_GATEWAY_STATE_DIR": str(state),
+        "INFERENCE_GATEWAY_TOKENS_FILE": str(write_tokens(tmp_path)),
+        "INFERENCE_GATEWAY_QUOTAS": "true",
+        "INFERENCE_GATEWAY_LOG_LEVEL": "WARNING",
+    }
+    ran = subprocess.run(
+        [sys.executable, "-c", SERVE_UNTIL_LISTENING, ",".join(UNUSED), str(ROOT / "fixtures")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip().splitlines()[-1] == "[]"
