@@ -6,6 +6,8 @@ run on trio and asyncio against the same scripted server.
 
 from __future__ import annotations
 
+import os
+import resource
 from collections.abc import AsyncIterator
 
 import anyio
@@ -144,6 +146,26 @@ async def test_an_idle_connection_the_server_closed_is_not_reused(
             await server.connections[0].closed.wait()
         assert (await transport.send(_get(server, "/once"))).body == b"once"
     assert len(server.connections) == 2
+
+
+async def test_an_idle_connection_on_a_descriptor_past_1024_is_reused(
+    transport: H11Transport,
+) -> None:
+    # A gateway holding many streams has sockets numbered past select()'s FD_SETSIZE;
+    # checking such an idle connection must work, not fail the request.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1100 <= hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1100, hard))
+    padding = [os.open(os.devnull, os.O_RDONLY) for _ in range(1030)]
+    try:
+        async with serving({"/ok": _ok}) as server:
+            for _ in range(2):
+                assert (await transport.send(_get(server, "/ok"))).body == b"ok"
+        assert len(server.connections) == 1
+    finally:
+        for fd in padding:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 async def test_a_half_read_stream_is_not_reused(transport: H11Transport) -> None:

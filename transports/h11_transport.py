@@ -318,8 +318,11 @@ def _is_readable(stream: anyio.abc.ByteStream) -> bool:
         return False  # not a socket we can look at: trust it
     if sock.fileno() < 0:
         return True  # already closed: as unusable as a readable one
-    readable, _, _ = select.select([sock], [], [], 0)
-    return bool(readable)
+    # poll, not select: select refuses descriptors past FD_SETSIZE (1024), which a
+    # gateway holding many streams opens as a matter of course.
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(0))
 
 
 class _Connection:
