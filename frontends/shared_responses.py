@@ -28,18 +28,15 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-import redis
-import redis.exceptions
 
 from core import ResponseDirectory
+from frontends.redis_client import connect, failures
 
 __all__ = ["DEFAULT_TTL", "SharedResponses", "previous_response_id"]
 
 log = logging.getLogger("inference_gateway")
 
 DEFAULT_TTL = 30 * 24 * 3600.0  # OpenAI keeps a stored response 30 days
-
-_FAILURES = (OSError, redis.exceptions.RedisError)
 
 
 def previous_response_id(body: bytes) -> str | None:
@@ -72,7 +69,7 @@ class SharedResponses:
         self._redis = (
             None
             if redis_url is None
-            else redis.Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
+            else connect(redis_url, socket_timeout=1, socket_connect_timeout=1)
         )
         self._failing = False
 
@@ -109,7 +106,7 @@ class SharedResponses:
 
     def close(self) -> None:
         if self._redis is not None:
-            with contextlib.suppress(*_FAILURES):
+            with contextlib.suppress(*failures()):
                 self._redis.close()
 
     # -- Redis, in worker threads ---------------------------------------------------------
@@ -117,7 +114,7 @@ class SharedResponses:
     async def _io(self, call: Any, *args: Any) -> Any:
         try:
             answer = await anyio.to_thread.run_sync(call, *args)
-        except _FAILURES as exc:
+        except failures() as exc:
             if not self._failing:
                 log.warning(
                     "stored responses: Redis failed (%s); this process answers follow-ups "

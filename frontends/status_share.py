@@ -46,10 +46,9 @@ from typing import Any, Protocol
 import anyio
 import anyio.to_thread
 import attrs
-import redis
-import redis.exceptions
 
 from adaptors.clusters.cluster import GetJobsResponse
+from frontends.redis_client import connect, failures
 
 __all__ = [
     "FolderMedium",
@@ -157,9 +156,7 @@ class RedisMedium:
     name = "redis"
 
     def __init__(self, url: str, *, prefix: str, timeout: float = 1.0) -> None:
-        self._redis = redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
+        self._redis = connect(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         self._prefix = prefix
         self._unlock = self._redis.register_script(_UNLOCK)
 
@@ -233,7 +230,6 @@ class FolderMedium:
 
 # -- the edge ------------------------------------------------------------------------------
 
-_FAILURES = (OSError, redis.exceptions.RedisError)
 
 Fetch = Callable[[], Awaitable[Reading]]
 
@@ -286,16 +282,16 @@ class StatusShare:
             fresh = await fetch()
             try:
                 await self._io(self._medium.put, cluster, fresh, KEEP_TTLS * ttl)
-            except _FAILURES as exc:
+            except failures() as exc:
                 self._failing(exc)
                 return fresh
             return self._working(fresh)
-        except _FAILURES as exc:
+        except failures() as exc:
             self._failing(exc)
             return await fetch()
         finally:
             if handle is not None:
-                with anyio.CancelScope(shield=True), contextlib.suppress(*_FAILURES):
+                with anyio.CancelScope(shield=True), contextlib.suppress(*failures()):
                     await self._io(self._medium.unlock, cluster, handle)
 
     async def _wait_for(
@@ -336,5 +332,5 @@ class StatusShare:
         self._failed_at = time.monotonic()
 
     def close(self) -> None:
-        with contextlib.suppress(*_FAILURES):
+        with contextlib.suppress(*failures()):
             self._medium.close()
