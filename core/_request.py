@@ -36,6 +36,8 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import attrs
+
 from core._balance import AssessHealth, HealthAssessed, choose, is_retriable, permitted_candidates
 from core._caller import caller, credentials, identity_unavailable
 from core._catalog import Catalog
@@ -220,6 +222,9 @@ class RequestMachine(Kernel[State, RequestEffect]):
         self._call: CallAdaptor | None = None
         self._called = False
         self._sent: Mapping[str, Any] = {}  # the validated body, for estimates if needed
+        # Kept once a stream starts and the body is let go (`_forget_the_body`).
+        self._bytes_in: int | None = None
+        self._prompt_estimate: int | None = None
         self._task_id: str | None = None
         self._bytes_out = 0
         self._request: RequestReceived | None = None
@@ -473,7 +478,21 @@ class RequestMachine(Kernel[State, RequestEffect]):
 
     def _on_stream_opened(self, event: StreamOpened) -> Outcome:
         self._task_id = event.task_id
+        self._forget_the_body()
         return S.STREAMING, (StartStream(status=200, headers=stream_headers(event.headers)),)
+
+    def _forget_the_body(self) -> None:
+        """A stream that started is never retried, so the client's body (its bytes, its
+        parsed form, the call's copy) is no longer needed: only its size and its prompt's
+        estimate are kept.  A stream may stay open for minutes and a coding agent's prompt
+        runs to hundreds of kilobytes; thousands of open streams must not hold them all."""
+        request = self._current_request()
+        self._bytes_in = len(request.body)
+        self._prompt_estimate = estimate_prompt_tokens(self._sent)
+        self._request = attrs.evolve(request, body=b"")
+        self._sent = {}
+        self._valid = attrs.evolve(self._current_valid(), body={})
+        self._call = None
 
     def _on_chunk(self, event: ChunkReceived) -> Outcome:
         """Whole events go out as they were sent (but the usage event the client did not
@@ -687,7 +706,11 @@ class RequestMachine(Kernel[State, RequestEffect]):
         """Counts the backend did not give: the prompt from its text (one token per four
         characters); the completion from what was relayed (a stream sends about one token
         per event; a whole answer, one per four bytes of its body)."""
-        prompt = estimate_prompt_tokens(self._sent)
+        prompt = (
+            estimate_prompt_tokens(self._sent)
+            if self._prompt_estimate is None
+            else self._prompt_estimate
+        )
         if reported is not None and reported.prompt_tokens is not None:
             prompt = reported.prompt_tokens
         if self._stream:
@@ -733,7 +756,7 @@ class RequestMachine(Kernel[State, RequestEffect]):
                 detail=None if detail is None else log_detail(detail),
                 cancelled=cancelled,
                 task_id=self._task_id,
-                bytes_in=len(request.body),
+                bytes_in=len(request.body) if self._bytes_in is None else self._bytes_in,
                 bytes_out=self._bytes_out,
                 client=request.client,
             )

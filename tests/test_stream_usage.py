@@ -7,6 +7,7 @@ Every other byte of the stream reaches the client as the backend sent it.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +30,7 @@ from core import (
     StreamOpened,
     Usage,
     WriteLog,
+    estimate_prompt_tokens,
 )
 from frontends.assembly import build_gateway
 from frontends.identity import StaticKeys
@@ -90,6 +92,31 @@ def relay(machine: RequestMachine, *pieces: bytes) -> tuple[bytes, WriteLog]:
     effects.extend(machine.receive(StreamEnded()))
     (log,) = [e for e in effects if isinstance(e, WriteLog)]
     return b"".join(e.data for e in effects if isinstance(e, RelayChunk)), log
+
+
+def test_an_open_stream_lets_go_of_the_clients_body_and_still_counts_it() -> None:
+    """A stream can stay open for minutes; its prompt (a coding agent's runs to hundreds
+    of kilobytes) is not kept for that long: once the stream starts (it is never retried
+    then) the machine holds neither the bytes nor their parsed form, yet the log still
+    has the body's size and, with no usage from the backend, the prompt's estimate."""
+    prompt = "x" * 400_000
+    body = json.dumps({**CHAT, "messages": [{"role": "user", "content": prompt}]}).encode()
+    machine = RequestMachine(CATALOG)
+    machine.receive(
+        RequestReceived(
+            request_id="r", route=OpenAIRoute.CHAT_COMPLETIONS, body=body, authorization="Bearer k"
+        )
+    )
+    machine.receive(IdentityResolved(identity=ADA))  # the call, dropped as a driver does
+    alone = 2  # `body` and getrefcount's own argument
+    assert sys.getrefcount(body) > alone
+    machine.receive(StreamOpened())
+    assert sys.getrefcount(body) == alone
+    machine.receive(ChunkReceived(data=CHUNK + DONE))
+    (log,) = [e for e in machine.receive(StreamEnded()) if isinstance(e, WriteLog)]
+    assert log.entry.bytes_in == len(body)
+    assert log.entry.estimated and log.entry.usage is not None
+    assert log.entry.usage.prompt_tokens == estimate_prompt_tokens(json.loads(body))
 
 
 def test_the_backend_is_asked_for_usage_and_the_client_does_not_see_it() -> None:
