@@ -1,5 +1,6 @@
 """The framework's floor: a bare Quart app on Hypercorn, served the way `inference-gateway
-serve` serves (same Hypercorn entry point, worker and event loop), that reads the body,
+serve` serves (same Hypercorn entry point, worker and event loop: uvloop when installed,
+through the gateway's own `frontends.event_loop.run_asyncio`), that reads the body,
 parses it, and answers the canned JSON or SSE with no upstream call.  Whatever the
 gateway costs beyond this is the gateway's own.
 
@@ -72,6 +73,8 @@ def main() -> None:
 
     from hypercorn.asyncio import serve
 
+    from frontends.event_loop import run_asyncio
+
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -79,7 +82,7 @@ def main() -> None:
             loop.add_signal_handler(signum, stop.set)
         await serve(make_app(), _config(args.port), shutdown_trigger=stop.wait)
 
-    asyncio.run(run())
+    run_asyncio(run)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import shlex
 import shutil
@@ -191,11 +190,21 @@ def _token_problem(settings: Settings, token: str | None, command: str) -> str |
 
 def _transport(settings: Settings | None = None) -> Transport:
     """The one transport of a served gateway: adaptors and identity providers share it,
-    with the settings' connection limits and answer cap."""
+    with the settings' connection limits and answer cap; `TRANSPORT` picks h11 (the
+    default) or httpx.  Both trust the environment's proxy and CA variables, as httpx
+    does by default, so a deployment behind a proxy works with either."""
+    from transports.h11_transport import H11Transport
     from transports.httpx_transport import HttpxTransport
 
     if settings is None:
         return HttpxTransport()
+    if settings.transport == "h11":
+        return H11Transport(
+            verify=settings.verify_tls,
+            trust_env=True,
+            limits=settings.connection_limits,
+            max_answer_bytes=settings.max_answer_bytes,
+        )
     return HttpxTransport(
         verify=settings.verify_tls,
         limits=settings.connection_limits,
@@ -450,6 +459,7 @@ def _serve_asyncio(
 ) -> None:
     from hypercorn.asyncio import serve
 
+    from frontends.event_loop import run_asyncio
     from frontends.web import create_app
 
     async def run() -> None:
@@ -458,7 +468,7 @@ def _serve_asyncio(
             lambda stop: serve(app, config, shutdown_trigger=stop), gateway.drain, drain_seconds
         )
 
-    asyncio.run(run())
+    run_asyncio(run)
 
 
 def _serve_trio(

@@ -148,6 +148,9 @@ class Settings(BaseSettings):
     max_connections: int = pydantic.Field(default=1000, ge=1)
     pool_wait_timeout: float = pydantic.Field(default=5.0, gt=0)
     max_answer_bytes: int = pydantic.Field(default=DEFAULT_MAX_ANSWER_BYTES, ge=1)
+    # The outbound HTTP client of a served gateway: h11 (transports.h11_transport, the
+    # faster under load) or httpx (transports.httpx_transport).
+    transport: Literal["h11", "httpx"] = "h11"
 
     # Identity providers, tried in this order (a JSON list or "static,globus").
     identity_providers: Annotated[list[ProviderName], NoDecode] = ["static"]
