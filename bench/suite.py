@@ -25,6 +25,7 @@ gateway/floor from this one run; absolute figures are this machine's only.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -183,6 +184,20 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def ensure_uvloop() -> str:
+    """uvloop (the `fast` extra) for the floor and the gateway alike, installed with pip
+    when missing; the loop both will run on ('uvloop', or 'asyncio' if it cannot be had)."""
+    from frontends.event_loop import asyncio_loop_name
+
+    if asyncio_loop_name() == "asyncio":
+        install = [sys.executable, "-m", "pip", "install", "-q", "uvloop>=0.19"]
+        if subprocess.run(install, capture_output=True).returncode != 0:
+            print("uvloop could not be installed: floor and gateway both run on asyncio's loop")
+            return "asyncio"
+        importlib.invalidate_caches()
+    return asyncio_loop_name()
+
+
 # Descriptors a gateway process needs besides two per held stream (its listener, the
 # request log, the pool to the canned backend, the normal requests meanwhile, Python's own).
 _SPARE_DESCRIPTORS = 256
@@ -207,12 +222,13 @@ def held_streams(asked: int, descriptor_limit: int) -> int:
     return max(0, min(asked, (descriptor_limit - _SPARE_DESCRIPTORS) // 2))
 
 
-def run(plan: Plan, out: Path | None) -> str:
+def run(plan: Plan, out: Path | None, transport: str = "h11") -> str:
     limit = _descriptor_limit(plan.open_streams)
     capped = held_streams(plan.open_streams, limit)
     if capped < plan.open_streams:
         plan = attrs.evolve(plan, open_streams=capped, descriptor_cap=limit)
     ensure_tools("nginx", "wrk")
+    loop = ensure_uvloop()
     cores = os.cpu_count() or 1
     server_cpu, load_cpu = (0, 1) if cores >= 2 else (None, None)
     with tempfile.TemporaryDirectory(prefix="igw-bench-") as tmp, ExitStack() as stack:
@@ -262,6 +278,7 @@ def run(plan: Plan, out: Path | None) -> str:
             "INFERENCE_GATEWAY_TOKENS_FILE": str(write_tokens(folder)),
             "INFERENCE_GATEWAY_STATE_DIR": str(folder / "state"),
             "INFERENCE_GATEWAY_LOG_LEVEL": "WARNING",
+            "INFERENCE_GATEWAY_TRANSPORT": transport,
             # The open-streams figure holds this many streams to one backend at once.
             "INFERENCE_GATEWAY_MAX_CONNECTIONS_PER_BACKEND": str(plan.open_streams + 100),
             "INFERENCE_GATEWAY_MAX_CONNECTIONS": str(plan.open_streams + 1000),
@@ -327,6 +344,7 @@ def run(plan: Plan, out: Path | None) -> str:
         scaling = _workers_phase(plan, fixtures, gateway_env, folder, serve)
 
     report = _report(plan, cells, first, idle, peak, streams, scaling, server_cpu is not None)
+    report += f"\nevent loop of floor and gateway: {loop}; gateway transport: {transport}"
     if out is not None:
         out.write_text(report + "\n")
     return report
@@ -581,9 +599,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a short run (about 40 s)")
     parser.add_argument("--streams", type=int, help="open streams to hold (default 10,000)")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
+    parser.add_argument(
+        "--transport",
+        choices=("h11", "httpx"),
+        default="h11",
+        help="the gateway's TRANSPORT setting (default h11, serve's own default)",
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.streams is not None:
         plan = attrs.evolve(plan, open_streams=args.streams)
-    print(run(plan, args.out))
+    print(run(plan, args.out, args.transport))
     return 0

@@ -1,0 +1,136 @@
+"""The served gateway's outbound transport (`TRANSPORT`: h11, the default, or httpx) and
+its asyncio loop (uvloop when installed): each transport chosen by the setting, refused
+when unknown (naming the setting), and each serving real JSON and streamed answers on
+both loops, with a client that leaves mid-stream cancelling the backend's stream."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from core import ConfigurationError
+from frontends.cli import _transport
+from frontends.event_loop import asyncio_loop_name, run_asyncio
+from frontends.settings import load_settings
+from tests.support.fake_openai import running_fake_openai
+from tests.support.gateway_server import ALICE, write_fixtures
+from tests.support.serve_process import serving
+from transports.h11_transport import H11Transport
+from transports.httpx_transport import HttpxTransport
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in list(os.environ):
+        if name.startswith("INFERENCE_GATEWAY_"):
+            monkeypatch.delenv(name)
+    yield
+
+
+@pytest.mark.usefixtures("clean_env")
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [(None, H11Transport), ("h11", H11Transport), ("httpx", HttpxTransport)],
+)
+def test_the_transport_setting_picks_the_served_transport(
+    value: str | None, kind: type[object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if value is not None:
+        monkeypatch.setenv("INFERENCE_GATEWAY_TRANSPORT", value)
+    settings = load_settings()
+    assert type(_transport(settings)) is kind
+    assert settings.transport == (value or "h11")
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_an_unknown_transport_is_refused_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("INFERENCE_GATEWAY_TRANSPORT", "curl")
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+    assert "transport" in str(raised.value)
+
+
+def _loop_of(main_runs: list[str]) -> None:
+    async def main() -> None:
+        main_runs.append(type(asyncio.get_running_loop()).__module__.split(".")[0])
+
+    run_asyncio(main)
+
+
+def test_run_asyncio_runs_on_uvloop_when_installed() -> None:
+    runs: list[str] = []
+    _loop_of(runs)
+    expected = "uvloop" if asyncio_loop_name() == "uvloop" else "asyncio"
+    assert runs == [expected]
+
+
+def test_run_asyncio_falls_back_to_asyncio_without_uvloop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # `import uvloop` raises ImportError
+    runs: list[str] = []
+    _loop_of(runs)
+    assert asyncio_loop_name() == "asyncio"
+    assert runs == ["asyncio"]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+@pytest.mark.parametrize("transport", ["h11", "httpx"])
+def test_each_transport_serves_answers_and_streams_on_each_loop(
+    transport: str, loop: str, tmp_path: Path
+) -> None:
+    with running_fake_openai(models=["gpt-test", "hang-stream"]) as (fake, backend_url):
+        cluster = {
+            "cluster_name": "fake",
+            "frameworks": ["api"],
+            "openai_endpoints": ["chat/completions"],
+            "cluster_adapter": "adaptors.clusters.openai_compatible.OpenAICompatibleCluster",
+            "config": {"api_url": f"{backend_url}/v1"},
+        }
+        endpoints = [
+            {
+                "endpoint_slug": f"fake-api-{model}",
+                "cluster": "fake",
+                "framework": "api",
+                "model": model,
+                "endpoint_adapter": "adaptors.endpoints.direct_api.DirectAPIEndpoint",
+                "config": {"api_url": f"{backend_url}/v1", "api_key_env_name": "UNSET_KEY"},
+            }
+            for model in ("gpt-test", "hang-stream")
+        ]
+        fixtures = write_fixtures(tmp_path / "fixtures", [cluster], endpoints)
+        with (
+            serving(
+                tmp_path,
+                stop_signal=signal.SIGTERM,
+                fixtures=fixtures,
+                loop=loop,
+                settings={"transport": transport},
+            ) as served,
+            openai.OpenAI(base_url=f"{served.url}/v1", api_key=ALICE, max_retries=0) as client,
+        ):
+            answer = client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+            assert answer.choices[0].message.content
+            chunks = list(
+                client.chat.completions.create(model="gpt-test", messages=MESSAGES, stream=True)
+            )
+            assert chunks[-1].choices[0].finish_reason == "stop"
+            fake.stream_cancelled.clear()
+            stream = client.chat.completions.create(
+                model="hang-stream", messages=MESSAGES, stream=True
+            )
+            next(iter(stream))
+            stream.close()
+            assert fake.stream_cancelled.wait(timeout=20), "backend stream not cancelled"
