@@ -185,6 +185,24 @@ async def test_a_half_read_stream_is_not_reused(transport: H11Transport) -> None
     assert len(server.connections) == 2
 
 
+async def test_a_stream_left_at_its_last_chunk_is_reused_when_its_end_came_with_it(
+    transport: H11Transport,
+) -> None:
+    """A relay stops at a stream's last event (`data: [DONE]`) without asking for the
+    end; when that end was already received (here: the whole Content-Length body), the
+    connection goes back to the pool instead of being closed."""
+
+    async def whole(exchange: Exchange) -> None:
+        await exchange.respond(200, [("content-type", "text/event-stream")], b"data: [DONE]\n\n")
+
+    async with serving({"/done": whole}) as server:
+        for _ in range(3):
+            stream = await transport.open_stream(_get(server, "/done"))
+            assert await stream.chunks().__anext__() == b"data: [DONE]\n\n"
+            await stream.aclose()
+    assert len(server.connections) == 1
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [

@@ -720,8 +720,28 @@ class H11Stream:
         return b"".join(parts)
 
     async def aclose(self) -> None:
-        """Give the connection back if the body was read to its end, else close it."""
+        """Give the connection back if the body was read to its end, or if its end is
+        already in hand (parsed from bytes received with the last chunk: a caller that
+        stops at a stream's last event need not ask for it); else close it."""
+        if not self._finished and self._end_already_received():
+            self._finished = True
         await self._lease.release(reuse=self._finished)
+
+    def _end_already_received(self) -> bool:
+        """Whether the answer's end is next in what was received, with no body bytes
+        before it; no IO (anything else, body bytes included, means the connection
+        closes)."""
+        connection = self._lease.connection
+        if connection is None:
+            return False
+        try:
+            while True:
+                event = connection.h11.next_event()
+                if isinstance(event, h11.Data) and not event.data:
+                    continue
+                return isinstance(event, h11.EndOfMessage)
+        except h11.RemoteProtocolError:
+            return False
 
     async def _next_chunk(
         self, timeout: float | None, phase: _Phase, phase_deadline: float
