@@ -1,10 +1,10 @@
 """The framework's floor: a bare Quart app on Hypercorn, served the way `inference-gateway
-serve` serves (same Hypercorn entry point, worker and event loop: uvloop when installed,
-through the gateway's own `frontends.event_loop.run_asyncio`), that reads the body,
-parses it, and answers the canned JSON or SSE with no upstream call.  Whatever the
+serve` serves (same Hypercorn entry point, worker and event loop: `--uvloop` as the
+gateway's `UVLOOP` setting, both through `frontends.event_loop.run_asyncio`), that reads
+the body, parses it, and answers the canned JSON or SSE with no upstream call.  Whatever the
 gateway costs beyond this is the gateway's own.
 
-    python -m bench.floor --port 8001 [--loop asyncio|trio]
+    python -m bench.floor --port 8001 [--loop asyncio|trio] [--uvloop]
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--loop", choices=("asyncio", "trio"), default="asyncio")
+    parser.add_argument("--uvloop", action="store_true", help="asyncio on uvloop")
     args = parser.parse_args()
     if args.loop == "trio":
         import trio
@@ -82,7 +83,7 @@ def main() -> None:
             loop.add_signal_handler(signum, stop.set)
         await serve(make_app(), _config(args.port), shutdown_trigger=stop.wait)
 
-    run_asyncio(run)
+    run_asyncio(run, uvloop=args.uvloop)
 
 
 if __name__ == "__main__":

@@ -187,15 +187,15 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
 def ensure_uvloop() -> str:
     """uvloop (the `fast` extra) for the floor and the gateway alike, installed with pip
     when missing; the loop both will run on ('uvloop', or 'asyncio' if it cannot be had)."""
-    from frontends.event_loop import asyncio_loop_name
+    from frontends.event_loop import uvloop_installed
 
-    if asyncio_loop_name() == "asyncio":
+    if not uvloop_installed():
         install = [sys.executable, "-m", "pip", "install", "-q", "uvloop>=0.19"]
         if subprocess.run(install, capture_output=True).returncode != 0:
             print("uvloop could not be installed: floor and gateway both run on asyncio's loop")
             return "asyncio"
         importlib.invalidate_caches()
-    return asyncio_loop_name()
+    return "uvloop" if uvloop_installed() else "asyncio"
 
 
 # Descriptors a gateway process needs besides two per held stream (its listener, the
@@ -263,7 +263,15 @@ def run(plan: Plan, out: Path | None, transport: str = "h11") -> str:
         floor = servers_stack.enter_context(
             _process(
                 _pinned(
-                    [sys.executable, "-m", "bench.floor", "--port", str(floor_port)], server_cpu
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.floor",
+                        "--port",
+                        str(floor_port),
+                        *(["--uvloop"] if loop == "uvloop" else []),
+                    ],
+                    server_cpu,
                 ),
                 base_env,
                 folder / "floor.log",
@@ -279,6 +287,7 @@ def run(plan: Plan, out: Path | None, transport: str = "h11") -> str:
             "INFERENCE_GATEWAY_STATE_DIR": str(folder / "state"),
             "INFERENCE_GATEWAY_LOG_LEVEL": "WARNING",
             "INFERENCE_GATEWAY_TRANSPORT": transport,
+            "INFERENCE_GATEWAY_UVLOOP": str(loop == "uvloop").lower(),
             # The open-streams figure holds this many streams to one backend at once.
             "INFERENCE_GATEWAY_MAX_CONNECTIONS_PER_BACKEND": str(plan.open_streams + 100),
             "INFERENCE_GATEWAY_MAX_CONNECTIONS": str(plan.open_streams + 1000),

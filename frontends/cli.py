@@ -308,6 +308,15 @@ def _serve(settings: Settings, *, loop: str = "asyncio", listen_fd: int | None =
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     _access_log_to_stderr()
+    if settings.uvloop and loop == "asyncio":
+        from frontends.event_loop import uvloop_installed
+
+        if not uvloop_installed():
+            raise ConfigurationError(
+                "uvloop is asked for but not installed: pip install 'inference-gateway[fast]'",
+                file="settings",
+                field="uvloop",
+            )
     new_token = None
     if "static" in settings.identity_providers and listen_fd is None:
         new_token = ensure_tokens_file(settings.tokens_path, settings.local_key_path)
@@ -377,7 +386,9 @@ def _serve(settings: Settings, *, loop: str = "asyncio", listen_fd: int | None =
         if loop == "trio":
             _serve_trio(gateway, config, app_options, settings.drain_seconds)
         else:
-            _serve_asyncio(gateway, config, app_options, settings.drain_seconds)
+            _serve_asyncio(
+                gateway, config, app_options, settings.drain_seconds, uvloop=settings.uvloop
+            )
     finally:
         metrics.close()
         request_log.store.close()  # closed when the log stopped; again if it never ran
@@ -455,7 +466,12 @@ def _access_log_to_stderr() -> None:
 
 
 def _serve_asyncio(
-    gateway: Gateway, config: Any, app_options: dict[str, Any], drain_seconds: float
+    gateway: Gateway,
+    config: Any,
+    app_options: dict[str, Any],
+    drain_seconds: float,
+    *,
+    uvloop: bool = False,
 ) -> None:
     from hypercorn.asyncio import serve
 
@@ -468,7 +484,7 @@ def _serve_asyncio(
             lambda stop: serve(app, config, shutdown_trigger=stop), gateway.drain, drain_seconds
         )
 
-    run_asyncio(run)
+    run_asyncio(run, uvloop=uvloop)
 
 
 def _serve_trio(

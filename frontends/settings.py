@@ -151,6 +151,9 @@ class Settings(BaseSettings):
     # The outbound HTTP client of a served gateway: h11 (transports.h11_transport, the
     # faster under load) or httpx (transports.httpx_transport).
     transport: Literal["h11", "httpx"] = "h11"
+    # `serve --loop asyncio` on uvloop (the `fast` extra) instead of asyncio's own loop;
+    # see frontends/event_loop.py for what it costs.
+    uvloop: bool = False
 
     # Identity providers, tried in this order (a JSON list or "static,globus").
     identity_providers: Annotated[list[ProviderName], NoDecode] = ["static"]

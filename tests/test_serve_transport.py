@@ -1,5 +1,5 @@
 """The served gateway's outbound transport (`TRANSPORT`: h11, the default, or httpx) and
-its asyncio loop (uvloop when installed): each transport chosen by the setting, refused
+its asyncio loop (uvloop with `UVLOOP`): each transport chosen by the setting, refused
 when unknown (naming the setting), and each serving real JSON and streamed answers on
 both loops, with a client that leaves mid-stream cancelling the backend's stream."""
 
@@ -17,7 +17,7 @@ import pytest
 
 from core import ConfigurationError
 from frontends.cli import _transport
-from frontends.event_loop import asyncio_loop_name, run_asyncio
+from frontends.event_loop import run_asyncio, uvloop_installed
 from frontends.settings import load_settings
 from tests.support.fake_openai import running_fake_openai
 from tests.support.gateway_server import ALICE, write_fixtures
@@ -61,32 +61,38 @@ def test_an_unknown_transport_is_refused_naming_the_setting(
     assert "transport" in str(raised.value)
 
 
-def _loop_of(main_runs: list[str]) -> None:
+def _loop_of(uvloop: bool) -> str:
+    runs: list[str] = []
+
     async def main() -> None:
-        main_runs.append(type(asyncio.get_running_loop()).__module__.split(".")[0])
+        runs.append(type(asyncio.get_running_loop()).__module__.split(".")[0])
 
-    run_asyncio(main)
-
-
-def test_run_asyncio_runs_on_uvloop_when_installed() -> None:
-    runs: list[str] = []
-    _loop_of(runs)
-    expected = "uvloop" if asyncio_loop_name() == "uvloop" else "asyncio"
-    assert runs == [expected]
+    run_asyncio(main, uvloop=uvloop)
+    return runs[0]
 
 
-def test_run_asyncio_falls_back_to_asyncio_without_uvloop(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_run_asyncio_runs_on_asyncio_unless_uvloop_is_asked_for() -> None:
+    assert _loop_of(uvloop=False) == "asyncio"
+    if uvloop_installed():
+        assert _loop_of(uvloop=True) == "uvloop"
+
+
+def test_uvloop_asked_for_but_not_installed_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "uvloop", None)  # `import uvloop` raises ImportError
-    runs: list[str] = []
-    _loop_of(runs)
-    assert asyncio_loop_name() == "asyncio"
-    assert runs == ["asyncio"]
+    assert not uvloop_installed()
+    with pytest.raises(RuntimeError, match="not installed"):
+        _loop_of(uvloop=True)
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_the_uvloop_setting_is_off_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().uvloop is False
+    monkeypatch.setenv("INFERENCE_GATEWAY_UVLOOP", "true")
+    assert load_settings().uvloop is True
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+@pytest.mark.parametrize("loop", ["asyncio", "trio", "uvloop"])
 @pytest.mark.parametrize("transport", ["h11", "httpx"])
 def test_each_transport_serves_answers_and_streams_on_each_loop(
     transport: str, loop: str, tmp_path: Path
@@ -116,8 +122,8 @@ def test_each_transport_serves_answers_and_streams_on_each_loop(
                 tmp_path,
                 stop_signal=signal.SIGTERM,
                 fixtures=fixtures,
-                loop=loop,
-                settings={"transport": transport},
+                loop="asyncio" if loop == "uvloop" else loop,
+                settings={"transport": transport, "uvloop": str(loop == "uvloop").lower()},
             ) as served,
             openai.OpenAI(base_url=f"{served.url}/v1", api_key=ALICE, max_retries=0) as client,
         ):
