@@ -1,8 +1,8 @@
 """A served worker carries only what its settings use: a gateway on static keys, quotas
 counted in process and an SQLite request log already at the newest schema never imports
-Alembic (nor Mako behind it), redis-py, PyJWT or SQLAlchemy's PostgreSQL dialect; each
-costs megabytes of RSS in every worker.  (Pygments is not on the list: httpx's own CLI
-module imports it whenever httpx is imported.)"""
+Alembic (nor Mako behind it), redis-py, PyJWT or SQLAlchemy's PostgreSQL dialect; and on
+the default transport (h11) not httpx either (nor httpcore, nor the Pygments httpx's own
+CLI module pulls in).  Each costs megabytes of RSS in every worker."""
 
 from __future__ import annotations
 
@@ -16,7 +16,16 @@ from tests.support.gateway_server import write_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 
-UNUSED = ("alembic", "mako", "redis", "jwt", "sqlalchemy.dialects.postgresql")
+UNUSED = (
+    "alembic",
+    "mako",
+    "redis",
+    "jwt",
+    "sqlalchemy.dialects.postgresql",
+    "httpx",
+    "httpcore",
+    "pygments",
+)
 
 # `serve` as the CLI runs it, up to the point where Hypercorn would start serving: there
 # the modules the worker holds are printed, and it returns instead.
