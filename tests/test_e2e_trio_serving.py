@@ -10,7 +10,8 @@ import openai
 import pytest
 
 from tests.support.fake_openai import running_fake_openai
-from tests.support.gateway_server import ALICE, write_fixtures
+from tests.support.gateway_server import ALICE
+from tests.support.quota import limited_fixtures
 from tests.support.serve_process import serving
 
 pytestmark = pytest.mark.e2e
@@ -19,25 +20,8 @@ MESSAGES = [{"role": "user", "content": "hello"}]
 
 def test_trio_server_relays_and_cancels_upstream(tmp_path: Path) -> None:
     with running_fake_openai(models=["gpt-test", "hang-stream"]) as (fake, backend_url):
-        cluster = {
-            "cluster_name": "fake",
-            "frameworks": ["api"],
-            "openai_endpoints": ["chat/completions"],
-            "cluster_adapter": "adaptors.clusters.openai_compatible.OpenAICompatibleCluster",
-            "config": {"api_url": f"{backend_url}/v1"},
-        }
-        endpoints = [
-            {
-                "endpoint_slug": f"fake-api-{model}",
-                "cluster": "fake",
-                "framework": "api",
-                "model": model,
-                "endpoint_adapter": "adaptors.endpoints.direct_api.DirectAPIEndpoint",
-                "config": {"api_url": f"{backend_url}/v1", "api_key_env_name": "UNSET_KEY"},
-            }
-            for model in ("gpt-test", "hang-stream")
-        ]
-        fixtures = write_fixtures(tmp_path / "fixtures", [cluster], endpoints)
+        models = ["gpt-test", "hang-stream"]
+        fixtures = limited_fixtures(tmp_path / "fixtures", backend_url, models)
         # SIGINT (Ctrl-C) stops it; it must exit cleanly.
         with (
             serving(tmp_path, stop_signal=signal.SIGINT, fixtures=fixtures, loop="trio") as served,

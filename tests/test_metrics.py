@@ -22,7 +22,8 @@ from frontends.metrics import MetricsSink
 from frontends.quota import InProcessCounters
 from frontends.web import create_app
 from tests.support.fake_openai import FakeOpenAI, running_fake_openai
-from tests.support.gateway_server import ALICE, BOB, TOKENS, write_fixtures, write_tokens
+from tests.support.gateway_server import ALICE, BOB, TOKENS, write_tokens
+from tests.support.quota import limited_fixtures
 from tests.support.servers import serve_app
 from transports.httpx_transport import HttpxTransport
 
@@ -38,25 +39,7 @@ METRICS_TOKEN = "igw-test-scraper-0123456789abcdef"
 
 
 def metrics_fixtures(folder: Path, backend_url: str) -> Path:
-    cluster = {
-        "cluster_name": "fake",
-        "frameworks": ["api"],
-        "openai_endpoints": ["chat/completions", "completions", "embeddings"],
-        "cluster_adapter": "adaptors.clusters.openai_compatible.OpenAICompatibleCluster",
-        "config": {"api_url": f"{backend_url}/v1"},
-    }
-    endpoints = [
-        {
-            "endpoint_slug": f"fake-api-{model}",
-            "cluster": "fake",
-            "framework": "api",
-            "model": model,
-            "endpoint_adapter": "adaptors.endpoints.direct_api.DirectAPIEndpoint",
-            "config": {"api_url": f"{backend_url}/v1", "api_key_env_name": "UNSET_KEY"},
-        }
-        for model in MODELS
-    ]
-    return write_fixtures(folder, [cluster], endpoints)
+    return limited_fixtures(folder, backend_url, MODELS)
 
 
 class Records:

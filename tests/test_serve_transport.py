@@ -20,7 +20,8 @@ from frontends.cli import _transport
 from frontends.event_loop import run_asyncio, uvloop_installed
 from frontends.settings import load_settings
 from tests.support.fake_openai import running_fake_openai
-from tests.support.gateway_server import ALICE, write_fixtures
+from tests.support.gateway_server import ALICE
+from tests.support.quota import limited_fixtures
 from tests.support.serve_process import serving
 from transports.h11_transport import H11Transport
 from transports.httpx_transport import HttpxTransport
@@ -98,25 +99,8 @@ def test_each_transport_serves_answers_and_streams_on_each_loop(
     transport: str, loop: str, tmp_path: Path
 ) -> None:
     with running_fake_openai(models=["gpt-test", "hang-stream"]) as (fake, backend_url):
-        cluster = {
-            "cluster_name": "fake",
-            "frameworks": ["api"],
-            "openai_endpoints": ["chat/completions"],
-            "cluster_adapter": "adaptors.clusters.openai_compatible.OpenAICompatibleCluster",
-            "config": {"api_url": f"{backend_url}/v1"},
-        }
-        endpoints = [
-            {
-                "endpoint_slug": f"fake-api-{model}",
-                "cluster": "fake",
-                "framework": "api",
-                "model": model,
-                "endpoint_adapter": "adaptors.endpoints.direct_api.DirectAPIEndpoint",
-                "config": {"api_url": f"{backend_url}/v1", "api_key_env_name": "UNSET_KEY"},
-            }
-            for model in ("gpt-test", "hang-stream")
-        ]
-        fixtures = write_fixtures(tmp_path / "fixtures", [cluster], endpoints)
+        models = ["gpt-test", "hang-stream"]
+        fixtures = limited_fixtures(tmp_path / "fixtures", backend_url, models)
         with (
             serving(
                 tmp_path,
