@@ -89,11 +89,16 @@ class Admission:
         mine = self._backends.get(backend)
         if mine is None:
             mine = self._backends[backend] = anyio.Semaphore(self.limits.per_backend)
-        got_mine = False
+        # Uncontended (the usual case): both permits at once, with no checkpoint and no
+        # cancel scope; the exchange's own IO is where a cancellation is noticed.
+        got_mine = _took(mine)
+        if got_mine and _took(everyone):
+            return Permit(mine, everyone)
         try:
             with anyio.fail_after(self.limits.pool_wait):
-                await mine.acquire()
-                got_mine = True
+                if not got_mine:
+                    await mine.acquire()
+                    got_mine = True
                 await everyone.acquire()
         except TimeoutError:
             if got_mine:
@@ -108,3 +113,12 @@ class Admission:
                 mine.release()
             raise
         return Permit(mine, everyone)
+
+
+def _took(semaphore: anyio.Semaphore) -> bool:
+    """Whether a permit could be taken without waiting (then it is held)."""
+    try:
+        semaphore.acquire_nowait()
+    except anyio.WouldBlock:
+        return False
+    return True

@@ -28,20 +28,22 @@ natively on trio and on asyncio, and moves bytes between those streams and one
   request sent to the answer's head and, for a stream, to its first body bytes;
   `idle` each later receive of a stream; `total` a whole `send` (from the moment it
   holds its permits), and for a stream the time from `open_stream` to the last read.
-  Each raises its own `TransportTimeout` subclass.  As in
-  `transports.httpx_transport`, a stream keeps its deadlines and opens a fresh
-  `fail_after` for each read, because a cancel scope may not stay open across the
-  yields of a generator the caller drives.
+  Each raises its own `TransportTimeout` subclass.  A call runs under one `_Watch`: a
+  single cancel scope whose deadline is moved at each phase change and each receive
+  (nesting a `fail_after` per limit and per receive cost more CPU than h11's parsing).
+  A stream keeps its deadlines and opens one `_Watch` per read, because a cancel scope
+  may not stay open across the yields of a generator the caller drives.
 * **Size.**  A whole answer (`send`, or `aread` of a stream) is read piece by piece and
   refused with `AnswerTooLarge` as soon as it passes `max_answer_bytes` (or at once,
   when its `Content-Length` says it will): the connection is closed and what was read
   is dropped, so a huge answer costs at most the cap in memory.
-* **Errors.**  Everything below HTTP is translated in one place, `_mapped_errors`, keyed
-  by the phase of the call (pool, connect, write, read, total), into the
-  `transports._base` family, with short messages of our own (no URL, host or header) and
-  the original chain dropped.  A request we cannot send (bad URL, bad header) is refused
-  before any IO, in the same family and manner.  Cancellation is never translated (only
-  `Exception`s are caught), but it always closes the connection it interrupted.
+* **Errors.**  Everything below HTTP is translated in one place, `_translated` (applied
+  by the call's `_Watch`), keyed by the phase of the call (connect, write, first byte,
+  read, idle, total), into the `transports._base` family, with short messages of our
+  own (no URL, host or header) and the original chain dropped.  A request we cannot
+  send (bad URL, bad header) is refused before any IO, in the same family and manner.
+  Cancellation is never translated (only `Exception`s are caught), but it always closes
+  the connection it interrupted.
 
 * **TLS options.**  A request with `TLSOptions` gets the SSL context built for those
   options by `transports._tls` (kept, one per distinct set) and pools of its own, so a
@@ -82,8 +84,9 @@ import enum
 import math
 import select
 import ssl
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Mapping
+from functools import lru_cache
+from types import TracebackType
 from urllib.parse import unquote, urlsplit
 from urllib.request import getproxies_environment
 
@@ -109,7 +112,7 @@ from transports._base import (
     TransportError,
     TransportTimeout,
 )
-from transports._deadline import deadline_after, until
+from transports._deadline import deadline_after
 from transports._limits import DEFAULT_MAX_ANSWER_BYTES, Admission, ConnectionLimits, Permit
 from transports._tls import TLSConfigError, ssl_context_for
 
@@ -159,28 +162,93 @@ _ANY_PHASE: tuple[tuple[type[Exception], type[TransportError], str], ...] = (
 )
 
 
-@contextmanager
-def _mapped_errors(phase: _Phase) -> Iterator[None]:
-    """The one boundary where socket, TLS, h11 and deadline errors become transport errors.
+def _translated(exc: Exception, phase: _Phase) -> TransportError | None:
+    """The one place where socket, TLS, h11 and time-out errors become transport errors,
+    by the phase of the call they happened in; None for an error already ours (or one we
+    do not know, which goes up as it is).
 
     TimeoutError is tried first, since it is itself an OSError.
     """
-    try:
-        yield
-    except TransportError:
-        raise
-    except TimeoutError:
-        timeout, text = _TIMEOUTS[phase]
-        raise timeout(text) from None
-    except _BROKEN:
+    if isinstance(exc, TransportError):
+        return None
+    if isinstance(exc, TimeoutError):
+        return _timeout_of(phase)
+    if isinstance(exc, _BROKEN):
         key = _Phase.READ if phase in _READING else phase
         target, message = _BROKEN_IN.get(key, _BROKEN_ELSEWHERE)
-        raise target(message) from None
-    except Exception as exc:
-        for source, target, message in _ANY_PHASE:
-            if isinstance(exc, source):
-                raise target(message) from None
-        raise
+        return target(message)
+    for source, target, message in _ANY_PHASE:
+        if isinstance(exc, source):
+            return target(message)
+    return None
+
+
+def _timeout_of(phase: _Phase) -> TransportTimeout:
+    timeout, text = _TIMEOUTS[phase]
+    return timeout(text)
+
+
+class _Watch:
+    """The one cancel scope of a call (a `send`, an `open_stream`, one read of a stream),
+    whose deadline moves as the call goes from phase to phase, and the boundary where its
+    errors are translated.
+
+    Why one scope: anyio's `fail_after` is a cancel scope and a context manager, and a
+    call used to nest several (the total limit, the phase's, one per receive), each with
+    its own error-mapping context manager; together they cost more CPU than h11's parsing
+    of the whole exchange.  Here a phase change, or a receive's fresh limit, is one
+    assignment of the scope's deadline: the earliest of the call's total deadline, the
+    phase's own deadline and (for a receive) now plus its limit.  When the scope fires,
+    the phase and which of those deadlines was the earliest say which `TransportTimeout`
+    it was; any other failure is translated by the phase it happened in.
+    """
+
+    __slots__ = ("deadline", "phase", "phase_deadline", "scope", "total")
+
+    def __init__(
+        self, total: float, phase: _Phase = _Phase.TOTAL, phase_deadline: float = math.inf
+    ) -> None:
+        self.total = total
+        self.phase = phase
+        self.phase_deadline = phase_deadline
+        self.deadline = min(total, phase_deadline)
+        self.scope = anyio.CancelScope(deadline=self.deadline)
+
+    def enter(self, phase: _Phase, phase_deadline: float = math.inf) -> None:
+        """From now on the call is in `phase`, which must end by `phase_deadline`."""
+        self.phase = phase
+        self.phase_deadline = phase_deadline
+        self._move(min(self.total, phase_deadline))
+
+    def arm(self, seconds: float | None) -> None:
+        """The next write or receive must end within `seconds` (None: only the phase's
+        and the call's deadlines bound it)."""
+        if seconds is not None:
+            self._move(min(self.total, self.phase_deadline, anyio.current_time() + seconds))
+
+    def _move(self, deadline: float) -> None:
+        if deadline != self.deadline:
+            self.deadline = deadline
+            self.scope.deadline = deadline
+
+    def __enter__(self) -> _Watch:
+        self.scope.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.scope.__exit__(exc_type, exc, tb)
+        if self.scope.cancelled_caught:
+            # The scope's own deadline: the call's total limit if it came first.
+            raise _timeout_of(_Phase.TOTAL if self.total <= self.deadline else self.phase) from None
+        if isinstance(exc, Exception):
+            translated = _translated(exc, self.phase)
+            if translated is not None:
+                raise translated from None
 
 
 @attrs.frozen(kw_only=True)
@@ -198,8 +266,10 @@ class _Target:
         return (self.scheme, self.host, self.port)
 
 
+@lru_cache(maxsize=1024)
 def _parse_url(url: str) -> _Target:
-    """Split a backend URL; errors name no part of it (it may hold a secret)."""
+    """Split a backend URL; errors name no part of it (it may hold a secret).  Kept per
+    URL: a gateway calls a handful of URLs over and over."""
     try:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
@@ -311,52 +381,56 @@ def _decode_headers(headers: list[tuple[bytes, bytes]]) -> Headers:
     return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers)
 
 
-def _is_readable(stream: anyio.abc.ByteStream) -> bool:
-    """Whether an idle socket has something to read: EOF, a reset, or unasked-for bytes."""
-    sock = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
-    if sock is None:
-        return False  # not a socket we can look at: trust it
-    if sock.fileno() < 0:
-        return True  # already closed: as unusable as a readable one
-    # poll, not select: select refuses descriptors past FD_SETSIZE (1024), which a
-    # gateway holding many streams opens as a matter of course.
-    poller = select.poll()
-    poller.register(sock, select.POLLIN | select.POLLPRI)
-    return bool(poller.poll(0))
-
-
 class _Connection:
-    """One socket and the h11 machine that speaks HTTP/1.1 on it."""
+    """One socket and the h11 machine that speaks HTTP/1.1 on it.
+
+    Its methods do IO only; their failures come up raw, and are translated (and bounded
+    in time) by the `_Watch` of the call they serve.
+    """
 
     def __init__(self, stream: anyio.abc.ByteStream) -> None:
         self.stream = stream
         self.h11 = h11.Connection(our_role=h11.CLIENT)
+        # Looked up once: `extra()` walks the stream's attribute providers each time.
+        self._socket = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
 
     @property
     def reusable(self) -> bool:
         return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
 
-    async def write(self, events: list[h11.Event], timeout: float | None) -> None:
-        data = b"".join(self.h11.send(event) or b"" for event in events)
-        with _mapped_errors(_Phase.WRITE), anyio.fail_after(timeout):
-            await self.stream.send(data)
+    def readable(self) -> bool:
+        """Whether this idle connection has something to read: EOF, a reset, or
+        unasked-for bytes (any of which makes it unfit to carry a request)."""
+        sock = self._socket
+        if sock is None:
+            return False  # not a socket we can look at: trust it
+        if sock.fileno() < 0:
+            return True  # already closed: as unusable as a readable one
+        # poll, not select: select refuses descriptors past FD_SETSIZE (1024), which a
+        # gateway holding many streams opens as a matter of course.
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
+
+    async def write(self, events: list[h11.Event]) -> None:
+        await self.stream.send(b"".join(self.h11.send(event) or b"" for event in events))
 
     async def next_event(
-        self, timeout: float | None, phase: _Phase = _Phase.READ
+        self, watch: _Watch | None = None, timeout: float | None = None
     ) -> h11.Event | type[h11.PAUSED]:
-        """The next event from the peer, reading (each receive under `timeout`) as needed;
-        a receive that times out is reported as a timeout of `phase`."""
-        with _mapped_errors(phase):
-            while True:
-                event = self.h11.next_event()
-                if event is not h11.NEED_DATA:
-                    return event  # type: ignore[return-value]
-                with anyio.fail_after(timeout):
-                    try:
-                        data = await self.stream.receive(READ_SIZE)
-                    except anyio.EndOfStream:
-                        data = b""
-                self.h11.receive_data(data)
+        """The next event from the peer, reading as needed, each receive within `timeout`
+        (armed on `watch`)."""
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event  # type: ignore[return-value]
+            if watch is not None:
+                watch.arm(timeout)
+            try:
+                data = await self.stream.receive(READ_SIZE)
+            except anyio.EndOfStream:
+                data = b""
+            self.h11.receive_data(data)
 
     async def close(self) -> None:
         """Close at once: no waiting on the peer, and it works inside a cancelled scope."""
@@ -466,12 +540,9 @@ class H11Transport:
         moment the call holds its permits)."""
         lease = await self._admit(request)
         try:
-            with _mapped_errors(_Phase.TOTAL), anyio.fail_after(request.timeout.total):
-                stream = await self._open(request, lease, math.inf)
-                try:
-                    body = await stream.aread()
-                finally:
-                    await stream.aclose()
+            with _Watch(deadline_after(request.timeout.total)) as watch:
+                stream = await self._open(request, lease, watch)
+                body = await stream.read_all(watch)
         finally:
             await lease.release(reuse=False)  # a no-op when the answer gave it back
         return BackendResponse(status=stream.status, headers=stream.headers, body=body)
@@ -479,10 +550,9 @@ class H11Transport:
     async def open_stream(self, request: BackendRequest) -> H11Stream:
         """An answer whose headers have arrived; the body is read through the stream."""
         lease = await self._admit(request)
-        deadline = deadline_after(request.timeout.total)
         try:
-            with _mapped_errors(_Phase.TOTAL), until(deadline):
-                return await self._open(request, lease, deadline)
+            with _Watch(deadline_after(request.timeout.total)) as watch:
+                return await self._open(request, lease, watch)
         except BaseException:
             await lease.release(reuse=False)  # a no-op when opening gave it back
             raise
@@ -509,30 +579,31 @@ class H11Transport:
         except TLSConfigError:
             # Checked at start; a file that went away since must not name its path here.
             raise ConnectError("the backend's TLS settings cannot be loaded") from None
-        pool = self._pools.setdefault((*target.key, request.tls), _HostPool())
+        key = (*target.key, request.tls)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = _HostPool()
         permit = await self._admission.acquire(target.key)
         return _Lease(pool, permit, _Plan(target=target, proxy=proxy, head=head, context=context))
 
-    async def _open(self, request: BackendRequest, lease: _Lease, deadline: float) -> H11Stream:
+    async def _open(self, request: BackendRequest, lease: _Lease, watch: _Watch) -> H11Stream:
         plan = lease.plan
         timeout = request.timeout
         try:
-            lease.connection = await self._checkout(
-                lease.pool, plan.target, timeout.connect, plan.context, plan.proxy
-            )
+            lease.connection = await self._checkout(lease.pool, plan, timeout.connect, watch)
             connection = lease.connection
-            await connection.write(
-                [plan.head, h11.Data(data=request.body), h11.EndOfMessage()], timeout.read
-            )
+            watch.enter(_Phase.WRITE)
+            watch.arm(timeout.read)
+            await connection.write([plan.head, h11.Data(data=request.body), h11.EndOfMessage()])
             first_byte = deadline_after(timeout.first_byte)
-            with _mapped_errors(_Phase.FIRST_BYTE), until(first_byte, _first_byte_late()):
-                while True:
-                    event = await connection.next_event(None)
-                    if isinstance(event, h11.InformationalResponse):
-                        continue
-                    if isinstance(event, h11.Response):
-                        break
-                    raise ProtocolError("the backend closed the connection without answering")
+            watch.enter(_Phase.FIRST_BYTE, first_byte)
+            while True:
+                event = await connection.next_event()
+                if isinstance(event, h11.InformationalResponse):
+                    continue
+                if isinstance(event, h11.Response):
+                    break
+                raise ProtocolError("the backend closed the connection without answering")
         except BaseException:
             await lease.release(reuse=False)
             raise
@@ -541,41 +612,38 @@ class H11Transport:
             status=event.status_code,
             headers=_decode_headers(list(event.headers)),
             timeout=timeout,
-            deadline=deadline,
+            deadline=watch.total,
             first_byte_deadline=first_byte,
             max_answer_bytes=self._max_answer_bytes,
         )
 
     async def _checkout(
-        self,
-        pool: _HostPool,
-        target: _Target,
-        timeout: float | None,
-        context: ssl.SSLContext | None,
-        proxy: _Proxy | None,
+        self, pool: _HostPool, plan: _Plan, timeout: float | None, watch: _Watch
     ) -> _Connection:
-        """An idle connection that is still sound, else a new one."""
+        """An idle connection that is still sound, else a new one (within `timeout`)."""
         while pool.idle:
             connection = pool.idle.pop()
-            if not _is_readable(connection.stream):
+            if not connection.readable():
                 return connection
             await connection.close()
-        with _mapped_errors(_Phase.CONNECT), anyio.fail_after(timeout):
-            if proxy is None:
-                if context is not None:
-                    stream: anyio.abc.ByteStream = await anyio.connect_tcp(
-                        target.host,
-                        target.port,
-                        tls=True,
-                        ssl_context=context,
-                        tls_standard_compatible=False,
-                    )
-                else:
-                    stream = await anyio.connect_tcp(target.host, target.port)
+        watch.enter(_Phase.CONNECT)
+        watch.arm(timeout)
+        target, context, proxy = plan.target, plan.context, plan.proxy
+        if proxy is None:
+            if context is not None:
+                stream: anyio.abc.ByteStream = await anyio.connect_tcp(
+                    target.host,
+                    target.port,
+                    tls=True,
+                    ssl_context=context,
+                    tls_standard_compatible=False,
+                )
             else:
-                stream = await anyio.connect_tcp(proxy.host, proxy.port)
-                if context is not None:
-                    stream = await _tunnel(stream, target, context, proxy)
+                stream = await anyio.connect_tcp(target.host, target.port)
+        else:
+            stream = await anyio.connect_tcp(proxy.host, proxy.port)
+            if context is not None:
+                stream = await _tunnel(stream, target, context, proxy)
         return _Connection(stream)
 
 
@@ -590,15 +658,22 @@ async def _tunnel(
         if proxy.authorization:
             headers.append(("Proxy-Authorization", proxy.authorization))
         machine = _Connection(stream)
-        await machine.write(
-            [h11.Request(method="CONNECT", target=authority, headers=headers), h11.EndOfMessage()],
-            None,
-        )
-        while True:
-            event = await machine.next_event(None)
-            if isinstance(event, h11.InformationalResponse):
-                continue
-            break
+        try:
+            await machine.write(
+                [
+                    h11.Request(method="CONNECT", target=authority, headers=headers),
+                    h11.EndOfMessage(),
+                ]
+            )
+            while True:
+                event = await machine.next_event()
+                if isinstance(event, h11.InformationalResponse):
+                    continue
+                break
+        except Exception:
+            # A proxy that breaks HTTP or the connection is a failure to connect, not an
+            # answer.
+            raise ConnectError("could not open a tunnel through the proxy") from None
         if not isinstance(event, h11.Response) or not 200 <= event.status_code < 300:
             status = event.status_code if isinstance(event, h11.Response) else "no answer"
             raise ConnectError(f"the proxy refused the tunnel to the backend ({status})")
@@ -612,20 +687,9 @@ async def _tunnel(
             ssl_context=context,
             standard_compatible=False,
         )
-    except ConnectError:
-        await anyio.aclose_forcefully(stream)
-        raise
-    except TransportError:
-        # A proxy that breaks HTTP or the connection is a failure to connect, not an answer.
-        await anyio.aclose_forcefully(stream)
-        raise ConnectError("could not open a tunnel through the proxy") from None
     except BaseException:
         await anyio.aclose_forcefully(stream)
         raise
-
-
-def _first_byte_late() -> FirstByteTimeout:
-    return FirstByteTimeout(_TIMEOUTS[_Phase.FIRST_BYTE][1])
 
 
 @attrs.frozen(kw_only=True)
@@ -704,19 +768,48 @@ class H11Stream:
     async def aread(self) -> bytes:
         """The rest of the body at once, each receive within the read limit, refused past
         `max_answer_bytes` (the connection is then closed)."""
+        try:
+            self._check_deadlines(math.inf)
+            with _Watch(self._deadline) as watch:
+                return await self.read_all(watch)
+        except BaseException:
+            await self._lease.release(reuse=False)
+            raise
+
+    async def read_all(self, watch: _Watch) -> bytes:
+        """The rest of the body, under `watch` (the caller's, for `send`): each receive
+        within the read limit, refused past `max_answer_bytes`.  The connection goes back
+        to the pool at the end, and is closed on any failure."""
         cap = self._max_answer_bytes
         if cap is not None and _declared_length(self.headers) > cap:
             await self._lease.release(reuse=False)
             raise _too_large(cap)
+        if self._finished:
+            return b""
+        connection = self._lease.connection
+        if connection is None:
+            raise TransportError("the backend answer was already read or closed")
         parts: list[bytes] = []
         size = 0
-        while chunk := await self._next_chunk(self._timeout.read, _Phase.READ, math.inf):
-            size += len(chunk)
-            if cap is not None and size > cap:
-                parts.clear()
-                await self._lease.release(reuse=False)
-                raise _too_large(cap)
-            parts.append(chunk)
+        watch.enter(_Phase.READ)
+        try:
+            while True:
+                event = await connection.next_event(watch, self._timeout.read)
+                if isinstance(event, h11.Data):
+                    size += len(event.data)
+                    if cap is not None and size > cap:
+                        parts.clear()
+                        raise _too_large(cap)
+                    parts.append(event.data)
+                    continue
+                if isinstance(event, h11.EndOfMessage):
+                    break
+                raise ProtocolError("the backend broke the HTTP protocol")
+        except BaseException:
+            await self._lease.release(reuse=False)
+            raise
+        self._finished = True
+        await self._lease.release(reuse=True)
         return b"".join(parts)
 
     async def aclose(self) -> None:
@@ -743,13 +836,25 @@ class H11Stream:
         except h11.RemoteProtocolError:
             return False
 
+    def _check_deadlines(self, phase_deadline: float) -> None:
+        """Refuse at once a read begun past the stream's total deadline or its phase's."""
+        if self._deadline == math.inf and phase_deadline == math.inf:
+            return
+        now = anyio.current_time()
+        if now >= self._deadline:
+            raise _timeout_of(_Phase.TOTAL)
+        if now >= phase_deadline:
+            raise _timeout_of(_Phase.FIRST_BYTE)
+
     async def _next_chunk(
         self, timeout: float | None, phase: _Phase, phase_deadline: float
     ) -> bytes | None:
         """The next non-empty piece of body, or None at its end; any failure closes.
 
         Each receive is bounded by `timeout`, all of them by `phase_deadline` (both
-        reported as `phase`'s timeout), and the whole call by the stream's deadline.
+        reported as `phase`'s timeout), and the whole call by the stream's deadline: one
+        `_Watch` per call, since a cancel scope may not stay open across the yields of a
+        generator the caller drives.
         """
         if self._finished:
             return None
@@ -757,14 +862,10 @@ class H11Stream:
         if connection is None:
             raise TransportError("the backend answer was already read or closed")
         try:
-            with (
-                _mapped_errors(_Phase.TOTAL),
-                until(self._deadline),
-                _mapped_errors(phase),
-                until(phase_deadline, _first_byte_late()),
-            ):
+            self._check_deadlines(phase_deadline)
+            with _Watch(self._deadline, phase, phase_deadline) as watch:
                 while True:
-                    event = await connection.next_event(timeout, phase)
+                    event = await connection.next_event(watch, timeout)
                     if isinstance(event, h11.Data):
                         if event.data:
                             return bytes(event.data)
