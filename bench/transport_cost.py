@@ -8,7 +8,10 @@ own CPU is counted (`time.process_time`, the whole process, spent in the calls):
   the other on one kept-alive connection: microseconds of CPU per whole call;
 * **chunk**: `open_stream` + `chunks()` of a long chunked answer from a tiny server
   that writes its chunks one by one with a pause between them, so each arrives in a
-  read of its own, as a model's tokens do: microseconds of CPU per chunk.
+  read of its own, as a model's tokens do: microseconds of CPU per chunk (the loop's
+  wake-up for each read included);
+* **burst**: the same without the pauses, so that reads carry several chunks: the
+  transport's own cost per chunk, with fewer wake-ups.
 
     python -m bench.transport_cost [--calls 5000] [--chunks 2000] [--trio]
 
@@ -36,7 +39,7 @@ BODY = b'{"model":"bench-json","messages":[{"role":"user","content":"Say somethi
 # A server for the chunk measurement, run in its own process so its CPU is not counted.
 _CHUNK_SERVER = r"""
 import socket, sys, time
-count, port = int(sys.argv[1]), int(sys.argv[2])
+count, port, pause = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 listener = socket.create_server(("127.0.0.1", port))
 chunk = b'data: {"choices":[{"delta":{"content":"token"}}]}\n\n'
 frame = b"%x\r\n%s\r\n" % (len(chunk), chunk)
@@ -58,7 +61,8 @@ while True:
                          b"transfer-encoding: chunked\r\n\r\n")
             for _ in range(count):
                 conn.sendall(frame)
-                time.sleep(0.0002)
+                if pause:
+                    time.sleep(pause)
             conn.sendall(b"0\r\n\r\n")
 """
 
@@ -85,7 +89,7 @@ async def _sends(url: str, calls: int) -> float:
     return spent / calls * 1e6
 
 
-async def _chunks(url: str, rounds: int, per_round: int) -> float:
+async def _chunks(url: str, rounds: int) -> float:
     transport = H11Transport()
     request = BackendRequest(method="POST", url=url, body=BODY)
     spent = 0.0
@@ -120,26 +124,29 @@ def main() -> None:
         except ImportError:
             pass
     per_round = 500
-    with tempfile.TemporaryDirectory() as tmp:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        running_nginx(Path(tmp) / "nginx", _free_port()) as canned,
+    ):
+        send_us = anyio.run(
+            _sends,
+            f"{canned}/json/v1/chat/completions",
+            args.calls,
+            backend=backend,
+            backend_options=options,
+        )
+    chunk_us = {}
+    for kind, pause in (("chunk", "0.0002"), ("burst", "0")):
         chunk_port = _free_port()
         server = subprocess.Popen(
-            [sys.executable, "-c", _CHUNK_SERVER, str(per_round), str(chunk_port)]
+            [sys.executable, "-c", _CHUNK_SERVER, str(per_round), str(chunk_port), pause]
         )
         try:
             wait_for_port(chunk_port, server, "chunk server")
-            with running_nginx(Path(tmp) / "nginx", _free_port()) as canned:
-                send_us = anyio.run(
-                    _sends,
-                    f"{canned}/json/v1/chat/completions",
-                    args.calls,
-                    backend=backend,
-                    backend_options=options,
-                )
-            chunk_us = anyio.run(
+            chunk_us[kind] = anyio.run(
                 _chunks,
                 f"http://127.0.0.1:{chunk_port}/stream",
                 max(1, args.chunks // per_round),
-                per_round,
                 backend=backend,
                 backend_options=options,
             )
@@ -147,7 +154,10 @@ def main() -> None:
             server.kill()
             server.wait()
     loop = "trio" if args.trio else ("uvloop" if options else "asyncio")
-    print(f"{loop}: send {send_us:.0f} us cpu/call, stream {chunk_us:.1f} us cpu/chunk")
+    print(
+        f"{loop}: send {send_us:.0f} us cpu/call, stream {chunk_us['chunk']:.1f} us cpu/chunk, "
+        f"burst {chunk_us['burst']:.1f} us cpu/chunk"
+    )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@ Theory of operation.  h11 is a Sans-IO machine: it turns events (`Request`, `Dat
 `EndOfMessage`) into bytes and bytes into events, and knows nothing of sockets.  This
 module is its driver.  It opens TCP (and TLS) streams with anyio, so the same code runs
 natively on trio and on asyncio, and moves bytes between those streams and one
-`h11.Connection` per socket:
+`h11.Connection` per socket.  One exception: on asyncio, a plain `http` connection made
+without a proxy is asyncio's own transport and protocol (`transports._loop_stream`),
+which reads without anyio's per-receive pause and resume of the socket; it offers the
+same three calls and fails the same way, so nothing else here tells them apart.
 
 * **Pool.**  Idle connections are kept per (scheme, host, port) in a `_HostPool`.  A
   call first takes a permit of its backend and of the whole transport
@@ -79,6 +82,7 @@ HTTP/1.1 pipelining.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import enum
 import math
@@ -114,6 +118,8 @@ from transports._base import (
 )
 from transports._deadline import deadline_after
 from transports._limits import DEFAULT_MAX_ANSWER_BYTES, Admission, ConnectionLimits, Permit
+from transports._loop_stream import LoopStream
+from transports._loop_stream import connect as loop_connect
 from transports._tls import TLSConfigError, ssl_context_for
 
 __all__ = ["H11Stream", "H11Transport"]
@@ -388,11 +394,15 @@ class _Connection:
     in time) by the `_Watch` of the call they serve.
     """
 
-    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+    def __init__(self, stream: anyio.abc.ByteStream | LoopStream) -> None:
         self.stream = stream
         self.h11 = h11.Connection(our_role=h11.CLIENT)
         # Looked up once: `extra()` walks the stream's attribute providers each time.
-        self._socket = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+        self._socket = (
+            stream.socket
+            if isinstance(stream, LoopStream)
+            else stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+        )
 
     @property
     def reusable(self) -> bool:
@@ -401,6 +411,9 @@ class _Connection:
     def readable(self) -> bool:
         """Whether this idle connection has something to read: EOF, a reset, or
         unasked-for bytes (any of which makes it unfit to carry a request)."""
+        if isinstance(self.stream, LoopStream) and not self.stream.sound:
+            return True  # what the loop already delivered
+        # What arrived since the loop last looked (a close the peer just made).
         sock = self._socket
         if sock is None:
             return False  # not a socket we can look at: trust it
@@ -434,7 +447,10 @@ class _Connection:
 
     async def close(self) -> None:
         """Close at once: no waiting on the peer, and it works inside a cancelled scope."""
-        await anyio.aclose_forcefully(self.stream)
+        if isinstance(self.stream, LoopStream):
+            self.stream.close()
+        else:
+            await anyio.aclose_forcefully(self.stream)
 
 
 class _HostPool:
@@ -629,6 +645,8 @@ class H11Transport:
         watch.enter(_Phase.CONNECT)
         watch.arm(timeout)
         target, context, proxy = plan.target, plan.context, plan.proxy
+        if proxy is None and context is None and _on_asyncio():
+            return _Connection(await loop_connect(target.host, target.port))
         if proxy is None:
             if context is not None:
                 stream: anyio.abc.ByteStream = await anyio.connect_tcp(
@@ -645,6 +663,15 @@ class H11Transport:
             if context is not None:
                 stream = await _tunnel(stream, target, context, proxy)
         return _Connection(stream)
+
+
+def _on_asyncio() -> bool:
+    """Whether the call runs on asyncio (whose own transports `_loop_stream` uses)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False  # trio
+    return True
 
 
 async def _tunnel(
@@ -863,16 +890,23 @@ class H11Stream:
             raise TransportError("the backend answer was already read or closed")
         try:
             self._check_deadlines(phase_deadline)
-            with _Watch(self._deadline, phase, phase_deadline) as watch:
-                while True:
-                    event = await connection.next_event(watch, timeout)
-                    if isinstance(event, h11.Data):
-                        if event.data:
-                            return bytes(event.data)
-                        continue
-                    if isinstance(event, h11.EndOfMessage):
-                        break
-                    raise ProtocolError("the backend broke the HTTP protocol")
+            while True:
+                try:
+                    event = connection.h11.next_event()
+                except h11.RemoteProtocolError:
+                    raise ProtocolError("the backend broke the HTTP protocol") from None
+                if event is h11.NEED_DATA:
+                    # Only a read that must wait pays for a scope: chunks that came
+                    # together in one receive are handed out without one.
+                    with _Watch(self._deadline, phase, phase_deadline) as watch:
+                        event = await connection.next_event(watch, timeout)
+                if isinstance(event, h11.Data):
+                    if event.data:
+                        return bytes(event.data)
+                    continue
+                if isinstance(event, h11.EndOfMessage):
+                    break
+                raise ProtocolError("the backend broke the HTTP protocol")
         except BaseException:
             await self._lease.release(reuse=False)
             raise

@@ -1,0 +1,154 @@
+"""A plain TCP connection on asyncio's own transport and protocol, for the h11 transport.
+
+Why not anyio's socket stream, which the transport uses everywhere else: on asyncio,
+anyio's `receive` resumes the transport's reading before each wait and pauses it after
+(two `epoll_ctl` calls per receive), wakes the reader through an `asyncio.Event`, and
+guards each call; for a stream of small chunks that was most of the CPU a chunk cost
+beyond h11's parsing.  Here reading stays on: the loop hands each read to
+`data_received` (uvloop does it from C), which queues it and wakes the one waiting
+`receive` through a bare future.  Reading is paused only when more than `HIGH_WATER`
+bytes wait unread, so a backend that sends faster than the caller reads holds at most
+that much (plus one read) in memory.
+
+It offers what `_Connection` needs of a byte stream (`send`, `receive`, `aclose`) and
+fails as anyio's streams do (`OSError` from the loop, `anyio.BrokenResourceError` when
+the connection broke, `anyio.EndOfStream` at the peer's end, `anyio.ClosedResourceError`
+once closed here), so errors are translated in the same one place.  Because reading
+never stops, an idle connection that received anything (bytes, an end, an error) since
+its answer ended is known unsound at once; what the loop has not dispatched yet is
+still looked for on the socket by the transport.
+
+Used only on asyncio, for `http` backends reached directly; trio, TLS and proxies use
+anyio's streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import deque
+
+import anyio
+
+__all__ = ["HIGH_WATER", "LoopStream", "connect"]
+
+HIGH_WATER = 256 * 1024
+
+
+class LoopStream(asyncio.Protocol):
+    """The protocol of one connection, and the stream the transport reads and writes."""
+
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
+        self.socket: socket.socket | None = None
+        self._received: deque[bytes] = deque()
+        self._unread = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._drained: asyncio.Future[None] | None = None
+        self._paused = False
+        self._ended = False  # the peer's end of stream arrived
+        self._lost = False  # the connection is gone
+        self._error: BaseException | None = None
+        self._closed = False  # closed by us
+
+    # Protocol callbacks, run by the loop.
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self.socket = transport.get_extra_info("socket")
+
+    def data_received(self, data: bytes) -> None:
+        self._received.append(data)
+        self._unread += len(data)
+        if self._unread > HIGH_WATER and not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._ended = True
+        self._wake()
+        return False  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._error = exc
+        self._wake()
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._drained is None:
+            self._drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # The stream, used by the transport.
+
+    @property
+    def sound(self) -> bool:
+        """Whether an idle connection may carry a request: nothing arrived, no end."""
+        return not (self._received or self._ended or self._lost)
+
+    async def send(self, data: bytes) -> None:
+        self._check_open()
+        assert self._transport is not None
+        self._transport.write(data)
+        if self._drained is not None:
+            await asyncio.shield(self._drained)
+            self._check_open()
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        """What arrived (at most `max_bytes` of it), waiting for something if need be."""
+        while not self._received:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            if self._error is not None:
+                raise anyio.BrokenResourceError from self._error
+            if self._ended or self._lost:
+                raise anyio.EndOfStream
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        data = self._received.popleft()
+        if len(data) > max_bytes:
+            data, rest = data[:max_bytes], data[max_bytes:]
+            self._received.appendleft(rest)
+        self._unread -= len(data)
+        if self._paused and self._unread <= HIGH_WATER // 4 and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+        return data
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close at once (no waiting on the peer)."""
+        self._closed = True
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if self._lost:
+            raise anyio.BrokenResourceError from self._error
+
+
+async def connect(host: str, port: int) -> LoopStream:
+    """A TCP connection to `host:port` on the running asyncio loop (TCP_NODELAY is
+    asyncio's default)."""
+    _, stream = await asyncio.get_running_loop().create_connection(LoopStream, host, port)
+    return stream
