@@ -22,6 +22,7 @@ from transports import (
     TransportError,
     TransportTimeout,
 )
+from transports._loop_stream import HIGH_WATER
 from transports.h11_transport import H11Transport
 
 pytestmark = pytest.mark.anyio
@@ -231,3 +232,32 @@ async def test_a_closed_transport_refuses_calls() -> None:
 def test_the_pool_size_is_checked() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         H11Transport(max_connections_per_host=0)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the connection of `_loop_stream`
+async def test_a_stream_read_late_arrives_whole_and_in_order(transport: H11Transport) -> None:
+    """On asyncio a plain connection reads all along and stops past its high-water mark
+    until the caller reads: what the backend sent meanwhile is neither lost nor
+    reordered."""
+    pieces = [bytes([n]) * 16384 for n in range(64)]  # 1 MiB, each piece told apart
+    past_high_water = anyio.Event()
+
+    async def flood(exchange: Exchange) -> None:
+        await exchange.start(200, [("content-type", "application/octet-stream")])
+        sent = 0
+        for piece in pieces:
+            await exchange.send(piece)
+            sent += len(piece)
+            if sent > HIGH_WATER + 65536:
+                past_high_water.set()
+        await exchange.end()
+
+    async with serving({"/flood": flood}) as server:
+        stream = await transport.open_stream(_get(server, "/flood"))
+        try:
+            with anyio.fail_after(10):
+                await past_high_water.wait()  # the caller has not read a byte yet
+            body = b"".join([chunk async for chunk in stream.chunks()])
+        finally:
+            await stream.aclose()
+    assert body == b"".join(pieces)
