@@ -1,4 +1,4 @@
-"""A loop-native transport: HTTP/1.1 by h11 over anyio streams, pooled per host.
+"""A loop-native transport: HTTP/1.1 by h11 over anyio (or asyncio) streams, pooled per host.
 
 Theory of operation.  h11 is a Sans-IO machine: it turns events (`Request`, `Data`,
 `EndOfMessage`) into bytes and bytes into events, and knows nothing of sockets.  This
@@ -462,7 +462,8 @@ class _HostPool:
 
 
 class H11Transport:
-    """A `Transport` speaking HTTP/1.1 with h11 over anyio streams (trio or asyncio).
+    """A `Transport` speaking HTTP/1.1 with h11 over anyio streams (trio or asyncio; plain
+    `http` on asyncio over asyncio's own transports).
 
     `ssl_context` is used as given for every https backend (`verify` is then ignored);
     without one, the system's CAs are trusted and hostnames verified, unless
