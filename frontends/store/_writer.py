@@ -4,7 +4,10 @@ database in batches, from one worker thread, never blocking the event loop.
 Theory of operation.  `submit()` is a plain function: it puts the record in the queue
 (an anyio memory stream of `queue_size` records) and returns at once; when the queue is
 full, or the writer is closed, the record is counted in `dropped` and nothing is raised.
-`run()`, a task, takes the first record waiting plus whatever else is queued (up to
+`run()`, a task, takes the first record waiting, lets more gather for up to `linger`
+seconds (a batch costs a thread hand-off and a transaction whatever its size, and the
+thread competes with the event loop for the GIL: one batch per request at moderate load
+cost more than the records themselves), then takes whatever is queued (up to
 `batch_size`) and hands the batch to the sink's blocking `write_batch` on a worker
 thread of its own (a capacity limiter of one, so the writer never waits for threads
 other work holds, and batches are written in order).  While a batch is being written,
@@ -12,7 +15,7 @@ the next one gathers.  A batch that fails is retried `attempts` times in all, wi
 doubling pause; after that its records are counted in `failed` and a log line says how
 many and the error's type, never its message (which could quote a prompt or a URL with
 a password).  `aclose()` stops the queue and waits until everything queued is written:
-a graceful stop loses nothing while the database answers.
+a graceful stop loses nothing while the database answers (and lingers no more).
 """
 
 from __future__ import annotations
@@ -72,15 +75,21 @@ class LogWriter:
         batch_size: int = 500,
         attempts: int = 3,
         retry_delay: float = 0.5,
+        linger: float = 0.05,
     ) -> None:
-        if queue_size < 1 or batch_size < 1 or attempts < 1 or retry_delay < 0:
+        if queue_size < 1 or batch_size < 1 or attempts < 1 or retry_delay < 0 or linger < 0:
             raise ValueError(
-                "queue_size, batch_size and attempts must be at least 1, retry_delay at least 0"
+                "queue_size, batch_size and attempts must be at least 1, "
+                "retry_delay and linger at least 0"
             )
         self._sink = sink
         self._batch_size = batch_size
         self._attempts = attempts
         self._retry_delay = retry_delay
+        self._linger = linger
+        # Set by aclose(): flush now, gather no longer (made in run(), on the loop).
+        self._closing: anyio.Event | None = None
+        self._flushing = False
         self._send: MemoryObjectSendStream[RequestRecord]
         self._receive: MemoryObjectReceiveStream[RequestRecord]
         self._send, self._receive = anyio.create_memory_object_stream[RequestRecord](queue_size)
@@ -141,6 +150,9 @@ class LogWriter:
         if self._stopped is not None:
             raise RuntimeError("a LogWriter runs once")
         self._stopped = anyio.Event()
+        closing = self._closing = anyio.Event()
+        if self._flushing:
+            closing.set()
         limiter = anyio.CapacityLimiter(1)
         task_status.started()
         batch: list[RequestRecord] = []
@@ -148,6 +160,9 @@ class LogWriter:
             async with self._receive:
                 async for first in self._receive:
                     batch = [first]
+                    if self._linger and self.queue_depth + 1 < self._batch_size:
+                        with anyio.move_on_after(self._linger):
+                            await closing.wait()
                     while len(batch) < self._batch_size:
                         try:
                             batch.append(self._receive.receive_nowait())
@@ -198,6 +213,9 @@ class LogWriter:
         """Stop taking records and wait until every queued one is written (or has
         failed every attempt).  If `run()` was never started, drain here."""
         self._send.close()
+        self._flushing = True
+        if self._closing is not None:
+            self._closing.set()
         if self._stopped is None:
             await self.run()
         else:
@@ -213,6 +231,7 @@ async def open_log_writer(
     batch_size: int = 500,
     attempts: int = 3,
     retry_delay: float = 0.5,
+    linger: float = 0.05,
 ) -> AsyncIterator[LogWriter]:
     """A running `LogWriter`; on exit, even when cancelled, the queue is flushed for up
     to `flush_timeout` seconds, then the writer is stopped (the rest counted failed)."""
@@ -222,6 +241,7 @@ async def open_log_writer(
         batch_size=batch_size,
         attempts=attempts,
         retry_delay=retry_delay,
+        linger=linger,
     )
     # The writer's task is shielded: cancelling the host's scope (SIGTERM, Ctrl-C) must
     # not stop it before the flush; it ends when flushed, or when the flush times out.

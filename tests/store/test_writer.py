@@ -194,3 +194,25 @@ async def test_a_writer_cancelled_between_attempts_counts_its_batch_failed() -> 
                 await anyio.sleep(0)
             scope.cancel()
     assert (writer.written, writer.failed, writer.dropped) == (0, 4, 0)
+
+
+async def test_records_arriving_one_by_one_gather_into_one_batch_and_a_close_cuts_the_wait() -> (
+    None
+):
+    sink = CountingBatches()
+    # A linger of an hour: the records gather for that long, unless the writer closes.
+    async with open_log_writer(sink, linger=3600) as writer:
+        for n in range(5):
+            writer.submit(record(n))
+            await anyio.lowlevel.checkpoint()  # the writer runs between the records
+    assert sink.batches == [[f"log-{n:06d}" for n in range(5)]]
+    assert (writer.written, writer.failed, writer.dropped) == (5, 0, 0)
+
+
+class CountingBatches:
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    def write_batch(self, records: Sequence[RequestRecord]) -> int:
+        self.batches.append([r.id for r in records])
+        return len(records)
