@@ -17,7 +17,6 @@ import copy
 import json
 import logging
 import time
-import uuid
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from types import MappingProxyType
@@ -70,6 +69,7 @@ from frontends.caller import resolve_caller
 from frontends.drain import Drain
 from frontends.endpoint_health import HealthBook, HealthPolicy, Lease
 from frontends.identity import IdentityProvider
+from frontends.ids import new_id
 from frontends.log_sink import FanOut, LoggerSink, LogSink, Timing
 from frontends.quota import QuotaCounters
 from frontends.shared_responses import SharedResponses, previous_response_id
@@ -103,8 +103,8 @@ class GatewayRequest:
     authorization: str | None = None
     cluster: str | None = None
     framework: str | None = None
-    request_id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
-    log_id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    request_id: str = attrs.field(factory=new_id)
+    log_id: str = attrs.field(factory=new_id)
     client: str | None = None  # the client's address, for the request log
     received_at: float = attrs.field(factory=time.time)  # wall clock, epoch seconds
     # Headers of the client's that its API defines and the backend reads

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import attrs
 
 from core import LogEntry
+from frontends.ids import new_id
 from frontends.log_sink import Timing
 
 __all__ = ["SCOPE_KEY", "AccessLog", "Trace", "valid_request_id"]
@@ -84,9 +84,7 @@ class AccessLog:
             await self._app(scope, receive, send)
             return
         given = next((v for k, v in scope.get("headers", ()) if k.lower() == HEADER), None)
-        trace = Trace(
-            request_id=valid_request_id(given) or uuid.uuid4().hex, log_id=uuid.uuid4().hex
-        )
+        trace = Trace(request_id=valid_request_id(given) or new_id(), log_id=new_id())
         self._traces[trace.log_id] = trace
         received = time.time()
         started = time.monotonic()
