@@ -7,6 +7,7 @@ are frozen and validate in their constructors, so a record that exists is a vali
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -159,21 +160,46 @@ def _named(kind: Kind) -> str:
 def checked(*rules: Callable[[Any], None], **kinds: Kind) -> Callable[[Any], None]:
     """An `__attrs_post_init__` that checks each named field's type in one pass, then the
     value rules: the same guarantee as a validator per field, at a fraction of the cost
-    for the records made on every request.  `int` fields refuse `bool`."""
+    for the records made on every request.  `int` fields refuse `bool`.
+
+    The pass is C's, not Python's: one `attrgetter` reads the fields, `map(isinstance)`
+    checks them, and only a record that fails is looked at field by field (to name the
+    field).  Nine records a request come through here."""
     items = tuple(kinds.items())
+    names = tuple(kinds)
+    fields = _getter(names)
+    types = tuple(kinds.values())
+    integers = _getter(tuple(name for name, kind in items if kind is int))
 
     def __attrs_post_init__(self: Any) -> None:
-        for name, kind in items:
-            value = getattr(self, name)
-            if not isinstance(value, kind) or (value.__class__ is bool and kind is int):
-                raise TypeError(
-                    f"{type(self).__name__}.{name} must be {_named(kind)}, "
-                    f"got {type(value).__name__}"
-                )
+        if not all(map(isinstance, fields(self), types)) or bool in map(type, integers(self)):
+            _refuse(self, items)
         for rule in rules:
             rule(self)
 
     return __attrs_post_init__
+
+
+def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """The named fields' values as a tuple, whatever their number (attrgetter of one
+    name returns the bare value)."""
+    if len(names) == 1:
+        (name,) = names
+        return lambda instance: (getattr(instance, name),)
+    if not names:
+        return lambda instance: ()
+    return operator.attrgetter(*names)
+
+
+def _refuse(instance: object, items: tuple[tuple[str, Kind], ...]) -> None:
+    """The TypeError naming the first field of `instance` that is not of its kind."""
+    for name, kind in items:
+        value = getattr(instance, name)
+        if not isinstance(value, kind) or (value.__class__ is bool and kind is int):
+            raise TypeError(
+                f"{type(instance).__name__}.{name} must be {_named(kind)}, "
+                f"got {type(value).__name__}"
+            )
 
 
 def status_fields(*names: str) -> Callable[[Any], None]:
