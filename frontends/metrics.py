@@ -264,6 +264,7 @@ class MetricsSink:
         # several gateways in one process (tests, embedders) never share counts.
         own = None if self._dir is not None else CollectorRegistry(auto_describe=True)
         labels = ("route", "model")
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self._requests = Counter(
             f"{PREFIX}_requests",
             "Finished OpenAI requests, by route, model and HTTP status.",
@@ -357,23 +358,34 @@ class MetricsSink:
     def _count(self, entry: LogEntry, timing: Timing) -> None:
         model = entry.model or NO_MODEL
         route = entry.route
-        self._requests.labels(route, model, str(entry.status)).inc()
-        self._duration.labels(route, model).observe(max(0.0, timing.duration))
+        child = self._child
+        child(self._requests, route, model, str(entry.status)).inc()
+        child(self._duration, route, model).observe(max(0.0, timing.duration))
         if timing.upstream_seconds is not None:
-            self._upstream.labels(route, model).observe(max(0.0, timing.upstream_seconds))
+            child(self._upstream, route, model).observe(max(0.0, timing.upstream_seconds))
         ttft = timing.time_to_first_byte
         # A stream's first chunk reached the client: it finished, or the client left
         # after it.  (An error answered before any stream opened is not a first token.)
         if entry.stream and ttft is not None and (entry.status == 200 or entry.cancelled):
-            self._ttft.labels(route, model).observe(max(0.0, ttft))
+            child(self._ttft, route, model).observe(max(0.0, ttft))
         usage = entry.usage
         if usage is not None:
             if usage.prompt_tokens:
-                self._tokens.labels(model, "prompt").inc(usage.prompt_tokens)
+                child(self._tokens, model, "prompt").inc(usage.prompt_tokens)
             if usage.completion_tokens:
-                self._tokens.labels(model, "completion").inc(usage.completion_tokens)
+                child(self._tokens, model, "completion").inc(usage.completion_tokens)
         if entry.error_code == "rate_limit_exceeded" and entry.detail in _LIMITS:
-            self._rejections.labels(entry.detail).inc()
+            child(self._rejections, entry.detail).inc()
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, looked up once: `labels()` checks and looks its
+        values up each time, and a request counts in four or five series.  Made on first
+        use, as `labels()` would, so a series that never counted is not exposed."""
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     # -- StreamObserver -----------------------------------------------------------------
 
