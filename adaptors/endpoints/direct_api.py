@@ -99,6 +99,8 @@ class DirectAPIEndpoint(BaseEndpoint):
             else DirectAPIEndpointConfig.model_validate(dict(config or {}))
         )
         self._api_url = self._config.api_url
+        # timeout(): by stream or not, the limits and the inputs they were worked from.
+        self._timeouts: dict[bool, tuple[Timeout, object, Timeout]] = {}
 
     @property
     def config(self) -> DirectAPIEndpointConfig:
@@ -126,18 +128,28 @@ class DirectAPIEndpoint(BaseEndpoint):
 
     def timeout(self, *, stream: bool) -> Timeout:
         """The time limits of one call (see `adaptors._timeouts` for where each comes
-        from); a stream gets no total limit, so it is never cut while it keeps sending."""
+        from); a stream gets no total limit, so it is never cut while it keeps sending.
+
+        Worked out once per kind of call and kept while the inputs are the same objects
+        (the config is frozen; `bind` may hand in other defaults or another cluster):
+        every request asks."""
         config = self._config
-        cluster = self.cluster_adaptor
-        return endpoint_timeout(
+        cluster_config = getattr(self.cluster_adaptor, "config", None)
+        defaults = self.timeout_defaults
+        kept = self._timeouts.get(stream)
+        if kept is not None and kept[0] is defaults and kept[1] is cluster_config:
+            return kept[2]
+        timeout = endpoint_timeout(
             config,
             legacy=config.api_request_timeout
             if "api_request_timeout" in config.model_fields_set
             else None,
-            cluster_config=getattr(cluster, "config", None),
-            defaults=self.timeout_defaults,
+            cluster_config=cluster_config,
+            defaults=defaults,
             stream=stream,
         )
+        self._timeouts[stream] = (defaults, cluster_config, timeout)
+        return timeout
 
     def _request(
         self,
@@ -264,7 +276,8 @@ def _header_safe(value: object) -> bool:
     return (
         isinstance(value, str)
         and 0 < len(value) <= 128
-        and all(" " <= c <= "~" for c in value)
+        and value.isascii()
+        and value.isprintable()  # of ASCII, exactly " " to "~"
         and value.strip() == value
     )
 
