@@ -28,8 +28,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -121,6 +121,12 @@ class Lease:
         self._book._release(self._slug, abandoned=not self._judged)
         self._judged = True
 
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 class HealthBook:
     """Counts, breakers and job reports for every endpoint and cluster of one gateway."""
@@ -190,14 +196,10 @@ class HealthBook:
         self._outstanding[key] = self._outstanding.get(key, 0) + 1
         return Lease(self, slug, None)
 
-    @contextmanager
-    def leased(self, slug: str) -> Iterator[Lease]:
-        """`lease`, closed when the block ends however it ends."""
-        lease = self.lease(slug)
-        try:
-            yield lease
-        finally:
-            lease.close()
+    def leased(self, slug: str) -> Lease:
+        """`lease`, closed when the block ends however it ends (`with` closes a lease;
+        a class, not a generator, as it runs on every request)."""
+        return self.lease(slug)
 
     def _outcome(self, slug: str, failed: bool) -> None:
         breaker = self._breakers.get(slug.lower())

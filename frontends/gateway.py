@@ -260,6 +260,12 @@ def _task_data(adaptor: BaseEndpoint, call: CallAdaptor, request: GatewayRequest
 _RECORDS = (WriteLog, Settle, Release, RememberResponse)
 
 
+def _sinks_of(sink: LogSink) -> tuple[LogSink, ...]:
+    """The sinks a sink hands records to: a fan-out's own, flattened (one loop and one
+    try per record and sink, not a fan-out inside a fan-out)."""
+    return sink.sinks if isinstance(sink, FanOut) else (sink,)
+
+
 def _pairs(headers: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
     return tuple((str(k), str(v)) for k, v in (headers or {}).items())
 
@@ -329,7 +335,7 @@ class Gateway:
 
     def add_log_sink(self, sink: LogSink) -> None:
         """Hand every record to `sink` too (the web app's access log uses this)."""
-        self._log_sink = FanOut(self._log_sink, sink)
+        self._log_sink = FanOut(*_sinks_of(self._log_sink), sink)
 
     @property
     def clusters(self) -> Mapping[str, BaseCluster]:

@@ -63,6 +63,10 @@ class FanOut:
     def __init__(self, *sinks: LogSink) -> None:
         self._sinks = sinks
 
+    @property
+    def sinks(self) -> tuple[LogSink, ...]:
+        return self._sinks
+
     def write(self, entry: LogEntry, timing: Timing) -> None:
         for sink in self._sinks:
             try:
