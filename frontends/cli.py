@@ -496,17 +496,15 @@ def _serve_trio(
     gateway: Gateway, config: Any, app_options: dict[str, Any], drain_seconds: float
 ) -> None:
     """The same app and Gateway on trio: the Quart class and the worker differ, and each
-    `send()` is shielded so that connections close (see `frontends.web.shielded_send`)."""
+    `send()` is shielded so that connections close (see `frontends.web.access.AccessLog`)."""
     import trio
     from hypercorn.trio import serve
     from quart_trio import QuartTrio
 
     from frontends.web import create_app
-    from frontends.web.shielded_send import ShieldedSend
 
     async def run() -> None:
-        app = create_app(gateway, app_class=QuartTrio, **app_options)
-        app.asgi_app = ShieldedSend(app.asgi_app)  # type: ignore[method-assign,assignment]
+        app = create_app(gateway, app_class=QuartTrio, shield_sends=True, **app_options)
         await serve_draining(
             lambda stop: serve(app, config, shutdown_trigger=stop), gateway.drain, drain_seconds
         )

@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from frontends.web.access import valid_request_id
+from core import LogEntry, Usage
+from frontends.web.access import access_line, valid_request_id
 from tests.support.fake_openai import FakeOpenAI, running_fake_openai
 from tests.support.gateway_server import ALICE, running_gateway, write_fixtures, write_tokens
 
@@ -194,3 +195,35 @@ def test_one_json_access_line_per_request_without_credentials_or_bodies(
     text = "\n".join(lines)
     for secret in (ALICE, "secret prompt text", "fake reply"):
         assert secret not in text
+
+
+def test_an_access_line_is_json_whatever_the_path_and_names_hold() -> None:
+    entry = LogEntry(
+        request_id="log-1",
+        route="chat/completions",
+        status=200,
+        username='al"ice\\',
+        model="mod\u00e8le/\n1",
+        usage=Usage(prompt_tokens=3, completion_tokens=4, total_tokens=7),
+        estimated=True,
+    )
+    line = access_line(1767322445.6789, 'id"1', "POST", "/v1/\u00e9\x00\t", 201, 0.01234, entry)
+    assert "\n" not in line
+    assert json.loads(line) == {
+        "time": "2026-01-02T02:54:05.678+00:00",
+        "request_id": 'id"1',
+        "method": "POST",
+        "path": "/v1/\u00e9\x00\t",
+        "status": 201,
+        "duration_ms": 12.3,
+        "user": 'al"ice\\',
+        "model": "mod\u00e8le/\n1",
+        "prompt_tokens": 3,
+        "completion_tokens": 4,
+        "total_tokens": 7,
+        "tokens_estimated": True,
+        "error_code": None,
+    }
+    bare = json.loads(access_line(0.0, "x", None, None, None, 0.0, None))
+    assert bare["time"] == "1970-01-01T00:00:00.000+00:00"
+    assert {k for k, v in bare.items() if v is not None} == {"time", "request_id", "duration_ms"}

@@ -1,4 +1,4 @@
-"""Request ids and the access log: one ASGI layer around the Quart app.
+"""The one ASGI layer around the Quart app: request ids, the header limit, the access log.
 
 Every HTTP request gets a request id: the client's `X-Request-ID` when it is printable
 ASCII of at most 128 characters, else a new one.  The id is put in the ASGI scope for the
@@ -6,28 +6,36 @@ handlers (who hand it to the `Gateway`, which sends it on to the backend and kee
 the request log) and returned as `X-Request-ID` on every answer, errors and streams
 alike; a backend's own `x-request-id` is relayed beside it as `x-backend-request-id`.
 
+A request whose head (request line and headers) is over the gateway's limit gets an
+OpenAI-shaped 431 here and never reaches the app (`frontends.web.limits` says why
+Hypercorn cannot give that answer itself).
+
 When the answer's last byte has gone (or the client left), one JSON line goes to the
 `inference_gateway.access` logger: time, request id, method, path, status, duration,
 and for OpenAI calls user, model and tokens (from the driver's record, which this layer
 also receives as a `LogSink`).  Never a header's value, a query string or a body.
+
+One layer, not one per concern: each ASGI layer costs every request a coroutine frame
+and a wrapped `send`, and every open stream keeps them alive; here one small object per
+request (`Trace`) carries the ids, the status and the wrapped `send`/`receive`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from datetime import UTC, datetime
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
-import attrs
+import anyio
 
 from core import LogEntry
 from frontends.ids import new_id
 from frontends.log_sink import Timing
+from frontends.web.limits import head_refusal, head_size
 
-__all__ = ["SCOPE_KEY", "AccessLog", "Trace", "valid_request_id"]
+__all__ = ["SCOPE_KEY", "AccessLog", "Trace", "access_line", "valid_request_id"]
 
 SCOPE_KEY = "inference_gateway.trace"
 HEADER = b"x-request-id"
@@ -56,21 +64,81 @@ def valid_request_id(value: bytes | str | None) -> str | None:
     return value if all(" " <= c <= "~" for c in value) else None
 
 
-@attrs.define
 class Trace:
-    """One HTTP request as this layer follows it; handlers read `request_id`/`log_id`."""
+    """One HTTP request as this layer follows it; handlers read `request_id`, `log_id`,
+    `received` and `body_received` (the client's whole body has reached Quart: nothing
+    is left to wait for or to read)."""
 
-    request_id: str
-    log_id: str
-    entry: LogEntry | None = None
+    __slots__ = (
+        "_receive",
+        "_send",
+        "body_received",
+        "entry",
+        "log_id",
+        "received",
+        "request_id",
+        "status",
+    )
+
+    def __init__(
+        self, request_id: str, log_id: str, received: float, receive: Receive, send: Send
+    ) -> None:
+        self.request_id = request_id
+        self.log_id = log_id
+        self.received = received  # wall clock, epoch seconds
+        self.entry: LogEntry | None = None
+        self.status: int | None = None
+        self.body_received = False
+        self._receive = receive
+        self._send = send
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.request" and not message.get("more_body", False):
+            self.body_received = True
+        return message
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+            message = {**message, "headers": _with_id(message.get("headers", ()), self)}
+        await self._send(message)
+
+    async def shielded_send(self, message: Message) -> None:
+        """`send` run to its end even while the app is being cancelled (trio, below)."""
+        with anyio.CancelScope(shield=True):
+            await self.send(message)
 
 
 class AccessLog:
     """The ASGI layer (wrap `app.asgi_app`) and the `LogSink` that tells it each OpenAI
-    call's user, model and tokens (add it to the gateway's sinks)."""
+    call's user, model and tokens (add it to the gateway's sinks).
 
-    def __init__(self, app: ASGIApp, logger: logging.Logger | None = None) -> None:
+    `shield_sends` is a workaround for quart-trio under Hypercorn's trio worker, which
+    otherwise never closes a connection.  Hypercorn's trio server does connection work
+    inside the app's last `send()` (the one that ends the response): it tells the app's
+    request the client is done (`http.disconnect`), then closes the socket when the
+    response said `Connection: close`, or starts the keep-alive idle timer.  quart-trio
+    answers `http.disconnect` by cancelling its request's task group, which is the very
+    task making that `send()`; the close or the timer start is cancelled half-way, and
+    the socket stays open until the client goes.  Hypercorn already shields the socket
+    writes themselves, so shielding the whole call adds no new way to hang; the
+    cancellation still arrives at the app's next checkpoint after `send()` returns.  The
+    fix belongs upstream (Hypercorn's trio server should shield that work, or quart-trio
+    should not cancel the task that is sending).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_header_bytes: int,
+        shield_sends: bool = False,
+        logger: logging.Logger | None = None,
+    ) -> None:
         self._app = app
+        self._max_header_bytes = max_header_bytes
+        self._shield_sends = shield_sends
         self._logger = logger or logging.getLogger("inference_gateway.access")
         self._traces: dict[str, Trace] = {}
 
@@ -83,60 +151,111 @@ class AccessLog:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        given = next((v for k, v in scope.get("headers", ()) if k.lower() == HEADER), None)
-        trace = Trace(request_id=valid_request_id(given) or new_id(), log_id=new_id())
-        self._traces[trace.log_id] = trace
-        received = time.time()
+        given = None
+        for name, value in scope["headers"]:
+            if name == HEADER or name.lower() == HEADER:
+                given = value
+                break
+        trace = Trace(valid_request_id(given) or new_id(), new_id(), time.time(), receive, send)
         started = time.monotonic()
-        status: list[int] = []
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status.append(int(message["status"]))
-                message = {**message, "headers": _with_id(message.get("headers", ()), trace)}
-            await send(message)
-
+        self._traces[trace.log_id] = trace
         try:
             # Into the request's own scope, not a copy of it that a stream would keep
             # beside it for its whole life.
             scope[SCOPE_KEY] = trace
-            await self._app(scope, receive, send_with_id)
+            traced_send = trace.shielded_send if self._shield_sends else trace.send
+            if head_size(scope) > self._max_header_bytes:
+                for message in head_refusal(scope, self._max_header_bytes):
+                    await traced_send(message)
+            else:
+                await self._app(scope, trace.receive, traced_send)
         finally:
-            self._traces.pop(trace.log_id, None)
-            self._log(scope, trace, received, time.monotonic() - started, status)
+            del self._traces[trace.log_id]
+            self._log(scope, trace, time.monotonic() - started)
 
-    def _log(
-        self, scope: Scope, trace: Trace, received: float, seconds: float, status: list[int]
-    ) -> None:
-        if not self._logger.isEnabledFor(logging.INFO):
+    def _log(self, scope: Scope, trace: Trace, seconds: float) -> None:
+        logger = self._logger
+        if not logger.isEnabledFor(logging.INFO):
             return
-        entry = trace.entry
-        usage = entry.usage if entry is not None else None
-        line = {
-            "time": datetime.fromtimestamp(received, UTC).isoformat(timespec="milliseconds"),
-            "request_id": trace.request_id,
-            "method": scope.get("method"),
-            "path": scope.get("path"),
-            "status": status[0] if status else None,
-            "duration_ms": round(seconds * 1000, 1),
-            "user": entry.username if entry else None,
-            "model": entry.model if entry else None,
-            "prompt_tokens": usage.prompt_tokens if usage else None,
-            "completion_tokens": usage.completion_tokens if usage else None,
-            "total_tokens": usage.total_tokens if usage else None,
-            "tokens_estimated": entry.estimated if entry else None,
-            "error_code": entry.error_code if entry else None,
-        }
-        self._logger.info(json.dumps(line))
+        line = access_line(
+            trace.received,
+            trace.request_id,
+            scope.get("method"),
+            scope.get("path"),
+            trace.status,
+            seconds,
+            trace.entry,
+        )
+        # `handle(makeRecord(...))`, not `info()`: the same record for the same handlers,
+        # without the walk up the stack that finds the caller's file and line, which an
+        # access line never shows.
+        logger.handle(logger.makeRecord(logger.name, logging.INFO, "", 0, line, (), None))
+
+
+def access_line(
+    received: float,
+    request_id: str,
+    method: str | None,
+    path: str | None,
+    status: int | None,
+    seconds: float,
+    entry: LogEntry | None,
+) -> str:
+    """One access line: a JSON object of the request's fields, in a fixed order.
+
+    Written by hand rather than by `json.dumps` of a dict (a third of the cost, and it is
+    paid on every request); the strings go through json's own encoder, so the line is
+    the same JSON `json.dumps` would write.
+    """
+    usage = entry.usage if entry is not None else None
+    return (
+        f'{{"time": "{_utc_iso(received)}", "request_id": {_text(request_id)}, '
+        f'"method": {_text(method)}, "path": {_text(path)}, '
+        f'"status": {_number(status)}, "duration_ms": {round(seconds * 1000, 1)!r}, '
+        f'"user": {_text(entry.username if entry else None)}, '
+        f'"model": {_text(entry.model if entry else None)}, '
+        f'"prompt_tokens": {_number(usage.prompt_tokens if usage else None)}, '
+        f'"completion_tokens": {_number(usage.completion_tokens if usage else None)}, '
+        f'"total_tokens": {_number(usage.total_tokens if usage else None)}, '
+        f'"tokens_estimated": {_flag(entry.estimated if entry else None)}, '
+        f'"error_code": {_text(entry.error_code if entry else None)}}}'
+    )
+
+
+def _text(value: str | None) -> str:
+    return "null" if value is None else encode_basestring_ascii(value)
+
+
+def _number(value: int | None) -> str:
+    return "null" if value is None else str(int(value))
+
+
+def _flag(value: bool | None) -> str:
+    return "null" if value is None else ("true" if value else "false")
+
+
+_last_second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
+
+
+def _utc_iso(when: float) -> str:
+    """`when` as ISO 8601 in UTC to the millisecond (`2026-01-02T03:04:05.678+00:00`);
+    the seconds' text is formatted once per second, not once per line."""
+    global _last_second
+    second = int(when)
+    cached = _last_second  # one read: another thread may replace it meanwhile
+    if cached[0] != second:
+        cached = _last_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{cached[1]}.{int((when - second) * 1000):03d}+00:00"
 
 
 def _with_id(headers: Any, trace: Trace) -> list[tuple[bytes, bytes]]:
     """The answer's headers with our request id; a backend's own id renamed beside it."""
     kept: list[tuple[bytes, bytes]] = []
     for name, value in headers:
-        if name.lower() == HEADER:
+        lowered = name.lower()
+        if lowered == HEADER:
             kept.append((BACKEND_HEADER, value))
-        elif name.lower() != BACKEND_HEADER:
+        elif lowered != BACKEND_HEADER:
             kept.append((name, value))
     kept.append((HEADER, trace.request_id.encode("ascii")))
     return kept

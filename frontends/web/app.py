@@ -33,7 +33,6 @@ from frontends.web.convert import (
     REQUEST_LOG_KEY,
     to_quart,
 )
-from frontends.web.limits import HeaderLimit
 from frontends.web.metrics import METRICS_KEY, METRICS_TOKEN_KEY, metrics_api
 from frontends.web.openai_api import openai_api
 from frontends.web.openapi import openapi_api
@@ -63,6 +62,7 @@ def create_app(
     operators: Operators | None = None,
     replicas: Replicas | None = None,
     status_window: float = DEFAULT_WINDOW,
+    shield_sends: bool = False,
 ) -> Quart:
     """The app; `app_class=quart_trio.QuartTrio` gives the same app on trio.
 
@@ -78,6 +78,7 @@ def create_app(
     With `replicas` (this server's row in the shared database, already checked), it
     keeps the row's heartbeat while serving.
     The status page (`/`, `/status`) shows figures over the last `status_window` seconds.
+    `shield_sends` is for quart-trio under Hypercorn's trio worker (`AccessLog` says why).
     """
     # No static route: Quart would serve any file under ./static of the working directory.
     app = app_class("inference_gateway", static_folder=None)
@@ -108,8 +109,9 @@ def create_app(
     read_unread_body(app)  # quart-trio wedges a connection whose body was left unread
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
-    # Request ids and the access log, around everything (Quart's own errors included).
-    access = AccessLog(HeaderLimit(app.asgi_app, max_header_bytes))
+    # Request ids, the header limit and the access log, around everything (Quart's own
+    # errors included).
+    access = AccessLog(app.asgi_app, max_header_bytes=max_header_bytes, shield_sends=shield_sends)
     app.asgi_app = access  # type: ignore[method-assign,assignment]
     gateway.add_log_sink(access)
     app.extensions[REQUEST_LOG_KEY] = request_log

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
 from quart import Response, current_app, request
 from werkzeug.datastructures import Headers
 
@@ -26,6 +25,7 @@ __all__ = [
     "current_request_id",
     "current_request_log",
     "gateway_request",
+    "request_body",
     "to_quart",
 ]
 
@@ -58,22 +58,44 @@ def current_operators() -> Operators:
 async def gateway_request(
     route: OpenAIRoute, *, cluster: str | None = None, framework: str | None = None
 ) -> GatewayRequest:
-    made = GatewayRequest(
+    trace = request.scope.get(SCOPE_KEY)
+    traced: dict[str, Any] = {}
+    if isinstance(trace, Trace):  # the access layer's ids and time for this request
+        traced = {
+            "request_id": trace.request_id,
+            "log_id": trace.log_id,
+            "received_at": trace.received,
+        }
+    else:
+        trace = None
+    return GatewayRequest(
         route=route,
-        # Not cached: Quart would keep its own copy of the body for as long as the
-        # request lasts (a stream's whole life); the gateway holds the one it needs.
-        body=await request.get_data(cache=False, as_text=False, parse_form_data=False),
+        body=await request_body(trace),
         content_type=request.headers.get("Content-Type"),
         authorization=authorization_for(route, request.headers.get),
         cluster=cluster,
         framework=framework,
         client=request.remote_addr or None,
         passed_headers=passed_headers(route, request.headers.get),
+        **traced,
     )
-    trace = request.scope.get(SCOPE_KEY)
-    if isinstance(trace, Trace):  # the access layer's ids for this request
-        return attrs.evolve(made, request_id=trace.request_id, log_id=trace.log_id)
-    return made
+
+
+async def request_body(trace: Trace | None = None) -> bytes:
+    """The request's body, not kept by Quart: it would keep its own copy for as long as
+    the request lasts (a stream's whole life); the gateway holds the one it needs.
+
+    A body the access layer saw arrive whole is taken as it is; only one still arriving
+    goes through `get_data`, whose wait for it is bounded by Quart's `BODY_TIMEOUT` (on
+    asyncio that bound costs a task and a timer, for nothing when there is nothing left
+    to wait for).  Both raise the same 413 for a body over the limit.
+    """
+    if trace is not None and trace.body_received:
+        body = request.body
+        data: bytes = await body
+        body.clear()
+        return data
+    return await request.get_data(cache=False, as_text=False, parse_form_data=False)
 
 
 def current_request_id() -> str | None:

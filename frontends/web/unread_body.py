@@ -8,6 +8,10 @@ one route does the same, a raw ASGI app under the same worker does not, so the f
 upstream, between quart-trio's body task and the worker.  Reading the body the client is
 sending anyway keeps the connection in step, on both loops alike.
 
+Nothing to do, and nothing paid, when the whole body has already reached Quart (the
+access layer saw its last part arrive): the usual case, since a handler that uses the
+body has read it, and a small one comes with the request's head.
+
 Bounded: a body refused for its size (413), or declared larger than the app takes, is
 not read, one that grows past it stops the reading, and a client that declares a body and
 never sends it is waited for `WAIT_SECONDS` at most.
@@ -21,6 +25,8 @@ import anyio
 from quart import Quart, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
+from frontends.web.access import SCOPE_KEY, Trace
+
 __all__ = ["WAIT_SECONDS", "read_unread_body"]
 
 WAIT_SECONDS = 5.0
@@ -33,6 +39,9 @@ def read_unread_body(app: Quart) -> None:
 
 async def _read_rest(response: Response) -> Response:
     if response.status_code == 413:  # refused for its size: never read it
+        return response
+    trace = request.scope.get(SCOPE_KEY)
+    if isinstance(trace, Trace) and trace.body_received:
         return response
     limit = current_app.config.get("MAX_CONTENT_LENGTH")
     length = request.content_length
