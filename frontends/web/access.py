@@ -65,9 +65,9 @@ def valid_request_id(value: bytes | str | None) -> str | None:
 
 
 class Trace:
-    """One HTTP request as this layer follows it; handlers read `request_id`, `log_id`,
-    `received` and `body_received` (the client's whole body has reached Quart: nothing
-    is left to wait for or to read)."""
+    """One HTTP request as this layer follows it; handlers read `request_id`, `log_id`
+    and `body_received` (the client's whole body has reached Quart: nothing is left to
+    wait for or to read).  `received` is the wall clock when it arrived, for its line."""
 
     __slots__ = (
         "_receive",

@@ -60,23 +60,20 @@ async def gateway_request(
 ) -> GatewayRequest:
     trace = request.scope.get(SCOPE_KEY)
     traced: dict[str, Any] = {}
-    if isinstance(trace, Trace):  # the access layer's ids and time for this request
-        traced = {
-            "request_id": trace.request_id,
-            "log_id": trace.log_id,
-            "received_at": trace.received,
-        }
+    if isinstance(trace, Trace):  # the access layer's ids for this request
+        traced = {"request_id": trace.request_id, "log_id": trace.log_id}
     else:
         trace = None
+    header = request.headers.get  # one look-up through Quart's context-local proxy
     return GatewayRequest(
         route=route,
         body=await request_body(trace),
-        content_type=request.headers.get("Content-Type"),
-        authorization=authorization_for(route, request.headers.get),
+        content_type=header("Content-Type"),
+        authorization=authorization_for(route, header),
         cluster=cluster,
         framework=framework,
         client=request.remote_addr or None,
-        passed_headers=passed_headers(route, request.headers.get),
+        passed_headers=passed_headers(route, header),
         **traced,
     )
 
