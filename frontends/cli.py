@@ -256,14 +256,15 @@ def _listen(settings: Settings) -> socket.socket:
 
 def _serve_workers(settings: Settings, *, loop: str) -> int:
     """`serve --workers N`: what must happen once, then N workers (`frontends.workers`)."""
-    from frontends.store import Store
+    from frontends.store import Store, migrate_in_child
     from frontends.workers import run_workers
 
     new_token = None
     if "static" in settings.identity_providers:
         new_token = ensure_tokens_file(settings.tokens_path, settings.local_key_path)
     gateway = build_gateway(settings.fixtures_dir, identity=StaticKeys(), transport=_transport())
-    store = Store.connect(settings.store_url)  # migrated here once, not by N workers at once
+    migrate_in_child(settings.store_url)  # once, not by N workers at once
+    store = Store.connect(settings.store_url)
     sock = _listen(settings)
     host, port = sock.getsockname()[:2]
     _banner(settings, gateway, f"http://{host}:{port}", new_token, store)
@@ -308,6 +309,7 @@ def _serve(settings: Settings, *, loop: str = "asyncio", listen_fd: int | None =
     from hypercorn.config import Config
 
     from frontends.request_log import RequestLog
+    from frontends.store import migrate_in_child
     from frontends.usage import Operators
     from frontends.web.limits import hypercorn_limits
 
@@ -353,6 +355,7 @@ def _serve(settings: Settings, *, loop: str = "asyncio", listen_fd: int | None =
             prefix=settings.redis_key_prefix,
             ttl=settings.response_ttl,
         )
+    migrate_in_child(settings.store_url)  # Alembic never loaded by a serving process
     request_log = RequestLog.open(settings.store_url, capture_limit=settings.capture_chars)
     metrics.log_queue, metrics.quota = request_log, quota  # read when scraped
     batch_parts = _batch_parts(settings, gateway, request_log.store)

@@ -1,17 +1,21 @@
 """A served worker carries only what its settings use: a gateway on static keys, quotas
-counted in process and an SQLite request log already at the newest schema never imports
-Alembic (nor Mako behind it), redis-py, PyJWT or SQLAlchemy's PostgreSQL dialect; and on
+counted in process and an SQLite request log never imports Alembic (nor Mako behind it),
+not even on the first start that creates the schema (a child process migrates), nor
+redis-py, PyJWT or SQLAlchemy's PostgreSQL dialect; and on
 the default transport (h11) not httpx either (nor httpcore, nor the Pygments httpx's own
 CLI module pulls in).  Each costs megabytes of RSS in every worker."""
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from frontends.store import Store
+import pytest
+
+from frontends.store import Store, create_store_engine, current_revision, head_revision
 from tests.support.gateway_server import write_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,12 +46,8 @@ sys.exit(cli.main(["serve", "--port", "0", "--fixtures", sys.argv[2]]))
 """
 
 
-def test_a_worker_on_static_keys_and_sqlite_imports_nothing_it_does_not_use(
-    tmp_path: Path,
-) -> None:
-    state = tmp_path / "state"
-    # A database at the newest schema, as every start after the first finds it.
-    Store.connect(f"sqlite:///{state}/gateway.db").close()
+def _serve_until_listening(tmp_path: Path, state: Path) -> list[str]:
+    """The unused modules a `serve` worker on this state folder holds when it listens."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_GATEWAY_")}
     env |= {
         "INFERENCE_GATEWAY_STATE_DIR": str(state),
@@ -64,4 +64,24 @@ def test_a_worker_on_static_keys_and_sqlite_imports_nothing_it_does_not_use(
         timeout=120,
     )
     assert ran.returncode == 0, ran.stderr
-    assert ran.stdout.strip().splitlines()[-1] == "[]"
+    held: list[str] = ast.literal_eval(ran.stdout.strip().splitlines()[-1])
+    return held
+
+
+@pytest.mark.parametrize(
+    "database",
+    ["at the newest schema, as every start after the first finds it", "not there yet"],
+)
+def test_a_worker_on_static_keys_and_sqlite_imports_nothing_it_does_not_use(
+    tmp_path: Path, database: str
+) -> None:
+    state = tmp_path / "state"
+    if database.startswith("at the newest"):
+        Store.connect(f"sqlite:///{state}/gateway.db").close()
+    assert _serve_until_listening(tmp_path, state) == []
+    # The schema is there all the same: the first start's child process made it.
+    engine = create_store_engine(f"sqlite:///{state}/gateway.db")
+    try:
+        assert current_revision(engine) == head_revision()
+    finally:
+        engine.dispose()

@@ -15,6 +15,7 @@ from frontends.store._engine import (
     default_database_url,
     head_revision,
     migrate,
+    migrate_in_child,
     normalise_database_url,
 )
 from frontends.store._figures import fetch_samples, recent_samples, samples_query
@@ -49,6 +50,7 @@ __all__ = [
     "fetch_usage",
     "head_revision",
     "migrate",
+    "migrate_in_child",
     "normalise_database_url",
     "open_log_writer",
     "recent_samples",
