@@ -17,6 +17,8 @@ import json
 import resource
 import sys
 
+DRIP_MODEL = "bench-drip"
+
 _HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
     b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -27,12 +29,13 @@ def _chunked(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-def _event(n: int) -> bytes:
+def drip_event(n: int) -> bytes:
+    """The nth chunk of a dripping stream, as an SSE event."""
     chunk = {
         "id": "chatcmpl-drip",
         "object": "chat.completion.chunk",
         "created": 1764000000,
-        "model": "bench-drip",
+        "model": DRIP_MODEL,
         "choices": [{"index": 0, "delta": {"content": f"{n} "}, "finish_reason": None}],
     }
     return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
@@ -59,7 +62,7 @@ async def drip(port: int, every: float) -> None:
         try:
             if not await _read_request(reader):
                 return
-            writer.write(_HEAD + _chunked(_event(0)))
+            writer.write(_HEAD + _chunked(drip_event(0)))
             n = 1
             while True:
                 await writer.drain()
@@ -67,7 +70,7 @@ async def drip(port: int, every: float) -> None:
                     await asyncio.wait_for(reader.read(1), every)
                     return  # the client sent more or closed: this stream is over
                 except TimeoutError:
-                    writer.write(_chunked(_event(n)))
+                    writer.write(_chunked(drip_event(n)))
                     n += 1
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -126,7 +129,7 @@ def main() -> None:
     h.add_argument("--port", type=int, required=True)
     h.add_argument("--count", type=int, required=True)
     h.add_argument("--token", required=True)
-    h.add_argument("--model", default="bench-drip")
+    h.add_argument("--model", default=DRIP_MODEL)
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

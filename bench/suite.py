@@ -13,7 +13,8 @@ What it starts, all on 127.0.0.1:
   set high enough never to refuse) and metrics on, as in production;
 * for the open-streams figure, a backend that keeps streams open and drips a chunk every
   few seconds (`bench.open_streams drip`) and a client holding N streams through the
-  gateway (`bench.open_streams hold`).
+  gateway (`bench.open_streams hold`); the same client holds N streams on the floor,
+  which drips them itself, so the gateway's KB per stream has the framework's beside it.
 
 wrk (one thread) drives the floor and the gateway alike at concurrency 1 and 32, for JSON
 and for streams, in alternating rounds so that drift hits both.  On a machine with two
@@ -47,13 +48,13 @@ import httpx
 
 from bench.canned import MODEL_JSON, MODEL_SSE, ensure_tools, running_nginx, wait_for_port
 from bench.load import Round, first_byte_ms, run_wrk
+from bench.open_streams import DRIP_MODEL
 from tests.support.gateway_server import ALICE, write_fixtures, write_tokens
 
 __all__ = ["main"]
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY_ENV = "IGW_BENCH_KEY"
-DRIP_MODEL = "bench-drip"
 
 
 @attrs.frozen
@@ -270,6 +271,8 @@ def run(plan: Plan, out: Path | None, transport: str = "h11") -> str:
                         "--port",
                         str(floor_port),
                         *(["--uvloop"] if loop == "uvloop" else []),
+                        "--every",
+                        str(drip_every),
                     ],
                     server_cpu,
                 ),
@@ -348,7 +351,10 @@ def run(plan: Plan, out: Path | None, transport: str = "h11") -> str:
                 first[name].append(first_byte_ms("127.0.0.1", port, _chat(MODEL_SSE, True), token))
         peak = {name: _rss_kb(p.pid, "VmHWM") for name, (p, _, _) in servers.items()}
 
-        streams = _open_streams(plan, gateway, gateway_port, folder, base_env, load_cpu)
+        streams = {
+            name: _open_streams(plan, process, int(url.rsplit(":", 1)[1]), base_env, load_cpu)
+            for name, (process, url, _) in servers.items()
+        }
         servers_stack.close()  # the pinned floor and gateway stop; nginx stays
         scaling = _workers_phase(plan, fixtures, gateway_env, folder, serve)
 
@@ -370,18 +376,22 @@ class StreamsFigure:
     normal_max_ms: float
     normal_failed: dict[str, int]
 
+    @property
+    def kb_per_stream(self) -> float:
+        return (self.rss_after_kb - self.rss_before_kb) / self.opened if self.opened else 0.0
+
 
 def _open_streams(
     plan: Plan,
-    gateway: subprocess.Popen[bytes],
+    server: subprocess.Popen[bytes],
     port: int,
-    folder: Path,
     env: dict[str, str],
     cpu: int | None,
 ) -> StreamsFigure:
-    """Holds `plan.open_streams` streams through the gateway; RSS and a normal request's
-    latency while they are open."""
-    before = _rss_kb(gateway.pid)
+    """Holds `plan.open_streams` streams on the server (the gateway's through to the drip
+    backend, the floor's from itself); RSS and a normal request's latency while they are
+    open.  The floor ignores the key."""
+    before = _rss_kb(server.pid)
     command = [
         sys.executable,
         "-m",
@@ -403,7 +413,7 @@ def _open_streams(
         if not line:
             raise RuntimeError("the stream holder ended before it reported")
         held = json.loads(line)
-        after = _rss_kb(gateway.pid)
+        after = _rss_kb(server.pid)
         times = []
         normal_failed: dict[str, int] = {}
         with httpx.Client(timeout=30) as client:
@@ -532,7 +542,7 @@ def _report(
     first: dict[str, list[float]],
     idle: dict[str, int],
     peak: dict[str, int],
-    streams: StreamsFigure,
+    streams_on: dict[str, StreamsFigure],
     scaling: WorkersFigure,
     pinned: bool,
 ) -> str:
@@ -564,8 +574,8 @@ def _report(
                 ]
             )
     ttfb_f, ttfb_g = statistics.median(first["floor"]), statistics.median(first["gateway"])
+    streams, floor_streams = streams_on["gateway"], streams_on["floor"]
     opened = streams.opened
-    per_stream = (streams.rss_after_kb - streams.rss_before_kb) / opened if opened else 0.0
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     lines = [
@@ -592,9 +602,19 @@ def _report(
         )
         + (f" (failed: {streams.failed})" if streams.failed else "")
         + f"; gateway RSS {mb(streams.rss_before_kb)} → {mb(streams.rss_after_kb)} "
-        f"({per_stream:.1f} KB per stream); a normal request meanwhile: "
+        f"({streams.kb_per_stream:.1f} KB per stream); a normal request meanwhile: "
         f"median {streams.normal_median_ms:.1f} ms, max {streams.normal_max_ms:.1f} ms"
         + (f" (not 200: {streams.normal_failed})" if streams.normal_failed else ""),
+        f"open streams on the floor (dripped by the app itself, no upstream): "
+        f"{floor_streams.opened:,} held"
+        + (f" (failed: {floor_streams.failed})" if floor_streams.failed else "")
+        + f"; floor RSS {mb(floor_streams.rss_before_kb)} → {mb(floor_streams.rss_after_kb)} "
+        f"({floor_streams.kb_per_stream:.1f} KB per stream); gateway/floor per stream: "
+        + (
+            f"{streams.kb_per_stream / floor_streams.kb_per_stream:.2f}"
+            if floor_streams.kb_per_stream > 0
+            else "-"
+        ),
         f"workers (JSON, concurrency 32, nothing pinned): 1 worker {scaling.one:,.0f} req/s, "
         f"2 workers {scaling.two:,.0f} req/s, ratio {scaling.two / scaling.one:.2f}; "
         f"during the 2-worker rounds wrk used {scaling.wrk_share:.0%} and nginx "
