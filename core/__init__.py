@@ -136,6 +136,7 @@ from core._events import (
     WriteLog,
 )
 from core._fixtures import load_catalog, parse_clusters, parse_endpoints, slugify
+from core._header_values import MAX_PLAIN_VALUE, is_plain_value
 from core._limits import RequestLimits, clip
 from core._listing import (
     GATEWAY_CONFIG_KEYS,
@@ -194,6 +195,7 @@ __all__ = [
     "BREAKER_TABLE",
     "GATEWAY_CONFIG_KEYS",
     "JSON_HEADERS",
+    "MAX_PLAIN_VALUE",
     "REFUSAL_REASONS",
     "RESERVED_FIELDS",
     "RETRIABLE_STATUSES",
@@ -334,6 +336,7 @@ __all__ = [
     "identity_refusal",
     "identity_unavailable",
     "in_dialect",
+    "is_plain_value",
     "is_retriable",
     "json_object",
     "load_catalog",

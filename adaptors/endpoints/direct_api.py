@@ -32,6 +32,7 @@ from adaptors.endpoints.endpoint import (
     SubmitTaskResponse,
     unpack_task_data,
 )
+from core import is_plain_value
 from transports import BackendRequest, BackendStream, Timeout, TransportError
 
 __all__ = [
@@ -165,7 +166,7 @@ class DirectAPIEndpoint(BaseEndpoint):
             headers.insert(0, ("content-type", "application/json"))
         if self._api_key:
             headers.append(("authorization", f"Bearer {self._api_key}"))
-        if _header_safe(request_id):
+        if is_plain_value(request_id):
             headers.append(("x-request-id", str(request_id)))
         headers.extend(_passed_headers(passed))
         return BackendRequest(
@@ -267,19 +268,7 @@ PASSED_HEADERS = "passed_headers"
 def _passed_headers(value: object) -> list[tuple[str, str]]:
     if not isinstance(value, Mapping):
         return []
-    return [(str(k), str(v)) for k, v in value.items() if _header_safe(v)]
-
-
-def _header_safe(value: object) -> bool:
-    """A request id that may travel as a header: printable ASCII, at most 128 characters
-    (the gateway's front-end only hands such ids on; a caller embedding us might not)."""
-    return (
-        isinstance(value, str)
-        and 0 < len(value) <= 128
-        and value.isascii()
-        and value.isprintable()  # of ASCII, exactly " " to "~"
-        and value.strip() == value
-    )
+    return [(str(k), str(v)) for k, v in value.items() if is_plain_value(v)]
 
 
 async def _read_refusal(stream: BackendStream, timeout: Timeout) -> tuple[str, int, str | None]:

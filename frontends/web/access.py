@@ -30,7 +30,7 @@ from typing import Any
 
 import anyio
 
-from core import LogEntry
+from core import LogEntry, is_plain_value
 from frontends.ids import new_id
 from frontends.log_sink import Timing
 from frontends.web.limits import head_refusal, head_size
@@ -40,7 +40,6 @@ __all__ = ["SCOPE_KEY", "AccessLog", "Trace", "access_line", "valid_request_id"]
 SCOPE_KEY = "inference_gateway.trace"
 HEADER = b"x-request-id"
 BACKEND_HEADER = b"x-backend-request-id"
-MAX_REQUEST_ID = 128
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -59,9 +58,7 @@ def valid_request_id(value: bytes | str | None) -> str | None:
             value = value.decode("ascii")
         except UnicodeDecodeError:
             return None
-    if not 0 < len(value) <= MAX_REQUEST_ID or value.strip() != value:
-        return None
-    return value if all(" " <= c <= "~" for c in value) else None
+    return value if is_plain_value(value) else None
 
 
 class Trace:
