@@ -5,9 +5,10 @@ Theory of operation.  `submit()` is a plain function: it puts the record in the 
 (an anyio memory stream of `queue_size` records) and returns at once; when the queue is
 full, or the writer is closed, the record is counted in `dropped` and nothing is raised.
 `run()`, a task, takes the first record waiting, lets more gather for up to `linger`
-seconds (a batch costs a thread hand-off and a transaction whatever its size, and the
-thread competes with the event loop for the GIL: one batch per request at moderate load
-cost more than the records themselves), then takes whatever is queued (up to
+seconds (0 by default: a caller asking for its usage right after a request expects to
+find it; under load, batches gather anyway while the previous one is written; a batch
+costs a thread hand-off and a transaction whatever its size, and the thread competes
+with the event loop for the GIL), then takes whatever is queued (up to
 `batch_size`) and hands the batch to the sink's blocking `write_batch` on a worker
 thread of its own (a capacity limiter of one, so the writer never waits for threads
 other work holds, and batches are written in order).  While a batch is being written,
@@ -75,7 +76,7 @@ class LogWriter:
         batch_size: int = 500,
         attempts: int = 3,
         retry_delay: float = 0.5,
-        linger: float = 0.05,
+        linger: float = 0.0,
     ) -> None:
         if queue_size < 1 or batch_size < 1 or attempts < 1 or retry_delay < 0 or linger < 0:
             raise ValueError(
@@ -231,7 +232,7 @@ async def open_log_writer(
     batch_size: int = 500,
     attempts: int = 3,
     retry_delay: float = 0.5,
-    linger: float = 0.05,
+    linger: float = 0.0,
 ) -> AsyncIterator[LogWriter]:
     """A running `LogWriter`; on exit, even when cancelled, the queue is flushed for up
     to `flush_timeout` seconds, then the writer is stopped (the rest counted failed)."""
