@@ -134,6 +134,22 @@ async def test_connection_close_is_honoured(transport: H11Transport) -> None:
     assert len(server.connections) == 2
 
 
+async def test_an_answer_to_head_ends_with_its_head_and_its_connection_is_reused(
+    transport: H11Transport,
+) -> None:
+    async def head(exchange: Exchange) -> None:
+        await exchange.start(200, [("content-length", "1000")])  # no body follows a HEAD
+        await exchange.end()
+
+    async with serving({"/head": head}) as server:
+        for _ in range(2):
+            request = BackendRequest(method="HEAD", url=f"{server.url}/head", timeout=QUICK)
+            response = await transport.send(request)
+            assert (response.status, response.body) == (200, b"")
+            assert response.header("content-length") == "1000"
+    assert len(server.connections) == 1
+
+
 async def test_an_idle_connection_the_server_closed_is_not_reused(
     transport: H11Transport,
 ) -> None:

@@ -1,10 +1,16 @@
-"""A loop-native transport: HTTP/1.1 by h11 over anyio (or asyncio) streams, pooled per host.
+"""A loop-native transport: HTTP/1.1 over anyio (or asyncio) streams, pooled per host.
 
-Theory of operation.  h11 is a Sans-IO machine: it turns events (`Request`, `Data`,
-`EndOfMessage`) into bytes and bytes into events, and knows nothing of sockets.  This
-module is its driver.  It opens TCP (and TLS) streams with anyio, so the same code runs
-natively on trio and on asyncio, and moves bytes between those streams and one
-`h11.Connection` per socket.  One exception: on asyncio, a plain `http` connection made
+(The `h11` in its names and in the `TRANSPORT` setting is historical: it was first
+written on the h11 library.  HTTP/1.1 itself is now `transports._http1`: request heads
+written there, answers parsed by httptools, llhttp in C, which costs a fraction of h11's
+pure-Python parsing per exchange.)
+
+Theory of operation.  `transports._http1` is Sans-IO: it turns a request into the bytes
+of its head, and the bytes of an answer into its status, headers, body pieces and end,
+and knows nothing of sockets.  This module is its driver.  It opens TCP (and TLS)
+streams with anyio, so the same code runs natively on trio and on asyncio, and feeds
+what each read gives to the `_http1.Answer` of the exchange on that socket.  One
+exception: on asyncio, a plain `http` connection made
 without a proxy is asyncio's own transport and protocol (`transports._loop_stream`),
 which reads without anyio's per-receive pause and resume of the socket; it offers the
 same three calls and fails the same way, so nothing else here tells them apart.
@@ -16,16 +22,18 @@ same three calls and fails the same way, so nothing else here tells them apart.
   one is still sound (not readable: an idle socket with something to read was closed or
   spoken to by the peer), else a new one.  Because a new connection is only made when
   no idle one is left, a backend's open sockets never outnumber its permits.
-* **Reuse.**  After a response, a connection goes back to the pool only when h11 says
-  both sides finished the exchange (`our_state is DONE and their_state is DONE`), and
-  then only after `start_next_cycle()`.  Anything else (a body not read to its end, a
-  `Connection: close`, a close-delimited body, an error, a cancellation) closes the
-  socket, so a half-read connection is never handed out again.
-* **Bodies.**  Requests are sent whole, with `Content-Length` (h11 frames them).
-  Responses may be framed by `Content-Length`, chunked, or delimited by the close of the
-  connection; h11 decides which.  `chunks()` yields the bytes of each h11 `Data` event
-  as it is parsed, so one read from the socket is never held back to be merged with the
-  next.  Bodies are handed over as sent: no content-encoding is asked for or decoded.
+* **Reuse.**  After a response, a connection goes back to the pool only when its
+  answer says it may (`_http1.Answer.reusable`: the answer ended by its own framing, no
+  `Connection: close` either way, HTTP/1.1, nothing after its end), and each exchange
+  gets a fresh `Answer`.  Anything else (a body not read to its end, a `Connection:
+  close`, a close-delimited body, bytes past the answer, an error, a cancellation)
+  closes the socket, so a half-read connection is never handed out again.
+* **Bodies.**  Requests are sent whole, with `Content-Length`.  Responses may be framed
+  by `Content-Length`, chunked, or delimited by the close of the connection (none after
+  HEAD, 1xx, 204, 304); `_http1` decides which.  `chunks()` yields each body piece as
+  it is parsed (a chunk of a chunked body, or what one read held), so one read from the
+  socket is never held back to be merged with the next.  Bodies are handed over as
+  sent: no content-encoding is asked for or decoded.
 * **Time.**  `Timeout.connect` bounds the TCP+TLS connect; `read` the write of the
   request and each receive of a whole answer's body; `first_byte` the wait from the
   request sent to the answer's head and, for a stream, to its first body bytes;
@@ -33,17 +41,18 @@ same three calls and fails the same way, so nothing else here tells them apart.
   holds its permits), and for a stream the time from `open_stream` to the last read.
   Each raises its own `TransportTimeout` subclass.  A call runs under one `_Watch`: a
   single cancel scope whose deadline is moved at each phase change and each receive
-  (nesting a `fail_after` per limit and per receive cost more CPU than h11's parsing).
+  (nesting a `fail_after` per limit and per receive cost more CPU than the parsing).
   A stream keeps its deadlines and opens one `_Watch` per read, because a cancel scope
   may not stay open across the yields of a generator the caller drives.
 * **Size.**  A whole answer (`send`, or `aread` of a stream) is read piece by piece and
   refused with `AnswerTooLarge` as soon as it passes `max_answer_bytes` (or at once,
   when its `Content-Length` says it will): the connection is closed and what was read
   is dropped, so a huge answer costs at most the cap in memory.
-* **Errors.**  Everything below HTTP is translated in one place, `_translated` (applied
-  by the call's `_Watch`), keyed by the phase of the call (connect, write, first byte,
-  read, idle, total), into the `transports._base` family, with short messages of our
-  own (no URL, host or header) and the original chain dropped.  A request we cannot
+* **Errors.**  Everything below HTTP, and `_http1`'s protocol errors, is translated in
+  one place, `_translated` (applied by the call's `_Watch`), keyed by the phase of the
+  call (connect, write, first byte, read, idle, total), into the `transports._base`
+  family, with short messages of our own (no URL, host or header) and the original
+  chain dropped.  A request we cannot
   send (bad URL, bad header) is refused before any IO, in the same family and manner.
   Cancellation is never translated (only `Exception`s are caught), but it always closes
   the connection it interrupted.
@@ -55,7 +64,7 @@ same three calls and fails the same way, so nothing else here tells them apart.
   `SSL_CERT_FILE` / `SSL_CERT_DIR` when no CA is given, and the proxy variables:
   `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` (lower-case too) name an `http://` proxy
   (credentials in it become `Proxy-Authorization: Basic`), `NO_PROXY` exempts hosts.
-  An https backend is reached through a `CONNECT` tunnel (spoken with h11, then TLS to
+  An https backend is reached through a `CONNECT` tunnel (spoken with `_http1`, then TLS to
   the backend inside it); an http backend by sending the request to the proxy in
   absolute form.  A proxy this module cannot speak to (`https://`, `socks5://`) is
   refused by `check_tls` (called at start) and by every request that would use it,
@@ -97,9 +106,9 @@ from urllib.request import getproxies_environment
 import anyio
 import anyio.abc
 import attrs
-import h11
 from anyio.streams.tls import TLSStream
 
+from transports import _http1
 from transports._base import (
     AnswerTooLarge,
     BackendRequest,
@@ -162,14 +171,15 @@ _BROKEN_IN: dict[_Phase, tuple[type[TransportError], str]] = {
 _BROKEN_ELSEWHERE = (TransportError, "the backend call failed")
 # Failures that read the same in every phase.
 _ANY_PHASE: tuple[tuple[type[Exception], type[TransportError], str], ...] = (
-    (h11.RemoteProtocolError, ProtocolError, "the backend broke the HTTP protocol"),
-    (h11.LocalProtocolError, ProtocolError, "the request could not be sent as valid HTTP"),
+    (_http1.NoAnswer, ProtocolError, "the backend closed the connection without answering"),
+    (_http1.RemoteProtocolError, ProtocolError, "the backend broke the HTTP protocol"),
+    (_http1.LocalProtocolError, ProtocolError, "the request could not be sent as valid HTTP"),
     (anyio.ClosedResourceError, TransportError, "the backend answer was already read or closed"),
 )
 
 
 def _translated(exc: Exception, phase: _Phase) -> TransportError | None:
-    """The one place where socket, TLS, h11 and time-out errors become transport errors,
+    """The one place where socket, TLS, HTTP and time-out errors become transport errors,
     by the phase of the call they happened in; None for an error already ours (or one we
     do not know, which goes up as it is).
 
@@ -201,7 +211,7 @@ class _Watch:
 
     Why one scope: anyio's `fail_after` is a cancel scope and a context manager, and a
     call used to nest several (the total limit, the phase's, one per receive), each with
-    its own error-mapping context manager; together they cost more CPU than h11's parsing
+    its own error-mapping context manager; together they cost more CPU than the parsing
     of the whole exchange.  Here a phase change, or a receive's fresh limit, is one
     assignment of the scope's deadline: the earliest of the call's total deadline, the
     phase's own deadline and (for a receive) now plus its limit.  When the scope fires,
@@ -264,7 +274,7 @@ class _Target:
     scheme: str
     host: str
     port: int
-    path: bytes
+    path: str
     authority: str
 
     @property
@@ -288,14 +298,14 @@ def _parse_url(url: str) -> _Target:
         if parts.username is not None or parts.password is not None:
             raise TransportError("credentials in the backend URL are not supported")
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        path_bytes = path.encode("ascii")
+        path.encode("ascii")  # non-ASCII is refused, not percent-encoded
     except TransportError:
         raise
     except (ValueError, UnicodeError):
         raise TransportError("the backend URL is invalid") from None
     shown_host = f"[{host}]" if ":" in host else host
     authority = shown_host if port == DEFAULT_PORTS[scheme] else f"{shown_host}:{port}"
-    return _Target(scheme=scheme, host=host, port=port, path=path_bytes, authority=authority)
+    return _Target(scheme=scheme, host=host, port=port, path=path, authority=authority)
 
 
 @attrs.frozen(kw_only=True)
@@ -362,9 +372,9 @@ def _exempt(target: _Target, no_proxy: str) -> bool:
     return False
 
 
-def _request_head(
-    request: BackendRequest, target: _Target, proxy: _Proxy | None = None
-) -> h11.Request:
+def _request_head(request: BackendRequest, target: _Target, proxy: _Proxy | None = None) -> bytes:
+    """The request's head, as bytes ready to send; refused before any IO when it is not
+    valid HTTP (the message quotes nothing of it)."""
     headers = [(k, v) for k, v in request.headers if k.lower() not in _FRAMING_HEADERS]
     if not any(k.lower() == "host" for k, _ in headers):
         headers.insert(0, ("Host", target.authority))
@@ -373,22 +383,26 @@ def _request_head(
     path = target.path
     if proxy is not None and target.scheme == "http":
         # Through a proxy without a tunnel: the absolute form, and our proxy credentials.
-        path = f"http://{target.authority}".encode("ascii") + target.path
+        path = f"http://{target.authority}{target.path}"
         if proxy.authorization:
             headers.append(("Proxy-Authorization", proxy.authorization))
     try:
-        return h11.Request(method=request.method, target=path, headers=headers)
-    except (h11.LocalProtocolError, UnicodeError):  # messages quote the offending header
+        return _http1.request_head(request.method, path, headers)
+    except _http1.LocalProtocolError:
         raise ProtocolError("the request could not be sent as valid HTTP") from None
 
 
-def _decode_headers(headers: list[tuple[bytes, bytes]]) -> Headers:
-    """Names lower-cased (as httpx gives them), order and duplicates kept."""
-    return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers)
+def _asks_to_close(headers: Headers) -> bool:
+    """Whether the caller's own `Connection` header closes the connection after this
+    exchange."""
+    return any(
+        k.lower() == "connection" and "close" in (t.strip() for t in v.lower().split(","))
+        for k, v in headers
+    )
 
 
 class _Connection:
-    """One socket and the h11 machine that speaks HTTP/1.1 on it.
+    """One socket, and the answer being received on it (`transports._http1`).
 
     Its methods do IO only; their failures come up raw, and are translated (and bounded
     in time) by the `_Watch` of the call they serve.
@@ -396,7 +410,7 @@ class _Connection:
 
     def __init__(self, stream: anyio.abc.ByteStream | LoopStream) -> None:
         self.stream = stream
-        self.h11 = h11.Connection(our_role=h11.CLIENT)
+        self.answer: _http1.Answer | None = None
         # Looked up once: `extra()` walks the stream's attribute providers each time.
         self._socket = (
             stream.socket
@@ -406,7 +420,7 @@ class _Connection:
 
     @property
     def reusable(self) -> bool:
-        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+        return self.answer is not None and self.answer.reusable
 
     def readable(self) -> bool:
         """Whether this idle connection has something to read: EOF, a reset, or
@@ -425,25 +439,24 @@ class _Connection:
         poller.register(sock, select.POLLIN | select.POLLPRI)
         return bool(poller.poll(0))
 
-    async def write(self, events: list[h11.Event]) -> None:
-        await self.stream.send(b"".join(self.h11.send(event) or b"" for event in events))
+    async def request(self, data: bytes, answer: _http1.Answer) -> None:
+        """Send a request (head and body), whose answer `answer` will receive."""
+        self.answer = answer
+        await self.stream.send(data)
 
-    async def next_event(
-        self, watch: _Watch | None = None, timeout: float | None = None
-    ) -> h11.Event | type[h11.PAUSED]:
-        """The next event from the peer, reading as needed, each receive within `timeout`
-        (armed on `watch`)."""
-        while True:
-            event = self.h11.next_event()
-            if event is not h11.NEED_DATA:
-                return event  # type: ignore[return-value]
-            if watch is not None:
-                watch.arm(timeout)
-            try:
-                data = await self.stream.receive(READ_SIZE)
-            except anyio.EndOfStream:
-                data = b""
-            self.h11.receive_data(data)
+    async def receive(self, watch: _Watch | None = None, timeout: float | None = None) -> None:
+        """One read from the socket, fed to the answer; the read within `timeout` (armed
+        on `watch`)."""
+        answer = self.answer
+        if answer is None:
+            raise TransportError("the backend answer was already read or closed")
+        if watch is not None:
+            watch.arm(timeout)
+        try:
+            data = await self.stream.receive(READ_SIZE)
+        except anyio.EndOfStream:
+            data = b""
+        answer.receive(data)
 
     async def close(self) -> None:
         """Close at once: no waiting on the peer, and it works inside a cancelled scope."""
@@ -462,8 +475,8 @@ class _HostPool:
 
 
 class H11Transport:
-    """A `Transport` speaking HTTP/1.1 with h11 over anyio streams (trio or asyncio; plain
-    `http` on asyncio over asyncio's own transports).
+    """A `Transport` speaking HTTP/1.1 (`transports._http1`) over anyio streams (trio or
+    asyncio; plain `http` on asyncio over asyncio's own transports).
 
     `ssl_context` is used as given for every https backend (`verify` is then ignored);
     without one, the system's CAs are trusted and hostnames verified, unless
@@ -601,7 +614,14 @@ class H11Transport:
         if pool is None:
             pool = self._pools[key] = _HostPool()
         permit = await self._admission.acquire(target.key)
-        return _Lease(pool, permit, _Plan(target=target, proxy=proxy, head=head, context=context))
+        plan = _Plan(
+            target=target,
+            proxy=proxy,
+            head=head,
+            context=context,
+            close=_asks_to_close(request.headers),
+        )
+        return _Lease(pool, permit, plan)
 
     async def _open(self, request: BackendRequest, lease: _Lease, watch: _Watch) -> H11Stream:
         plan = lease.plan
@@ -611,23 +631,19 @@ class H11Transport:
             connection = lease.connection
             watch.enter(_Phase.WRITE)
             watch.arm(timeout.read)
-            await connection.write([plan.head, h11.Data(data=request.body), h11.EndOfMessage()])
+            answer = _http1.Answer(request.method, close=plan.close)
+            await connection.request(plan.head + request.body, answer)
             first_byte = deadline_after(timeout.first_byte)
             watch.enter(_Phase.FIRST_BYTE, first_byte)
-            while True:
-                event = await connection.next_event()
-                if isinstance(event, h11.InformationalResponse):
-                    continue
-                if isinstance(event, h11.Response):
-                    break
-                raise ProtocolError("the backend closed the connection without answering")
+            while not answer.has_head:
+                await connection.receive()
         except BaseException:
             await lease.release(reuse=False)
             raise
         return H11Stream(
             lease,
-            status=event.status_code,
-            headers=_decode_headers(list(event.headers)),
+            status=answer.status,
+            headers=tuple(answer.headers),
             timeout=timeout,
             deadline=watch.total,
             first_byte_deadline=first_byte,
@@ -686,27 +702,20 @@ async def _tunnel(
         if proxy.authorization:
             headers.append(("Proxy-Authorization", proxy.authorization))
         machine = _Connection(stream)
+        answer = _http1.Answer("CONNECT")
         try:
-            await machine.write(
-                [
-                    h11.Request(method="CONNECT", target=authority, headers=headers),
-                    h11.EndOfMessage(),
-                ]
-            )
-            while True:
-                event = await machine.next_event()
-                if isinstance(event, h11.InformationalResponse):
-                    continue
-                break
+            await machine.request(_http1.request_head("CONNECT", authority, headers), answer)
+            while not answer.has_head:
+                await machine.receive()
+        except _http1.NoAnswer:
+            raise ConnectError("the proxy refused the tunnel to the backend (no answer)") from None
         except Exception:
             # A proxy that breaks HTTP or the connection is a failure to connect, not an
             # answer.
             raise ConnectError("could not open a tunnel through the proxy") from None
-        if not isinstance(event, h11.Response) or not 200 <= event.status_code < 300:
-            status = event.status_code if isinstance(event, h11.Response) else "no answer"
-            raise ConnectError(f"the proxy refused the tunnel to the backend ({status})")
-        leftover, _ = machine.h11.trailing_data
-        if leftover:
+        if not 200 <= answer.status < 300:
+            raise ConnectError(f"the proxy refused the tunnel to the backend ({answer.status})")
+        if answer.overrun or answer.body:
             raise ConnectError("the proxy sent data before the tunnel was open")
         return await TLSStream.wrap(
             stream,
@@ -726,8 +735,9 @@ class _Plan:
 
     target: _Target
     proxy: _Proxy | None
-    head: h11.Request
+    head: bytes
     context: ssl.SSLContext | None
+    close: bool  # the caller's headers ask to close the connection after this exchange
 
 
 class _Lease:
@@ -741,7 +751,8 @@ class _Lease:
         self.connection: _Connection | None = None
 
     async def release(self, *, reuse: bool) -> None:
-        """Give the permits back; keep the connection only if asked and h11 agrees."""
+        """Give the permits back; keep the connection only if asked and its answer
+        allows it."""
         if self._released:
             return
         self._released = True
@@ -750,14 +761,14 @@ class _Lease:
         if connection is None:
             return
         if reuse and connection.reusable and not self.pool.retired:
-            connection.h11.start_next_cycle()
+            connection.answer = None
             self.pool.idle.append(connection)
         else:
             await connection.close()
 
 
 class H11Stream:
-    """A `BackendStream` over one pooled h11 connection."""
+    """A `BackendStream` over one pooled HTTP/1.1 connection."""
 
     def __init__(
         self,
@@ -781,7 +792,7 @@ class H11Stream:
         self.headers = headers
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """Body bytes, one chunk per h11 `Data` event, as they arrive: the first within
+        """Body bytes, one chunk per body piece parsed, as they arrive: the first within
         the first-byte limit, each later one within the idle limit."""
         while True:
             if self._started:
@@ -815,24 +826,25 @@ class H11Stream:
         if self._finished:
             return b""
         connection = self._lease.connection
-        if connection is None:
+        if connection is None or connection.answer is None:
             raise TransportError("the backend answer was already read or closed")
+        answer = connection.answer
         parts: list[bytes] = []
         size = 0
         watch.enter(_Phase.READ)
         try:
             while True:
-                event = await connection.next_event(watch, self._timeout.read)
-                if isinstance(event, h11.Data):
-                    size += len(event.data)
+                pieces = answer.body
+                while pieces:
+                    piece = pieces.popleft()
+                    size += len(piece)
                     if cap is not None and size > cap:
                         parts.clear()
                         raise _too_large(cap)
-                    parts.append(event.data)
-                    continue
-                if isinstance(event, h11.EndOfMessage):
+                    parts.append(piece)
+                if answer.ended:
                     break
-                raise ProtocolError("the backend broke the HTTP protocol")
+                await connection.receive(watch, self._timeout.read)
         except BaseException:
             await self._lease.release(reuse=False)
             raise
@@ -853,16 +865,8 @@ class H11Stream:
         before it; no IO (anything else, body bytes included, means the connection
         closes)."""
         connection = self._lease.connection
-        if connection is None:
-            return False
-        try:
-            while True:
-                event = connection.h11.next_event()
-                if isinstance(event, h11.Data) and not event.data:
-                    continue
-                return isinstance(event, h11.EndOfMessage)
-        except h11.RemoteProtocolError:
-            return False
+        answer = None if connection is None else connection.answer
+        return answer is not None and answer.ended and not answer.body
 
     def _check_deadlines(self, phase_deadline: float) -> None:
         """Refuse at once a read begun past the stream's total deadline or its phase's."""
@@ -887,27 +891,20 @@ class H11Stream:
         if self._finished:
             return None
         connection = self._lease.connection
-        if connection is None:
+        if connection is None or connection.answer is None:
             raise TransportError("the backend answer was already read or closed")
+        answer = connection.answer
         try:
             self._check_deadlines(phase_deadline)
             while True:
-                try:
-                    event = connection.h11.next_event()
-                except h11.RemoteProtocolError:
-                    raise ProtocolError("the backend broke the HTTP protocol") from None
-                if event is h11.NEED_DATA:
-                    # Only a read that must wait pays for a scope: chunks that came
-                    # together in one receive are handed out without one.
-                    with _Watch(self._deadline, phase, phase_deadline) as watch:
-                        event = await connection.next_event(watch, timeout)
-                if isinstance(event, h11.Data):
-                    if event.data:
-                        return bytes(event.data)
-                    continue
-                if isinstance(event, h11.EndOfMessage):
+                if answer.body:
+                    return answer.body.popleft()
+                if answer.ended:
                     break
-                raise ProtocolError("the backend broke the HTTP protocol")
+                # Only a read that must wait pays for a scope: chunks that came together
+                # in one receive are handed out without one.
+                with _Watch(self._deadline, phase, phase_deadline) as watch:
+                    await connection.receive(watch, timeout)
         except BaseException:
             await self._lease.release(reuse=False)
             raise

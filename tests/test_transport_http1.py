@@ -1,0 +1,237 @@
+"""HTTP/1.1 of the h11 transport, Sans-IO (`transports._http1`): what a request head may
+hold, and how an answer's bytes are framed, ended and judged fit for reuse.
+
+Each answer case feeds raw bytes (in the pieces given, then optionally the peer's end)
+and reads what the `Answer` learnt; no socket is involved.  The transport-level
+behaviour built on it is in `test_transport_h11` and `test_transport_conformance`.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from transports._http1 import (
+    MAX_HEAD_BYTES,
+    Answer,
+    LocalProtocolError,
+    NoAnswer,
+    RemoteProtocolError,
+    request_head,
+)
+
+# -- the request head ----------------------------------------------------------------------
+
+
+def test_a_request_head_puts_host_first_and_keeps_the_rest_in_order() -> None:
+    head = request_head(
+        "POST", "/v1/chat?x=1", [("x-a", "1"), ("Host", "example.org"), ("x-b", "two  words")]
+    )
+    assert head == (
+        b"POST /v1/chat?x=1 HTTP/1.1\r\nHost: example.org\r\nx-a: 1\r\nx-b: two  words\r\n\r\n"
+    )
+
+
+def test_an_empty_header_value_is_valid() -> None:
+    assert b"x-empty: \r\n" in request_head("GET", "/", [("Host", "h"), ("x-empty", "")])
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "headers"),
+    [
+        ("GET", "/", [("Host", "h"), ("x-key", "secret\r\ninjected: yes")]),
+        ("GET", "/", [("Host", "h"), ("x-key", "a\nb")]),
+        ("GET", "/", [("Host", "h"), ("x-key", "nul\x00")]),
+        ("GET", "/", [("Host", "h"), ("x-key", " leading space")]),
+        ("GET", "/", [("Host", "h"), ("x-key", "trailing space ")]),
+        ("GET", "/", [("Host", "h"), ("x-key", "caf\u00e9")]),
+        ("GET", "/", [("Host", "h"), ("bad name", "1")]),
+        ("GET", "/", [("Host", "h"), ("bad:name", "1")]),
+        ("GET", "/", [("Host", "h"), ("", "1")]),
+        ("GET", "/", [("x-only", "1")]),
+        ("GET", "/", [("Host", "h"), ("host", "h2")]),
+        ("GE T", "/", [("Host", "h")]),
+        ("GET", "/a b", [("Host", "h")]),
+        ("GET", "/\u00e9", [("Host", "h")]),
+        ("GET", "", [("Host", "h")]),
+    ],
+    ids=[
+        "crlf-in-value",
+        "lf-in-value",
+        "nul-in-value",
+        "leading-space",
+        "trailing-space",
+        "non-ascii-value",
+        "space-in-name",
+        "colon-in-name",
+        "empty-name",
+        "no-host",
+        "two-hosts",
+        "bad-method",
+        "space-in-target",
+        "non-ascii-target",
+        "empty-target",
+    ],
+)
+def test_a_request_that_is_not_valid_http_is_refused_without_quoting_it(
+    method: str, target: str, headers: list[tuple[str, str]]
+) -> None:
+    with pytest.raises(LocalProtocolError) as caught:
+        request_head(method, target, headers)
+    assert "secret" not in str(caught.value)
+
+
+# -- the answer ----------------------------------------------------------------------------
+
+
+def _fed(*pieces: bytes, method: str = "GET", close: bool = False, eof: bool = False) -> Answer:
+    answer = Answer(method, close=close)
+    for piece in pieces:
+        answer.receive(piece)
+    if eof:
+        answer.receive(b"")
+    return answer
+
+
+def test_a_content_length_answer_ends_by_its_length_and_is_reusable() -> None:
+    answer = _fed(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhel", b"lo"
+    )
+    assert (answer.status, answer.headers) == (
+        200,
+        [("content-type", "text/plain"), ("content-length", "5")],
+    )
+    assert list(answer.body) == [b"hel", b"lo"]
+    assert answer.ended and answer.reusable
+
+
+def test_a_chunked_answer_gives_one_piece_per_chunk_and_drops_its_trailers() -> None:
+    answer = _fed(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"6\r\ndata: \r\n3;ext=1\r\n1\n\n\r\n0\r\nx-trailer: t\r\n\r\n"
+    )
+    assert list(answer.body) == [b"data: ", b"1\n\n"]
+    assert answer.headers == [("transfer-encoding", "chunked")]
+    assert answer.ended and answer.reusable
+
+
+def test_an_answer_without_framing_runs_until_the_close_and_is_not_reused() -> None:
+    answer = _fed(b"HTTP/1.1 200 OK\r\n\r\nsome", b" more")
+    assert not answer.ended
+    answer.receive(b"")
+    assert list(answer.body) == [b"some", b" more"]
+    assert answer.ended and not answer.reusable
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
+    ],
+)
+def test_204_and_304_have_no_body_whatever_their_headers_say(head: bytes) -> None:
+    answer = _fed(head)
+    assert answer.ended and answer.reusable and not answer.body
+
+
+def test_an_answer_to_head_ends_with_its_head_though_it_announces_a_length() -> None:
+    answer = _fed(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", method="HEAD")
+    assert answer.ended and answer.reusable and not answer.body
+    assert answer.headers == [("content-length", "1000")]
+
+
+def test_a_body_sent_after_an_answer_to_head_costs_the_connection() -> None:
+    answer = _fed(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody", method="HEAD")
+    assert answer.ended and not answer.body and answer.overrun and not answer.reusable
+
+
+def test_interim_answers_are_skipped() -> None:
+    answer = _fed(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    )
+    assert (answer.status, answer.headers, list(answer.body)) == (
+        200,
+        [("content-length", "2")],
+        [b"ok"],
+    )
+    assert answer.reusable
+
+
+def test_header_values_lose_surrounding_whitespace_and_keep_case_and_duplicates() -> None:
+    answer = _fed(b"HTTP/1.1 200 OK\r\nX-Dup:  One \t\r\nx-dup: two\r\nContent-Length: 0\r\n\r\n")
+    assert answer.headers == [("x-dup", "One"), ("x-dup", "two"), ("content-length", "0")]
+
+
+@pytest.mark.parametrize(
+    ("pieces", "close"),
+    [
+        ([b"HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\nContent-Length: 0\r\n\r\n"], False),
+        ([b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"], False),
+        ([b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"], True),
+    ],
+    ids=["answer-says-close", "http-1.0", "request-said-close"],
+)
+def test_a_connection_either_side_closes_is_not_reused(pieces: list[bytes], close: bool) -> None:
+    answer = _fed(*pieces, close=close)
+    assert answer.ended and not answer.reusable
+
+
+def test_bytes_after_a_complete_answer_cost_the_connection_not_the_answer() -> None:
+    answer = _fed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokgarbage\r\n\r\n")
+    assert answer.ended and list(answer.body) == [b"ok"]
+    assert answer.overrun and not answer.reusable
+
+
+def test_a_close_before_a_byte_is_no_answer() -> None:
+    with pytest.raises(NoAnswer):
+        _fed(eof=True)
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [b"this is not HTTP at all\r\n\r\n"],
+        [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"],
+        [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"],
+        [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"],
+        [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n"],
+        [b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n"],
+        [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"],
+        [b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * MAX_HEAD_BYTES],
+    ],
+    ids=[
+        "garbage",
+        "other-coding",
+        "coding-then-chunked",
+        "two-transfer-encodings",
+        "conflicting-lengths",
+        "switching-protocols",
+        "bad-chunk-size",
+        "head-too-large",
+    ],
+)
+def test_an_answer_that_breaks_http_is_refused(pieces: list[bytes]) -> None:
+    with pytest.raises(RemoteProtocolError):
+        _fed(*pieces)
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [b"HTTP/1.1 200 OK\r\nContent-Len"],
+        [b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"],
+        [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"],
+    ],
+    ids=["in-the-head", "short-of-its-length", "before-the-last-chunk"],
+)
+def test_a_close_before_the_answer_is_complete_is_refused(pieces: list[bytes]) -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        _fed(*pieces, eof=True)
+    assert not isinstance(caught.value, NoAnswer)
+
+
+def test_a_tunnel_answer_ends_with_its_head_and_never_carries_a_request() -> None:
+    answer = _fed(b"HTTP/1.1 200 Connection established\r\n\r\n", method="CONNECT")
+    assert answer.ended and not answer.body and not answer.overrun
+    assert not answer.reusable
