@@ -372,11 +372,24 @@ def _exempt(target: _Target, no_proxy: str) -> bool:
     return False
 
 
-def _request_head(request: BackendRequest, target: _Target, proxy: _Proxy | None = None) -> bytes:
-    """The request's head, as bytes ready to send; refused before any IO when it is not
-    valid HTTP (the message quotes nothing of it)."""
-    headers = [(k, v) for k, v in request.headers if k.lower() not in _FRAMING_HEADERS]
-    if not any(k.lower() == "host" for k, _ in headers):
+def _request_head(
+    request: BackendRequest, target: _Target, proxy: _Proxy | None = None
+) -> tuple[bytes, bool]:
+    """The request's head, as bytes ready to send, and whether the caller's own
+    `Connection` header closes the connection after this exchange; refused before any IO
+    when it is not valid HTTP (the message quotes nothing of it)."""
+    headers = []
+    has_host = close = False
+    for name, value in request.headers:
+        lowered = name.lower()
+        if lowered in _FRAMING_HEADERS:
+            continue
+        if lowered == "host":
+            has_host = True
+        elif lowered == "connection":
+            close |= "close" in (token.strip() for token in value.lower().split(","))
+        headers.append((name, value))
+    if not has_host:
         headers.insert(0, ("Host", target.authority))
     if request.body or request.method in _METHODS_WITH_BODY:
         headers.append(("Content-Length", str(len(request.body))))
@@ -387,18 +400,9 @@ def _request_head(request: BackendRequest, target: _Target, proxy: _Proxy | None
         if proxy.authorization:
             headers.append(("Proxy-Authorization", proxy.authorization))
     try:
-        return _http1.request_head(request.method, path, headers)
+        return _http1.request_head(request.method, path, headers), close
     except _http1.LocalProtocolError:
         raise ProtocolError("the request could not be sent as valid HTTP") from None
-
-
-def _asks_to_close(headers: Headers) -> bool:
-    """Whether the caller's own `Connection` header closes the connection after this
-    exchange."""
-    return any(
-        k.lower() == "connection" and "close" in (t.strip() for t in v.lower().split(","))
-        for k, v in headers
-    )
 
 
 class _Connection:
@@ -417,6 +421,7 @@ class _Connection:
             if isinstance(stream, LoopStream)
             else stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
         )
+        self._poller: select.poll | None = None  # made at the first check, then kept
 
     @property
     def reusable(self) -> bool:
@@ -434,9 +439,12 @@ class _Connection:
         if sock.fileno() < 0:
             return True  # already closed: as unusable as a readable one
         # poll, not select: select refuses descriptors past FD_SETSIZE (1024), which a
-        # gateway holding many streams opens as a matter of course.
-        poller = select.poll()
-        poller.register(sock, select.POLLIN | select.POLLPRI)
+        # gateway holding many streams opens as a matter of course.  One poller per
+        # connection, so a check is the one system call.
+        poller = self._poller
+        if poller is None:
+            poller = self._poller = select.poll()
+            poller.register(sock, select.POLLIN | select.POLLPRI)
         return bool(poller.poll(0))
 
     async def request(self, data: bytes, answer: _http1.Answer) -> None:
@@ -603,7 +611,7 @@ class H11Transport:
             raise TransportError("the transport is closed")
         target = _parse_url(request.url)
         proxy = self._route(request, target)
-        head = _request_head(request, target, proxy)
+        head, close = _request_head(request, target, proxy)
         try:
             context = self._context_for(request.tls) if target.scheme == "https" else None
         except TLSConfigError:
@@ -619,7 +627,7 @@ class H11Transport:
             proxy=proxy,
             head=head,
             context=context,
-            close=_asks_to_close(request.headers),
+            close=close,
         )
         return _Lease(pool, permit, plan)
 
