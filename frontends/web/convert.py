@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from quart import Response, current_app, request
+from quart import Request, Response, current_app, request
 from werkzeug.datastructures import Headers
+from werkzeug.local import LocalProxy
 
 from core import OpenAIRoute
 from core import Response as CoreResponse
@@ -58,21 +59,22 @@ def current_operators() -> Operators:
 async def gateway_request(
     route: OpenAIRoute, *, cluster: str | None = None, framework: str | None = None
 ) -> GatewayRequest:
-    trace = request.scope.get(SCOPE_KEY)
+    current = _current_request()
+    trace = current.scope.get(SCOPE_KEY)
     traced: dict[str, Any] = {}
     if isinstance(trace, Trace):  # the access layer's ids for this request
         traced = {"request_id": trace.request_id, "log_id": trace.log_id}
     else:
         trace = None
-    header = request.headers.get  # one look-up through Quart's context-local proxy
+    header = current.headers.get
     return GatewayRequest(
         route=route,
-        body=await request_body(trace),
+        body=await _body(current, trace),
         content_type=header("Content-Type"),
         authorization=authorization_for(route, header),
         cluster=cluster,
         framework=framework,
-        client=request.remote_addr or None,
+        client=current.remote_addr or None,
         passed_headers=passed_headers(route, header),
         **traced,
     )
@@ -87,12 +89,22 @@ async def request_body(trace: Trace | None = None) -> bytes:
     asyncio that bound costs a task and a timer, for nothing when there is nothing left
     to wait for).  Both raise the same 413 for a body over the limit.
     """
+    return await _body(_current_request(), trace)
+
+
+async def _body(current: Request, trace: Trace | None) -> bytes:
     if trace is not None and trace.body_received:
-        body = request.body
+        body = current.body
         data: bytes = await body
         body.clear()
         return data
-    return await request.get_data(cache=False, as_text=False, parse_form_data=False)
+    return await current.get_data(cache=False, as_text=False, parse_form_data=False)
+
+
+def _current_request() -> Request:
+    """Quart's request itself, looked up once: every attribute read through the
+    context-local `request` looks it up again."""
+    return cast("LocalProxy[Request]", request)._get_current_object()
 
 
 def current_request_id() -> str | None:
@@ -102,7 +114,7 @@ def current_request_id() -> str | None:
 
 
 def to_quart(answer: GatewayResponse | CoreResponse) -> Response:
-    headers = Headers(list(answer.headers))
+    headers = Headers(answer.headers)
     body: Any = answer.body
     stream = getattr(answer, "stream", None)
     response = Response(
