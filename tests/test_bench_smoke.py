@@ -53,6 +53,16 @@ def test_features_cost_benchmark_runs_with_the_request_log_on() -> None:
     assert "request log: 220 of 220 records written, 0 dropped, 0 failed" in result.stdout
 
 
+def test_the_web_layer_cost_runs_on_both_loops_flavours() -> None:
+    for loop in ("asyncio", "uvloop"):
+        result = run_bench(
+            ["bench.web_cost", "--requests", "5", "--rounds", "1", "--loop", loop], timeout=120
+        )
+        assert result.returncode == 0, result.stderr
+        sides = [line.split()[0] for line in result.stdout.splitlines()[2:]]
+        assert sides == ["floor", "web", "app", "embedded", "web", "app"]
+
+
 def test_the_floor_comparison_runs_and_prints_its_table() -> None:
     """`python -m bench --quick` with nginx and wrk (which `.ci/run` installs): four
     rows of gateway against floor, no failed request, and every stream held."""
