@@ -31,6 +31,7 @@ from frontends.web.convert import (
     LISTINGS_KEY,
     OPERATORS_KEY,
     REQUEST_LOG_KEY,
+    current_request,
     to_quart,
 )
 from frontends.web.metrics import METRICS_KEY, METRICS_TOKEN_KEY, metrics_api
@@ -152,8 +153,10 @@ def _allow_uploads(app: Quart, max_body_bytes: int, max_upload_bytes: int) -> No
 
     @app.before_request
     async def keep_other_bodies_small() -> None:
-        length = request.content_length
-        if request.endpoint != UPLOAD_ENDPOINT and length is not None and length > max_body_bytes:
+        # On every request: the length first, and the endpoint only for a large body.
+        current = current_request()
+        length = current.content_length
+        if length is not None and length > max_body_bytes and current.endpoint != UPLOAD_ENDPOINT:
             raise RequestEntityTooLarge()
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "current_gateway",
     "current_listings",
     "current_operators",
+    "current_request",
     "current_request_id",
     "current_request_log",
     "gateway_request",
@@ -59,7 +60,7 @@ def current_operators() -> Operators:
 async def gateway_request(
     route: OpenAIRoute, *, cluster: str | None = None, framework: str | None = None
 ) -> GatewayRequest:
-    current = _current_request()
+    current = current_request()
     trace = current.scope.get(SCOPE_KEY)
     traced: dict[str, Any] = {}
     if isinstance(trace, Trace):  # the access layer's ids for this request
@@ -89,7 +90,7 @@ async def request_body(trace: Trace | None = None) -> bytes:
     asyncio that bound costs a task and a timer, for nothing when there is nothing left
     to wait for).  Both raise the same 413 for a body over the limit.
     """
-    return await _body(_current_request(), trace)
+    return await _body(current_request(), trace)
 
 
 async def _body(current: Request, trace: Trace | None) -> bytes:
@@ -101,7 +102,7 @@ async def _body(current: Request, trace: Trace | None) -> bytes:
     return await current.get_data(cache=False, as_text=False, parse_form_data=False)
 
 
-def _current_request() -> Request:
+def current_request() -> Request:
     """Quart's request itself, looked up once: every attribute read through the
     context-local `request` looks it up again."""
     return cast("LocalProxy[Request]", request)._get_current_object()
