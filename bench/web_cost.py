@@ -3,11 +3,12 @@ floor, both driven through their ASGI callables in this process, with no server 
 network.
 
 * **floor**: `bench.floor`'s bare Quart app (reads the body, answers canned JSON);
-* **web**: `frontends.web.create_app` around a gateway whose `handle` answers at once
-  with a canned answer: Quart, our hooks, the access layer and the conversions, and
-  nothing of the gateway's own; **web - floor** is what ours adds to Quart's own;
-* **app**: the same app around an embedded gateway (metrics on, a fixed identity) whose
-  transport answers at once (`bench.core_cost`'s canned answer);
+* **web**: `frontends.web.create_app` (metrics, files and batches on, as `serve` has
+  them) around a gateway whose `handle` answers at once with a canned answer: Quart,
+  our hooks, the access layer and the conversions, and nothing of the gateway's own;
+  **web - floor** is what ours adds to Quart's own;
+* **app**: the same app around an embedded gateway (a fixed identity) whose transport
+  answers at once (`bench.core_cost`'s canned answer);
 * **embedded**: that gateway's `handle()` alone, fed the request the app would build.
 
 Each request is one ASGI call with a scripted `receive` (the whole body in one message,
@@ -41,10 +42,12 @@ from typing import Any
 from bench.core_cost import ALICE, ANSWER, BODY, KEY_ENV, _Canned, _fixtures
 from bench.floor import make_app as floor_app
 from core import OpenAIRoute
+from frontends.batches import Batches
 from frontends.cli import _access_log_to_stderr
 from frontends.embedding import FixedIdentity
 from frontends.gateway import Gateway, GatewayRequest, GatewayResponse
 from frontends.metrics import MetricsSink
+from frontends.store import BatchStore, Store, default_database_url
 
 WARM_UP = 300  # requests per side before the rounds
 HEADERS = [
@@ -136,8 +139,13 @@ async def _measure(requests: int, rounds: int) -> dict[str, list[float]]:
     loop = asyncio.get_running_loop()
     with tempfile.TemporaryDirectory() as tmp:
         folder = _fixtures(Path(tmp))
+        # The files and batches routes on, as `serve` has them: their upload limit adds
+        # a check before every request.  No migration: no request here reaches the store.
+        store = Store.connect(default_database_url(folder / "state"), apply_migrations=False)
         gateway, metrics = _gateway(folder)
-        app = create_app(gateway, metrics=metrics)
+        app = create_app(
+            gateway, metrics=metrics, batches=Batches(gateway, BatchStore(store.engine))
+        )
         canned_gateway, canned_metrics = _gateway(folder)
         canned = await canned_gateway.handle(_chat())
 
@@ -145,7 +153,11 @@ async def _measure(requests: int, rounds: int) -> dict[str, list[float]]:
             return canned
 
         canned_gateway.handle = at_once  # type: ignore[method-assign]
-        web = create_app(canned_gateway, metrics=canned_metrics)
+        web = create_app(
+            canned_gateway,
+            metrics=canned_metrics,
+            batches=Batches(canned_gateway, BatchStore(store.engine)),
+        )
         floor = floor_app()
         for served in (app, web, floor):
             await served.startup()
@@ -173,6 +185,7 @@ async def _measure(requests: int, rounds: int) -> dict[str, list[float]]:
         finally:
             for served in (app, web, floor):
                 await served.shutdown()
+            store.close()
     return samples
 
 
