@@ -39,7 +39,7 @@ from typing import Any
 
 import attrs
 
-from core._machine import Cell, Kernel
+from core._machine import Cell, Kernel, MachineState
 
 __all__ = [
     "BATCH_TABLE",
@@ -74,7 +74,7 @@ class BatchMode(enum.Enum):
     DELEGATED = "delegated"
 
 
-class BatchState(enum.Enum):
+class BatchState(MachineState):
     PENDING = "pending"
     RUNNING = "running"
     CANCELLING = "cancelling"

@@ -25,14 +25,13 @@ the balancer reads it to choose among endpoints, so the choice and the admission
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
-from core._machine import Cell, Kernel
+from core._machine import Cell, Kernel, MachineState
 
 __all__ = [
     "BREAKER_TABLE",
@@ -70,7 +69,7 @@ class BreakerPolicy:
     cooldown: float = attrs.field(default=30.0, validator=_finite_non_negative)
 
 
-class BreakerState(enum.Enum):
+class BreakerState(MachineState):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"

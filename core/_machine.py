@@ -32,7 +32,18 @@ import attrs
 
 from core._errors import LocalProtocolError
 
-__all__ = ["Cell", "Kernel"]
+__all__ = ["Cell", "Kernel", "MachineState"]
+
+
+class MachineState(enum.Enum):
+    """The base of a machine's state enum: members hash by identity (C's `object.__hash__`)
+    instead of `Enum.__hash__`, a Python call that hashes the member's name.  A machine
+    looks its state up in its table, its cell's next states and its terminal set on every
+    event (about twenty times a request); members are singletons and compare by identity,
+    so the lookups find the same cells."""
+
+    __hash__ = object.__hash__
+
 
 StateT = TypeVar("StateT", bound=enum.Enum)
 EffectT = TypeVar("EffectT")

@@ -31,7 +31,6 @@ incomplete; a whole answer that is not the route's shape is a 502 (`core._answer
 
 from __future__ import annotations
 
-import enum
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -72,7 +71,7 @@ from core._events import (
     WriteLog,
 )
 from core._limits import DEFAULT_LIMITS, RequestLimits
-from core._machine import Cell, Kernel
+from core._machine import Cell, Kernel, MachineState
 from core._quota import QuotaPolicy, Reservation, estimate_prompt_tokens, plan, quota_refusal
 from core._records import EndpointRecord, Identity, OpenAIRoute, Usage
 from core._responses import ResponseDirectory, follow_up_endpoint, response_not_found
@@ -91,7 +90,7 @@ from core._validation import ValidRequest, validate_request
 __all__ = ["TABLE", "TERMINAL", "RequestEffect", "RequestMachine", "State"]
 
 
-class State(enum.Enum):
+class State(MachineState):
     AWAITING_REQUEST = "awaiting_request"
     AUTHENTICATING = "authenticating"
     CHOOSING = "choosing"
