@@ -28,6 +28,7 @@ from types import TracebackType
 
 import anyio
 import anyio.abc
+import sniffio
 
 __all__ = ["CUT_GRACE_SECONDS", "Drain", "serve_draining"]
 
@@ -73,10 +74,27 @@ class Drain:
         return len(waits)
 
 
+# The running loop's own cancel scope class, by sniffio's name for the loop.
+_SCOPES: dict[str, Callable[[], anyio.CancelScope]] = {}
+
+
+def _new_scope() -> anyio.CancelScope:
+    """`anyio.CancelScope()`, made by the running loop's class directly: anyio's
+    constructor looks the loop's backend up (sniffio, a module lookup, a factory) on each
+    call, five times the cost of the scope itself, and a request makes one or two."""
+    library = sniffio.current_async_library()
+    make = _SCOPES.get(library)
+    if make is None:
+        scope = anyio.CancelScope()
+        _SCOPES[library] = type(scope)
+        return scope
+    return make()
+
+
 class _Cuttable:
     def __init__(self, drain: Drain) -> None:
         self._drain = drain
-        self._scope = anyio.CancelScope()
+        self._scope = _new_scope()
 
     def __enter__(self) -> None:
         if self._drain.is_cut:
