@@ -47,6 +47,8 @@ class MachineState(enum.Enum):
 
 StateT = TypeVar("StateT", bound=enum.Enum)
 EffectT = TypeVar("EffectT")
+# A handler as the class holds it: (machine, event) -> (next state, effects).
+_Handler = Callable[[Any, Any], tuple[Any, tuple[Any, ...]]]
 
 
 def _states(value: tuple[Any, ...]) -> frozenset[Any]:
@@ -81,6 +83,7 @@ class Kernel(Generic[StateT, EffectT]):
     INITIAL: ClassVar[Any]
     ERROR: ClassVar[Any]
     TERMINAL: ClassVar[frozenset[Any]]
+    _cells: ClassVar[Mapping[tuple[Any, type[Any]], tuple[_Handler, Cell[Any]]]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -92,6 +95,9 @@ class Kernel(Generic[StateT, EffectT]):
                 raise TypeError(f"{where}: {state.name} is terminal and must accept nothing")
             if cls.ERROR in cell.next_states:
                 raise TypeError(f"{where}: only a failure may lead to {cls.ERROR.name}")
+        # The table as `receive` reads it: each cell with its handler's function, looked
+        # up once here rather than by name (and bound) on every event.
+        cls._cells = {key: (getattr(cls, cell.handler), cell) for key, cell in cls.TABLE.items()}
 
     def __init__(self) -> None:
         self._state: StateT = self.INITIAL
@@ -110,23 +116,23 @@ class Kernel(Generic[StateT, EffectT]):
 
     def receive(self, event: Any) -> tuple[EffectT, ...]:
         """Advance on one event; the effects are the driver's to carry out, in order."""
-        name = type(self).__name__
         if self._state is self.ERROR:
+            name = type(self).__name__
             raise LocalProtocolError(f"the {name} failed earlier and accepts nothing")
-        cell = self.TABLE.get((self._state, type(event)))
-        if cell is None:
+        found = self._cells.get((self._state, type(event)))
+        if found is None:
             refused_in, self._state = self._state, self.ERROR
             raise LocalProtocolError(
                 f"{type(event).__name__} is not accepted in state {refused_in.name}"
             )
-        handler: Callable[[Any], tuple[StateT, tuple[EffectT, ...]]] = getattr(self, cell.handler)
+        handler, cell = found
         try:
-            next_state, effects = handler(event)
+            next_state, effects = handler(self, event)
         except Exception as exc:
             failed_in, self._state = self._state, self.ERROR
             raise LocalProtocolError(
-                f"{name}.{cell.handler} failed on {type(event).__name__} in state "
-                f"{failed_in.name}: {type(exc).__name__}"
+                f"{type(self).__name__}.{cell.handler} failed on {type(event).__name__} in "
+                f"state {failed_in.name}: {type(exc).__name__}"
             ) from exc
         if next_state not in cell.next_states:
             self._state = self.ERROR
