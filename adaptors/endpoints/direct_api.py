@@ -33,7 +33,7 @@ from adaptors.endpoints.endpoint import (
     unpack_task_data,
 )
 from core import is_plain_value
-from transports import BackendRequest, BackendStream, Timeout, TransportError
+from transports import BackendRequest, BackendStream, Timeout, TLSOptions, TransportError
 
 __all__ = [
     "PASSED_HEADERS",
@@ -102,6 +102,7 @@ class DirectAPIEndpoint(BaseEndpoint):
         self._api_url = self._config.api_url
         # timeout(): by stream or not, the limits and the inputs they were worked from.
         self._timeouts: dict[bool, tuple[Timeout, object, Timeout]] = {}
+        self._tls: tuple[DirectAPIEndpointConfig, TLSOptions | None] | None = None
 
     @property
     def config(self) -> DirectAPIEndpointConfig:
@@ -175,8 +176,17 @@ class DirectAPIEndpoint(BaseEndpoint):
             headers=headers,
             body=b"" if body is None else body_bytes(body),
             timeout=self.timeout(stream=accept == "text/event-stream"),
-            tls=self._config.tls_options,
+            tls=self._tls_options(),
         )
+
+    def _tls_options(self) -> TLSOptions | None:
+        """The config's TLS options, worked out once per config (it is frozen): the
+        property builds them anew on each read, and every request asks."""
+        config = self._config
+        kept = self._tls
+        if kept is None or kept[0] is not config:
+            kept = self._tls = (config, config.tls_options)
+        return kept[1]
 
     async def stored_response(
         self, response_id: str, operation: str, request_id: str
