@@ -154,6 +154,11 @@ BREAKER_TABLE: Mapping[tuple[BreakerState, type[Any]], Cell[BreakerState]] = {
 _Outcome = tuple[BreakerState, tuple[BreakerEffect, ...]]
 
 
+# The answers a closed breaker gives on every request, made once (records are frozen).
+_CLOSED_VIEW = BreakerView(state=B.CLOSED, admits=True)
+_ADMITTED: tuple[BreakerEffect, ...] = (Admitted(),)
+
+
 def _whole_seconds(seconds: float) -> int:
     return max(1, math.ceil(seconds))
 
@@ -181,7 +186,7 @@ class Breaker(Kernel[BreakerState, BreakerEffect]):
         """What a `Dispatched` at `at` would get, with no change to the breaker."""
         state = self.state
         if state is B.CLOSED:
-            return BreakerView(state=state, admits=True)
+            return _CLOSED_VIEW
         if state is B.OPEN:
             free_at = self.reopens_at()
         elif state is B.HALF_OPEN:
@@ -195,7 +200,7 @@ class Breaker(Kernel[BreakerState, BreakerEffect]):
     # -- handlers, one per cell -------------------------------------------------------
 
     def _admit(self, event: Dispatched) -> _Outcome:
-        return self.state, (Admitted(),)
+        return self.state, _ADMITTED
 
     def _ignore(self, event: Any) -> _Outcome:
         return self.state, ()
@@ -222,7 +227,7 @@ class Breaker(Kernel[BreakerState, BreakerEffect]):
     def _probe_or_refuse(self, event: Dispatched, free_at: float) -> _Outcome:
         if event.at >= free_at:
             self.probe_at = event.at
-            return B.HALF_OPEN, (Admitted(),)
+            return B.HALF_OPEN, _ADMITTED
         return self.state, (Refused(retry_after=_whole_seconds(free_at - event.at)),)
 
     def _on_dispatch_tripped(self, event: Dispatched) -> _Outcome:
