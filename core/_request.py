@@ -176,6 +176,10 @@ class RequestMachine(Kernel[State, RequestEffect]):
     ERROR = S.ERROR
     TERMINAL = TERMINAL
 
+    # The stream's monitor, made by `_on_request` (every path starts there) with the
+    # route's rules, so a request never makes one only to replace it.
+    _monitor: SSEMonitor
+
     def __init__(
         self,
         catalog: Catalog,
@@ -230,7 +234,6 @@ class RequestMachine(Kernel[State, RequestEffect]):
         self._identity: Identity | None = None
         self._endpoint: EndpointRecord | None = None
         self._stream = False  # set when the adaptor is called for a stream
-        self._monitor = SSEMonitor()
 
     @property
     def endpoint(self) -> EndpointRecord | None:
