@@ -40,6 +40,26 @@ def named(candidates: Iterable[EndpointRecord], name: str) -> tuple[EndpointReco
     return ()
 
 
+_NameIndex = dict[str, tuple[EndpointRecord, ...]]
+
+
+def _name_indexes(endpoints: tuple[EndpointRecord, ...]) -> tuple[_NameIndex, ...]:
+    """For each of `named`'s rules in its order (model, model case-folded, alias, alias
+    case-folded), the endpoints each name finds by that rule, in the catalog's order."""
+    indexes: tuple[dict[str, list[EndpointRecord]], ...] = ({}, {}, {}, {})
+    for endpoint in endpoints:
+        keys = (
+            (endpoint.model,),
+            (endpoint.model.casefold(),),
+            endpoint.aliases,
+            tuple(alias.casefold() for alias in endpoint.aliases),
+        )
+        for index, names in zip(indexes, keys, strict=True):
+            for name in dict.fromkeys(names):  # an endpoint once per name
+                index.setdefault(name, []).append(endpoint)
+    return tuple({name: tuple(found) for name, found in index.items()} for index in indexes)
+
+
 def _check_aliases(endpoints: tuple[EndpointRecord, ...], endpoints_file: str) -> None:
     """An alias means one model: it is no other model's real name, and no endpoint of
     another model claims it too (compared case-insensitively, as selection matches).
@@ -78,12 +98,15 @@ class Catalog:
     endpoints: tuple[EndpointRecord, ...]
     _clusters_by_name: dict[str, ClusterRecord] = attrs.field(init=False, repr=False, eq=False)
     _endpoints_by_slug: dict[str, EndpointRecord] = attrs.field(init=False, repr=False, eq=False)
+    # `named`'s four rules over every endpoint, as four indexes (see `serving`).
+    _by_name: tuple[_NameIndex, ...] = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "_clusters_by_name", {c.cluster_name: c for c in self.clusters})
         object.__setattr__(
             self, "_endpoints_by_slug", {e.endpoint_slug.lower(): e for e in self.endpoints}
         )
+        object.__setattr__(self, "_by_name", _name_indexes(self.endpoints))
 
     @classmethod
     def build(
@@ -159,8 +182,18 @@ class Catalog:
         return self._clusters_by_name[endpoint.cluster]
 
     def serving(self, model: str) -> tuple[EndpointRecord, ...]:
-        """Endpoints serving a model name or alias, by `named`'s rule."""
-        return named(self.endpoints, model)
+        """Endpoints serving a model name or alias, by `named`'s rule: read from its
+        indexes, made once (the catalog never changes), not a scan of every endpoint by
+        every rule on every request."""
+        folded = model.casefold()
+        exact, folded_names, aliases, folded_aliases = self._by_name
+        return (
+            exact.get(model)
+            or folded_names.get(folded)
+            or aliases.get(model)
+            or folded_aliases.get(folded)
+            or ()
+        )
 
     def on_cluster(self, cluster: str, framework: str | None = None) -> tuple[EndpointRecord, ...]:
         return tuple(

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core import ConfigurationError, load_catalog, parse_clusters, parse_endpoints
+from core import ConfigurationError, load_catalog, named, parse_clusters, parse_endpoints
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTERS = "clusters.json"
@@ -530,3 +530,20 @@ def test_the_repositorys_own_fixtures_load(folder: str) -> None:
         endpoints_file=str(base / ENDPOINTS),
     )
     assert catalog.clusters and catalog.endpoints
+
+
+NAMES = ["Llama-3", "llama-3", "LLAMA-3", "llama", "LLAMA", "l3", "L3", "mistral", "MIXTRAL"]
+NAMING_ENDPOINTS = [
+    endpoint_entry(1, model="Llama-3", config={"aliases": ["llama", "L3"]}),
+    endpoint_entry(2, model="llama-3", framework="sglang", endpoint_slug="polaris-sglang-l3"),
+    endpoint_entry(3, model="Llama-3", cluster="sophia", endpoint_slug="sophia-vllm-l3"),
+    endpoint_entry(4, model="mistral", config={"aliases": ["Mixtral", "mixtral-old"]}),
+]
+
+
+@given(st.sampled_from([*NAMES, "mixtral-old", "unknown", ""]) | st.text(max_size=8))
+def test_serving_finds_what_named_finds_over_every_endpoint(name: str) -> None:
+    """The catalog's model lookup is `named`'s rule (exact, case-folded, alias exact,
+    alias case-folded; first rule that finds any wins), whatever the name."""
+    catalog = load(GOOD_CLUSTERS, NAMING_ENDPOINTS)
+    assert catalog.serving(name) == named(catalog.endpoints, name)
