@@ -449,7 +449,8 @@ class Gateway:
                 effect = pending.popleft()
                 if isinstance(effect, _RECORDS):
                     self.record(effect, moments)
-                    await self._share(effect)
+                    if isinstance(effect, RememberResponse):
+                        await self._share(effect)
                 elif isinstance(effect, Reserve):
                     pending.extend(machine.receive(await self._reserve(effect)))
                 elif isinstance(effect, Respond):
@@ -458,7 +459,8 @@ class Gateway:
                     moments.relayed(r.body)
                     self._carry_out_records(pending, moments)
                     for rest in pending:
-                        await self._share(rest)
+                        if isinstance(rest, RememberResponse):
+                            await self._share(rest)
                     return GatewayResponse(status=r.status, headers=r.headers, body=r.body)
                 elif isinstance(effect, Authenticate):
                     verdict = await resolve_caller(self._identity, effect.credentials)
@@ -532,11 +534,11 @@ class Gateway:
         else:
             self._quota.release(effect.reservation_id, effect.keys)
 
-    async def _share(self, effect: RequestEffect) -> None:
+    async def _share(self, effect: RememberResponse) -> None:
         """A stored response's endpoint, written where every replica finds it, before
-        the client has the answer (a no-op for every other effect, and without Redis)."""
-        if isinstance(effect, RememberResponse):
-            await self.responses.share(effect.response_id, effect.username, effect.endpoint_slug)
+        the client has the answer (a no-op without Redis).  Only awaited for this effect:
+        a coroutine per record effect (two or three a request) would cost for nothing."""
+        await self.responses.share(effect.response_id, effect.username, effect.endpoint_slug)
 
     async def _reserve(self, effect: Reserve) -> Reserved | QuotaExceeded:
         assert self._quota is not None, "the machine reserves only when counters exist"
@@ -664,7 +666,8 @@ class StreamRelay:
                     self._moments.relayed(effect.data)
                 elif isinstance(effect, _RECORDS):
                     self._gateway.record(effect, self._moments)
-                    await self._gateway._share(effect)
+                    if isinstance(effect, RememberResponse):
+                        await self._gateway._share(effect)
         self._moments.first_byte()
         return self._out.popleft()
 
