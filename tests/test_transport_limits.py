@@ -203,6 +203,24 @@ async def test_a_whole_answer_past_its_total_is_a_total_timeout(transport: Trans
         await _gone(server)
 
 
+async def test_a_stream_past_its_total_is_a_total_timeout_though_it_keeps_sending(
+    transport: Transport,
+) -> None:
+    # Each event comes well within the idle limit; the total limit ends the stream.
+    timeout = Timeout(connect=5, read=5, first_byte=5, idle=5, total=0.35)
+    async with serving({"/steady": _slow_but_steady}) as server:
+        stream = await transport.open_stream(_get(server, "/steady", timeout))
+        received = []
+        try:
+            with pytest.raises(TotalTimeout):
+                async for chunk in stream.chunks():
+                    received.append(chunk)
+        finally:
+            await stream.aclose()
+        await _gone(server)
+    assert len(received) < 8
+
+
 # -- connections --------------------------------------------------------------------------
 
 

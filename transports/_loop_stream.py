@@ -25,14 +25,24 @@ anyio's streams.
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 from collections import deque
 
 import anyio
 
-__all__ = ["HIGH_WATER", "LoopStream", "connect"]
+__all__ = ["HIGH_WATER", "DeadlinePassed", "LoopStream", "connect"]
 
 HIGH_WATER = 256 * 1024
+
+
+class DeadlinePassed(Exception):
+    """A `receive` given a deadline found nothing to return by then."""
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(DeadlinePassed())
 
 
 class LoopStream(asyncio.Protocol):
@@ -107,8 +117,16 @@ class LoopStream(asyncio.Protocol):
             await asyncio.shield(self._drained)
             self._check_open()
 
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        """What arrived (at most `max_bytes` of it), waiting for something if need be."""
+    async def receive(self, max_bytes: int = 65536, deadline: float = math.inf) -> bytes:
+        """What arrived (at most `max_bytes` of it), waiting for something if need be;
+        `DeadlinePassed` if nothing did by `deadline` (on the loop's clock).
+
+        The deadline is one timer handle of the loop's, on the future the wait is on:
+        a stream of model tokens waits once per token, and a cancel scope around each
+        wait (anyio's `fail_after`) cost as much CPU as the rest of the wake-up.  The
+        caller's own cancellation (a cancelled task or anyio scope) reaches the future
+        as before.
+        """
         while not self._received:
             if self._closed:
                 raise anyio.ClosedResourceError
@@ -116,11 +134,15 @@ class LoopStream(asyncio.Protocol):
                 raise anyio.BrokenResourceError from self._error
             if self._ended or self._lost:
                 raise anyio.EndOfStream
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = None if deadline == math.inf else loop.call_at(deadline, _expire, waiter)
             try:
                 await waiter
             finally:
                 self._waiter = None
+                if timer is not None:
+                    timer.cancel()
         data = self._received.popleft()
         if len(data) > max_bytes:
             data, rest = data[:max_bytes], data[max_bytes:]

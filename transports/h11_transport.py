@@ -127,7 +127,7 @@ from transports._base import (
 )
 from transports._deadline import deadline_after
 from transports._limits import DEFAULT_MAX_ANSWER_BYTES, Admission, ConnectionLimits, Permit
-from transports._loop_stream import LoopStream
+from transports._loop_stream import DeadlinePassed, LoopStream
 from transports._loop_stream import connect as loop_connect
 from transports._tls import TLSConfigError, ssl_context_for
 
@@ -466,6 +466,19 @@ class _Connection:
             data = b""
         answer.receive(data)
 
+    async def receive_by(self, deadline: float) -> None:
+        """One read from asyncio's own stream, fed to the answer; `DeadlinePassed` if
+        nothing arrived by `deadline` (the loop's clock)."""
+        answer = self.answer
+        if answer is None:
+            raise TransportError("the backend answer was already read or closed")
+        assert isinstance(self.stream, LoopStream)
+        try:
+            data = await self.stream.receive(READ_SIZE, deadline)
+        except anyio.EndOfStream:
+            data = b""
+        answer.receive(data)
+
     async def close(self) -> None:
         """Close at once: no waiting on the peer, and it works inside a cancelled scope."""
         if isinstance(self.stream, LoopStream):
@@ -799,18 +812,24 @@ class H11Stream:
         self.status = status
         self.headers = headers
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    def chunks(self) -> AsyncIterator[bytes]:
         """Body bytes, one chunk per body piece parsed, as they arrive: the first within
-        the first-byte limit, each later one within the idle limit."""
-        while True:
-            if self._started:
-                chunk = await self._next_chunk(self._timeout.idle, _Phase.IDLE, math.inf)
-            else:
-                chunk = await self._next_chunk(None, _Phase.FIRST_BYTE, self._first_byte_deadline)
-            if chunk is None:
-                return
-            self._started = True
-            yield chunk
+        the first-byte limit, each later one within the idle limit.  The stream is its
+        own iterator (no generator frame between the caller and each read)."""
+        return self
+
+    def __aiter__(self) -> H11Stream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._started:
+            chunk = await self._next_chunk(self._timeout.idle, _Phase.IDLE, math.inf)
+        else:
+            chunk = await self._next_chunk(None, _Phase.FIRST_BYTE, self._first_byte_deadline)
+        if chunk is None:
+            raise StopAsyncIteration
+        self._started = True
+        return chunk
 
     async def aread(self) -> bytes:
         """The rest of the body at once, each receive within the read limit, refused past
@@ -909,16 +928,38 @@ class H11Stream:
                     return answer.body.popleft()
                 if answer.ended:
                     break
-                # Only a read that must wait pays for a scope: chunks that came together
-                # in one receive are handed out without one.
-                with _Watch(self._deadline, phase, phase_deadline) as watch:
-                    await connection.receive(watch, timeout)
+                # Only a read that must wait pays for a time limit: chunks that came
+                # together in one receive are handed out without one.
+                if isinstance(connection.stream, LoopStream):
+                    await self._receive_on_loop(connection, timeout, phase, phase_deadline)
+                else:
+                    with _Watch(self._deadline, phase, phase_deadline) as watch:
+                        await connection.receive(watch, timeout)
         except BaseException:
             await self._lease.release(reuse=False)
             raise
         self._finished = True
         await self._lease.release(reuse=True)
         return None
+
+    async def _receive_on_loop(
+        self, connection: _Connection, timeout: float | None, phase: _Phase, phase_deadline: float
+    ) -> None:
+        """What `_Watch` does for one receive, on asyncio's own stream without a cancel
+        scope: the earliest of the three deadlines is one timer of the loop's on the
+        read's future (`LoopStream.receive`), and failures are translated as there."""
+        deadline = min(self._deadline, phase_deadline)
+        if timeout is not None:
+            deadline = min(deadline, anyio.current_time() + timeout)
+        try:
+            await connection.receive_by(deadline)
+        except DeadlinePassed:
+            raise _timeout_of(_Phase.TOTAL if self._deadline <= deadline else phase) from None
+        except Exception as exc:
+            translated = _translated(exc, phase)
+            if translated is not None:
+                raise translated from None
+            raise
 
 
 def _declared_length(headers: Headers) -> int:
