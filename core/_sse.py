@@ -95,6 +95,32 @@ class SSEDecoder:
         return data
 
 
+def _lone_data(event: bytes) -> str | None:
+    """The data of an event that is one `data:` line and its blank line (LF-ended, no
+    CR anywhere), else None (the decoder reads everything else)."""
+    if event.startswith(b"data:") and event.endswith(b"\n\n") and b"\r" not in event:
+        value = event[5:-2]
+        if b"\n" not in value:
+            return value.removeprefix(b" ").decode("utf-8", "replace")
+    return None
+
+
+_DECODE = json.JSONDecoder().raw_decode
+
+
+def _json(text: str) -> object:
+    """`json.loads(text)`, with its layers skipped for the usual text: a value starting at
+    its first character, followed by nothing but JSON whitespace; anything else is
+    left to `json.loads` itself, so what fails and how is the same."""
+    try:
+        value, end = _DECODE(text)
+    except ValueError:
+        return json.loads(text)
+    if end != len(text) and text[end:].strip(" \t\n\r"):
+        return json.loads(text)
+    return value
+
+
 @attrs.define
 class SSEMonitor:
     """What the gateway learns from a relayed stream, without changing a byte of it.
@@ -124,6 +150,12 @@ class SSEMonitor:
         return self._decoder.pending
 
     def feed(self, chunk: bytes) -> None:
+        data = None if self._decoder.pending else _lone_data(chunk)
+        if data is not None:
+            # What the decoder would make of it, read off directly (a relay feeds whole
+            # events, and nearly every one is a single `data:` line).
+            self._observe(data)
+            return
         datas = self._decoder.feed(chunk)
         for data in datas:
             self._observe(data)
@@ -142,7 +174,7 @@ class SSEMonitor:
             self.done = True
             return
         try:
-            payload = json.loads(data)
+            payload = _json(data)
         except RecursionError:
             return  # too deep to read (a 200,000-level `usage`): relayed, not parsed
         except ValueError:
@@ -164,7 +196,7 @@ class SSEMonitor:
             nested = payload.get(key)
             if not isinstance(reported, dict) and isinstance(nested, dict):
                 reported = nested.get("usage")
-        usage = Usage.from_json(reported)
+        usage = Usage.from_json(reported) if isinstance(reported, dict) else None
         if usage is not None:
             self.usage = usage if self.usage is None else self.usage.then(usage)
         self.usage_only = payload.get("choices") == [] and isinstance(payload.get("usage"), dict)
@@ -198,10 +230,21 @@ class SSEFramer:
         return len(self._tail) > _MAX_TAIL
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        # An event's end may begin in the last 3 bytes already held; none begins earlier.
-        resume = max(0, len(self._tail) - 3)
         data = self._tail + chunk
         events: list[bytes] = []
+        if b"\r" not in data:
+            # Only LFs: an event ends at each LF LF, found by `bytes.find` (the rule below,
+            # for the usual stream, without the regular expression).
+            start = 0
+            at = data.find(b"\n\n", max(0, len(self._tail) - 1))
+            while at >= 0:
+                events.append(data[start : at + 2])
+                start = at + 2
+                at = data.find(b"\n\n", start)
+            self._tail = data[start:]
+            return events
+        # An event's end may begin in the last 3 bytes already held; none begins earlier.
+        resume = max(0, len(self._tail) - 3)
         start = 0
         for end in _EVENT_END.finditer(data, resume):
             if end.end() == len(data) and data.endswith(b"\r"):

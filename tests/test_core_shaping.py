@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from core import EndpointRecord, SSEMonitor, Usage, redact
 from core._shaping import shape_failure, shape_result
+from core._sse import SSEFramer
 
 ENDPOINT = EndpointRecord(
     id="1",
@@ -521,3 +522,40 @@ def test_stream_headers_follow_the_backend_but_never_buffer(
         "x-accel-buffering": "no",
         "x-request-id": "r1",
     }
+
+
+def judged(monitor: SSEMonitor) -> dict[str, Any]:
+    return {**conclusions(monitor), "invalid": monitor.invalid, "usage_only": monitor.usage_only}
+
+
+one_line_values = st.one_of(
+    st.binary(max_size=40).filter(lambda b: b"\n" not in b and b"\r" not in b),
+    st.builds(lambda e: e[1][0].encode(), sse_events),
+    st.sampled_from([b"", b" ", b"  {}", b' {"choices": [], "usage": {}}', b" [DONE] ", b"\xff"]),
+)
+
+
+@given(value=one_line_values, space=st.sampled_from([b"", b" "]))
+def test_an_event_of_one_data_line_fed_whole_is_judged_as_fed_byte_by_byte(
+    value: bytes, space: bytes
+) -> None:
+    event = b"data:" + space + value + b"\n\n"
+    whole = fed([event])
+    byte_by_byte = fed([event[i : i + 1] for i in range(len(event))])
+    assert judged(whole) == judged(byte_by_byte)
+
+
+framer_bytes = st.lists(st.sampled_from([b"\n", b"\r", b"\r\n", b"data: x", b"{}", b":"]))
+
+
+@given(parts=framer_bytes, data=st.data())
+def test_the_framer_cuts_the_same_events_however_the_bytes_arrive(
+    parts: list[bytes], data: st.DataObject
+) -> None:
+    stream = b"".join(parts)
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=8), label="cuts")
+    whole, split = SSEFramer(), SSEFramer()
+    at_once = whole.feed(stream)
+    in_pieces = [event for piece in split_at(stream, cuts) for event in split.feed(piece)]
+    assert in_pieces == at_once
+    assert b"".join(at_once) + whole.tail == stream == b"".join(in_pieces) + split.tail
