@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import resource
+import socket
 from collections.abc import AsyncIterator
 
 import anyio
@@ -243,6 +244,28 @@ async def test_a_closed_transport_refuses_calls() -> None:
     await transport.aclose()
     with pytest.raises(TransportError, match="closed"):
         await transport.send(BackendRequest(method="GET", url="http://127.0.0.1:1/"))
+
+
+async def test_a_request_the_backend_does_not_read_is_a_write_timeout() -> None:
+    """The read limit bounds sending too: a backend that takes the connection and never
+    reads it fails the call as a send that timed out, not as a missing answer."""
+    listener = socket.create_server(("127.0.0.1", 0))  # never accepted, never read
+    port = listener.getsockname()[1]
+    body = b"x" * (64 * 1024 * 1024)  # more than the socket buffers on both ends hold
+    request = BackendRequest(
+        method="POST",
+        url=f"http://127.0.0.1:{port}/v1/chat/completions",
+        body=body,
+        timeout=Timeout(connect=5, read=0.3, first_byte=30),
+    )
+    transport = H11Transport()
+    try:
+        for call in (transport.send, transport.open_stream):
+            with pytest.raises(TransportTimeout, match="sending the request"):
+                await call(request)
+    finally:
+        await transport.aclose()
+        listener.close()
 
 
 def test_the_pool_size_is_checked() -> None:

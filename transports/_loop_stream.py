@@ -109,13 +109,34 @@ class LoopStream(asyncio.Protocol):
         """Whether an idle connection may carry a request: nothing arrived, no end."""
         return not (self._received or self._ended or self._lost)
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, data: bytes, deadline: float = math.inf) -> None:
+        """Write `data`; if the peer is not reading, wait until the loop has handed most
+        of it on (`DeadlinePassed` if that has not happened by `deadline`)."""
         self._check_open()
         assert self._transport is not None
         self._transport.write(data)
-        if self._drained is not None:
-            await asyncio.shield(self._drained)
-            self._check_open()
+        drained = self._drained
+        if drained is None:
+            return
+        if deadline == math.inf:
+            await asyncio.shield(drained)
+        else:
+            # The shared future is not ours to fail: this call waits on its own.
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[None] = loop.create_future()
+
+            def done(_: asyncio.Future[None]) -> None:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+            drained.add_done_callback(done)
+            timer = loop.call_at(deadline, _expire, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                drained.remove_done_callback(done)
+        self._check_open()
 
     async def receive(self, max_bytes: int = 65536, deadline: float = math.inf) -> bytes:
         """What arrived (at most `max_bytes` of it), waiting for something if need be;

@@ -242,6 +242,14 @@ class _Watch:
         if seconds is not None:
             self._move(min(self.total, self.phase_deadline, anyio.current_time() + seconds))
 
+    def note(self, phase: _Phase, phase_deadline: float) -> None:
+        """From now on the call is in `phase`, whose deadline the caller keeps itself (a
+        loop timer on what it waits for): errors are translated by `phase`, and the
+        scope keeps the call's total deadline, moved no more."""
+        self.phase = phase
+        self.phase_deadline = phase_deadline
+        self._move(self.total)
+
     def _move(self, deadline: float) -> None:
         if deadline != self.deadline:
             self.deadline = deadline
@@ -651,13 +659,18 @@ class H11Transport:
             lease.connection = await self._checkout(lease.pool, plan, timeout.connect, watch)
             connection = lease.connection
             watch.enter(_Phase.WRITE)
-            watch.arm(timeout.read)
             answer = _http1.Answer(request.method, close=plan.close)
-            await connection.request(plan.head + request.body, answer)
-            first_byte = deadline_after(timeout.first_byte)
-            watch.enter(_Phase.FIRST_BYTE, first_byte)
-            while not answer.has_head:
-                await connection.receive()
+            if isinstance(connection.stream, LoopStream):
+                first_byte = await _ask_on_loop(
+                    connection, watch, plan.head + request.body, timeout, answer
+                )
+            else:
+                watch.arm(timeout.read)
+                await connection.request(plan.head + request.body, answer)
+                first_byte = deadline_after(timeout.first_byte)
+                watch.enter(_Phase.FIRST_BYTE, first_byte)
+                while not answer.has_head:
+                    await connection.receive()
         except BaseException:
             await lease.release(reuse=False)
             raise
@@ -701,6 +714,40 @@ class H11Transport:
             if context is not None:
                 stream = await _tunnel(stream, target, context, proxy)
         return _Connection(stream)
+
+
+async def _ask_on_loop(
+    connection: _Connection, watch: _Watch, data: bytes, timeout: Timeout, answer: _http1.Answer
+) -> float:
+    """Send the request and wait for its answer's head over asyncio's own stream, within
+    the same limits as on other streams (the write within the read limit, the head within
+    the first-byte limit, both within the call's total); returns the first-byte deadline.
+
+    The limits are timers of the loop's on the futures waited on, not moves of the
+    watch's scope: each move of a cancel scope's deadline reschedules its timer, and the
+    two of them cost more CPU than the write and the parse together.  The watch still
+    names the phase, so any other failure is translated as before.
+    """
+    stream = connection.stream
+    assert isinstance(stream, LoopStream)
+    loop = asyncio.get_running_loop()
+    write_by = watch.total
+    if timeout.read is not None:
+        write_by = min(write_by, loop.time() + timeout.read)
+    connection.answer = answer
+    try:
+        await stream.send(data, write_by)
+    except DeadlinePassed:
+        raise _timeout_of(_Phase.TOTAL if watch.total <= write_by else _Phase.WRITE) from None
+    first_byte = math.inf if timeout.first_byte is None else loop.time() + timeout.first_byte
+    watch.note(_Phase.FIRST_BYTE, first_byte)
+    head_by = min(watch.total, first_byte)
+    try:
+        while not answer.has_head:
+            await connection.receive_by(head_by)
+    except DeadlinePassed:
+        raise _timeout_of(_Phase.TOTAL if watch.total <= head_by else _Phase.FIRST_BYTE) from None
+    return first_byte
 
 
 def _on_asyncio() -> bool:
