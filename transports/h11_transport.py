@@ -946,7 +946,10 @@ class H11Stream:
         """Refuse at once a read begun past the stream's total deadline or its phase's."""
         if self._deadline == math.inf and phase_deadline == math.inf:
             return
-        now = anyio.current_time()
+        connection = self._lease.connection
+        on_loop = connection is not None and isinstance(connection.stream, LoopStream)
+        # On asyncio's own stream the loop's clock is read directly (see _receive_on_loop).
+        now = asyncio.get_running_loop().time() if on_loop else anyio.current_time()
         if now >= self._deadline:
             raise _timeout_of(_Phase.TOTAL)
         if now >= phase_deadline:
