@@ -18,7 +18,7 @@ from typing import Any
 
 from core import ConfigurationError, LogEntry
 from frontends.log_sink import Timing
-from frontends.store import LogWriter, RequestRecord, Store, open_log_writer
+from frontends.store import LINGER, LogWriter, RequestRecord, Store, open_log_writer
 
 __all__ = ["DATABASE_SETTING", "RequestLog", "StoreSink", "record_of"]
 
@@ -105,12 +105,14 @@ class RequestLog:
         capture_limit: int | None = None,
         flush_timeout: float = 30.0,
         queue_size: int = 10_000,
+        linger: float = LINGER,
         own_store: bool = False,
     ) -> None:
         self.store = store
         self.capture_limit = capture_limit
         self._flush_timeout = flush_timeout
         self._queue_size = queue_size
+        self._linger = linger
         self._own_store = own_store
         self._sink: StoreSink | None = None
         self._writer: LogWriter | None = None
@@ -118,7 +120,9 @@ class RequestLog:
         self._unqueued = 0
 
     @classmethod
-    def open(cls, url: str, *, capture_limit: int | None = None) -> RequestLog:
+    def open(
+        cls, url: str, *, capture_limit: int | None = None, linger: float = LINGER
+    ) -> RequestLog:
         """Open the database at `url` and migrate it (blocking: call it at start, before
         the event loop, or on a worker thread).  A bad URL or a database that does not
         answer is a ConfigurationError naming INFERENCE_GATEWAY_DATABASE_URL."""
@@ -136,7 +140,7 @@ class RequestLog:
                 file="settings",
                 field=DATABASE_SETTING,
             ) from None
-        return cls(store, capture_limit=capture_limit, own_store=True)
+        return cls(store, capture_limit=capture_limit, linger=linger, own_store=True)
 
     # -- the request path ---------------------------------------------------------------
 
@@ -156,14 +160,19 @@ class RequestLog:
         `flush_timeout` seconds) and close the store if `open` opened it."""
         try:
             async with open_log_writer(
-                self.store, flush_timeout=self._flush_timeout, queue_size=self._queue_size
+                self.store,
+                flush_timeout=self._flush_timeout,
+                queue_size=self._queue_size,
+                linger=self._linger,
             ) as writer:
                 self._writer = writer
                 self._sink = StoreSink(writer, capture_limit=self.capture_limit)
+                self.store.attach(writer)  # its readers see what it has submitted
                 try:
                     yield self
                 finally:
                     self._sink = None
+                    self.store.detach(writer)
             self._last = {
                 "written": writer.written,
                 "dropped": writer.dropped,

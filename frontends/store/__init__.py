@@ -23,13 +23,14 @@ from frontends.store._records import CAPTURE_CEILING, DETAIL_LIMIT, RequestRecor
 from frontends.store._replicas import Replicas, check_can_join
 from frontends.store._store import Store
 from frontends.store._usage import GroupBy, UsageRow, fetch_usage, usage, usage_query
-from frontends.store._writer import BatchSink, LogWriter, open_log_writer
+from frontends.store._writer import LINGER, BatchSink, LogWriter, open_log_writer
 
 __all__ = [
     "ACTIVE_STATUSES",
     "CAPTURE_CEILING",
     "DETAIL_LIMIT",
     "LINE_INTERRUPTED",
+    "LINGER",
     "BatchLog",
     "BatchSink",
     "BatchStore",

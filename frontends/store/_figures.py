@@ -77,5 +77,7 @@ def fetch_samples(store: Store, since: datetime, limit: int = DEFAULT_LIMIT) -> 
 
 async def recent_samples(store: Store, since: datetime, limit: int = DEFAULT_LIMIT) -> list[Sample]:
     """The request log's recent successful requests as the core's `Sample`s; the query
-    runs on a worker thread, the event loop keeps running."""
+    runs on a worker thread, the event loop keeps running; records this process
+    submitted before the call are among them (`Store.caught_up`)."""
+    await store.caught_up()
     return await anyio.to_thread.run_sync(lambda: fetch_samples(store, since, limit))

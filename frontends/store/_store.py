@@ -2,6 +2,11 @@
 
 `Store`'s plain methods block (they talk to the database): the log writer calls them on
 its own worker thread, `usage()` on anyio's.  Its async methods are safe on the loop.
+
+A process reads its own writes: the request log's writer batches records for a while
+before it writes them, so the log's async readers (`usage()`, `recent_samples()`) first
+await `caught_up()`, which waits for the writers attached to the store (the running
+`RequestLog`'s) to write every record submitted before the read.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from frontends.store._engine import create_store_engine, dialect_insert, migrate, safe_url
 from frontends.store._records import RequestRecord
 from frontends.store._schema import request_log
+from frontends.store._writer import LogWriter
 
 __all__ = ["Store"]
 
@@ -76,6 +82,7 @@ class Store:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
         self._insert = _Insert(engine.dialect)
+        self._writers: list[LogWriter] = []
 
     @classmethod
     def connect(cls, url: str, *, apply_migrations: bool = True) -> Store:
@@ -135,6 +142,22 @@ class Store:
                     type(exc.orig).__name__,
                 )
         return stored
+
+    # -- reading one's own writes (on the loop) --------------------------------------------
+
+    def attach(self, writer: LogWriter) -> None:
+        """Reads wait for this writer's records (until `detach`)."""
+        self._writers.append(writer)
+
+    def detach(self, writer: LogWriter) -> None:
+        if writer in self._writers:
+            self._writers.remove(writer)
+
+    async def caught_up(self) -> None:
+        """Wait until the attached writers have written every record submitted before
+        this call (bounded: a slow or failing database delays a read, never stops it)."""
+        for writer in tuple(self._writers):
+            await writer.flushed()
 
     def get(self, request_log_id: str) -> RequestRecord | None:
         """The stored record with this id, or None."""

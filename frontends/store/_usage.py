@@ -135,7 +135,9 @@ async def usage(
 ) -> list[UsageRow]:
     """Requests and tokens per user, model or UTC day, optionally for one user or model
     and from `since` on (a date means midnight UTC), sorted by key.  The query runs on a
-    worker thread; the event loop keeps running."""
+    worker thread; the event loop keeps running.  Every record this process submitted
+    before the call is counted (`Store.caught_up`)."""
+    await store.caught_up()
     return await anyio.to_thread.run_sync(
         lambda: fetch_usage(store, user=user, model=model, since=since, by=by)
     )

@@ -5,18 +5,23 @@ Theory of operation.  `submit()` is a plain function: it puts the record in the 
 (an anyio memory stream of `queue_size` records) and returns at once; when the queue is
 full, or the writer is closed, the record is counted in `dropped` and nothing is raised.
 `run()`, a task, takes the first record waiting, lets more gather for up to `linger`
-seconds (0 by default: a caller asking for its usage right after a request expects to
-find it; under load, batches gather anyway while the previous one is written; a batch
-costs a thread hand-off and a transaction whatever its size, and the thread competes
-with the event loop for the GIL), then takes whatever is queued (up to
-`batch_size`) and hands the batch to the sink's blocking `write_batch` on a worker
-thread of its own (a capacity limiter of one, so the writer never waits for threads
-other work holds, and batches are written in order).  While a batch is being written,
-the next one gathers.  A batch that fails is retried `attempts` times in all, with a
-doubling pause; after that its records are counted in `failed` and a log line says how
-many and the error's type, never its message (which could quote a prompt or a URL with
-a password).  `aclose()` stops the queue and waits until everything queued is written:
-a graceful stop loses nothing while the database answers (and lingers no more).
+seconds (`LINGER` by default: a batch costs a thread hand-off and a transaction whatever
+its size, and the thread competes with the event loop for the GIL, so at low load one
+batch per request would cost more than the request's own work), then takes whatever is
+queued (up to `batch_size`) and hands the batch to the sink's blocking `write_batch` on
+a worker thread of its own (a capacity limiter of one, so the writer never waits for
+threads other work holds, and batches are written in order).  While a batch is being
+written, the next one gathers.  A batch that fails is retried `attempts` times in all,
+with a doubling pause; after that its records are counted in `failed` and a log line
+says how many and the error's type, never its message (which could quote a prompt or a
+URL with a password).  `aclose()` stops the queue and waits until everything queued is
+written: a graceful stop loses nothing while the database answers (and lingers no more).
+
+Reading one's own writes.  Whoever reads the log in this process (the usage route, the
+status page) first awaits `flushed()`: it cuts the linger short and waits until every
+record submitted before the call has been written (or has failed), for at most a
+timeout.  Records count in order: `_submitted` when queued, `_settled` when their batch
+is done, so a waiter needs only the number it must reach.
 """
 
 from __future__ import annotations
@@ -32,9 +37,15 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from frontends.store._records import RequestRecord
 
-__all__ = ["BatchSink", "LogWriter", "open_log_writer"]
+__all__ = ["FLUSH_WAIT", "LINGER", "BatchSink", "LogWriter", "open_log_writer"]
 
 log = logging.getLogger("frontends.store")
+
+# How long records gather into one batch by default (measured: see the commit that set
+# it).  With no linger, at low load every request was a batch of its own.
+LINGER = 0.020
+# How long a reader waits, at most, for the records submitted before it.
+FLUSH_WAIT = 5.0
 
 
 class BatchSink(Protocol):
@@ -76,7 +87,7 @@ class LogWriter:
         batch_size: int = 500,
         attempts: int = 3,
         retry_delay: float = 0.5,
-        linger: float = 0.0,
+        linger: float = LINGER,
     ) -> None:
         if queue_size < 1 or batch_size < 1 or attempts < 1 or retry_delay < 0 or linger < 0:
             raise ValueError(
@@ -88,9 +99,17 @@ class LogWriter:
         self._attempts = attempts
         self._retry_delay = retry_delay
         self._linger = linger
-        # Set by aclose(): flush now, gather no longer (made in run(), on the loop).
-        self._closing: anyio.Event | None = None
+        # Set by aclose(): flush now, gather no longer.
         self._flushing = False
+        # The linger under way, cut short by aclose() and flushed().
+        self._lingering: anyio.CancelScope | None = None
+        # Records queued, and records whose batch is done (written or failed), in order;
+        # `_wanted` is the highest count a reader waits for.
+        self._submitted = 0
+        self._settled = 0
+        self._wanted = 0
+        # Set (and forgotten) when a batch is done, made only when someone waits.
+        self._progress: anyio.Event | None = None
         self._send: MemoryObjectSendStream[RequestRecord]
         self._receive: MemoryObjectReceiveStream[RequestRecord]
         self._send, self._receive = anyio.create_memory_object_stream[RequestRecord](queue_size)
@@ -112,6 +131,7 @@ class LogWriter:
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             self._drop("writer closed")
             return False
+        self._submitted += 1
         return True
 
     def _drop(self, why: str) -> None:
@@ -151,9 +171,6 @@ class LogWriter:
         if self._stopped is not None:
             raise RuntimeError("a LogWriter runs once")
         self._stopped = anyio.Event()
-        closing = self._closing = anyio.Event()
-        if self._flushing:
-            closing.set()
         limiter = anyio.CapacityLimiter(1)
         task_status.started()
         batch: list[RequestRecord] = []
@@ -161,9 +178,14 @@ class LogWriter:
             async with self._receive:
                 async for first in self._receive:
                     batch = [first]
-                    if self._linger and self.queue_depth + 1 < self._batch_size:
-                        with anyio.move_on_after(self._linger):
-                            await closing.wait()
+                    if (
+                        self._linger
+                        and not self._hurried()
+                        and (self.queue_depth + 1 < self._batch_size)
+                    ):
+                        with anyio.move_on_after(self._linger) as self._lingering:
+                            await anyio.sleep_forever()
+                        self._lingering = None
                     while len(batch) < self._batch_size:
                         try:
                             batch.append(self._receive.receive_nowait())
@@ -177,8 +199,31 @@ class LogWriter:
             self._failed += len(batch) + self.queue_depth
             self._send.close()
             self._stopped.set()
+            self._progressed()
+
+    def _hurried(self) -> bool:
+        """Closing, or someone waits for a record not yet written: no lingering."""
+        return self._flushing or self._wanted > self._settled
+
+    def _hurry(self) -> None:
+        if self._lingering is not None:
+            self._lingering.cancel()
+
+    def _progressed(self) -> None:
+        if self._progress is not None:
+            self._progress.set()
+            self._progress = None
 
     async def _write(self, batch: list[RequestRecord], limiter: anyio.CapacityLimiter) -> None:
+        try:
+            await self._write_attempts(batch, limiter)
+        finally:
+            self._settled += len(batch)
+            self._progressed()
+
+    async def _write_attempts(
+        self, batch: list[RequestRecord], limiter: anyio.CapacityLimiter
+    ) -> None:
         for attempt in range(1, self._attempts + 1):
             try:
                 # The thread cannot be stopped mid-batch; shielded, its result is counted.
@@ -210,13 +255,31 @@ class LogWriter:
             self._failed += len(batch) - stored
             return
 
+    async def flushed(self, timeout: float = FLUSH_WAIT) -> bool:
+        """Wait until every record submitted before this call has been written (or has
+        failed), cutting the linger short, for at most `timeout` seconds.  True when they
+        all have; False when the time ran out (the database slow or down) or the writer
+        is not running, so the reader goes on with what the database holds."""
+        target = self._submitted
+        if self._settled >= target:
+            return True
+        if self._stopped is None or self._stopped.is_set():
+            return False
+        self._wanted = max(self._wanted, target)
+        self._hurry()
+        with anyio.move_on_after(timeout):
+            while self._settled < target and not self._stopped.is_set():
+                if self._progress is None:
+                    self._progress = anyio.Event()
+                await self._progress.wait()
+        return self._settled >= target
+
     async def aclose(self) -> None:
         """Stop taking records and wait until every queued one is written (or has
         failed every attempt).  If `run()` was never started, drain here."""
         self._send.close()
         self._flushing = True
-        if self._closing is not None:
-            self._closing.set()
+        self._hurry()
         if self._stopped is None:
             await self.run()
         else:
@@ -232,7 +295,7 @@ async def open_log_writer(
     batch_size: int = 500,
     attempts: int = 3,
     retry_delay: float = 0.5,
-    linger: float = 0.0,
+    linger: float = LINGER,
 ) -> AsyncIterator[LogWriter]:
     """A running `LogWriter`; on exit, even when cancelled, the queue is flushed for up
     to `flush_timeout` seconds, then the writer is stopped (the rest counted failed)."""

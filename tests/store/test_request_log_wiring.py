@@ -22,7 +22,7 @@ from frontends.assembly import build_gateway
 from frontends.embedding import FixedIdentity, open_gateway
 from frontends.identity import StaticKeys
 from frontends.request_log import RequestLog
-from frontends.store import RequestRecord, Store
+from frontends.store import LINGER, RequestRecord, Store
 from frontends.store._schema import request_log
 from frontends.usage import Operators
 from frontends.web import create_app
@@ -81,6 +81,7 @@ def logged_gateway(
     capture_limit: int | None = None,
     operators: Operators | None = None,
     stream_usage: bool = False,
+    linger: float = LINGER,
 ) -> Iterator[str]:
     """A gateway server whose request log is `database_url`; on leaving, the server has
     stopped and its log is flushed."""
@@ -93,7 +94,7 @@ def logged_gateway(
         capture_limit=capture_limit,
         stream_usage=stream_usage,
     )
-    log = RequestLog.open(database_url, capture_limit=capture_limit)
+    log = RequestLog.open(database_url, capture_limit=capture_limit, linger=linger)
     with serve_app(create_app(gateway, request_log=log, operators=operators)) as url:
         yield url
 
@@ -392,3 +393,17 @@ def test_serve_refuses_to_start_on_a_database_it_cannot_use(tmp_path: Path, url:
     assert done.returncode == 2
     assert "INFERENCE_GATEWAY_DATABASE_URL" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_callers_usage_counts_the_request_they_made_just_before_however_long_the_linger(
+    fixtures: Path, database_url: str
+) -> None:
+    chat = {"model": "gpt-test", "messages": MESSAGES}
+    with logged_gateway(fixtures, database_url, linger=3600) as url:
+        for made in (1, 2, 3):
+            post(url, chat, token=BOB, rid=f"b{made}")
+            answer = httpx.get(
+                f"{url}/resource_server/usage", headers={"Authorization": f"Bearer {BOB}"}
+            )
+            assert answer.status_code == 200
+            assert [row["requests"] for row in answer.json()["data"]] == [made]

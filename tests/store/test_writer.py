@@ -216,3 +216,58 @@ class CountingBatches:
     def write_batch(self, records: Sequence[RequestRecord]) -> int:
         self.batches.append([r.id for r in records])
         return len(records)
+
+
+async def test_flushed_cuts_a_long_linger_short_and_returns_once_the_records_are_written() -> (
+    None
+):
+    sink = CountingBatches()
+    async with open_log_writer(sink, linger=3600) as writer:
+        assert await writer.flushed()  # nothing submitted: nothing to wait for
+        for n in range(3):
+            writer.submit(record(n))
+        assert await writer.flushed()
+        assert sink.batches == [[f"log-{n:06d}" for n in range(3)]]
+        writer.submit(record(3))  # the writer lingers again, and is hurried again
+        assert await writer.flushed()
+        assert sink.batches[1:] == [["log-000003"]]
+    assert (writer.written, writer.failed, writer.dropped) == (4, 0, 0)
+
+
+async def test_flushed_waits_for_a_record_submitted_while_a_batch_is_being_written() -> None:
+    sink = HeldSink()
+    flushed: list[bool] = []
+    async with open_log_writer(sink, linger=3600) as writer:
+
+        async def flush() -> None:
+            flushed.append(await writer.flushed())
+
+        writer.submit(record(0))
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(flush)  # hurries the first record into the sink
+            await anyio.to_thread.run_sync(sink.entered.wait, WAIT)
+            writer.submit(record(1))  # while the first batch is held in the sink
+            tasks.start_soon(flush)
+            await anyio.lowlevel.checkpoint()
+            assert flushed == []
+            sink.release.set()
+        assert flushed == [True, True]
+        assert sink.batches == [["log-000000"], ["log-000001"]]
+
+
+async def test_flushed_gives_up_after_its_timeout_and_says_so() -> None:
+    sink = HeldSink()
+    async with open_log_writer(sink, linger=3600) as writer:
+        writer.submit(record(0))
+        assert not await writer.flushed(timeout=0)
+        await anyio.to_thread.run_sync(sink.entered.wait, WAIT)  # hurried all the same
+        sink.release.set()
+        assert await writer.flushed()
+
+
+async def test_flushed_does_not_wait_for_a_writer_that_is_not_running() -> None:
+    writer = LogWriter(CountingBatches())
+    writer.submit(record(0))
+    assert not await writer.flushed()
+    await writer.aclose()
+    assert await writer.flushed()
