@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib.resources
+import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,12 +100,37 @@ def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
     # with WAL (a power cut may lose the last commits, never corrupt the file).
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        _into_wal(cursor)
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
     finally:
         cursor.close()
+
+
+def _into_wal(cursor: Any) -> None:
+    """Switch a new file to WAL (the mode then stays with the file).
+
+    The switch takes the file's exclusive lock, and SQLite answers "database is locked"
+    at once, without its busy wait, when connections opening a new file together race
+    for it (four threads of one process lost it about one time in six).  So the mode is
+    read first (once a file is in WAL, nothing is to be switched), and a lost race is
+    tried again, with short pauses, for as long as the busy timeout would have waited.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while True:
+        try:
+            (mode,) = cursor.execute("PRAGMA journal_mode").fetchone()
+            if str(mode).lower() == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)  # a blocking connect, on a worker thread or before serving
+        pause = min(pause * 2, 0.1)
 
 
 def dialect_insert(dialect: str) -> Callable[[sa.Table], Insert]:
