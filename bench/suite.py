@@ -20,7 +20,10 @@ wrk (one thread) drives the floor and the gateway alike at concurrency 1 and 32,
 and for streams, in alternating rounds so that drift hits both.  On a machine with two
 or more cores the server under test is pinned to core 0 and wrk and nginx to core 1 with
 `taskset`, so the figures are one core's worth of server; the table says so.  Ratios are
-gateway/floor from this one run; absolute figures are this machine's only.
+gateway/floor from this one run; absolute figures are this machine's only.  Each cell
+also gives each server's CPU per request (the process's user and system time over the
+round, all threads, divided by the requests answered): the figure a pinned server's
+throughput follows, and the steadiest one when the machine is busy.
 """
 
 from __future__ import annotations
@@ -156,6 +159,15 @@ class Cell:
     """One (server, kind, concurrency) cell's rounds."""
 
     rounds: list[Round] = attrs.Factory(list)
+    # The server process's CPU seconds (user and system, all threads) in each round.
+    cpu_seconds: list[float] = attrs.Factory(list)
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        """Microseconds of the server's CPU per request answered: the steadiest figure on
+        a noisy machine, and the one a pinned server's throughput follows."""
+        requests = sum(r.requests for r in self.rounds)
+        return sum(self.cpu_seconds) / requests * 1e6 if requests else 0.0
 
     @property
     def per_second(self) -> float:
@@ -330,8 +342,9 @@ def run(plan: Plan, out: Path | None, transport: str = "h11") -> str:
                 for concurrency in (1, 32):
                     order = list(servers) if n % 2 == 0 else list(reversed(servers))
                     for name in order:
-                        _, url, token = servers[name]
+                        process, url, token = servers[name]
                         model = MODEL_SSE if kind == "sse" else MODEL_JSON
+                        cpu_before = _cpu_seconds(process.pid)
                         round_ = run_wrk(
                             f"{url}/v1/chat/completions",
                             _chat(model, kind == "sse"),
@@ -341,7 +354,9 @@ def run(plan: Plan, out: Path | None, transport: str = "h11") -> str:
                             folder=folder,
                             cpu=load_cpu,
                         )
-                        cells.setdefault((name, kind, concurrency), Cell()).rounds.append(round_)
+                        cell = cells.setdefault((name, kind, concurrency), Cell())
+                        cell.rounds.append(round_)
+                        cell.cpu_seconds.append(_cpu_seconds(process.pid) - cpu_before)
 
         first: dict[str, list[float]] = {"floor": [], "gateway": []}
         for _ in range(plan.first_bytes):
@@ -555,6 +570,7 @@ def _report(
             "ratio",
             "floor p50/p99 ms",
             "gateway p50/p99 ms",
+            "CPU µs/request",
             "errors",
         ]
     ]
@@ -570,6 +586,7 @@ def _report(
                     f"{g.per_second / f.per_second:.2f}" if f.per_second else "-",
                     f"{f.p50:.2f} / {f.p99:.2f}",
                     f"{g.p50:.2f} / {g.p99:.2f}",
+                    f"{f.cpu_us_per_request:,.0f} / {g.cpu_us_per_request:,.0f}",
                     f"{f.errors} / {g.errors}",
                 ]
             )
