@@ -9,10 +9,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from core import LogEntry, Usage
+from core import LogEntry
 from frontends.log_sink import Timing
 from frontends.request_log import RequestLog
 from frontends.store import Store, recent_samples, usage
+from tests.support.log_entries import log_entry
 
 pytestmark = pytest.mark.anyio
 
@@ -20,26 +21,7 @@ HOUR = 3600.0  # a linger no test would outwait
 
 
 def entry(n: int) -> LogEntry:
-    return LogEntry(
-        request_id=f"log-{n}",
-        route="chat/completions",
-        status=200,
-        username="ada@example.org",
-        provider="static",
-        endpoint_slug="lab-vllm-m",
-        cluster="lab",
-        framework="vllm",
-        model="m",
-        stream=False,
-        usage=Usage(prompt_tokens=3, completion_tokens=4, total_tokens=7),
-        estimated=False,
-        cancelled=False,
-        detail=None,
-        task_id=None,
-        bytes_in=10,
-        bytes_out=20,
-        client="10.0.0.1",
-    )
+    return log_entry(request_id=f"log-{n}")
 
 
 def timing() -> Timing:

@@ -8,30 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from core import LogEntry, Usage
 from frontends.log_sink import Timing
 from frontends.request_log import RequestLog, record_of
 from frontends.store import Store
+from tests.support.log_entries import log_entry
 
-ENTRY = LogEntry(
-    request_id="log-1",
-    route="chat/completions",
-    status=200,
-    username="ada@example.org",
-    provider="static",
-    endpoint_slug="lab-vllm-m",
-    cluster="lab",
-    framework="vllm",
-    model="m",
-    stream=True,
-    usage=Usage(prompt_tokens=3, completion_tokens=4, total_tokens=7),
-    estimated=True,
-    cancelled=True,
-    detail="x" * 5000,
-    task_id="task-9",
-    bytes_in=10,
-    bytes_out=20,
-    client="10.0.0.1",
+ENTRY = log_entry(
+    stream=True, estimated=True, cancelled=True, detail="x" * 5000, task_id="task-9"
 )
 TIMING = Timing(
     received_at=1_795_000_000.0,
