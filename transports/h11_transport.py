@@ -460,29 +460,23 @@ class _Connection:
         self.answer = answer
         await self.stream.send(data)
 
-    async def receive(self, watch: _Watch | None = None, timeout: float | None = None) -> None:
+    async def receive(
+        self, watch: _Watch | None = None, timeout: float | None = None, deadline: float = math.inf
+    ) -> None:
         """One read from the socket, fed to the answer; the read within `timeout` (armed
-        on `watch`)."""
+        on `watch`), or, on asyncio's own stream, by `deadline` on the loop's clock
+        (`DeadlinePassed` if nothing arrived by then)."""
         answer = self.answer
         if answer is None:
             raise TransportError("the backend answer was already read or closed")
         if watch is not None:
             watch.arm(timeout)
         try:
-            data = await self.stream.receive(READ_SIZE)
-        except anyio.EndOfStream:
-            data = b""
-        answer.receive(data)
-
-    async def receive_by(self, deadline: float) -> None:
-        """One read from asyncio's own stream, fed to the answer; `DeadlinePassed` if
-        nothing arrived by `deadline` (the loop's clock)."""
-        answer = self.answer
-        if answer is None:
-            raise TransportError("the backend answer was already read or closed")
-        assert isinstance(self.stream, LoopStream)
-        try:
-            data = await self.stream.receive(READ_SIZE, deadline)
+            if deadline == math.inf:
+                data = await self.stream.receive(READ_SIZE)
+            else:
+                assert isinstance(self.stream, LoopStream)
+                data = await self.stream.receive(READ_SIZE, deadline)
         except anyio.EndOfStream:
             data = b""
         answer.receive(data)
@@ -744,7 +738,7 @@ async def _ask_on_loop(
     head_by = min(watch.total, first_byte)
     try:
         while not answer.has_head:
-            await connection.receive_by(head_by)
+            await connection.receive(deadline=head_by)
     except DeadlinePassed:
         raise _timeout_of(_Phase.TOTAL if watch.total <= head_by else _Phase.FIRST_BYTE) from None
     return first_byte
@@ -1004,7 +998,7 @@ class H11Stream:
             # first looks up which async library runs, a third of a chunk's CPU here.
             deadline = min(deadline, asyncio.get_running_loop().time() + timeout)
         try:
-            await connection.receive_by(deadline)
+            await connection.receive(deadline=deadline)
         except DeadlinePassed:
             raise _timeout_of(_Phase.TOTAL if self._deadline <= deadline else phase) from None
         except Exception as exc:
