@@ -93,13 +93,34 @@ class _Report:
     fetched_at: float | None = None  # wall clock, as every process sharing it says
 
 
+class _Endpoint:
+    """What the book keeps of one endpoint, in one place: a request finds it with one
+    look-up (its slug case-folded once), not one per dict (breakers, outstanding calls,
+    the catalog's record) per step of its call."""
+
+    __slots__ = ("breaker", "cluster", "model", "outstanding")
+
+    def __init__(self, cluster: str, model: str, breaker: Breaker) -> None:
+        self.cluster = cluster
+        self.model = model.casefold()  # as the job reports' states are keyed
+        self.breaker = breaker
+        self.outstanding = 0
+
+
 class Lease:
     """One call to one endpoint, from dispatch to its end: counted while it lasts, its
     outcome told to the breaker once.  `refusal` is set when the breaker refused it."""
 
-    def __init__(self, book: HealthBook, slug: str, refusal: AdaptorFailed | None) -> None:
+    def __init__(
+        self,
+        book: HealthBook,
+        slug: str,
+        endpoint: _Endpoint | None,
+        refusal: AdaptorFailed | None,
+    ) -> None:
         self._book = book
         self._slug = slug
+        self._endpoint = endpoint  # None: not one of the catalog's, nothing to count
         self.refusal = refusal
         self._judged = refusal is not None
         self._closed = refusal is not None
@@ -109,16 +130,20 @@ class Lease:
         if self._judged:
             return
         self._judged = True
-        failed = isinstance(event, AdaptorFailed | AdaptorReturned) and is_retriable(event)
-        if isinstance(event, AdaptorFailed | AdaptorReturned | StreamOpened):
-            self._book._outcome(self._slug, failed)
+        if self._endpoint is None:
+            return
+        if isinstance(event, (AdaptorFailed, AdaptorReturned)):  # a tuple: faster than a union
+            self._book._outcome(self._slug, self._endpoint, is_retriable(event))
+        elif isinstance(event, StreamOpened):
+            self._book._outcome(self._slug, self._endpoint, False)
 
     def close(self) -> None:
         """The call is over (its stream closed, or it was abandoned before an outcome)."""
         if self._closed:
             return
         self._closed = True
-        self._book._release(self._slug, abandoned=not self._judged)
+        if self._endpoint is not None:
+            self._book._release(self._endpoint, abandoned=not self._judged)
         self._judged = True
 
     def __enter__(self) -> Lease:
@@ -143,10 +168,11 @@ class HealthBook:
         self._catalog = catalog
         self._clusters = dict(clusters)
         self._clock = clock
-        self._breakers = {
-            e.endpoint_slug.lower(): Breaker(self.policy.breaker) for e in catalog.endpoints
+        # The catalog never changes: each endpoint's entry is made once, by case-folded slug.
+        self._endpoints = {
+            e.endpoint_slug.lower(): _Endpoint(e.cluster, e.model, Breaker(self.policy.breaker))
+            for e in catalog.endpoints
         }
-        self._outstanding = {e.endpoint_slug.lower(): 0 for e in catalog.endpoints}
         self._reports: dict[str, _Report] = {}
         self._reading: dict[str, anyio.Event] = {}  # a cluster whose status is being read
         self._turn = 0  # rotates ties between equally loaded endpoints
@@ -161,21 +187,19 @@ class HealthBook:
         return HealthAssessed(endpoints=entries, turn=self._turn)
 
     def _health(self, slug: str, now: float) -> EndpointHealth:
-        key = slug.lower()
-        breaker = self._breakers.get(key)
-        endpoint = self._catalog.endpoint(slug)
-        if breaker is None or endpoint is None:
+        endpoint = self._endpoints.get(slug.lower())
+        if endpoint is None:
             return EndpointHealth(slug=slug)
-        view = breaker.view(now)
+        view = endpoint.breaker.view(now)
         state, status_retry = ModelState.UNKNOWN, 1
         report = self._reports.get(endpoint.cluster)
         ttl = self.policy.status_ttl
         if report is not None and now - report.at <= _TRUSTED_TTLS * ttl:
-            state = report.states.get(endpoint.model.casefold(), ModelState.UNKNOWN)
+            state = report.states.get(endpoint.model, ModelState.UNKNOWN)
             status_retry = max(1, math.ceil(report.at + ttl - now))
         return EndpointHealth(
             slug=slug,
-            outstanding=self._outstanding.get(key, 0),
+            outstanding=endpoint.outstanding,
             breaker=view.state,
             admits=view.admits,
             retry_after=view.retry_after,
@@ -186,25 +210,23 @@ class HealthBook:
     def lease(self, slug: str) -> Lease:
         """A call to `slug` goes out now: count it and tell its breaker (which may refuse,
         when it opened between the choice and the call)."""
-        key = slug.lower()
-        breaker = self._breakers.get(key)
-        if breaker is not None:
-            for effect in breaker.receive(Dispatched(at=self._clock())):
-                if isinstance(effect, Refused):
-                    detail = f"circuit breaker open; retry in {effect.retry_after}s"
-                    return Lease(self, slug, AdaptorFailed(status=503, detail=detail))
-        self._outstanding[key] = self._outstanding.get(key, 0) + 1
-        return Lease(self, slug, None)
+        endpoint = self._endpoints.get(slug.lower())
+        if endpoint is None:
+            return Lease(self, slug, None, None)
+        for effect in endpoint.breaker.receive(Dispatched(at=self._clock())):
+            if isinstance(effect, Refused):
+                detail = f"circuit breaker open; retry in {effect.retry_after}s"
+                return Lease(self, slug, endpoint, AdaptorFailed(status=503, detail=detail))
+        endpoint.outstanding += 1
+        return Lease(self, slug, endpoint, None)
 
     def leased(self, slug: str) -> Lease:
         """`lease`, closed when the block ends however it ends (`with` closes a lease;
         a class, not a generator, as it runs on every request)."""
         return self.lease(slug)
 
-    def _outcome(self, slug: str, failed: bool) -> None:
-        breaker = self._breakers.get(slug.lower())
-        if breaker is None:
-            return
+    def _outcome(self, slug: str, endpoint: _Endpoint, failed: bool) -> None:
+        breaker = endpoint.breaker
         before = breaker.state
         at = self._clock()
         breaker.receive(Failed(at=at) if failed else Succeeded(at=at))
@@ -213,12 +235,10 @@ class HealthBook:
                 "endpoint %s: circuit breaker %s -> %s", slug, before.value, breaker.state.value
             )
 
-    def _release(self, slug: str, *, abandoned: bool) -> None:
-        key = slug.lower()
-        self._outstanding[key] = max(0, self._outstanding.get(key, 0) - 1)
-        breaker = self._breakers.get(key)
-        if abandoned and breaker is not None:
-            breaker.receive(Abandoned(at=self._clock()))
+    def _release(self, endpoint: _Endpoint, *, abandoned: bool) -> None:
+        endpoint.outstanding = max(0, endpoint.outstanding - 1)
+        if abandoned:
+            endpoint.breaker.receive(Abandoned(at=self._clock()))
 
     # -- cluster status -----------------------------------------------------------------
 
