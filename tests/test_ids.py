@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from frontends.ids import new_id
@@ -38,3 +39,11 @@ def test_a_forked_child_never_hands_out_an_id_its_parent_will() -> None:
     parent = {new_id() for _ in range(50)}
     assert len(child) == 50
     assert not child & parent
+
+
+def test_an_id_starts_with_the_millisecond_it_was_made_so_later_ids_sort_after() -> None:
+    before = time.time_ns() // 1_000_000
+    made = new_id()
+    after = time.time_ns() // 1_000_000
+    assert before <= int(made[:12], 16) <= after
+    assert new_id()[:12] >= made[:12]
