@@ -16,19 +16,25 @@ after that (a client that stopped reading) is cancelled by Hypercorn.  Once ever
 connection has closed, Hypercorn runs the app's shutdown, which flushes the request log
 and the quota settlements, and `serve` returns (exit status 0).
 
-Written against anyio only, so the same code drains under asyncio and under trio.
+Written against anyio, so the same code drains under asyncio and under trio.  One
+exception: on asyncio, a cuttable block costs no cancel scope until the cut (see
+`_Cuttable`): there is one per request and one per stream chunk, and the cut happens
+once in a process's life.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable
 from types import TracebackType
+from typing import Any
 
 import anyio
 import anyio.abc
 import sniffio
+from anyio._backends import _asyncio as _anyio_asyncio
 
 __all__ = ["CUT_GRACE_SECONDS", "Drain", "serve_draining"]
 
@@ -47,7 +53,7 @@ class Drain:
 
     def __init__(self) -> None:
         self._cut = False
-        self._waits: set[anyio.CancelScope] = set()
+        self._waits: set[_Cuttable] = set()
 
     @property
     def is_cut(self) -> bool:
@@ -59,9 +65,9 @@ class Drain:
         return len(self._waits)
 
     def cuttable(self) -> _Cuttable:
-        """A block the cut may interrupt.  It does so by cancelling the block's own scope,
-        so the block ends quietly (no exception): the caller tells that it was cut by
-        what the block did not get to do."""
+        """A block the cut may interrupt.  It does so as a cancel scope of the block's own
+        would, so the block ends quietly (no exception): the caller tells that it was cut
+        by what the block did not get to do."""
         return _Cuttable(self)
 
     def cut(self) -> int:
@@ -69,8 +75,8 @@ class Drain:
         were running."""
         self._cut = True
         waits = list(self._waits)
-        for scope in waits:
-            scope.cancel()
+        for wait in waits:
+            wait.cancel()
         return len(waits)
 
 
@@ -81,7 +87,7 @@ _SCOPES: dict[str, Callable[[], anyio.CancelScope]] = {}
 def _new_scope() -> anyio.CancelScope:
     """`anyio.CancelScope()`, made by the running loop's class directly: anyio's
     constructor looks the loop's backend up (sniffio, a module lookup, a factory) on each
-    call, five times the cost of the scope itself, and a request makes one or two."""
+    call, five times the cost of the scope itself."""
     library = sniffio.current_async_library()
     make = _SCOPES.get(library)
     if make is None:
@@ -91,16 +97,92 @@ def _new_scope() -> anyio.CancelScope:
     return make()
 
 
+# anyio's record of the cancel scope each asyncio task is in (None if a later anyio
+# keeps no such record; shields inside a block are then not seen).
+_TASK_STATES: Any = getattr(_anyio_asyncio, "_task_states", None)
+
+
+def _innermost_scope(task: asyncio.Task[Any]) -> Any:
+    """The anyio cancel scope `task` is in now (None: none)."""
+    state = None if _TASK_STATES is None else _TASK_STATES.get(task)
+    return getattr(state, "cancel_scope", None)
+
+
+def _shielded_within(scope: Any, outer: Any) -> bool:
+    """Whether a shielded anyio scope lies between `scope` (innermost) and `outer`."""
+    while scope is not None and scope is not outer:
+        if scope.shield:
+            return True
+        scope = getattr(scope, "_parent_scope", None)
+    return False
+
+
 class _Cuttable:
+    """One cuttable block.
+
+    Under trio, and under asyncio once the drain is cut, it is an anyio cancel scope,
+    registered so that the cut can cancel it.  Under asyncio before the cut (every
+    request and every stream chunk of a process's life but those of its last seconds) it
+    is lazy: entering only notes the task and its count of pending cancellations, for a
+    fraction of a scope's CPU (a scope is a dozen fields, a timer check and a tree of
+    parents and children kept in step at each entry and exit).  The cut, once per
+    process, then does what the scope would have: it cancels the task where it waits
+    (`Task.cancel`), not while a shielded anyio scope entered inside the block runs nor
+    while the task's wait has already completed (anyio's own delivery skips both), and
+    again at each turn of the loop until the block ends, as anyio redelivers; the exit
+    takes back exactly its own cancellations (`Task.uncancel`) and swallows the
+    `CancelledError` only when no other cancellation of the task is pending, as anyio's
+    scope does.
+    """
+
+    __slots__ = ("_cancelling", "_cancels", "_drain", "_outer", "_scope", "_task")
+
     def __init__(self, drain: Drain) -> None:
         self._drain = drain
-        self._scope = _new_scope()
+        self._scope: anyio.CancelScope | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._outer: Any = None  # the anyio scope the block began in
+        self._cancelling = 0  # the task's pending cancellations when the block began
+        self._cancels = 0  # the task's cancellations requested by the cut
 
     def __enter__(self) -> None:
-        if self._drain.is_cut:
+        drain = self._drain
+        # Lazy only on asyncio (no running asyncio loop: trio) and before the cut.
+        loop = None if drain._cut else asyncio._get_running_loop()
+        task = None if loop is None else asyncio.current_task(loop)
+        if task is None:
+            scope = self._scope = _new_scope()
+            if drain._cut:
+                scope.cancel()
+            scope.__enter__()
+        else:
+            self._task = task
+            self._cancelling = task.cancelling()
+            state = None if _TASK_STATES is None else _TASK_STATES.get(task)
+            self._outer = None if state is None else state.cancel_scope
+        drain._waits.add(self)
+
+    def cancel(self) -> None:
+        """What the cut does to this block."""
+        if self._scope is not None:
             self._scope.cancel()
-        self._scope.__enter__()
-        self._drain._waits.add(self._scope)
+        else:
+            self._deliver()
+
+    def _deliver(self) -> None:
+        task = self._task
+        if self not in self._drain._waits or task is None or task.done():
+            return
+        task.get_loop().call_soon(self._deliver)  # until the block ends
+        if task._must_cancel:  # type: ignore[attr-defined]
+            return  # a cancellation is on its way already
+        if _shielded_within(_innermost_scope(task), self._outer):
+            return
+        waiter = task._fut_waiter  # type: ignore[attr-defined]
+        if isinstance(waiter, asyncio.Future) and waiter.done():
+            return  # what it waited for came: it resumes with it, and is cut at its next wait
+        task.cancel()
+        self._cancels += 1
 
     def __exit__(
         self,
@@ -108,8 +190,19 @@ class _Cuttable:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool:
-        self._drain._waits.discard(self._scope)
-        return bool(self._scope.__exit__(kind, error, traceback))
+        self._drain._waits.discard(self)
+        if self._scope is not None:
+            return bool(self._scope.__exit__(kind, error, traceback))
+        if not self._cancels:
+            return False
+        task = self._task
+        assert task is not None
+        for _ in range(self._cancels):
+            task.uncancel()
+        # Another cancellation of the task (its caller's) is never swallowed.
+        return isinstance(error, asyncio.CancelledError) and not (
+            task.cancelling() > self._cancelling
+        )
 
 
 async def serve_draining(
