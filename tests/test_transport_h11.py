@@ -18,8 +18,10 @@ from tests.support.scripted_http import Exchange, ScriptedServer, serving
 from transports import (
     BackendRequest,
     ConnectionLimits,
+    FirstByteTimeout,
     Saturated,
     Timeout,
+    TotalTimeout,
     TransportError,
     TransportTimeout,
 )
@@ -266,6 +268,37 @@ async def test_a_request_the_backend_does_not_read_is_a_write_timeout() -> None:
     finally:
         await transport.aclose()
         listener.close()
+
+
+@pytest.mark.parametrize(
+    ("timeout", "error"),
+    [
+        (Timeout(connect=5, read=0.2, first_byte=30), TransportTimeout),
+        (Timeout(connect=5, read=None, first_byte=30, total=0.3), TotalTimeout),
+        (Timeout(connect=5, read=30, first_byte=0.2), FirstByteTimeout),
+    ],
+    ids=["read", "total", "first-byte"],
+)
+async def test_which_limit_ran_out_is_told_for_a_whole_answer(
+    transport: H11Transport, timeout: Timeout, error: type[TransportTimeout]
+) -> None:
+    """A body that stops after the head is the read limit's (or the total's, when it
+    comes first); a head that never comes, the first-byte limit's: the same on asyncio's
+    own stream (loop timers) as on anyio's (one cancel scope)."""
+
+    async def stall(exchange: Exchange) -> None:
+        if exchange.request.target == "/silent":
+            await exchange.wait_disconnect()
+            return
+        await exchange.start(200, [("content-length", "10")])
+        await exchange.send(b"half")
+        await exchange.wait_disconnect()
+
+    path = "/silent" if error is FirstByteTimeout else "/stall"
+    async with serving({path: stall}) as server:
+        with pytest.raises(TransportTimeout) as caught:
+            await transport.send(_get(server, path, timeout))
+    assert type(caught.value) is error
 
 
 def test_the_pool_size_is_checked() -> None:

@@ -41,9 +41,11 @@ same three calls and fails the same way, so nothing else here tells them apart.
   holds its permits), and for a stream the time from `open_stream` to the last read.
   Each raises its own `TransportTimeout` subclass.  A call runs under one `_Watch`: a
   single cancel scope whose deadline is moved at each phase change and each receive
-  (nesting a `fail_after` per limit and per receive cost more CPU than the parsing).
-  A stream keeps its deadlines and opens one `_Watch` per read, because a cancel scope
-  may not stay open across the yields of a generator the caller drives.
+  (nesting a `fail_after` per limit and per receive cost more CPU than the parsing);
+  on asyncio's own stream, no scope but a timer of the loop's on each wait's future,
+  at the same deadline.  A stream keeps its deadlines and opens one `_Watch` per read,
+  because a cancel scope may not stay open across the yields of a generator the
+  caller drives.
 * **Size.**  A whole answer (`send`, or `aread` of a stream) is read piece by piece and
   refused with `AnswerTooLarge` as soon as it passes `max_answer_bytes` (or at once,
   when its `Content-Length` says it will): the connection is closed and what was read
@@ -205,30 +207,45 @@ def _timeout_of(phase: _Phase) -> TransportTimeout:
 
 
 class _Watch:
-    """The one cancel scope of a call (a `send`, an `open_stream`, one read of a stream),
-    whose deadline moves as the call goes from phase to phase, and the boundary where its
-    errors are translated.
+    """The time limits of a call (a `send`, an `open_stream`, one read of a stream) and
+    the boundary where its errors are translated: the call's total deadline, the phase
+    it is in and that phase's deadline.
 
-    Why one scope: anyio's `fail_after` is a cancel scope and a context manager, and a
-    call used to nest several (the total limit, the phase's, one per receive), each with
-    its own error-mapping context manager; together they cost more CPU than the parsing
-    of the whole exchange.  Here a phase change, or a receive's fresh limit, is one
-    assignment of the scope's deadline: the earliest of the call's total deadline, the
-    phase's own deadline and (for a receive) now plus its limit.  When the scope fires,
-    the phase and which of those deadlines was the earliest say which `TransportTimeout`
-    it was; any other failure is translated by the phase it happened in.
+    On anyio's streams the watch is one cancel scope, whose deadline moves as the call
+    goes from phase to phase: anyio's `fail_after` is a cancel scope and a context
+    manager, and a call used to nest several (the total limit, the phase's, one per
+    receive), each with its own error-mapping context manager; together they cost more
+    CPU than the parsing of the whole exchange.  Here a phase change, or a receive's
+    fresh limit, is one assignment of the scope's deadline: the earliest of the call's
+    total deadline, the phase's own deadline and (for a receive) now plus its limit.
+    When the scope fires, the phase and which of those deadlines was the earliest say
+    which `TransportTimeout` it was; any other failure is translated by the phase it
+    happened in.
+
+    On asyncio's own stream (`loop=True`: every wait of the call is on a future of the
+    loop's) there is no scope at all: each wait is given the same earliest deadline
+    (`bound`) as one timer of the loop's on its future, and a wait that reaches it is
+    reported the same way (`expired`).  A cancel scope there cost as much CPU as the
+    write and the parse together (made, entered, its timer set and moved, exited), for
+    limits the loop's timers already keep; the one wait not on such a future, the
+    connect, gets a scope of its own (in `_checkout`).
     """
 
     __slots__ = ("deadline", "phase", "phase_deadline", "scope", "total")
 
     def __init__(
-        self, total: float, phase: _Phase = _Phase.TOTAL, phase_deadline: float = math.inf
+        self,
+        total: float,
+        phase: _Phase = _Phase.TOTAL,
+        phase_deadline: float = math.inf,
+        *,
+        loop: bool = False,
     ) -> None:
         self.total = total
         self.phase = phase
         self.phase_deadline = phase_deadline
         self.deadline = min(total, phase_deadline)
-        self.scope = anyio.CancelScope(deadline=self.deadline)
+        self.scope = None if loop else anyio.CancelScope(deadline=self.deadline)
 
     def enter(self, phase: _Phase, phase_deadline: float = math.inf) -> None:
         """From now on the call is in `phase`, which must end by `phase_deadline`."""
@@ -242,21 +259,30 @@ class _Watch:
         if seconds is not None:
             self._move(min(self.total, self.phase_deadline, anyio.current_time() + seconds))
 
-    def note(self, phase: _Phase, phase_deadline: float) -> None:
-        """From now on the call is in `phase`, whose deadline the caller keeps itself (a
-        loop timer on what it waits for): errors are translated by `phase`, and the
-        scope keeps the call's total deadline, moved no more."""
-        self.phase = phase
-        self.phase_deadline = phase_deadline
-        self._move(self.total)
+    def bound(self, seconds: float | None) -> float:
+        """On the loop's own stream: the deadline, on the loop's clock, of the next wait,
+        which must end within `seconds` (None: only the phase's and the call's deadlines
+        bound it)."""
+        deadline = min(self.total, self.phase_deadline)
+        if seconds is not None:
+            # The loop's clock read directly: anyio.current_time() first looks up which
+            # async library runs.
+            deadline = min(deadline, asyncio.get_running_loop().time() + seconds)
+        return deadline
+
+    def expired(self, deadline: float) -> TransportTimeout:
+        """The error of a wait that reached `deadline` (from `bound`)."""
+        return _timeout_of(_Phase.TOTAL if self.total <= deadline else self.phase)
 
     def _move(self, deadline: float) -> None:
         if deadline != self.deadline:
             self.deadline = deadline
-            self.scope.deadline = deadline
+            if self.scope is not None:
+                self.scope.deadline = deadline
 
     def __enter__(self) -> _Watch:
-        self.scope.__enter__()
+        if self.scope is not None:
+            self.scope.__enter__()
         return self
 
     def __exit__(
@@ -265,10 +291,12 @@ class _Watch:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.scope.__exit__(exc_type, exc, tb)
-        if self.scope.cancelled_caught:
-            # The scope's own deadline: the call's total limit if it came first.
-            raise _timeout_of(_Phase.TOTAL if self.total <= self.deadline else self.phase) from None
+        scope = self.scope
+        if scope is not None:
+            scope.__exit__(exc_type, exc, tb)
+            if scope.cancelled_caught:
+                # The scope's own deadline: the call's total limit if it came first.
+                raise self.expired(self.deadline) from None
         if isinstance(exc, Exception):
             translated = _translated(exc, self.phase)
             if translated is not None:
@@ -463,14 +491,18 @@ class _Connection:
     async def receive(
         self, watch: _Watch | None = None, timeout: float | None = None, deadline: float = math.inf
     ) -> None:
-        """One read from the socket, fed to the answer; the read within `timeout` (armed
-        on `watch`), or, on asyncio's own stream, by `deadline` on the loop's clock
-        (`DeadlinePassed` if nothing arrived by then)."""
+        """One read from the socket, fed to the answer; the read within `timeout` and the
+        deadlines of `watch` (its scope's on anyio's streams, a timer of the loop's on
+        asyncio's own stream, reported as the watch's timeout), or, given no watch, by
+        `deadline` on the loop's clock (`DeadlinePassed` if nothing arrived by then)."""
         answer = self.answer
         if answer is None:
             raise TransportError("the backend answer was already read or closed")
         if watch is not None:
-            watch.arm(timeout)
+            if watch.scope is None:
+                deadline = watch.bound(timeout)
+            else:
+                watch.arm(timeout)
         try:
             if deadline == math.inf:
                 data = await self.stream.receive(READ_SIZE)
@@ -479,6 +511,10 @@ class _Connection:
                 data = await self.stream.receive(READ_SIZE, deadline)
         except anyio.EndOfStream:
             data = b""
+        except DeadlinePassed:
+            if watch is None:
+                raise
+            raise watch.expired(deadline) from None
         answer.receive(data)
 
     async def close(self) -> None:
@@ -593,7 +629,7 @@ class H11Transport:
         moment the call holds its permits)."""
         lease = await self._admit(request)
         try:
-            with _Watch(deadline_after(request.timeout.total)) as watch:
+            with lease.watch(request.timeout.total) as watch:
                 stream = await self._open(request, lease, watch)
                 body = await stream.read_all(watch)
         finally:
@@ -604,7 +640,7 @@ class H11Transport:
         """An answer whose headers have arrived; the body is read through the stream."""
         lease = await self._admit(request)
         try:
-            with _Watch(deadline_after(request.timeout.total)) as watch:
+            with lease.watch(request.timeout.total) as watch:
                 return await self._open(request, lease, watch)
         except BaseException:
             await lease.release(reuse=False)  # a no-op when opening gave it back
@@ -636,31 +672,25 @@ class H11Transport:
         pool = self._pools.get(key)
         if pool is None:
             pool = self._pools[key] = _HostPool()
+        # asyncio's own stream carries a plain `http` exchange made without a proxy.
+        on_loop = proxy is None and context is None and _on_asyncio()
         permit = await self._admission.acquire(target.key)
-        plan = _Plan(
-            target=target,
-            proxy=proxy,
-            head=head,
-            context=context,
-            close=close,
-        )
-        return _Lease(pool, permit, plan)
+        return _Lease(pool, permit, target, proxy, head, context, close, on_loop)
 
     async def _open(self, request: BackendRequest, lease: _Lease, watch: _Watch) -> H11Stream:
-        plan = lease.plan
         timeout = request.timeout
         try:
-            lease.connection = await self._checkout(lease.pool, plan, timeout.connect, watch)
+            lease.connection = await self._checkout(lease, timeout.connect, watch)
             connection = lease.connection
             watch.enter(_Phase.WRITE)
-            answer = _http1.Answer(request.method, close=plan.close)
-            if isinstance(connection.stream, LoopStream):
+            answer = _http1.Answer(request.method, close=lease.close)
+            if watch.scope is None:
                 first_byte = await _ask_on_loop(
-                    connection, watch, plan.head + request.body, timeout, answer
+                    connection, watch, lease.head + request.body, timeout, answer
                 )
             else:
                 watch.arm(timeout.read)
-                await connection.request(plan.head + request.body, answer)
+                await connection.request(lease.head + request.body, answer)
                 first_byte = deadline_after(timeout.first_byte)
                 watch.enter(_Phase.FIRST_BYTE, first_byte)
                 while not answer.has_head:
@@ -678,20 +708,22 @@ class H11Transport:
             max_answer_bytes=self._max_answer_bytes,
         )
 
-    async def _checkout(
-        self, pool: _HostPool, plan: _Plan, timeout: float | None, watch: _Watch
-    ) -> _Connection:
+    async def _checkout(self, lease: _Lease, timeout: float | None, watch: _Watch) -> _Connection:
         """An idle connection that is still sound, else a new one (within `timeout`)."""
-        while pool.idle:
-            connection = pool.idle.pop()
+        idle = lease.pool.idle
+        while idle:
+            connection = idle.pop()
             if not connection.readable():
                 return connection
             await connection.close()
         watch.enter(_Phase.CONNECT)
         watch.arm(timeout)
-        target, context, proxy = plan.target, plan.context, plan.proxy
-        if proxy is None and context is None and _on_asyncio():
-            return _Connection(await loop_connect(target.host, target.port))
+        target, context, proxy = lease.target, lease.context, lease.proxy
+        if lease.on_loop:
+            # The one wait of a loop-stream call not on a future of the loop's.
+            with anyio.CancelScope(deadline=watch.deadline):
+                return _Connection(await loop_connect(target.host, target.port))
+            raise watch.expired(watch.deadline)  # the scope fired
         if proxy is None:
             if context is not None:
                 stream: anyio.abc.ByteStream = await anyio.connect_tcp(
@@ -717,40 +749,32 @@ async def _ask_on_loop(
     the same limits as on other streams (the write within the read limit, the head within
     the first-byte limit, both within the call's total); returns the first-byte deadline.
 
-    The limits are timers of the loop's on the futures waited on, not moves of the
-    watch's scope: each move of a cancel scope's deadline reschedules its timer, and the
-    two of them cost more CPU than the write and the parse together.  The watch still
-    names the phase, so any other failure is translated as before.
+    The limits are timers of the loop's on the futures waited on (`_Watch.bound`), not
+    moves of a cancel scope's deadline: each move reschedules the scope's timer, and
+    the two of them cost more CPU than the write and the parse together.
     """
     stream = connection.stream
     assert isinstance(stream, LoopStream)
-    loop = asyncio.get_running_loop()
-    write_by = watch.total
-    if timeout.read is not None:
-        write_by = min(write_by, loop.time() + timeout.read)
+    write_by = watch.bound(timeout.read)
     connection.answer = answer
     try:
         await stream.send(data, write_by)
     except DeadlinePassed:
-        raise _timeout_of(_Phase.TOTAL if watch.total <= write_by else _Phase.WRITE) from None
-    first_byte = math.inf if timeout.first_byte is None else loop.time() + timeout.first_byte
-    watch.note(_Phase.FIRST_BYTE, first_byte)
-    head_by = min(watch.total, first_byte)
-    try:
-        while not answer.has_head:
-            await connection.receive(deadline=head_by)
-    except DeadlinePassed:
-        raise _timeout_of(_Phase.TOTAL if watch.total <= head_by else _Phase.FIRST_BYTE) from None
+        raise watch.expired(write_by) from None
+    first_byte = (
+        math.inf
+        if timeout.first_byte is None
+        else asyncio.get_running_loop().time() + timeout.first_byte
+    )
+    watch.enter(_Phase.FIRST_BYTE, first_byte)
+    while not answer.has_head:
+        await connection.receive(watch)
     return first_byte
 
 
 def _on_asyncio() -> bool:
     """Whether the call runs on asyncio (whose own transports `_loop_stream` uses)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False  # trio
-    return True
+    return asyncio._get_running_loop() is not None  # None: trio
 
 
 async def _tunnel(
@@ -791,26 +815,52 @@ async def _tunnel(
         raise
 
 
-@attrs.frozen(kw_only=True)
-class _Plan:
-    """Where and what to send, worked out before any IO."""
-
-    target: _Target
-    proxy: _Proxy | None
-    head: bytes
-    context: ssl.SSLContext | None
-    close: bool  # the caller's headers ask to close the connection after this exchange
-
-
 class _Lease:
-    """A call's permits and pool, and its connection once there is one; released once."""
+    """A call's permits and pool, where and what it sends (worked out before any IO),
+    and its connection once there is one; released once."""
 
-    def __init__(self, pool: _HostPool, permit: Permit, plan: _Plan) -> None:
+    __slots__ = (
+        "_permit",
+        "_released",
+        "close",
+        "connection",
+        "context",
+        "head",
+        "on_loop",
+        "pool",
+        "proxy",
+        "target",
+    )
+
+    def __init__(
+        self,
+        pool: _HostPool,
+        permit: Permit,
+        target: _Target,
+        proxy: _Proxy | None,
+        head: bytes,
+        context: ssl.SSLContext | None,
+        close: bool,
+        on_loop: bool,
+    ) -> None:
         self.pool = pool
-        self.plan = plan
         self._permit = permit
+        self.target = target
+        self.proxy = proxy
+        self.head = head
+        self.context = context
+        self.close = close  # the caller's headers ask to close the connection after this
+        self.on_loop = on_loop  # the exchange runs on asyncio's own stream (`_loop_stream`)
         self._released = False
         self.connection: _Connection | None = None
+
+    def watch(self, total: float | None) -> _Watch:
+        """The call's watch, `total` seconds from now at most (None: no limit)."""
+        if not self.on_loop:
+            return _Watch(deadline_after(total))
+        if total is not None:
+            total += asyncio.get_running_loop().time()
+        return _Watch(math.inf if total is None else total, loop=True)
 
     async def release(self, *, reuse: bool) -> None:
         """Give the permits back; keep the connection only if asked and its answer
@@ -877,7 +927,9 @@ class H11Stream:
         `max_answer_bytes` (the connection is then closed)."""
         try:
             self._check_deadlines(math.inf)
-            with _Watch(self._deadline) as watch:
+            connection = self._lease.connection
+            on_loop = connection is not None and isinstance(connection.stream, LoopStream)
+            with _Watch(self._deadline, loop=on_loop) as watch:
                 return await self.read_all(watch)
         except BaseException:
             await self._lease.release(reuse=False)
