@@ -9,6 +9,8 @@ behaviour built on it is in `test_transport_h11` and `test_transport_conformance
 from __future__ import annotations
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from transports._http1 import (
     MAX_HEAD_BYTES,
@@ -235,3 +237,38 @@ def test_a_tunnel_answer_ends_with_its_head_and_never_carries_a_request() -> Non
     answer = _fed(b"HTTP/1.1 200 Connection established\r\n\r\n", method="CONNECT")
     assert answer.ended and not answer.body and not answer.overrun
     assert not answer.reusable
+
+
+_TOKEN_CHARS = "-!#$%&'*+.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_NEAR_MISSES = 'aZ9-!~:; \t\r\n\x00\x7f\u00e9"'
+
+
+def _is_token(text: str) -> bool:
+    return bool(text) and all(c in _TOKEN_CHARS for c in text)
+
+
+def _is_field_value(text: str) -> bool:
+    visible = all("\x21" <= c <= "\x7e" or c in " \t" for c in text)
+    return visible and text == text.strip(" \t")
+
+
+@given(
+    name=st.text(alphabet=_NEAR_MISSES, max_size=5),
+    value=st.text(alphabet=_NEAR_MISSES, max_size=7),
+)
+@example(name="x: y", value="z")
+@example(name="x", value="y\r\nz: w")
+@settings(max_examples=500)
+def test_a_header_is_sent_exactly_when_its_name_is_a_token_and_its_value_a_field_value(
+    name: str, value: str
+) -> None:
+    """A colon or space in a name, or a line break in a value, never passes: no header
+    can forge another line of the head."""
+    valid = _is_token(name) and _is_field_value(value) and name.lower() != "host"
+    try:
+        head = request_head("GET", "/", [("Host", "h"), (name, value)])
+    except LocalProtocolError:
+        assert not valid
+    else:
+        assert valid
+        assert head.endswith(f"{name}: {value}\r\n\r\n".encode())
