@@ -23,9 +23,11 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from bench.canned import CHAT_SSE
 from core import (
     AdaptorReturned,
     Catalog,
@@ -84,6 +86,8 @@ ANSWER = json.dumps(
     }
 ).encode()
 ALICE = Identity(username="alice@example.org")
+STREAM_BODY = json.dumps({**json.loads(BODY), "stream": True}).encode()
+STREAM = CHAT_SSE.encode()
 
 
 def _fixtures(folder: Path, *, key_env: str = KEY_ENV, **endpoint_fields: Any) -> Path:
@@ -140,16 +144,33 @@ def _core(catalog: Catalog, count: int) -> None:
         machine.receive(AdaptorReturned(result=ANSWER.decode()))
 
 
+class _CannedStream:
+    """The canned stream (`bench.canned`'s: role, five words, stop, usage, `[DONE]`) as
+    the bench's nginx sends it: the whole body in one piece."""
+
+    status = 200
+    headers = (("content-type", "text/event-stream"),)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        yield STREAM
+
+    async def aread(self) -> bytes:
+        return STREAM
+
+    async def aclose(self) -> None:
+        pass
+
+
 class _Canned:
-    """A transport that answers every call at once with the canned answer."""
+    """A transport that answers every call at once with the canned answer (or stream)."""
 
     async def send(self, request: BackendRequest) -> BackendResponse:
         return BackendResponse(
             status=200, headers=(("content-type", "application/json"),), body=ANSWER
         )
 
-    async def open_stream(self, request: BackendRequest) -> Any:
-        raise NotImplementedError
+    async def open_stream(self, request: BackendRequest) -> _CannedStream:
+        return _CannedStream()
 
     async def aclose(self) -> None:
         pass

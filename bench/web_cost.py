@@ -11,6 +11,12 @@ network.
   answers at once (`bench.core_cost`'s canned answer);
 * **embedded**: that gateway's `handle()` alone, fed the request the app would build.
 
+With `--stream`, each side also serves the chat as a stream (`-sse`): the floor its
+canned SSE, the app the canned backend stream (`bench.canned`'s: five words, a usage
+chunk, `[DONE]`, in one piece, as the bench's nginx sends it), the gateway with stream
+usage on as `serve` has it, so **app-sse - app** is what a stream costs beyond a JSON
+answer, against the framework's own **floor-sse - floor**.
+
 Each request is one ASGI call with a scripted `receive` (the whole body in one message,
 then nothing until the app is done) and a `send` that keeps nothing; the access log is
 on, set up as `serve` sets it up (its lines thrown away).  Figures are CPU microseconds
@@ -18,7 +24,7 @@ per request (`time.process_time`) over rounds that alternate the sides, so whate
 the machine does hits each alike: the least round (what the machine's other work
 inflated least) and the median.
 
-    python -m bench.web_cost [--requests 1000] [--rounds 15] [--loop asyncio|uvloop]
+    python -m bench.web_cost [--requests 1000] [--rounds 15] [--loop asyncio|uvloop] [--stream]
 
 Compare figures only with a run of the other version on the same machine, side by side
 (`PYTHONPATH=<other checkout> python <this file>` runs this bench against it).
@@ -34,12 +40,14 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.core_cost import ALICE, ANSWER, BODY, KEY_ENV, _Canned, _fixtures
+import attrs
+
+from bench.core_cost import ALICE, ANSWER, BODY, KEY_ENV, STREAM_BODY, _Canned, _fixtures
 from bench.floor import make_app as floor_app
 from core import OpenAIRoute
 from frontends.batches import Batches
@@ -54,11 +62,10 @@ HEADERS = [
     (b"host", b"127.0.0.1:8000"),
     (b"authorization", b"Bearer k"),
     (b"content-type", b"application/json"),
-    (b"content-length", str(len(BODY)).encode()),
 ]
 
 
-def _scope() -> dict[str, Any]:
+def _scope(body: bytes) -> dict[str, Any]:
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
@@ -69,14 +76,16 @@ def _scope() -> dict[str, Any]:
         "raw_path": b"/v1/chat/completions",
         "query_string": b"",
         "root_path": "",
-        "headers": list(HEADERS),
+        "headers": [*HEADERS, (b"content-length", str(len(body)).encode())],
         "client": ("127.0.0.1", 40000),
         "server": ("127.0.0.1", 8000),
         "extensions": {},
     }
 
 
-async def _call(app: Callable[..., Awaitable[None]], loop: asyncio.AbstractEventLoop) -> int:
+async def _call(
+    app: Callable[..., Awaitable[None]], loop: asyncio.AbstractEventLoop, body: bytes = BODY
+) -> int:
     """One request through `app`; its status."""
     first = True
     done = loop.create_future()
@@ -86,7 +95,7 @@ async def _call(app: Callable[..., Awaitable[None]], loop: asyncio.AbstractEvent
         nonlocal first
         if first:
             first = False
-            return {"type": "http.request", "body": BODY, "more_body": False}
+            return {"type": "http.request", "body": body, "more_body": False}
         await done  # nothing more until the app has answered (then it is cancelled)
         return {"type": "http.disconnect"}
 
@@ -97,7 +106,7 @@ async def _call(app: Callable[..., Awaitable[None]], loop: asyncio.AbstractEvent
         elif not message.get("more_body", False) and not done.done():
             done.set_result(None)
 
-    await app(_scope(), receive, send)
+    await app(_scope(body), receive, send)
     return status
 
 
@@ -119,21 +128,36 @@ def _gateway(folder: Path) -> tuple[Gateway, MetricsSink]:
         environ={KEY_ENV: "sk-bench"},
         log_sink=metrics,
         stream_observer=metrics,
+        stream_usage=True,  # as `serve` has it
     )
     return gateway, metrics
 
 
-def _chat() -> GatewayRequest:
+def _chat(body: bytes = BODY) -> GatewayRequest:
     return GatewayRequest(
         route=OpenAIRoute.CHAT_COMPLETIONS,
-        body=BODY,
+        body=body,
         content_type="application/json",
         authorization="Bearer k",
         client="127.0.0.1",
     )
 
 
-async def _measure(requests: int, rounds: int) -> dict[str, list[float]]:
+class _Replayed:
+    """A canned stream answer's body, served afresh each time it is iterated."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._chunks = chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self._chunks:
+            yield chunk
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def _measure(requests: int, rounds: int, stream: bool) -> dict[str, list[float]]:
     from frontends.web import create_app
 
     loop = asyncio.get_running_loop()
@@ -148,9 +172,13 @@ async def _measure(requests: int, rounds: int) -> dict[str, list[float]]:
         )
         canned_gateway, canned_metrics = _gateway(folder)
         canned = await canned_gateway.handle(_chat())
+        streamed = await canned_gateway.handle(_chat(STREAM_BODY))
+        assert streamed.stream is not None
+        relayed = [chunk async for chunk in streamed.stream]
+        canned_stream = attrs.evolve(streamed, stream=_Replayed(relayed))
 
         async def at_once(request: GatewayRequest) -> GatewayResponse:
-            return canned
+            return canned_stream if request.body == STREAM_BODY else canned
 
         canned_gateway.handle = at_once  # type: ignore[method-assign]
         web = create_app(
@@ -162,12 +190,19 @@ async def _measure(requests: int, rounds: int) -> dict[str, list[float]]:
         for served in (app, web, floor):
             await served.startup()
 
-        async def through(served: Any) -> None:
-            assert await _call(served, loop) == 200
+        async def through(served: Any, body: bytes = BODY) -> None:
+            assert await _call(served, loop, body) == 200
 
         async def embedded() -> None:
             answer = await gateway.handle(_chat())
             assert answer.status == 200 and answer.body == ANSWER
+
+        async def embedded_stream() -> None:
+            answer = await gateway.handle(_chat(STREAM_BODY))
+            assert answer.stream is not None
+            async for chunk in answer.stream:
+                assert chunk
+            await answer.stream.aclose()
 
         sides: dict[str, Callable[[], Awaitable[None]]] = {
             "floor": partial(through, floor),
@@ -175,6 +210,13 @@ async def _measure(requests: int, rounds: int) -> dict[str, list[float]]:
             "app": partial(through, app),
             "embedded": embedded,
         }
+        if stream:
+            sides |= {
+                "floor-sse": partial(through, floor, STREAM_BODY),
+                "web-sse": partial(through, web, STREAM_BODY),
+                "app-sse": partial(through, app, STREAM_BODY),
+                "embedded-sse": embedded_stream,
+            }
         samples: dict[str, list[float]] = {name: [] for name in sides}
         try:
             for run in sides.values():
@@ -194,6 +236,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop")
+    parser.add_argument("--stream", action="store_true", help="streamed chats too (-sse)")
     args = parser.parse_args()
     os.environ[KEY_ENV] = "sk-bench"
     # The access log as `serve` sets it up, its lines thrown away.
@@ -209,7 +252,7 @@ def main() -> None:
     samples: dict[str, list[float]] = {}
 
     async def run() -> None:
-        samples.update(await _measure(args.requests, args.rounds))
+        samples.update(await _measure(args.requests, args.rounds, args.stream))
 
     run_asyncio(run, uvloop=args.loop == "uvloop" and uvloop_installed())
     least = {name: min(values) for name, values in samples.items()}
@@ -218,7 +261,16 @@ def main() -> None:
     print(f"{'side':<16}{'least':>10}{'median':>10}")
     for name in samples:
         print(f"{name:<16}{least[name]:>10.1f}{median[name]:>10.1f}")
-    for a, b in (("web", "floor"), ("app", "embedded")):
+    pairs = [("web", "floor"), ("app", "embedded")]
+    if args.stream:
+        pairs += [
+            ("web-sse", "floor-sse"),
+            ("app-sse", "embedded-sse"),
+            ("floor-sse", "floor"),
+            ("app-sse", "app"),
+            ("embedded-sse", "embedded"),
+        ]
+    for a, b in pairs:
         print(f"{a + ' - ' + b:<16}{least[a] - least[b]:>10.1f}{median[a] - median[b]:>10.1f}")
 
 
