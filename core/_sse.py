@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 
 import attrs
 
@@ -39,6 +40,10 @@ _BRACKET = re.compile(r"[\[\]{}]")
 
 # A blank line ends an event: two line ends in a row, CRLF read as one line end.
 _EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
+# CR and LF as the ints `in` takes for one byte of a `bytes`: a one-byte `bytes` needle
+# is first tried as an int, and the TypeError that makes (formatted, then dropped) costs
+# several times the search, at every event.
+_CR, _LF = ord("\r"), ord("\n")
 
 
 def nesting_depth(text: str) -> int:
@@ -98,14 +103,17 @@ class SSEDecoder:
 def _lone_data(event: bytes) -> str | None:
     """The data of an event that is one `data:` line and its blank line (LF-ended, no
     CR anywhere), else None (the decoder reads everything else)."""
-    if event.startswith(b"data:") and event.endswith(b"\n\n") and b"\r" not in event:
+    if event.startswith(b"data:") and event.endswith(b"\n\n") and _CR not in event:
         value = event[5:-2]
-        if b"\n" not in value:
+        if _LF not in value:
             return value.removeprefix(b" ").decode("utf-8", "replace")
     return None
 
 
-_DECODE = json.JSONDecoder().raw_decode
+# The decoder's scanner itself (what `raw_decode` calls): it raises StopIteration where
+# no value starts, and a ValueError for a value that is not JSON.
+# (Set in the decoder's `__init__`, so the type stubs do not list it.)
+_SCAN: Callable[[str, int], tuple[object, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 def _json(text: str) -> object:
@@ -113,8 +121,8 @@ def _json(text: str) -> object:
     its first character, followed by nothing but JSON whitespace; anything else is
     left to `json.loads` itself, so what fails and how is the same."""
     try:
-        value, end = _DECODE(text)
-    except ValueError:
+        value, end = _SCAN(text, 0)
+    except (StopIteration, ValueError):
         return json.loads(text)
     if end != len(text) and text[end:].strip(" \t\n\r"):
         return json.loads(text)
@@ -232,7 +240,7 @@ class SSEFramer:
     def feed(self, chunk: bytes) -> list[bytes]:
         data = self._tail + chunk
         events: list[bytes] = []
-        if b"\r" not in data:
+        if _CR not in data:
             # Only LFs: an event ends at each LF LF, found by `bytes.find` (the rule below,
             # for the usual stream, without the regular expression).
             start = 0
