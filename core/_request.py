@@ -140,6 +140,20 @@ TERMINAL = frozenset({S.DONE, S.CANCELLED})
 _STREAM_USAGE_ROUTES = frozenset({OpenAIRoute.CHAT_COMPLETIONS, OpenAIRoute.COMPLETIONS})
 
 
+# What a body without `stream_options` gets written in after its opening brace (a chat or
+# completions stream's body always holds `stream`, so a member follows the comma).
+_ASK_USAGE = b'"stream_options":{"include_usage":true},'
+
+
+def _usage_asked(body: bytes) -> bytes:
+    """`body` (a JSON object with no `stream_options`) with usage asked for.  Written in,
+    not re-encoded: the client's bytes go on as they came, and a long prompt is not
+    encoded again for one small member (a JSON object's first `{` is its own: only
+    whitespace, or a byte-order mark, may come before it)."""
+    at = body.index(b"{") + 1
+    return body[:at] + _ASK_USAGE + body[at:]
+
+
 def _usage_options(body: Mapping[str, Any]) -> dict[str, Any] | None:
     """The `stream_options` to send so the backend reports usage, or None when the client
     asked for it already (or sent something the gateway should not touch)."""
@@ -315,12 +329,16 @@ class RequestMachine(Kernel[State, RequestEffect]):
         if valid.model != endpoint.model:
             changes["model"] = endpoint.model
         options = _usage_options(valid.body) if self._asks_usage(valid) else None
+        added = options is not None and "stream_options" not in valid.body
         if options is not None:
-            changes["stream_options"] = options
             self._strip_usage = True
+            if not added:
+                changes["stream_options"] = options
         if changes:
             # ASCII escapes, so text the client escaped (lone surrogates too) stays valid.
             body = json.dumps({**valid.body, **changes}).encode()
+        if added:
+            body = _usage_asked(body)
         return CallAdaptor(
             endpoint_slug=endpoint.endpoint_slug,
             route=request.route,
@@ -493,7 +511,7 @@ class RequestMachine(Kernel[State, RequestEffect]):
         self._prompt_estimate = estimate_prompt_tokens(self._sent)
         self._request = attrs.evolve(request, body=b"")
         self._sent = {}
-        self._valid = attrs.evolve(self._current_valid(), body={})
+        self._valid = None  # read only to plan a call, and a stream's is never made again
         self._call = None
 
     def _on_chunk(self, event: ChunkReceived) -> Outcome:
@@ -536,7 +554,8 @@ class RequestMachine(Kernel[State, RequestEffect]):
         an event (`data: [DONE]` without its blank line), dropped when it is a fragment no
         client could parse (a stream cut mid-event: the error event says so instead)."""
         rest = self._framer.flush()
-        self._monitor.feed(rest)
+        if rest:
+            self._monitor.feed(rest)
         self._monitor.finish()
         if self._monitor.invalid is not None:
             return b""

@@ -147,6 +147,46 @@ def test_other_stream_options_are_kept() -> None:
     }
 
 
+def raw_call(raw: bytes) -> CallAdaptor:
+    machine = RequestMachine(CATALOG, stream_usage=True)
+    machine.receive(
+        RequestReceived(
+            request_id="r", route=OpenAIRoute.CHAT_COMPLETIONS, body=raw, authorization="Bearer k"
+        )
+    )
+    (call,) = machine.receive(IdentityResolved(identity=ADA))
+    assert isinstance(call, CallAdaptor)
+    return call
+
+
+def test_usage_is_asked_for_within_the_clients_own_bytes() -> None:
+    """The member is written in after the body's opening brace: every byte the client
+    sent goes on as it came (a byte-order mark, spacing, text that is not ASCII)."""
+    message = '{"role": "user", "content": "Grüße"}'
+    raw = f'\ufeff\n {{"model": "m",  "stream": true, "messages": [{message}]}}'
+    call = raw_call(raw.encode())
+    head, brace, rest = raw.partition("{")
+    asked = '"stream_options":{"include_usage":true},'
+    assert call.body == (head + brace + asked + rest).encode()
+    assert json.loads(call.body) == {
+        **json.loads(raw.encode()),
+        "stream_options": {"include_usage": True},
+    }
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [{"stream_options": None}, {"model": "M"}, {"model": "M", "stream_options": None}],
+    ids=["null-options", "model-renamed", "both"],
+)
+def test_usage_is_asked_for_in_a_body_the_gateway_re_encodes(changed: dict[str, Any]) -> None:
+    """A `stream_options` of null is replaced, and a body whose model name is changed is
+    re-encoded; usage is asked for in each, once."""
+    call = raw_call(json.dumps({**CHAT, **changed}).encode())
+    assert call.body.count(b'"stream_options"') == 1
+    assert json.loads(call.body) == {**CHAT, "stream_options": {"include_usage": True}}
+
+
 def test_non_streams_and_embeddings_are_sent_as_the_client_wrote_them() -> None:
     whole = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
     _, call = call_for(whole)
