@@ -601,6 +601,11 @@ class Gateway:
         return StreamOpened(headers=headers, task_id=_text_or_none(answer.task_id)), upstream
 
 
+# What a wait for the next chunk that the drain cut short feeds the machine: an event has
+# no fields to differ in, so one serves every chunk (made anew, it cost each chunk).
+_STOPPING = GatewayStopping()
+
+
 class StreamObserver(Protocol):
     """Told when a stream to a client opens and when it closes (once each); never blocks
     or raises (the metrics' open-streams gauge is one)."""
@@ -648,7 +653,7 @@ class StreamRelay:
             if self._machine.finished:
                 await self.aclose()
                 raise StopAsyncIteration
-            event: Event = GatewayStopping()  # unless a chunk comes before the drain's cut
+            event: Event = _STOPPING  # unless a chunk comes before the drain's cut
             try:
                 with self._gateway.drain.cuttable():
                     chunk = await anext(self._chunks)
