@@ -6,6 +6,8 @@ import logging
 from collections.abc import AsyncGenerator
 
 from quart import Quart, Response, current_app, request
+from quart.sessions import NullSession, SessionInterface
+from quart.wrappers import BaseRequestWebsocket
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from core import (
@@ -83,6 +85,8 @@ def create_app(
     """
     # No static route: Quart would serve any file under ./static of the working directory.
     app = app_class("inference_gateway", static_folder=None)
+    # Quart types the attribute as its default class, not as the base it documents.
+    app.session_interface = _NoSessions()  # type: ignore[assignment]
     app.config.update(
         RESPONSE_TIMEOUT=None,  # streams last as long as the model keeps talking
         MAX_CONTENT_LENGTH=max_body_bytes,
@@ -142,6 +146,19 @@ def create_app(
         await gateway.aclose()
 
     return app
+
+
+class _NoSessions(SessionInterface):
+    """No sessions: every client authenticates each request with its key, and nothing
+    reads or writes `quart.session`.  Quart's default interface would still look for a
+    signing key and build a fresh empty (null) session for every request; this one hands
+    every request the same null session, made once.  It is as unusable as Quart's own
+    (writing to it raises), so sharing it shares nothing, and Quart never saves it."""
+
+    _null = NullSession()
+
+    async def open_session(self, app: Quart, request: BaseRequestWebsocket) -> NullSession:
+        return self._null
 
 
 def _allow_uploads(app: Quart, max_body_bytes: int, max_upload_bytes: int) -> None:
