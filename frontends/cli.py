@@ -389,6 +389,7 @@ def _serve(settings: Settings, *, loop: str = "asyncio", listen_fd: int | None =
         "max_header_bytes": settings.max_header_bytes,
         "replicas": replicas,
         "status_window": settings.status_window_seconds,
+        "freeze_startup_heap": True,
     }
     try:
         if loop == "trio":
