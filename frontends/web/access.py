@@ -202,21 +202,40 @@ def access_line(
 
     Written by hand rather than by `json.dumps` of a dict (a third of the cost, and it is
     paid on every request); the strings go through json's own encoder, so the line is
-    the same JSON `json.dumps` would write.
+    the same JSON `json.dumps` would write.  A request with no OpenAI call (no `entry`)
+    ends in one constant text, and one without counts in another: those nulls are not
+    written out field by field on every line.
     """
-    usage = entry.usage if entry is not None else None
-    return (
-        f'{{"time": "{_utc_iso(received)}", "request_id": {_text(request_id)}, '
-        f'"method": {_text(method)}, "path": {_text(path)}, '
-        f'"status": {_number(status)}, "duration_ms": {round(seconds * 1000, 1)!r}, '
-        f'"user": {_text(entry.username if entry else None)}, '
-        f'"model": {_text(entry.model if entry else None)}, '
-        f'"prompt_tokens": {_number(usage.prompt_tokens if usage else None)}, '
-        f'"completion_tokens": {_number(usage.completion_tokens if usage else None)}, '
-        f'"total_tokens": {_number(usage.total_tokens if usage else None)}, '
-        f'"tokens_estimated": {_flag(entry.estimated if entry else None)}, '
-        f'"error_code": {_text(entry.error_code if entry else None)}}}'
+    head = (
+        f'{{"time": "{_utc_iso(received)}", "request_id": {encode_basestring_ascii(request_id)}, '
+        f'"method": {"null" if method is None else encode_basestring_ascii(method)}, '
+        f'"path": {"null" if path is None else encode_basestring_ascii(path)}, '
+        f'"status": {"null" if status is None else int(status)}, '
+        f'"duration_ms": {round(seconds * 1000, 1)!r}, '
     )
+    if entry is None:
+        return head + _NO_ENTRY
+    usage = entry.usage
+    tokens = (
+        _NO_TOKENS
+        if usage is None
+        else (
+            f'"prompt_tokens": {_number(usage.prompt_tokens)}, '
+            f'"completion_tokens": {_number(usage.completion_tokens)}, '
+            f'"total_tokens": {_number(usage.total_tokens)}, '
+        )
+    )
+    return (
+        f'{head}"user": {_text(entry.username)}, "model": {_text(entry.model)}, {tokens}'
+        f'"tokens_estimated": {"true" if entry.estimated else "false"}, '
+        f'"error_code": {_text(entry.error_code)}}}'
+    )
+
+
+_NO_TOKENS = '"prompt_tokens": null, "completion_tokens": null, "total_tokens": null, '
+_NO_ENTRY = (
+    f'"user": null, "model": null, {_NO_TOKENS}"tokens_estimated": null, "error_code": null}}'
+)
 
 
 def _text(value: str | None) -> str:
@@ -225,10 +244,6 @@ def _text(value: str | None) -> str:
 
 def _number(value: int | None) -> str:
     return "null" if value is None else str(int(value))
-
-
-def _flag(value: bool | None) -> str:
-    return "null" if value is None else ("true" if value else "false")
 
 
 _last_second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
