@@ -313,6 +313,7 @@ def _serve(settings: Settings, *, loop: str = "asyncio", listen_fd: int | None =
     from frontends.usage import Operators
     from frontends.web.limits import hypercorn_limits
 
+    # No thread or process in this format: `_access_log_to_stderr` leaves them off records.
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     _access_log_to_stderr()
     if settings.uvloop and loop == "asyncio":
@@ -464,7 +465,14 @@ def _batch_parts(settings: Settings, gateway: Gateway, store: Store) -> dict[str
 
 
 def _access_log_to_stderr() -> None:
-    """The access log as bare JSON lines on stderr (one per request), not prefixed."""
+    """The access log as bare JSON lines on stderr (one per request), not prefixed.
+
+    No record of the process is given its thread, thread name, process or process name
+    (the logging docs' own optimisation): each is looked up anew for every record, and
+    the access log makes one per request, yet no format `serve` installs shows them
+    (this handler's and `_serve`'s `basicConfig`'s; a format that wants them must undo
+    this)."""
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     access = logging.getLogger("inference_gateway.access")
     if not access.handlers:
         handler = logging.StreamHandler(sys.stderr)
