@@ -476,10 +476,22 @@ def _access_log_to_stderr() -> None:
     access = logging.getLogger("inference_gateway.access")
     if not access.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(_MessageOnly("%(message)s"))
         access.addHandler(handler)
         access.setLevel(logging.INFO)
         access.propagate = False
+
+
+class _MessageOnly(logging.Formatter):
+    """`%(message)s`: the record's message as it is, without the general formatter's
+    steps (the time check, the style's substitution, the exception and stack checks)
+    on every access line; a record that carries an exception or a stack still gets
+    them."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info or record.exc_text or record.stack_info:
+            return super().format(record)
+        return record.getMessage()
 
 
 def _serve_asyncio(

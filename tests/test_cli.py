@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -14,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from frontends.cli import command_name
+from frontends.cli import _MessageOnly, command_name
 from frontends.identity import ensure_tokens_file, local_username
 from tests.support.gateway_server import REPO_FIXTURES, write_fixtures
 
@@ -298,3 +299,25 @@ def test_serve_keeps_batches_and_the_request_log_on_one_engine(tmp_path: Path) -
         assert parts["batch_runner"]._store is parts["batches"].store
     finally:
         request_log.store.close()
+
+
+def test_the_access_logs_formatter_writes_what_the_plain_message_format_writes() -> None:
+    plain, lean = logging.Formatter("%(message)s"), _MessageOnly("%(message)s")
+
+    def record(**given: object) -> logging.LogRecord:
+        made = logging.LogRecord("inference_gateway.access", logging.INFO, "", 0, "", (), None)
+        made.__dict__.update(given)
+        return made
+
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        failure = sys.exc_info()
+    for given in (
+        {"msg": '{"request_id": "r1", "path": "/v1/%s"}'},
+        {"msg": "%s of %d", "args": ("one", 2)},
+        {"msg": "failed", "exc_info": failure},
+        {"msg": "relayed", "exc_text": "Traceback (most recent call last): ..."},
+        {"msg": "where", "stack_info": "Stack (most recent call last): ..."},
+    ):
+        assert lean.format(record(**given)) == plain.format(record(**given))
