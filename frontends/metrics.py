@@ -87,6 +87,8 @@ PREFIX = "inference_gateway"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 NO_MODEL = "-"
+# A request's series: requests, duration, upstream, prompt and completion tokens.
+_Series = tuple[Any, Any, Any, Any, Any]
 _LIMITS = frozenset(limit.value for limit in Limit)
 
 
@@ -265,6 +267,7 @@ class MetricsSink:
         own = None if self._dir is not None else CollectorRegistry(auto_describe=True)
         labels = ("route", "model")
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        self._series: dict[tuple[str, str, int, bool, bool, bool], _Series] = {}
         self._requests = Counter(
             f"{PREFIX}_requests",
             "Finished OpenAI requests, by route, model and HTTP status.",
@@ -358,24 +361,59 @@ class MetricsSink:
     def _count(self, entry: LogEntry, timing: Timing) -> None:
         model = entry.model or NO_MODEL
         route = entry.route
-        child = self._child
-        child(self._requests, route, model, str(entry.status)).inc()
-        child(self._duration, route, model).observe(max(0.0, timing.duration))
-        if timing.upstream_seconds is not None:
-            child(self._upstream, route, model).observe(max(0.0, timing.upstream_seconds))
+        usage = entry.usage
+        upstream_seconds = timing.upstream_seconds
+        prompt_tokens = usage.prompt_tokens if usage is not None else 0
+        completion_tokens = usage.completion_tokens if usage is not None else 0
+        shape = (
+            route,
+            model,
+            entry.status,
+            upstream_seconds is not None,
+            bool(prompt_tokens),
+            bool(completion_tokens),
+        )
+        series = self._series.get(shape)
+        if series is None:
+            series = self._series[shape] = self._series_of(*shape)
+        requests, duration, upstream, prompt, completion = series
+        requests.inc()
+        duration.observe(max(0.0, timing.duration))
+        if upstream is not None and upstream_seconds is not None:
+            upstream.observe(max(0.0, upstream_seconds))
+        if prompt is not None:
+            prompt.inc(prompt_tokens)
+        if completion is not None:
+            completion.inc(completion_tokens)
         ttft = timing.time_to_first_byte
         # A stream's first chunk reached the client: it finished, or the client left
         # after it.  (An error answered before any stream opened is not a first token.)
         if entry.stream and ttft is not None and (entry.status == 200 or entry.cancelled):
-            child(self._ttft, route, model).observe(max(0.0, ttft))
-        usage = entry.usage
-        if usage is not None:
-            if usage.prompt_tokens:
-                child(self._tokens, model, "prompt").inc(usage.prompt_tokens)
-            if usage.completion_tokens:
-                child(self._tokens, model, "completion").inc(usage.completion_tokens)
+            self._child(self._ttft, route, model).observe(max(0.0, ttft))
         if entry.error_code == "rate_limit_exceeded" and entry.detail in _LIMITS:
-            child(self._rejections, entry.detail).inc()
+            self._child(self._rejections, entry.detail).inc()
+
+    def _series_of(
+        self,
+        route: str,
+        model: str,
+        status: int,
+        upstream: bool,
+        prompt: bool,
+        completion: bool,
+    ) -> _Series:
+        """The series one shape of request counts in (requests, duration, upstream,
+        prompt and completion tokens; None for those it does not count in), found once
+        per shape: looking each up per request (a key, a call and a dict read each) cost
+        a third of the sink's work."""
+        child = self._child
+        return (
+            child(self._requests, route, model, str(status)),
+            child(self._duration, route, model),
+            child(self._upstream, route, model) if upstream else None,
+            child(self._tokens, model, "prompt") if prompt else None,
+            child(self._tokens, model, "completion") if completion else None,
+        )
 
     def _child(self, metric: Any, *values: str) -> Any:
         """`metric.labels(*values)`, looked up once: `labels()` checks and looks its
