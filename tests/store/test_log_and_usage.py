@@ -226,6 +226,22 @@ def test_records_refuse_what_the_log_cannot_keep() -> None:
         record(1).status = 500  # type: ignore[misc]
 
 
+def test_records_cap_and_accept_on_construction() -> None:
+    """The record's checks run in one pass after construction: texts are still capped
+    there, and any aware time (not only UTC) is accepted; a UTC-less naive one is not."""
+    plus_two = timezone(timedelta(hours=2))
+    made = record(1, done_at=datetime(2026, 11, 1, tzinfo=plus_two), prompt="a\x00b")
+    assert made.done_at is not None and made.done_at.utcoffset() == timedelta(hours=2)
+    assert made.prompt == "a\ufffdb"
+    assert made.detail is None and made.response is None
+    assert record(1, detail="x" * 5000).detail == "x" * 1024
+    with pytest.raises(ValueError, match="first_byte_at must be timezone-aware"):
+        record(1, first_byte_at=datetime(2026, 11, 1))
+    with pytest.raises(ValueError, match="prompt_tokens must be a count"):
+        record(1, prompt_tokens=-1)
+    assert attrs.evolve(made, response="r\x00").response == "r\ufffd"
+
+
 def test_captures_are_capped() -> None:
     assert capture(b"\xffabc\x00def", 6) == "\ufffdabc\ufffdd"
     assert capture("x" * 100, 10) == "x" * 10
