@@ -207,10 +207,8 @@ def access_line(
     written out field by field on every line.
     """
     head = (
-        f'{{"time": "{_utc_iso(received)}", "request_id": {encode_basestring_ascii(request_id)}, '
-        f'"method": {"null" if method is None else encode_basestring_ascii(method)}, '
-        f'"path": {"null" if path is None else encode_basestring_ascii(path)}, '
-        f'"status": {"null" if status is None else int(status)}, '
+        f'{{"time": "{_utc_iso(received)}", "request_id": {_text(request_id)}, '
+        f'"method": {_text(method)}, "path": {_text(path)}, "status": {_number(status)}, '
         f'"duration_ms": {round(seconds * 1000, 1)!r}, '
     )
     if entry is None:
