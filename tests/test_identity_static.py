@@ -84,6 +84,39 @@ async def test_revocation_takes_effect_without_a_restart(tmp_path: Path) -> None
     assert await keys.resolve(kept) is not None
 
 
+@pytest.mark.anyio
+async def test_a_key_seen_before_costs_one_salted_hash_however_many_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "tokens.json"
+    keys_added = [add_key(path, f"user{i}@example.org")[1] for i in range(20)]
+    clock = ManualClock()
+    keys = StaticKeys.from_file(path, recheck_every=1.0, clock=clock)
+    hashed: list[bytes] = []
+    salted = static_module._hash
+
+    def counted(salt: bytes, key: str) -> bytes:
+        hashed.append(salt)
+        return salted(salt, key)
+
+    monkeypatch.setattr(static_module, "_hash", counted)
+    first = await keys.resolve(keys_added[7])
+    assert first is not None and first.username == "user7@example.org"
+    assert len(hashed) == 20  # the first time: every entry, in constant time
+    hashed.clear()
+    assert await keys.resolve(keys_added[7]) == first
+    assert len(hashed) == 1  # then the entry it matched, alone
+    hashed.clear()
+    assert await keys.resolve("igw-never-issued") is None
+    assert await keys.resolve("igw-never-issued") is None
+    assert len(hashed) == 40  # a key that matched nothing is scanned every time
+    # A re-read file forgets what was matched: a revoked key stops working.
+    assert revoke_keys(path, "user7@example.org") == 1
+    clock.advance(1.0)
+    assert await keys.resolve(keys_added[7]) is None
+    assert await keys.resolve(keys_added[8]) is not None
+
+
 @pytest.fixture(params=["asyncio", "trio"])
 def loop(request: pytest.FixtureRequest) -> str:
     return str(request.param)

@@ -6,9 +6,14 @@ The tokens file holds only a salted SHA-256 of each key, never the key:
                "salt": "<32 hex>", "sha256": "<64 hex>", "created": "2026-01-01T00:00:00Z"}]}
 
 Keys are 256-bit random strings, so a salted SHA-256 is as strong as a slow hash here
-and cheap enough to check on every request.  A presented key is hashed with every
-entry's salt and compared with `hmac.compare_digest`, all entries every time, so how long
-a lookup takes says nothing about which entry (or how much of one) matched.  The file
+and cheap enough to check on every request.  A key presented for the first time is
+hashed with every entry's salt and compared with `hmac.compare_digest`, all entries, so
+how long a lookup takes says nothing about which entry (or how much of one) matched.
+The entry a key matched is then remembered under an unsalted SHA-256 of the key (in
+memory only, forgotten when the file is re-read), so the same key later costs one
+salted hash and one constant-time comparison with that entry, however many keys the
+file holds; a key that matched nothing is not remembered (random keys cannot fill
+memory) and is scanned against every entry each time, as before.  The file
 is watched (off the event loop, at most once a second) and re-read when it changes, so
 `inference-gateway keys revoke` takes effect within a second, without a restart.
 
@@ -81,10 +86,16 @@ def _hash(salt: bytes, key: str) -> bytes:
     return hashlib.sha256(salt + key.encode()).digest()
 
 
+_Entry = tuple[bytes, bytes, Identity]  # salt, salted digest, who the key is
+
+
 @attrs.frozen
 class _Loaded:
-    entries: tuple[tuple[bytes, bytes, Identity], ...]
+    entries: tuple[_Entry, ...]
     stamp: tuple[int, int, int] | None
+    # The entry each key seen so far matched, by the key's unsalted SHA-256: these
+    # entries' own, so a re-read file (a new `_Loaded`) starts with none remembered.
+    matched: dict[bytes, _Entry] = attrs.field(factory=dict, eq=False, repr=False)
 
 
 def read_entries(path: Path) -> list[_KeyEntry]:
@@ -215,12 +226,23 @@ class StaticKeys:
     async def resolve(self, credentials: str) -> Identity | None:
         if self._clock() >= self._next_check:
             await self.refresh()
-        found: Identity | None = None
-        for salt, digest, identity in self._loaded.entries:
+        loaded = self._loaded
+        seen = hashlib.sha256(credentials.encode()).digest()
+        known = loaded.matched.get(seen)
+        if known is not None:
+            # The entry this key matched before, checked again as the scan checks it
+            # (its salted hash, compared in constant time): one hash, not one per entry.
+            salt, digest, identity = known
+            return identity if hmac.compare_digest(_hash(salt, credentials), digest) else None
+        found: _Entry | None = None
+        for entry in loaded.entries:
             # Every entry, every time, in constant time: no early exit to time.
-            if hmac.compare_digest(_hash(salt, credentials), digest) and found is None:
-                found = identity
-        return found
+            if hmac.compare_digest(_hash(entry[0], credentials), entry[1]) and found is None:
+                found = entry
+        if found is None:
+            return None
+        loaded.matched[seen] = found
+        return found[2]
 
 
 def new_key() -> str:
