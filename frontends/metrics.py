@@ -51,6 +51,7 @@ import hmac
 import os
 import re
 import threading
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -87,7 +88,8 @@ PREFIX = "inference_gateway"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 NO_MODEL = "-"
-# A request's series: requests, duration, upstream, prompt and completion tokens.
+# A request's series: requests, duration, upstream, prompt and completion tokens (each
+# the series' prometheus child in multiprocess mode, its `_Tally` or `_Spread` otherwise).
 _Series = tuple[Any, Any, Any, Any, Any]
 _LIMITS = frozenset(limit.value for limit in Limit)
 
@@ -197,6 +199,56 @@ class _ReapingCollector(Collector):
         return merged
 
 
+class _Tally:
+    """A counter series' running total, kept in plain Python and handed to its
+    prometheus child when scraped (single-process mode).  The total is the same sum of
+    the same amounts in the same order as the child's own `inc` would make, so the
+    exposition is the same to the last digit; only the per-request work differs (an
+    addition, not a locked increment behind a check)."""
+
+    __slots__ = ("child", "total")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.total = 0.0
+
+    def publish(self) -> None:
+        self.child._value.set(self.total)
+
+
+class _Spread:
+    """A histogram series' running sum and bucket counts, as `_Tally` keeps a counter's:
+    an observation lands in the first bucket whose bound it does not exceed, as
+    prometheus-client's `observe` puts it (a bisection, not a loop over the bounds)."""
+
+    __slots__ = ("bounds", "child", "counts", "sum")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.bounds: list[float] = list(child._upper_bounds)
+        self.counts = [0.0] * len(self.bounds)
+        self.sum = 0.0
+
+    def publish(self) -> None:
+        child = self.child
+        child._sum.set(self.sum)
+        for bucket, count in zip(child._buckets, self.counts, strict=True):
+            bucket.set(count)
+
+
+class _Publisher(Collector):
+    """Hands the running totals to their prometheus children: registered before every
+    metric of the registry, so a scrape (or any read of the registry) collects it first
+    and sees every request counted until then."""
+
+    def __init__(self, sink: MetricsSink) -> None:
+        self._sink = sink
+
+    def collect(self) -> Iterator[Metric]:
+        self._sink.publish()
+        return iter(())
+
+
 class _LiveCollector(Collector):
     """One process's log queue and quota fallback, read when scraped (single-process
     mode)."""
@@ -267,6 +319,11 @@ class MetricsSink:
         own = None if self._dir is not None else CollectorRegistry(auto_describe=True)
         labels = ("route", "model")
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        # Single-process mode: each request series' running totals, by its child (a
+        # token series is shared by every shape of request of its model).
+        self._totals: dict[int, _Tally | _Spread] = {}
+        if own is not None:
+            own.register(_Publisher(self))
         self._series: dict[tuple[str, str, int, bool, bool, bool], _Series] = {}
         self._requests = Counter(
             f"{PREFIX}_requests",
@@ -359,12 +416,16 @@ class MetricsSink:
             return
 
     def _count(self, entry: LogEntry, timing: Timing) -> None:
+        """A request's record, counted: in multiprocess mode through its prometheus
+        children at once (any worker's scrape reads this worker's files), otherwise in
+        the series' running totals, handed to the children when scraped (`publish`)."""
         model = entry.model or NO_MODEL
         route = entry.route
         usage = entry.usage
         upstream_seconds = timing.upstream_seconds
-        prompt_tokens = usage.prompt_tokens if usage is not None else 0
-        completion_tokens = usage.completion_tokens if usage is not None else 0
+        # None (not reported) counts in no token series, as 0 does.
+        prompt_tokens = (usage.prompt_tokens or 0) if usage is not None else 0
+        completion_tokens = (usage.completion_tokens or 0) if usage is not None else 0
         shape = (
             route,
             model,
@@ -377,14 +438,28 @@ class MetricsSink:
         if series is None:
             series = self._series[shape] = self._series_of(*shape)
         requests, duration, upstream, prompt, completion = series
-        requests.inc()
-        duration.observe(max(0.0, timing.duration))
-        if upstream is not None and upstream_seconds is not None:
-            upstream.observe(max(0.0, upstream_seconds))
-        if prompt is not None:
-            prompt.inc(prompt_tokens)
-        if completion is not None:
-            completion.inc(completion_tokens)
+        if self._dir is not None:
+            requests.inc()
+            duration.observe(max(0.0, timing.duration))
+            if upstream is not None and upstream_seconds is not None:
+                upstream.observe(max(0.0, upstream_seconds))
+            if prompt is not None:
+                prompt.inc(prompt_tokens)
+            if completion is not None:
+                completion.inc(completion_tokens)
+        else:
+            requests.total += 1
+            seconds = max(0.0, timing.duration)
+            duration.sum += seconds
+            duration.counts[bisect_left(duration.bounds, seconds)] += 1
+            if upstream is not None and upstream_seconds is not None:
+                seconds = max(0.0, upstream_seconds)
+                upstream.sum += seconds
+                upstream.counts[bisect_left(upstream.bounds, seconds)] += 1
+            if prompt is not None:  # `Usage` counts are never negative
+                prompt.total += prompt_tokens
+            if completion is not None:
+                completion.total += completion_tokens
         ttft = timing.time_to_first_byte
         # A stream's first chunk reached the client: it finished, or the client left
         # after it.  (An error answered before any stream opened is not a first token.)
@@ -406,7 +481,7 @@ class MetricsSink:
         prompt and completion tokens; None for those it does not count in), found once
         per shape: looking each up per request (a key, a call and a dict read each) cost
         a third of the sink's work."""
-        child = self._child
+        child = self._child if self._dir is not None else self._running
         return (
             child(self._requests, route, model, str(status)),
             child(self._duration, route, model),
@@ -414,6 +489,24 @@ class MetricsSink:
             child(self._tokens, model, "prompt") if prompt else None,
             child(self._tokens, model, "completion") if completion else None,
         )
+
+    def _running(self, metric: Any, *values: str) -> _Tally | _Spread:
+        """The running totals of `metric.labels(*values)`, made with the child (on first
+        use, as `labels()` makes it, so a series that never counted is not exposed)."""
+        child = self._child(metric, *values)
+        totals = self._totals.get(id(child))
+        if totals is None:
+            kind = _Spread if isinstance(metric, Histogram) else _Tally
+            totals = self._totals[id(child)] = kind(child)
+        return totals
+
+    def publish(self) -> None:
+        """Hand every running total to its prometheus child (single-process mode; the
+        registry does it first whenever it is read, so a scrape sees every request).
+        Setting a total is idempotent, so a scrape's thread may do it while the loop
+        counts: a request counted meanwhile is published by the next scrape."""
+        for totals in list(self._totals.values()):
+            totals.publish()
 
     def _child(self, metric: Any, *values: str) -> Any:
         """`metric.labels(*values)`, looked up once: `labels()` checks and looks its

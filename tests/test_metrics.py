@@ -379,3 +379,93 @@ def test_the_quota_fallback_is_read_from_the_counters_when_scraped() -> None:
     assert value(samples(sink.render()[0].decode()), fallback) == 1
     counters.redis = "ok"  # Redis answers again
     assert value(samples(sink.render()[0].decode()), fallback) == 0
+
+
+def test_running_totals_expose_what_prometheus_client_would_count() -> None:
+    """One process's request series are kept as running totals and handed to
+    prometheus-client when scraped: the exposition is what its own `inc` and `observe`,
+    called per record, make, to the last digit (sums of fractions included), and a
+    scrape between records sees every record before it."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from core import Usage
+    from frontends.metrics import LATENCY_BUCKETS
+
+    reference = CollectorRegistry()
+    requests = Counter(
+        "inference_gateway_requests", "", ("route", "model", "status"), registry=reference
+    )
+    duration = Histogram(
+        "inference_gateway_request_duration_seconds",
+        "",
+        ("route", "model"),
+        buckets=LATENCY_BUCKETS,
+        registry=reference,
+    )
+    upstream = Histogram(
+        "inference_gateway_upstream_duration_seconds",
+        "",
+        ("route", "model"),
+        buckets=LATENCY_BUCKETS,
+        registry=reference,
+    )
+    tokens = Counter("inference_gateway_tokens", "", ("model", "kind"), registry=reference)
+    sink = MetricsSink()
+
+    def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if not s.name.endswith("_created")
+            and s.name.startswith(
+                (
+                    "inference_gateway_requests",
+                    "inference_gateway_request_duration",
+                    "inference_gateway_upstream",
+                    "inference_gateway_tokens",
+                )
+            )
+        }
+
+    seconds = [0.0, 0.05, 0.1 / 3, 0.7, 1e-9, 2.5, 599.9, 700.0, 0.1 + 0.2, 0.05000001]
+    for i, spent in enumerate(seconds * 3):
+        route = ("chat/completions", "embeddings")[i % 2]
+        model, status = ("m1", "m2", None)[i % 3], (200, 200, 429, 502)[i % 4]
+        called = status != 429
+        usage = Usage(prompt_tokens=i, completion_tokens=i % 5, total_tokens=i + i % 5)
+        entry = LogEntry(
+            request_id=f"r{i}",
+            route=route,
+            status=status,
+            username="u",
+            provider=None,
+            endpoint_slug=None,
+            cluster=None,
+            framework=None,
+            model=model,
+            stream=False,
+            usage=usage if status == 200 else None,
+            estimated=False,
+            bytes_in=1,
+            bytes_out=1,
+        )
+        upstream_seconds = spent / 7 if called else None
+        sink.write(
+            entry,
+            Timing(received_at=1000.0, done_at=1000.0 + spent, upstream_seconds=upstream_seconds),
+        )
+        label = model or "-"
+        requests.labels(route, label, str(status)).inc()
+        duration.labels(route, label).observe(max(0.0, (1000.0 + spent) - 1000.0))
+        if upstream_seconds is not None:
+            upstream.labels(route, label).observe(upstream_seconds)
+        if status == 200 and usage.prompt_tokens:
+            tokens.labels(label, "prompt").inc(usage.prompt_tokens)
+        if status == 200 and usage.completion_tokens:
+            tokens.labels(label, "completion").inc(usage.completion_tokens)
+        if i % 7 == 0:  # a scrape now and then, between records
+            assert samples(sink.render()[0].decode()) == samples(
+                generate_latest(reference).decode()
+            )
+    assert samples(sink.render()[0].decode()) == samples(generate_latest(reference).decode())
