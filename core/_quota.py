@@ -103,6 +103,15 @@ class QuotaPolicy:
         return whole + (1 if self.share_index < left else 0)
 
 
+# What a `Reservation` whose counts are not all plain non-negative ints goes through.
+_check_reservation = checked(
+    non_negative("amount", "capacity", "configured"),
+    amount=int,
+    capacity=int,
+    configured=int,
+)
+
+
 @attrs.frozen(kw_only=True)
 class Reservation:
     """One amount to hold against one limit's counter (`key`) of `capacity` per window
@@ -122,14 +131,22 @@ class Reservation:
     def _whole_capacity(self) -> int:
         return self.capacity
 
-    # One compiled check of the three counts instead of a validator call per field:
-    # a request that quotas apply to makes two or three of these.
-    __attrs_post_init__ = checked(
-        non_negative("amount", "capacity", "configured"),
-        amount=int,
-        capacity=int,
-        configured=int,
-    )
+    def __attrs_post_init__(self) -> None:
+        """The three counts are non-negative ints (not bools).  A request that quotas
+        apply to makes two or three of these, and the counts are nearly always plain
+        ints: those are passed by two type tests and three comparisons, anything else
+        goes through the full check, which names the field at fault."""
+        amount, capacity, configured = self.amount, self.capacity, self.configured
+        if (
+            amount.__class__ is int
+            and capacity.__class__ is int
+            and configured.__class__ is int
+            and amount >= 0
+            and capacity >= 0
+            and configured >= 0
+        ):
+            return
+        _check_reservation(self)
 
 
 @attrs.frozen(kw_only=True)
@@ -230,10 +247,11 @@ def plan(
     )
 
 
-@attrs.define
-class _Entry:
-    at_ms: int
-    amount: int
+# One reservation's entry in a window: [made at (ms), amount held].  A two-item list,
+# not a class: a request that quotas apply to makes two or three, and a list costs no
+# constructor call; `settle` changes the amount in place.
+_Entry = list[int]
+_AT, _AMOUNT = 0, 1
 
 
 @attrs.define
@@ -246,12 +264,13 @@ class _Window:
 
     def expire(self, now_ms: int) -> None:
         horizon = now_ms - WINDOW_MS
-        while self.entries:
-            oldest = next(iter(self.entries.values()))
-            if oldest.at_ms > horizon:
+        entries = self.entries
+        while entries:
+            oldest = next(iter(entries.values()))
+            if oldest[_AT] > horizon:
                 return
-            self.entries.popitem(last=False)
-            self.total -= oldest.amount
+            entries.popitem(last=False)
+            self.total -= oldest[_AMOUNT]
 
 
 @attrs.define
@@ -291,8 +310,12 @@ class Ledger:
         self, reservation_id: str, reservations: Sequence[Reservation], now_ms: int
     ) -> Refusal | None:
         """Record every reservation under `reservation_id`, or none and say which limit
-        refused (the first in order) and in how many seconds enough of it frees up."""
+        refused (the first in order) and in how many seconds enough of it frees up.
+
+        The windows the check finds (or makes) are the ones it then records in: each
+        key is looked up once per reserve."""
         now_ms = self._clock(now_ms)
+        found: list[_Window] = []
         for wanted in reservations:
             window = self._window(wanted.key, now_ms)
             held = 0 if window is None else window.total
@@ -302,25 +325,30 @@ class Ledger:
                     limit=wanted.limit,
                     retry_after=_retry_after(entries, wanted, held, now_ms),
                 )
-        for wanted in reservations:
-            window = self._keys.get(wanted.key)
-            if window is None:  # not `setdefault`: it would make one for every key, every time
-                window = self._keys[wanted.key] = _Window()
-            previous = window.entries.pop(reservation_id, None)
+            if window is None:  # made only for a reserve that is admitted
+                window = _Window()
+            found.append(window)
+        keys = self._keys
+        for wanted, window in zip(reservations, found, strict=True):
+            if not window.entries:  # new (or emptied by the same reserve's expiry)
+                keys[wanted.key] = window
+            made = window.entries
+            previous = made.pop(reservation_id, None)
             if previous is not None:
-                window.total -= previous.amount
-            window.entries[reservation_id] = _Entry(at_ms=now_ms, amount=wanted.amount)
+                window.total -= previous[_AMOUNT]
+            made[reservation_id] = [now_ms, wanted.amount]
             window.total += wanted.amount
         return None
 
     def settle(self, reservation_id: str, keys: Iterable[str], used: int) -> None:
         """Replace what `reservation_id` holds on each key by `used` (the real tokens)."""
+        used = max(0, used)
         for key in keys:
             window = self._keys.get(key)
             entry = None if window is None else window.entries.get(reservation_id)
             if window is not None and entry is not None:
-                window.total += max(0, used) - entry.amount
-                entry.amount = max(0, used)
+                window.total += used - entry[_AMOUNT]
+                entry[_AMOUNT] = used
 
     def release(self, reservation_id: str, keys: Iterable[str]) -> None:
         """Give back everything `reservation_id` holds (a request refused before its call)."""
@@ -330,7 +358,7 @@ class Ledger:
                 continue
             entry = window.entries.pop(reservation_id, None)
             if entry is not None:
-                window.total -= entry.amount
+                window.total -= entry[_AMOUNT]
             if not window.entries:
                 del self._keys[key]
 
@@ -343,9 +371,9 @@ def _retry_after(entries: Iterable[_Entry], wanted: Reservation, held: int, now_
     need = held + wanted.amount - wanted.capacity
     freed = 0
     for entry in entries:
-        freed += entry.amount
+        freed += entry[_AMOUNT]
         if freed >= need:
-            return max(1, -(-(entry.at_ms + WINDOW_MS - now_ms) // 1000))
+            return max(1, -(-(entry[_AT] + WINDOW_MS - now_ms) // 1000))
     return WINDOW_MS // 1000
 
 
