@@ -155,6 +155,14 @@ def _health_tuple(value: Iterable[EndpointHealth]) -> tuple[EndpointHealth, ...]
     return endpoints
 
 
+def _not_negative(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    """`attrs.validators.ge(0)`, word for word, as a plain function: the driver makes a
+    `HealthAssessed` on every request, and the library's validator is a callable object
+    whose call goes through its `__call__` and an operator lookup."""
+    if not value >= 0:
+        raise ValueError(f"'{attribute.name}' must be >= 0: {value}")
+
+
 @attrs.frozen(kw_only=True)
 class HealthAssessed:
     """The driver's answer to `AssessHealth`: one entry per endpoint it was asked about.
@@ -164,7 +172,7 @@ class HealthAssessed:
     (and a breaker waiting for its probe gets one)."""
 
     endpoints: tuple[EndpointHealth, ...] = attrs.field(converter=_health_tuple)
-    turn: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    turn: int = attrs.field(default=0, validator=_not_negative)
 
     def of(self, slug: str) -> EndpointHealth:
         """The entry for `slug`; an endpoint the driver did not report counts as idle
