@@ -190,9 +190,11 @@ class RequestMachine(Kernel[State, RequestEffect]):
     ERROR = S.ERROR
     TERMINAL = TERMINAL
 
-    # The stream's monitor, made by `_on_request` (every path starts there) with the
-    # route's rules, so a request never makes one only to replace it.
+    # A stream's monitor (with the route's rules) and framer, made when a streaming call
+    # is planned (`_call_for`): a whole answer never reads them, so a request that is
+    # not a stream never makes them.  Only the states after that plan touch them.
     _monitor: SSEMonitor
+    _framer: SSEFramer
 
     def __init__(
         self,
@@ -233,7 +235,8 @@ class RequestMachine(Kernel[State, RequestEffect]):
         self._limits = limits
         self._responses = responses
         self._strip_usage = False  # leave the usage event the client did not ask for out
-        self._framer = SSEFramer()
+        # A whole Responses answer's id, to remember (a stream's is its monitor's).
+        self._response_id: str | None = None
         self._reservations: tuple[Reservation, ...] = ()
         self._reserved = False  # the counters hold this request's reservations
         self._call: CallAdaptor | None = None
@@ -262,7 +265,6 @@ class RequestMachine(Kernel[State, RequestEffect]):
 
     def _on_request(self, event: RequestReceived) -> Outcome:
         self._request = event
-        self._monitor = SSEMonitor(rules=stream_rules(event.route))
         token = credentials(event.authorization)
         if isinstance(token, ClientError):
             return self._finish_with_error(token)
@@ -321,6 +323,9 @@ class RequestMachine(Kernel[State, RequestEffect]):
         request, valid = self._current_request(), self._current_valid()
         self._endpoint = endpoint
         self._stream = valid.stream
+        if valid.stream:
+            self._monitor = SSEMonitor(rules=stream_rules(request.route))
+            self._framer = SSEFramer()
         self._sent = valid.body
         body = request.body
         changes: dict[str, Any] = {}
@@ -665,7 +670,7 @@ class RequestMachine(Kernel[State, RequestEffect]):
         if status == 200 and self._current_request().route is OpenAIRoute.RESPONSES:
             payload = json_object(response.body)
             ident = None if payload is None else payload.get("id")
-            self._monitor.response_id = ident if isinstance(ident, str) and ident else None
+            self._response_id = ident if isinstance(ident, str) and ident else None
         ending = self._ending(
             status,
             usage=shaped.usage,
@@ -712,7 +717,8 @@ class RequestMachine(Kernel[State, RequestEffect]):
 
     def _remembered(self, status: int) -> tuple[Effect, ...]:
         """A stored Responses answer's id, to be noted with its endpoint and user."""
-        ident, identity, endpoint = self._monitor.response_id, self._identity, self._endpoint
+        ident = self._monitor.response_id if self._stream else self._response_id
+        identity, endpoint = self._identity, self._endpoint
         if status != 200 or ident is None or identity is None or endpoint is None:
             return ()
         return (
