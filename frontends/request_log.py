@@ -27,10 +27,6 @@ log = logging.getLogger("inference_gateway")
 DATABASE_SETTING = "INFERENCE_GATEWAY_DATABASE_URL"
 
 
-def _moment(epoch: float | None) -> datetime | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
-
-
 def record_of(
     entry: LogEntry, timing: Timing, *, capture_limit: int | None = None
 ) -> RequestRecord:
@@ -39,12 +35,13 @@ def record_of(
     prompt and response are kept only with a `capture_limit` (characters)."""
     usage = entry.usage
     capturing = capture_limit is not None
+    first_byte = timing.first_byte_at
     return RequestRecord(
         id=entry.request_id,
         request_id=timing.request_id or entry.request_id,
         received_at=datetime.fromtimestamp(timing.received_at, UTC),
-        first_byte_at=_moment(timing.first_byte_at),
-        done_at=_moment(timing.done_at),
+        first_byte_at=None if first_byte is None else datetime.fromtimestamp(first_byte, UTC),
+        done_at=datetime.fromtimestamp(timing.done_at, UTC),
         route=entry.route,
         status=entry.status,
         streamed=entry.stream,

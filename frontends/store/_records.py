@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -30,32 +31,87 @@ def capture(data: bytes | str | None, limit: int) -> str | None:
     return text[: max(0, min(limit, CAPTURE_CEILING))].replace("\x00", "\ufffd")
 
 
+# Converters: most records have none of these texts, so None is passed on at once.
 def _captured(value: str | None) -> str | None:
-    return capture(value, CAPTURE_CEILING)
+    return None if value is None else capture(value, CAPTURE_CEILING)
 
 
 def _detail(value: str | None) -> str | None:
-    return capture(value, DETAIL_LIMIT)
+    return None if value is None else capture(value, DETAIL_LIMIT)
 
 
-def _aware(instance: object, attribute: attrs.Attribute[Any], value: datetime | None) -> None:
+def _aware(name: str, value: datetime | None) -> None:
     if value is not None and value.utcoffset() is None:
-        raise ValueError(f"{attribute.name} must be timezone-aware, got {value!r}")
+        raise ValueError(f"{name} must be timezone-aware, got {value!r}")
 
 
-def _count(instance: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
+def _count(name: str, value: int | None) -> None:
     if value is not None and not 0 <= value <= _INT64_MAX:
-        raise ValueError(f"{attribute.name} must be a count from 0 to 2**63-1, got {value}")
+        raise ValueError(f"{name} must be a count from 0 to 2**63-1, got {value}")
 
 
-def _status(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+def _status(name: str, value: int) -> None:
     if not 100 <= value <= 599:
-        raise ValueError(f"{attribute.name} must be an HTTP status, got {value}")
+        raise ValueError(f"{name} must be an HTTP status, got {value}")
 
 
-def _nonempty(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+def _nonempty(name: str, value: str) -> None:
     if not value:
-        raise ValueError(f"{attribute.name} must not be empty")
+        raise ValueError(f"{name} must not be empty")
+
+
+# Each checked field and its rule, in field order (the first to fail is the one named).
+_RULES: tuple[tuple[str, Callable[[str, Any], None]], ...] = (
+    ("id", _nonempty),
+    ("received_at", _aware),
+    ("first_byte_at", _aware),
+    ("done_at", _aware),
+    ("status", _status),
+    ("prompt_tokens", _count),
+    ("completion_tokens", _count),
+    ("total_tokens", _count),
+    ("bytes_in", _count),
+    ("bytes_out", _count),
+)
+
+
+def _refuse(record: object) -> None:
+    """Each rule of `_RULES` in turn: raises the first one's error."""
+    for name, rule in _RULES:
+        rule(name, getattr(record, name))
+
+
+def _checked_post_init() -> Callable[[Any], None]:
+    """An `__attrs_post_init__` passing a record whose values plainly keep `_RULES` (a
+    `datetime` in UTC, as the gateway makes them; counts in range) in one compiled
+    expression, and handing any other to `_refuse`, which checks each rule and names the
+    field that breaks one.  The same guarantee as a validator per field, at about a
+    third of the cost (`checked` in the core does the same for the core's records)."""
+    tests: list[str] = []
+    for name, rule in _RULES:
+        if rule is _nonempty:
+            tests.append(f"self.{name}")
+        elif rule is _status:
+            tests.append(f"100 <= self.{name} <= 599")
+        elif rule is _count:
+            tests.append(f"((v := self.{name}) is None or 0 <= v <= {_INT64_MAX})")
+        elif rule is _aware:
+            tests.append(
+                f"((v := self.{name}) is None or v.__class__ is _datetime and v.tzinfo is _UTC)"
+            )
+        else:  # pragma: no cover - every rule above has its test
+            raise AssertionError(rule)
+    scope: dict[str, Any] = {"_refuse": _refuse, "_datetime": datetime, "_UTC": UTC}
+    code = "\n".join(
+        [
+            "def __attrs_post_init__(self):",
+            f"    if not ({' and '.join(tests)}):",
+            "        _refuse(self)",
+        ]
+    )
+    exec(code, scope)  # our own text, built from the field names above
+    post_init: Callable[[Any], None] = scope["__attrs_post_init__"]
+    return post_init
 
 
 @attrs.frozen(kw_only=True)
@@ -77,13 +133,13 @@ class RequestRecord:
     failure (at most `DETAIL_LIMIT` characters).
     """
 
-    id: str = attrs.field(validator=_nonempty)
+    id: str
     request_id: str
-    received_at: datetime = attrs.field(validator=_aware)
-    first_byte_at: datetime | None = attrs.field(default=None, validator=_aware)
-    done_at: datetime | None = attrs.field(default=None, validator=_aware)
+    received_at: datetime
+    first_byte_at: datetime | None = None
+    done_at: datetime | None = None
     route: str
-    status: int = attrs.field(validator=_status)
+    status: int
     streamed: bool = False
     username: str | None = None
     identity_provider: str | None = None
@@ -93,14 +149,17 @@ class RequestRecord:
     endpoint_slug: str | None = None
     error_code: str | None = None
     backend_task_id: str | None = None
-    prompt_tokens: int | None = attrs.field(default=None, validator=_count)
-    completion_tokens: int | None = attrs.field(default=None, validator=_count)
-    total_tokens: int | None = attrs.field(default=None, validator=_count)
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
     tokens_estimated: bool = False
-    bytes_in: int = attrs.field(default=0, validator=_count)
-    bytes_out: int = attrs.field(default=0, validator=_count)
+    bytes_in: int = 0
+    bytes_out: int = 0
     client_address: str | None = None
     prompt: str | None = attrs.field(default=None, converter=_captured)
     response: str | None = attrs.field(default=None, converter=_captured)
     cancelled: bool = False
     detail: str | None = attrs.field(default=None, converter=_detail)
+
+    # The value rules (`_RULES`), checked as one expression: one is made per request.
+    __attrs_post_init__ = _checked_post_init()
