@@ -60,11 +60,19 @@ Headers = tuple[tuple[str, str], ...]
 
 def _headers(value: object) -> Headers:
     """Accept a mapping or pairs; keep order and duplicates, as HTTP does."""
-    if value.__class__ is tuple and all(
-        p.__class__ is tuple and len(p) == 2 and p[0].__class__ is str and p[1].__class__ is str
-        for p in value
-    ):
-        return value  # already the exact shape: no copy
+    if value.__class__ is tuple:
+        # A plain loop, not all() over a generator: one generator resume per header was
+        # half the cost of building a request or a response.
+        for pair in value:
+            if not (
+                pair.__class__ is tuple
+                and len(pair) == 2
+                and pair[0].__class__ is str
+                and pair[1].__class__ is str
+            ):
+                break
+        else:
+            return value  # already the exact shape: no copy
     items = value.items() if hasattr(value, "items") else value
     return tuple((str(k), str(v)) for k, v in items)  # type: ignore[union-attr]
 
