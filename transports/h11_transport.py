@@ -1062,11 +1062,13 @@ class H11Stream:
 
 def _declared_length(headers: Headers) -> int:
     """The body length the head announces, or -1 when it does not say."""
-    value = next((v for k, v in headers if k == "content-length"), None)
-    try:
-        return int(value) if value is not None else -1
-    except ValueError:
-        return -1
+    for name, value in headers:  # a plain loop: a generator costs a resume per header
+        if name == "content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return -1
+    return -1
 
 
 def _too_large(cap: int) -> AnswerTooLarge:
