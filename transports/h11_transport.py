@@ -955,13 +955,13 @@ class H11Stream:
         try:
             while True:
                 pieces = answer.body
-                while pieces:
-                    piece = pieces.popleft()
+                for piece in pieces:
                     size += len(piece)
                     if cap is not None and size > cap:
                         parts.clear()
                         raise _too_large(cap)
                     parts.append(piece)
+                pieces.clear()
                 if answer.ended:
                     break
                 await connection.receive(watch, self._timeout.read)
@@ -1021,7 +1021,7 @@ class H11Stream:
             self._check_deadlines(phase_deadline)
             while True:
                 if answer.body:
-                    return answer.body.popleft()
+                    return answer.body.pop(0)
                 if answer.ended:
                     break
                 # Only a read that must wait pays for a time limit: chunks that came
