@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
-from collections import deque
 
 import anyio
 
@@ -51,7 +50,10 @@ class LoopStream(asyncio.Protocol):
     def __init__(self) -> None:
         self._transport: asyncio.Transport | None = None
         self.socket: socket.socket | None = None
-        self._received: deque[bytes] = deque()
+        # Reads not yet taken, oldest first.  A list, not a deque: an open stream keeps
+        # its connection for its whole life, and an empty deque is 760 bytes (a list, 56);
+        # the reader takes each read as it comes, so it rarely holds more than one.
+        self._received: list[bytes] = []
         self._unread = 0
         self._waiter: asyncio.Future[None] | None = None
         self._drained: asyncio.Future[None] | None = None
@@ -164,10 +166,10 @@ class LoopStream(asyncio.Protocol):
                 self._waiter = None
                 if timer is not None:
                     timer.cancel()
-        data = self._received.popleft()
+        data = self._received.pop(0)
         if len(data) > max_bytes:
             data, rest = data[:max_bytes], data[max_bytes:]
-            self._received.appendleft(rest)
+            self._received.insert(0, rest)
         self._unread -= len(data)
         if self._paused and self._unread <= HIGH_WATER // 4 and self._transport is not None:
             self._paused = False
