@@ -684,13 +684,13 @@ class H11Transport:
             connection = lease.connection
             watch.enter(_Phase.WRITE)
             answer = _http1.Answer(request.method, close=lease.close)
+            # The head is sent once: not kept on the lease for a stream's whole life.
+            data, lease.head = lease.head + request.body, b""
             if watch.scope is None:
-                first_byte = await _ask_on_loop(
-                    connection, watch, lease.head + request.body, timeout, answer
-                )
+                first_byte = await _ask_on_loop(connection, watch, data, timeout, answer)
             else:
                 watch.arm(timeout.read)
-                await connection.request(lease.head + request.body, answer)
+                await connection.request(data, answer)
                 first_byte = deadline_after(timeout.first_byte)
                 watch.enter(_Phase.FIRST_BYTE, first_byte)
                 while not answer.has_head:
