@@ -259,13 +259,17 @@ def _utc_iso(when: float) -> str:
 
 
 def _with_id(headers: Any, trace: Trace) -> list[tuple[bytes, bytes]]:
-    """The answer's headers with our request id; a backend's own id renamed beside it."""
+    """The answer's headers with our request id; a backend's own id renamed beside it.
+
+    Pairs kept as they are go in as the same tuples, not copies: the server keeps the
+    answer's start (and so this list) for as long as a stream is open."""
     kept: list[tuple[bytes, bytes]] = []
-    for name, value in headers:
+    for pair in headers:
+        name, value = pair
         lowered = name.lower()
         if lowered == HEADER:
             kept.append((BACKEND_HEADER, value))
         elif lowered != BACKEND_HEADER:
-            kept.append((name, value))
+            kept.append(pair if type(pair) is tuple else (name, value))
     kept.append((HEADER, trace.request_id.encode("ascii")))
     return kept
