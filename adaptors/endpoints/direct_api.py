@@ -298,6 +298,8 @@ def _as_dict(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
     """Header pairs keyed by lower-case name; repeated headers joined as HTTP allows."""
     merged: dict[str, str] = {}
     for name, value in headers:
-        key = name.lower()
+        # A name already in lower case (as transports give them) is kept, not copied:
+        # an open stream keeps these for its whole life.
+        key = name if name.islower() else name.lower()
         merged[key] = f"{merged[key]}, {value}" if key in merged else value
     return merged
