@@ -25,6 +25,7 @@ anyio's streams.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import socket
 
@@ -194,6 +195,23 @@ class LoopStream(asyncio.Protocol):
 
 async def connect(host: str, port: int) -> LoopStream:
     """A TCP connection to `host:port` on the running asyncio loop (TCP_NODELAY is
-    asyncio's default)."""
-    _, stream = await asyncio.get_running_loop().create_connection(LoopStream, host, port)
+    asyncio's default).
+
+    Made in a task of its own with an empty context: a transport keeps the context it
+    was made in (its callbacks run in it) for as long as the connection lives, and the
+    caller's is a web request's, whose context variables hold the framework's request
+    context (URL adapter, app context, ...): kept alive for the whole life of a stream,
+    and of a pooled connection after it.  The callbacks here read no context variable.
+    One task per new connection, never per request on a pooled one."""
+    loop = asyncio.get_running_loop()
+    made = loop.create_connection(LoopStream, host, port)
+    task = asyncio.create_task(made, context=contextvars.Context())
+    try:
+        _, stream = await task
+    except asyncio.CancelledError:
+        # Cancelled once the connection was made (the task cancelled too otherwise):
+        # closed here, not left open for the collector.
+        if task.done() and not task.cancelled() and task.exception() is None:
+            task.result()[1].close()
+        raise
     return stream
