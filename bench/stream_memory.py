@@ -182,6 +182,8 @@ def main() -> None:
         # --tree: the servers run that checkout's code (this file and the drip and hold
         # clients come from this one, behind it on the path).
         env["PYTHONPATH"] = f"{args.tree}:{ROOT}" if args.tree else str(ROOT)
+        if args.tree:
+            env["PYTHONSAFEPATH"] = "1"  # not the working directory first: the path decides
         stack.enter_context(
             _process(
                 [
@@ -204,7 +206,7 @@ def main() -> None:
         server_env = dict(env)
         if args.trace:
             server_env[DUMP_ENV] = str(dump)
-        child = [sys.executable, "-m", "bench.stream_memory", "--child"]
+        child = [sys.executable, str(Path(__file__).resolve()), "--child"]
         if args.server == "floor":
             command = [*child, "bench.floor", "--port", str(port), "--loop", args.loop]
             command += ["--every", str(args.every)]
