@@ -40,6 +40,7 @@ from frontends.web.convert import (
 from frontends.web.metrics import METRICS_KEY, METRICS_TOKEN_KEY, metrics_api
 from frontends.web.openai_api import openai_api
 from frontends.web.openapi import openapi_api
+from frontends.web.request_class import with_cached_blueprints
 from frontends.web.resource_server import resource_server
 from frontends.web.seed_batches_api import seed_batches_api
 from frontends.web.status_page import DEFAULT_WINDOW, STATUS_KEY, StatusSettings, status_page
@@ -91,6 +92,7 @@ def create_app(
     app = app_class("inference_gateway", static_folder=None)
     # Quart types the attribute as its default class, not as the base it documents.
     app.session_interface = _NoSessions()  # type: ignore[assignment]
+    app.request_class = with_cached_blueprints(app.request_class)
     app.config.update(
         RESPONSE_TIMEOUT=None,  # streams last as long as the model keeps talking
         MAX_CONTENT_LENGTH=max_body_bytes,
