@@ -103,3 +103,14 @@ def test_the_open_streams_figure_holds_no_more_than_the_descriptor_limit_allows(
     assert held_streams(10_000, 20_000) == 9_872
     assert held_streams(200, 20_000) == 200
     assert held_streams(10, 100) == 0
+
+
+def test_the_stream_memory_bench_holds_its_streams_and_names_allocation_sites() -> None:
+    """Every stream asked for is held twice over (N, then N more), and with `--trace`
+    the per-stream difference is printed by allocation site, ours among them."""
+    result = run_bench(["bench.stream_memory", "--streams", "20", "--trace"], timeout=180)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.count("{'open': 20, 'failed': {}}") == 2, out
+    assert "marginal" in out and "per stream" in out, out
+    assert "by innermost frame of ours" in out, out
