@@ -15,21 +15,17 @@ compare RSS without `--trace`.)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import runpy
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 import tracemalloc
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
-from bench.open_streams import DRIP_MODEL
 from bench.suite import (
     KEY_ENV,
     ROOT,
@@ -38,8 +34,9 @@ from bench.suite import (
     _process,
     _rss_kb,
     free_port,
+    holding,
 )
-from tests.support.gateway_server import ALICE, write_tokens
+from tests.support.gateway_server import write_tokens
 
 DUMP_ENV = "IGW_BENCH_TRACEMALLOC_DUMP"
 
@@ -65,39 +62,6 @@ def _child(module: str, argv: list[str]) -> None:
         signal.signal(signal.SIGUSR1, on_signal)
     sys.argv = [module, *argv]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
-
-
-@contextmanager
-def _holding(port: int, count: int, env: dict[str, str]) -> Iterator[dict[str, object]]:
-    command = [
-        sys.executable,
-        "-m",
-        "bench.open_streams",
-        "hold",
-        "--port",
-        str(port),
-        "--count",
-        str(count),
-        "--token",
-        ALICE,
-        "--model",
-        DRIP_MODEL,
-    ]
-    holder = subprocess.Popen(
-        command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None and holder.stdin is not None
-        line = holder.stdout.readline()
-        if not line:
-            raise RuntimeError("the stream holder ended before it reported")
-        yield json.loads(line)
-        holder.stdin.close()
-        holder.wait(timeout=120)
-    finally:
-        if holder.poll() is None:
-            holder.kill()
-            holder.wait()
 
 
 def _snapshot(pid: int, path: Path) -> tracemalloc.Snapshot:
@@ -232,15 +196,15 @@ def main() -> None:
         )
         _say("server up")
         # Warm up: a few streams opened and closed (imports, first connections).
-        with _holding(port, 20, env):
+        with holding(port, 20, env):
             pass
         time.sleep(1)
         idle = _rss_kb(server.pid)
-        with _holding(port, n, env) as first:
+        with holding(port, n, env) as first:
             one = _rss_kb(server.pid)
             _say("first N held")
             snap1 = _snapshot(server.pid, dump) if args.trace else None
-            with _holding(port, n, env) as second:
+            with holding(port, n, env) as second:
                 two = _rss_kb(server.pid)
                 _say("second N held")
                 snap2 = _snapshot(server.pid, dump) if args.trace else None

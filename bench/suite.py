@@ -396,17 +396,13 @@ class StreamsFigure:
         return (self.rss_after_kb - self.rss_before_kb) / self.opened if self.opened else 0.0
 
 
-def _open_streams(
-    plan: Plan,
-    server: subprocess.Popen[bytes],
-    port: int,
-    env: dict[str, str],
-    cpu: int | None,
-) -> StreamsFigure:
-    """Holds `plan.open_streams` streams on the server (the gateway's through to the drip
-    backend, the floor's from itself); RSS and a normal request's latency while they are
-    open.  The floor ignores the key."""
-    before = _rss_kb(server.pid)
+@contextmanager
+def holding(
+    port: int, count: int, env: dict[str, str], cpu: int | None = None
+) -> Iterator[dict[str, object]]:
+    """`bench.open_streams hold` of `count` drip streams on the server at `port`, for the
+    block's length: yields its report (how many are open, how many failed how) once
+    every stream has its first chunk, and lets them all go when the block ends."""
     command = [
         sys.executable,
         "-m",
@@ -415,7 +411,7 @@ def _open_streams(
         "--port",
         str(port),
         "--count",
-        str(plan.open_streams),
+        str(count),
         "--token",
         ALICE,
     ]
@@ -427,7 +423,27 @@ def _open_streams(
         line = holder.stdout.readline()
         if not line:
             raise RuntimeError("the stream holder ended before it reported")
-        held = json.loads(line)
+        yield json.loads(line)
+        holder.stdin.close()
+        holder.wait(timeout=120)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+
+
+def _open_streams(
+    plan: Plan,
+    server: subprocess.Popen[bytes],
+    port: int,
+    env: dict[str, str],
+    cpu: int | None,
+) -> StreamsFigure:
+    """Holds `plan.open_streams` streams on the server (the gateway's through to the drip
+    backend, the floor's from itself); RSS and a normal request's latency while they are
+    open.  The floor ignores the key."""
+    before = _rss_kb(server.pid)
+    with holding(port, plan.open_streams, env, cpu) as held:
         after = _rss_kb(server.pid)
         times = []
         normal_failed: dict[str, int] = {}
@@ -443,12 +459,6 @@ def _open_streams(
                 if answer.status_code != 200:
                     key = str(answer.status_code)
                     normal_failed[key] = normal_failed.get(key, 0) + 1
-        holder.stdin.close()
-        holder.wait(timeout=120)
-    finally:
-        if holder.poll() is None:
-            holder.kill()
-            holder.wait()
     return StreamsFigure(
         asked=plan.open_streams,
         opened=held["open"],
