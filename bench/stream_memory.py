@@ -35,6 +35,7 @@ from bench.suite import (
     _rss_kb,
     free_port,
     holding,
+    running_drip,
 )
 from tests.support.gateway_server import write_tokens
 
@@ -148,24 +149,7 @@ def main() -> None:
         env["PYTHONPATH"] = f"{args.tree}:{ROOT}" if args.tree else str(ROOT)
         if args.tree:
             env["PYTHONSAFEPATH"] = "1"  # not the working directory first: the path decides
-        stack.enter_context(
-            _process(
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.open_streams",
-                    "drip",
-                    "--port",
-                    str(drip_port),
-                    "--every",
-                    str(args.every),
-                ],
-                env,
-                folder / "drip.log",
-                drip_port,
-                "the drip backend",
-            )
-        )
+        stack.enter_context(running_drip(folder, drip_port, args.every, env))
         dump = folder / "snapshot"
         server_env = dict(env)
         if args.trace:

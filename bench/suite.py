@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -251,27 +251,7 @@ def run(plan: Plan, out: Path | None, transport: str = "h11") -> str:
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_GATEWAY_")}
         base_env["PYTHONPATH"] = str(ROOT)
         drip_every = 5.0
-        stack.enter_context(
-            _process(
-                _pinned(
-                    [
-                        sys.executable,
-                        "-m",
-                        "bench.open_streams",
-                        "drip",
-                        "--port",
-                        str(drip_port),
-                        "--every",
-                        str(drip_every),
-                    ],
-                    load_cpu,
-                ),
-                base_env,
-                folder / "drip.log",
-                drip_port,
-                "the drip backend",
-            )
-        )
+        stack.enter_context(running_drip(folder, drip_port, drip_every, base_env, load_cpu))
         servers_stack = stack.enter_context(ExitStack())
         floor = servers_stack.enter_context(
             _process(
@@ -394,6 +374,21 @@ class StreamsFigure:
     @property
     def kb_per_stream(self) -> float:
         return (self.rss_after_kb - self.rss_before_kb) / self.opened if self.opened else 0.0
+
+
+def running_drip(
+    folder: Path, port: int, every: float, env: dict[str, str], cpu: int | None = None
+) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    """The drip backend (`bench.open_streams drip`) on `port`, a chunk every `every`
+    seconds on each stream it holds open, for as long as the context lasts."""
+    command = [sys.executable, "-m", "bench.open_streams", "drip", "--port", str(port)]
+    return _process(
+        _pinned([*command, "--every", str(every)], cpu),
+        env,
+        folder / "drip.log",
+        port,
+        "the drip backend",
+    )
 
 
 @contextmanager
