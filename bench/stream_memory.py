@@ -133,7 +133,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--tracebacks", type=int, default=0, help="print this many in full")
     parser.add_argument("--match", help="print only tracebacks with a frame naming this")
-    parser.add_argument("--tree", help="run the servers from this checkout (e.g. /work/base)")
+    parser.add_argument("--tree", help="run the servers from this checkout (another version)")
     parser.add_argument("--transport", default="h11")
     parser.add_argument("--every", type=float, default=5.0, help="seconds between drips")
     args = parser.parse_args()
