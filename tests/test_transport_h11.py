@@ -19,6 +19,7 @@ from transports import (
     BackendRequest,
     ConnectionLimits,
     FirstByteTimeout,
+    IdleTimeout,
     Saturated,
     Timeout,
     TotalTimeout,
@@ -299,6 +300,43 @@ async def test_which_limit_ran_out_is_told_for_a_whole_answer(
         with pytest.raises(TransportTimeout) as caught:
             await transport.send(_get(server, path, timeout))
     assert type(caught.value) is error
+
+
+async def test_limits_hold_on_a_connection_that_keeps_being_reused(
+    transport: H11Transport,
+) -> None:
+    """On asyncio's own stream one timer per connection keeps the limits of all its
+    waits: a stream that keeps sending within its idle limit for longer than the limit
+    is not cut, its later silence is, and a later call on the same connection with a
+    shorter limit than the last one is held to its own."""
+
+    async def steady_then_silent(exchange: Exchange) -> None:
+        await exchange.start(200, [("content-type", "text/event-stream")])
+        for index in range(6):
+            await anyio.sleep(0.1)  # the backend's pace, not a synchronisation
+            await exchange.send(b"data: %d\n\n" % index)
+        await exchange.wait_disconnect()
+
+    async def silent(exchange: Exchange) -> None:
+        await exchange.wait_disconnect()
+
+    routes = {"/ok": _ok, "/steady": steady_then_silent, "/silent": silent}
+    async with serving(routes) as server:
+        stream = await transport.open_stream(
+            _get(server, "/steady", Timeout(connect=5, read=5, first_byte=5, idle=0.3))
+        )
+        received = []
+        try:
+            with pytest.raises(IdleTimeout):
+                async for chunk in stream.chunks():
+                    received.append(chunk)
+        finally:
+            await stream.aclose()
+        assert len(received) == 6
+        assert (await transport.send(_get(server, "/ok", Timeout(read=30)))).body == b"ok"
+        with anyio.fail_after(5), pytest.raises(FirstByteTimeout):
+            await transport.send(_get(server, "/silent", Timeout(read=30, first_byte=0.2)))
+    assert len(server.connections) == 2  # the idle timeout's connection was closed
 
 
 def test_the_pool_size_is_checked() -> None:

@@ -34,6 +34,7 @@ import anyio
 __all__ = ["HIGH_WATER", "DeadlinePassed", "LoopStream", "connect"]
 
 HIGH_WATER = 256 * 1024
+_EMPTY = contextvars.Context()
 
 
 class DeadlinePassed(Exception):
@@ -63,6 +64,11 @@ class LoopStream(asyncio.Protocol):
         self._lost = False  # the connection is gone
         self._error: BaseException | None = None
         self._closed = False  # closed by us
+        # The deadline of the `receive` waiting now (inf: none, or no wait), and the one
+        # timer of the loop's that keeps it (see `receive`), due at `_timer_at`.
+        self._deadline = math.inf
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
 
     # Protocol callbacks, run by the loop.
 
@@ -87,6 +93,7 @@ class LoopStream(asyncio.Protocol):
         self._lost = True
         self._error = exc
         self._wake()
+        self._drop_timer()
         drained, self._drained = self._drained, None
         if drained is not None and not drained.done():
             drained.set_result(None)
@@ -145,11 +152,15 @@ class LoopStream(asyncio.Protocol):
         """What arrived (at most `max_bytes` of it), waiting for something if need be;
         `DeadlinePassed` if nothing did by `deadline` (on the loop's clock).
 
-        The deadline is one timer handle of the loop's, on the future the wait is on:
-        a stream of model tokens waits once per token, and a cancel scope around each
-        wait (anyio's `fail_after`) cost as much CPU as the rest of the wake-up.  The
-        caller's own cancellation (a cancelled task or anyio scope) reaches the future
-        as before.
+        The deadline is kept by one timer of the loop's per connection, on the future the
+        wait is on: a cancel scope around each wait (anyio's `fail_after`) cost as much
+        CPU as the rest of the wake-up, and a timer made and cancelled per wait (a stream
+        of model tokens waits once per token) still cost a tenth of a chunk.  A timer
+        due no later than the wait's deadline is left as it is: when it fires early it
+        is set again for the deadline of the wait then running, if any, so a connection
+        that keeps answering within its limits sets one timer per limit's length, not
+        one per read.  The caller's own cancellation (a cancelled task or anyio scope)
+        reaches the future as before.
         """
         while not self._received:
             if self._closed:
@@ -158,15 +169,15 @@ class LoopStream(asyncio.Protocol):
                 raise anyio.BrokenResourceError from self._error
             if self._ended or self._lost:
                 raise anyio.EndOfStream
-            loop = asyncio.get_running_loop()
-            waiter = self._waiter = loop.create_future()
-            timer = None if deadline == math.inf else loop.call_at(deadline, _expire, waiter)
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            if deadline < self._timer_at:
+                self._set_timer(deadline)
+            self._deadline = deadline
             try:
                 await waiter
             finally:
                 self._waiter = None
-                if timer is not None:
-                    timer.cancel()
+                self._deadline = math.inf
         data = self._received.pop(0)
         if len(data) > max_bytes:
             data, rest = data[:max_bytes], data[max_bytes:]
@@ -177,12 +188,36 @@ class LoopStream(asyncio.Protocol):
             self._transport.resume_reading()
         return data
 
+    def _set_timer(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        # An empty context: the timer may outlive the call (and its web request) that
+        # set it, and its callback reads no context variable.
+        self._timer = asyncio.get_running_loop().call_at(when, self._on_timer, context=_EMPTY)
+        self._timer_at = when
+
+    def _drop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_at = None, math.inf
+
+    def _on_timer(self) -> None:
+        due, self._timer, self._timer_at = self._timer_at, None, math.inf
+        waiter, deadline = self._waiter, self._deadline
+        if waiter is None or waiter.done() or deadline == math.inf:
+            return
+        if deadline <= due:
+            waiter.set_exception(DeadlinePassed())
+        else:
+            self._set_timer(deadline)
+
     async def aclose(self) -> None:
         self.close()
 
     def close(self) -> None:
         """Close at once (no waiting on the peer)."""
         self._closed = True
+        self._drop_timer()
         if self._transport is not None:
             self._transport.abort()
 
