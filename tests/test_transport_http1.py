@@ -272,3 +272,86 @@ def test_a_header_is_sent_exactly_when_its_name_is_a_token_and_its_value_a_field
     else:
         assert valid
         assert head.endswith(f"{name}: {value}\r\n\r\n".encode())
+
+
+# -- renewal: the next answer on a connection, the parser kept ------------------------------
+
+_ANSWERS = {
+    "length": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 4\r\n\r\n{}{}",
+    "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"6\r\ndata: \r\n3\r\n1\n\n\r\n0\r\nx-trailer: t\r\n\r\n",
+    "no-content": b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n",
+    "interim": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+    "close": b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\nx",
+    "until-close": b"HTTP/1.1 200 OK\r\n\r\nrest",
+    "broken": b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+}
+
+
+def _learnt(answer: Answer) -> tuple[object, ...]:
+    return (
+        answer.status,
+        answer.headers,
+        list(answer.body),
+        answer.ended,
+        answer.keep_alive,
+        answer.overrun,
+        answer.reusable,
+        answer.renewable,
+    )
+
+
+def _read_as(answer: Answer, data: bytes, cut: int) -> tuple[object, ...]:
+    try:
+        for piece in (data[:cut], data[cut:]):
+            if piece:
+                answer.receive(piece)
+    except RemoteProtocolError as exc:
+        return (type(exc),)
+    return _learnt(answer)
+
+
+@given(
+    before=st.sampled_from(["length", "chunked", "no-content", "interim"]),
+    after=st.sampled_from(sorted(_ANSWERS)),
+    cut=st.integers(min_value=0, max_value=200),
+)
+@settings(max_examples=300)
+def test_a_renewed_answer_reads_the_next_answer_as_a_new_one_does(
+    before: str, after: str, cut: int
+) -> None:
+    previous = _fed(_ANSWERS[before])
+    assert previous.renewable
+    renewed = previous.renew("GET")
+    assert renewed is previous
+    assert _read_as(renewed, _ANSWERS[after], cut) == _read_as(Answer("GET"), _ANSWERS[after], cut)
+
+
+@pytest.mark.parametrize(
+    ("data", "method", "close"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", "HEAD", False),
+        (b"HTTP/1.1 200 Connection established\r\n\r\n", "CONNECT", False),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", "GET", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", "GET", True),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", "GET", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n", "GET", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\no", "GET", False),
+    ],
+    ids=[
+        "head",
+        "tunnel",
+        "answer-says-close",
+        "request-said-close",
+        "http-1.0",
+        "overrun",
+        "partial",
+    ],
+)
+def test_an_answer_whose_parser_is_not_at_a_message_start_is_not_renewed(
+    data: bytes, method: str, close: bool
+) -> None:
+    answer = _fed(data, method=method, close=close)
+    assert not answer.renewable
+    with pytest.raises(LocalProtocolError):
+        answer.renew("GET")

@@ -13,8 +13,12 @@ adds the body and frames it (`Content-Length`).
 of the final answer (1xx interim answers are skipped), the body pieces not yet taken (one
 per piece llhttp reports: a chunk of a chunked body, or what one read held), whether the
 answer has ended, and whether the connection may carry another request.  It does no IO,
-reads no clock and holds no socket.  A fresh `Answer` is made for each exchange, so a
-connection carries no parser state from one request to the next.
+reads no clock and holds no socket.  Each exchange gets an `Answer` of its own state: a
+new one, or the connection's last one `renew`ed, which is allowed only when that answer
+ended exactly where llhttp completed its message and llhttp keeps the connection alive
+(not after HEAD or CONNECT, whose ends are told here): llhttp is then back at the start
+of a message, as a new parser is, and making a parser cost as much as parsing a small
+answer.
 
 Framing, as RFC 9112 section 6.3 has it (and as llhttp applies it): no body after a
 HEAD, a 1xx, a 204, a 304 or a 2xx to CONNECT; else `Transfer-Encoding: chunked`, else
@@ -112,6 +116,7 @@ class Answer:
 
     __slots__ = (
         "_chunked",
+        "_clean",
         "_close",
         "_connection_close",
         "_head_bytes",
@@ -132,9 +137,20 @@ class Answer:
     )
 
     def __init__(self, method: str, *, close: bool = False) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._start(method, close)
+
+    def renew(self, method: str, *, close: bool = False) -> Answer:
+        """This answer, made new for the next request on its connection, its parser
+        kept; only when `renewable`."""
+        if not self.renewable:
+            raise LocalProtocolError("this answer's parser is not at the start of a message")
+        self._start(method, close)
+        return self
+
+    def _start(self, method: str, close: bool) -> None:
         self._method = method
         self._close = close
-        self._parser = httptools.HttpResponseParser(self)
         self._received = False
         self._head_bytes = 0
         self._interim = False
@@ -143,6 +159,7 @@ class Answer:
         self._transfer_encodings = 0
         self._connection_close = False
         self._until_close = False
+        self._clean = False  # llhttp completed the final message and keeps the connection
         self.status = 0
         self.headers: list[tuple[str, str]] = []
         self.has_head = False  # the final answer's head is complete
@@ -158,6 +175,12 @@ class Answer:
     def reusable(self) -> bool:
         """Whether the connection may carry another request once this answer is taken."""
         return self.ended and self.keep_alive and not self.overrun
+
+    @property
+    def renewable(self) -> bool:
+        """Whether `renew` may serve the connection's next request: reusable, and llhttp
+        is at the start of the next message."""
+        return self._clean and self.ended and self.keep_alive and not self.overrun
 
     def receive(self, data: bytes) -> None:
         """Feed what the connection gave; b"" is the peer's end of stream."""
@@ -248,4 +271,5 @@ class Answer:
         if self._interim:
             self._interim = False
         elif self.has_head:
+            self._clean = not self.ended and self._parser.should_keep_alive()
             self.ended = True

@@ -25,7 +25,8 @@ same three calls and fails the same way, so nothing else here tells them apart.
 * **Reuse.**  After a response, a connection goes back to the pool only when its
   answer says it may (`_http1.Answer.reusable`: the answer ended by its own framing, no
   `Connection: close` either way, HTTP/1.1, nothing after its end), and each exchange
-  gets a fresh `Answer`.  Anything else (a body not read to its end, a `Connection:
+  gets an `Answer` of its own (the last one renewed when llhttp allows it:
+  `_http1.Answer.renew`).  Anything else (a body not read to its end, a `Connection:
   close`, a close-delimited body, bytes past the answer, an error, a cancellation)
   closes the socket, so a half-read connection is never handed out again.
 * **Bodies.**  Requests are sent whole, with `Content-Length`.  Responses may be framed
@@ -451,6 +452,8 @@ class _Connection:
     def __init__(self, stream: anyio.abc.ByteStream | LoopStream) -> None:
         self.stream = stream
         self.answer: _http1.Answer | None = None
+        # The last answer while the connection is idle, when `renew` may serve the next.
+        self.spare: _http1.Answer | None = None
         # Looked up once: `extra()` walks the stream's attribute providers each time.
         self._socket = (
             stream.socket
@@ -683,7 +686,11 @@ class H11Transport:
             lease.connection = await self._checkout(lease, timeout.connect, watch)
             connection = lease.connection
             watch.enter(_Phase.WRITE)
-            answer = _http1.Answer(request.method, close=lease.close)
+            spare, connection.spare = connection.spare, None
+            if spare is None:
+                answer = _http1.Answer(request.method, close=lease.close)
+            else:
+                answer = spare.renew(request.method, close=lease.close)
             # The head is sent once: not kept on the lease for a stream's whole life.
             data, lease.head = lease.head + request.body, b""
             if watch.scope is None:
@@ -873,7 +880,9 @@ class _Lease:
         if connection is None:
             return
         if reuse and connection.reusable and not self.pool.retired:
-            connection.answer = None
+            answer, connection.answer = connection.answer, None
+            if answer is not None and answer.renewable:
+                connection.spare = answer
             self.pool.idle.append(connection)
         else:
             await connection.close()
