@@ -355,3 +355,18 @@ def test_an_answer_whose_parser_is_not_at_a_message_start_is_not_renewed(
     assert not answer.renewable
     with pytest.raises(LocalProtocolError):
         answer.renew("GET")
+
+
+def test_what_was_found_valid_is_kept_bounded_and_the_invalid_never() -> None:
+    from transports import _http1
+
+    for index in range(_http1._MAX_KNOWN + 10):
+        request_head("GET", f"/v1/responses/resp_{index}", [("Host", "h"), (f"x-{index}", "1")])
+    assert len(_http1._TARGETS) <= _http1._MAX_KNOWN
+    assert len(_http1._TOKENS) <= _http1._MAX_KNOWN
+    for _ in range(2):
+        with pytest.raises(LocalProtocolError):
+            request_head("GET", "/", [("Host", "h"), ("bad name", "1")])
+        with pytest.raises(LocalProtocolError):
+            request_head("GET", "/a b", [("Host", "h")])
+    assert "bad name" not in _http1._TOKENS and "/a b" not in _http1._TARGETS
