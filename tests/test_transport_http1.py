@@ -370,3 +370,12 @@ def test_what_was_found_valid_is_kept_bounded_and_the_invalid_never() -> None:
         with pytest.raises(LocalProtocolError):
             request_head("GET", "/a b", [("Host", "h")])
     assert "bad name" not in _http1._TOKENS and "/a b" not in _http1._TARGETS
+
+
+def test_answer_header_names_kept_lower_cased_stay_bounded() -> None:
+    from transports import _http1
+
+    for index in range(_http1._MAX_KNOWN + 10):
+        answer = _fed(b"HTTP/1.1 200 OK\r\nX-Name-%d: V\r\nContent-Length: 0\r\n\r\n" % index)
+        assert answer.headers == [(f"x-name-{index}", "V"), ("content-length", "0")]
+    assert len(_http1._NAMES) <= _http1._MAX_KNOWN

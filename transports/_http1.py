@@ -69,6 +69,8 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 _TOKENS: set[str] = set()
 _TARGETS: set[str] = set()
 _MAX_KNOWN = 1024
+# Answer header names as received, lower-cased: a backend sends the same few each time.
+_NAMES: dict[bytes, str] = {}
 
 
 class LocalProtocolError(Exception):
@@ -242,7 +244,12 @@ class Answer:
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.has_head:
             return  # a chunked body's trailers: not kept
-        lowered = name.decode("latin-1").lower()
+        lowered = _NAMES.get(name)
+        if lowered is None:
+            lowered = name.decode("latin-1").lower()
+            if len(_NAMES) >= _MAX_KNOWN:
+                _NAMES.clear()
+            _NAMES[name] = lowered
         text = value.decode("latin-1").rstrip(" \t")
         if lowered == "transfer-encoding":
             self._transfer_encodings += 1
@@ -250,7 +257,10 @@ class Answer:
         elif lowered == "content-length":
             self._length = True
         elif lowered == "connection":
-            self._connection_close |= "close" in (t.strip() for t in text.lower().split(","))
+            tokens = text.lower()
+            # Split only when it may hold the token: "keep-alive", the usual value, never.
+            if "close" in tokens:
+                self._connection_close |= "close" in (t.strip() for t in tokens.split(","))
         self.headers.append((lowered, text))
 
     def on_headers_complete(self) -> None:
