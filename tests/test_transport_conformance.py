@@ -609,3 +609,22 @@ async def test_tls_without_the_ca_is_refused_as_a_connect_error(
             await transport.send(_get(server, "/ok"))
         assert server.requests == []
     _assert_clean(caught.value, server.url)
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        [("x-a", "1"), ("x-a", "2"), ("X-B", "3")],
+        (("x-a", "1"), ("x-a", "2"), ("X-B", "3")),
+        [["x-a", "1"], ("x-a", 2), ("X-B", "3")],
+        {"x-a": "1", "X-B": 3},
+    ],
+    ids=["list", "tuple", "mixed-shapes", "mapping"],
+)
+def test_request_headers_become_a_tuple_of_string_pairs_in_order(given: object) -> None:
+    request = BackendRequest(method="get", url="http://h/", headers=given)  # type: ignore[arg-type]
+    assert request.headers.__class__ is tuple
+    assert all(pair.__class__ is tuple for pair in request.headers)
+    assert request.headers == tuple(
+        (str(k), str(v)) for k, v in (given.items() if isinstance(given, dict) else given)
+    )

@@ -60,6 +60,10 @@ Headers = tuple[tuple[str, str], ...]
 
 def _headers(value: object) -> Headers:
     """Accept a mapping or pairs; keep order and duplicates, as HTTP does."""
+    if value.__class__ is list:
+        # What adaptors build: copied into a tuple as it is (in C), then checked as one,
+        # instead of a generator and a str() per name and value.
+        value = tuple(value)
     if value.__class__ is tuple:
         # A plain loop, not all() over a generator: one generator resume per header was
         # half the cost of building a request or a response.
