@@ -1021,7 +1021,7 @@ class H11Stream:
             return
         connection = self._lease.connection
         on_loop = connection is not None and isinstance(connection.stream, LoopStream)
-        # On asyncio's own stream the loop's clock is read directly (see _receive_on_loop).
+        # On asyncio's own stream the loop's clock is read directly (see _next_chunk).
         now = asyncio.get_running_loop().time() if on_loop else anyio.current_time()
         if now >= self._deadline:
             raise _timeout_of(_Phase.TOTAL)
@@ -1037,7 +1037,12 @@ class H11Stream:
         Each receive is bounded by `timeout`, all of them by `phase_deadline` (both
         reported as `phase`'s timeout), and the whole call by the stream's deadline: one
         `_Watch` per call, since a cancel scope may not stay open across the yields of a
-        generator the caller drives.
+        generator the caller drives.  On asyncio's own stream, no watch: the earliest of
+        the three deadlines is one timer of the loop's on the read's future
+        (`LoopStream.receive`), and failures are translated as the watch does; the read
+        (`_Connection.receive`'s) is written out here, because an open stream waits in
+        it between chunks, and each coroutine frame more would be kept alive all that
+        time and stepped through for every chunk.
         """
         if self._finished:
             raise StopAsyncIteration
@@ -1046,7 +1051,8 @@ class H11Stream:
             raise TransportError("the backend answer was already read or closed")
         answer = connection.answer
         try:
-            self._check_deadlines(phase_deadline)
+            if self._deadline != math.inf or phase_deadline != math.inf:
+                self._check_deadlines(phase_deadline)
             while True:
                 if answer.body:
                     self._started = True
@@ -1056,54 +1062,40 @@ class H11Stream:
                 # Only a read that must wait pays for a time limit: chunks that came
                 # together in one receive are handed out without one.
                 stream = connection.stream
-                if isinstance(stream, LoopStream):
-                    await self._receive_on_loop(stream, answer, timeout, phase, phase_deadline)
-                else:
+                if not isinstance(stream, LoopStream):
                     with _Watch(self._deadline, phase, phase_deadline) as watch:
                         await connection.receive(watch, timeout)
+                    continue
+                deadline = self._deadline
+                if phase_deadline < deadline:
+                    deadline = phase_deadline
+                if timeout is not None:
+                    # The loop's clock (anyio's on asyncio) read directly:
+                    # anyio.current_time() first looks up which async library runs, a
+                    # third of a chunk's CPU here.
+                    fresh = asyncio.get_running_loop().time() + timeout
+                    if fresh < deadline:
+                        deadline = fresh
+                try:
+                    try:
+                        data = await stream.receive(READ_SIZE, deadline)
+                    except anyio.EndOfStream:
+                        data = b""
+                    answer.receive(data)
+                except DeadlinePassed:
+                    late = _Phase.TOTAL if self._deadline <= deadline else phase
+                    raise _timeout_of(late) from None
+                except Exception as exc:
+                    translated = _translated(exc, phase)
+                    if translated is not None:
+                        raise translated from None
+                    raise
         except BaseException:
             await self._lease.release(reuse=False)
             raise
         self._finished = True
         await self._lease.release(reuse=True)
         raise StopAsyncIteration
-
-    async def _receive_on_loop(
-        self,
-        stream: LoopStream,
-        answer: _http1.Answer,
-        timeout: float | None,
-        phase: _Phase,
-        phase_deadline: float,
-    ) -> None:
-        """What `_Watch` does for one receive, on asyncio's own stream without a cancel
-        scope: the earliest of the three deadlines is one timer of the loop's on the
-        read's future (`LoopStream.receive`), and failures are translated as there.
-
-        The read is `_Connection.receive`'s, written out here: an open stream waits in
-        it between chunks, and its coroutine frame would be kept alive all that time."""
-        deadline = self._deadline
-        if phase_deadline < deadline:
-            deadline = phase_deadline
-        if timeout is not None:
-            # The loop's clock (anyio's on asyncio) read directly: anyio.current_time()
-            # first looks up which async library runs, a third of a chunk's CPU here.
-            fresh = asyncio.get_running_loop().time() + timeout
-            if fresh < deadline:
-                deadline = fresh
-        try:
-            try:
-                data = await stream.receive(READ_SIZE, deadline)
-            except anyio.EndOfStream:
-                data = b""
-            answer.receive(data)
-        except DeadlinePassed:
-            raise _timeout_of(_Phase.TOTAL if self._deadline <= deadline else phase) from None
-        except Exception as exc:
-            translated = _translated(exc, phase)
-            if translated is not None:
-                raise translated from None
-            raise
 
 
 def _declared_length(headers: Headers) -> int:
