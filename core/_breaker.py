@@ -178,6 +178,22 @@ class Breaker(Kernel[BreakerState, BreakerEffect]):
         self.opened_at = 0.0  # when it last opened
         self.probe_at = 0.0  # when the half-open probe went out
 
+    @property
+    def passes(self) -> bool:
+        """Whether a call may go out with no `Dispatched` told: a closed breaker admits
+        every call and notes nothing of it (its table's cell), so the driver, which
+        dispatches on every request, need neither make the event nor read the clock."""
+        return self._state is B.CLOSED
+
+    def succeeded_closed(self) -> bool:
+        """A success told with no `Succeeded` event, when the breaker is closed: what its
+        cell does (the count of consecutive failures starts again).  False when it is
+        not closed: then the event must be sent."""
+        if self._state is not B.CLOSED:
+            return False
+        self.failures = 0
+        return True
+
     def reopens_at(self) -> float:
         """While OPEN: when the next call becomes a probe."""
         return self.opened_at + self.policy.cooldown

@@ -65,6 +65,8 @@ log = logging.getLogger("inference_gateway")
 
 # A report this many TTLs old is no longer trusted to refuse a model.
 _TRUSTED_TTLS = 3
+# The states of a model in a job report that refuse it a call (`core._balance`'s).
+_REFUSING = frozenset({ModelState.QUEUED, ModelState.STOPPED})
 
 
 @attrs.frozen(kw_only=True)
@@ -186,6 +188,21 @@ class HealthBook:
         entries = tuple(self._health(slug, now) for slug in effect.slugs)
         return HealthAssessed(endpoints=entries, turn=self._turn)
 
+    def waves_through(self, slug: str) -> bool:
+        """Whether `slug` takes a call now with nothing against it: its breaker closed and
+        its model not reported stopped or queued (however old the report: a stale one
+        only sends the request the long way, through `assess`).  The request machine
+        asks it of a lone candidate instead of `AssessHealth`; a yes counts as one
+        assessment, so the turn moves on as `assess` moves it."""
+        endpoint = self._endpoints.get(slug.lower())
+        if endpoint is None or not endpoint.breaker.passes:
+            return False
+        report = self._reports.get(endpoint.cluster)
+        if report is not None and report.states.get(endpoint.model) in _REFUSING:
+            return False
+        self._turn = (self._turn + 1) % (1 << 30)
+        return True
+
     def _health(self, slug: str, now: float) -> EndpointHealth:
         endpoint = self._endpoints.get(slug.lower())
         if endpoint is None:
@@ -213,7 +230,11 @@ class HealthBook:
         endpoint = self._endpoints.get(slug.lower())
         if endpoint is None:
             return Lease(self, slug, None, None)
-        for effect in endpoint.breaker.receive(Dispatched(at=self._clock())):
+        breaker = endpoint.breaker
+        if breaker.passes:
+            endpoint.outstanding += 1
+            return Lease(self, slug, endpoint, None)
+        for effect in breaker.receive(Dispatched(at=self._clock())):
             if isinstance(effect, Refused):
                 detail = f"circuit breaker open; retry in {effect.retry_after}s"
                 return Lease(self, slug, endpoint, AdaptorFailed(status=503, detail=detail))
@@ -227,6 +248,8 @@ class HealthBook:
 
     def _outcome(self, slug: str, endpoint: _Endpoint, failed: bool) -> None:
         breaker = endpoint.breaker
+        if not failed and breaker.succeeded_closed():
+            return
         before = breaker.state
         at = self._clock()
         breaker.receive(Failed(at=at) if failed else Succeeded(at=at))

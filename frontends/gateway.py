@@ -116,6 +116,7 @@ class _Moments:
     """One request's clock readings, taken by the driver as it carries out effects; and,
     only when capture is on (`capture_limit`), the first bytes of its prompt and answer."""
 
+
     def __init__(self, request: GatewayRequest, capture_limit: int | None = None) -> None:
         self._wall = request.received_at
         self._start = time.monotonic()
@@ -426,6 +427,7 @@ class Gateway:
             limits=self._request_limits,
             balanced=True,
             responses=self.responses.directory,
+            waves_through=self.health.waves_through,
         )
         moments = _Moments(request, self._capture_limit)
         pending = deque(
@@ -622,6 +624,7 @@ class StreamRelay:
     when the client left before the first chunk was asked for.  It is open from its
     making to its `aclose()`, which the gateway's stream observer is told.
     """
+
 
     def __init__(
         self,

@@ -188,3 +188,26 @@ def test_a_report_three_ttls_old_is_no_longer_trusted() -> None:
     assert assessed(health).model_state is ModelState.STOPPED
     clock.advance(3.5)
     assert assessed(health).model_state is ModelState.UNKNOWN
+
+
+def test_an_endpoint_is_waved_through_only_with_nothing_against_it() -> None:
+    """`waves_through` vouches for an endpoint only while `assess` would admit it for
+    sure; each yes moves the turn on as an assessment does."""
+    clock, cluster = ManualClock(), CountingCluster()
+    health = book(clock, cluster, breaker=BreakerPolicy(failures=1, cooldown=10), status_ttl=1)
+    assert health.waves_through(SLUG) and health.waves_through(SLUG.upper())
+    assert health.assess(AssessHealth(slugs=[SLUG])).turn == 3
+    assert not health.waves_through("no-such-endpoint")
+    with health.leased(SLUG) as call:
+        call.judge(AdaptorFailed(status=502))
+    assert not health.waves_through(SLUG)  # open: the long way says when to retry
+    clock.advance(10)
+    with health.leased(SLUG) as probe:
+        probe.judge(AdaptorReturned(result="{}"))
+    assert health.waves_through(SLUG)
+    cluster.state = "stopped"
+    anyio.run(health.jobs, "hpc")
+    assert not health.waves_through(SLUG)
+    clock.advance(3.5)  # a stale report: the long way, which no longer trusts it
+    assert not health.waves_through(SLUG)
+    assert assessed(health).admits
