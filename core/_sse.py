@@ -178,7 +178,8 @@ class SSEMonitor:
         if not data:
             return  # an empty data buffer dispatches no event (WHATWG), so none to judge
         self.events += 1
-        if data.strip() == "[DONE]":
+        # An event that opens an object is no `[DONE]`: only the others are stripped.
+        if data[0] != "{" and data.strip() == "[DONE]":
             self.done = True
             return
         try:
@@ -191,23 +192,28 @@ class SSEMonitor:
         if not isinstance(payload, dict):
             self._refuse(f"event {self.events} is JSON but not an object")
             return
-        kind = payload.get("type")
-        kind = kind if isinstance(kind, str) else None  # a backend's `"type": []` is no kind
-        if isinstance(payload.get("error"), dict) or kind in self.rules.failed:
+        get = payload.get
+        rules = self.rules
+        kind = get("type")
+        if isinstance(kind, str):  # a backend's `"type": []` is no kind; chat's have none
+            if kind in rules.failed:
+                self.errored = True
+            if kind in rules.finished:
+                self.done = True
+            if kind == rules.created:
+                self._created(payload)
+        if isinstance(get("error"), dict):
             self.errored = True
-        if kind in self.rules.finished:
-            self.done = True
-        if kind is not None and kind == self.rules.created:
-            self._created(payload)
-        reported = payload.get("usage")
-        for key in self.rules.usage_under:
-            nested = payload.get(key)
+        top = reported = get("usage")
+        for key in rules.usage_under:
+            nested = get(key)
             if not isinstance(reported, dict) and isinstance(nested, dict):
                 reported = nested.get("usage")
-        usage = Usage.from_json(reported) if isinstance(reported, dict) else None
-        if usage is not None:
-            self.usage = usage if self.usage is None else self.usage.then(usage)
-        self.usage_only = payload.get("choices") == [] and isinstance(payload.get("usage"), dict)
+        if isinstance(reported, dict):
+            usage = Usage.from_json(reported)
+            if usage is not None:
+                self.usage = usage if self.usage is None else self.usage.then(usage)
+        self.usage_only = isinstance(top, dict) and get("choices") == []
 
     def _refuse(self, problem: str) -> None:
         if self.invalid is None:
