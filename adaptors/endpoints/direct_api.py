@@ -35,6 +35,8 @@ from adaptors.endpoints.endpoint import (
 from core import is_plain_value
 from transports import BackendRequest, BackendStream, Timeout, TLSOptions, TransportError
 
+_Headers = tuple[tuple[str, str], ...]
+
 __all__ = [
     "PASSED_HEADERS",
     "STORED_OPERATIONS",
@@ -103,6 +105,8 @@ class DirectAPIEndpoint(BaseEndpoint):
         # timeout(): by stream or not, the limits and the inputs they were worked from.
         self._timeouts: dict[bool, tuple[Timeout, object, Timeout]] = {}
         self._tls: tuple[DirectAPIEndpointConfig, TLSOptions | None] | None = None
+        # _fixed(): by (route, accept), the URL and key they were made for, and them.
+        self._calls: dict[tuple[str | None, str], tuple[str, str | None, str, _Headers]] = {}
 
     @property
     def config(self) -> DirectAPIEndpointConfig:
@@ -162,22 +166,41 @@ class DirectAPIEndpoint(BaseEndpoint):
         passed: object = None,
         method: str = "POST",
     ) -> BackendRequest:
-        headers = [("accept", accept)]
-        if body is not None:
-            headers.insert(0, ("content-type", "application/json"))
-        if self._api_key:
-            headers.append(("authorization", f"Bearer {self._api_key}"))
+        url, headers = self._fixed(route, accept, body is not None)
         if is_plain_value(request_id):
-            headers.append(("x-request-id", str(request_id)))
-        headers.extend(_passed_headers(passed))
+            headers = (*headers, ("x-request-id", str(request_id)))
+        if passed is not None:
+            headers = (*headers, *_passed_headers(passed))
         return BackendRequest(
             method=method,
-            url=resolve_url(self._api_url, route),
+            url=url,
             headers=headers,
             body=b"" if body is None else body_bytes(body),
             timeout=self.timeout(stream=accept == "text/event-stream"),
             tls=self._tls_options(),
         )
+
+    def _fixed(self, route: str | None, accept: str, with_body: bool) -> tuple[str, _Headers]:
+        """The URL and the headers every call of this kind sends, kept per kind while the
+        URL and the key are the same (`set_api_url`, or `bind` with other secrets, makes
+        them anew): every request asks.  Only calls with a body are kept; the others
+        name a stored response in their route, and those are without number."""
+        api_url, api_key = self._api_url, self._api_key
+        key = (route, accept)
+        kept = self._calls.get(key) if with_body else None
+        if kept is not None and kept[0] is api_url and kept[1] == api_key:
+            return kept[2], kept[3]
+        headers = [("accept", accept)]
+        if with_body:
+            headers.insert(0, ("content-type", "application/json"))
+        if api_key:
+            headers.append(("authorization", f"Bearer {api_key}"))
+        url = resolve_url(api_url, route)
+        if with_body:
+            if len(self._calls) >= _KEPT_CALLS:
+                self._calls.clear()
+            self._calls[key] = (api_url, api_key, url, tuple(headers))
+        return url, tuple(headers)
 
     def _tls_options(self) -> TLSOptions | None:
         """The config's TLS options, worked out once per config (it is frozen): the
@@ -269,6 +292,9 @@ STORED_OPERATIONS = {
     "delete": ("DELETE", ""),
     "input_items": ("GET", "/input_items"),
 }
+
+# How many kinds of call `_fixed` keeps (routes times accepts: a handful in practice).
+_KEPT_CALLS = 32
 
 # The task data key under which the gateway hands on the client's headers that the API
 # itself defines (the Messages API's `anthropic-version` and `anthropic-beta`).
