@@ -38,6 +38,8 @@ from tests.support.fake_openai import (
     running_fake_openai,
 )
 from tests.support.servers import serve_app
+from transports import BackendResponse
+from transports.function import FunctionTransport
 from transports.httpx_transport import HttpxTransport
 
 SECRET = "sk-VERY-distinctive-secret-0123456789"
@@ -353,6 +355,38 @@ async def test_set_api_url_redirects_later_calls(
     endpoint.set_api_url(f"{url}/v1/chat/completions")
     answer = await endpoint.submit_task(_chat_envelope("Llama-Test-8B"))
     assert answer.error_message is None and len(fake.requests) == 1
+
+
+async def test_a_call_s_url_and_key_follow_set_api_url_and_bind_after_calls() -> None:
+    """The URL and headers kept per kind of call are made anew when what they came from
+    changes: another URL, or other secrets handed in at bind."""
+    answer = BackendResponse(status=200, headers=(("content-type", "application/json"),))
+    recording = FunctionTransport(lambda request: answer)
+    endpoint = _direct("http://one.invalid/v1/chat/completions")
+    endpoint.bind(transport=recording, secrets={KEY_ENV: "sk-one"})
+    for _ in range(2):
+        await endpoint.submit_task(_chat_envelope("Llama-Test-8B"))
+    endpoint.set_api_url("http://two.invalid/v1")
+    await endpoint.submit_task(_chat_envelope("Llama-Test-8B"))
+    endpoint.bind(transport=recording, secrets={KEY_ENV: "sk-two"})
+    await endpoint.submit_task(_chat_envelope("Llama-Test-8B"))
+    endpoint.bind(transport=recording, secrets={})
+    await endpoint.submit_task({**_chat_envelope("Llama-Test-8B"), "request_id": None})
+    heard = [(r.url, dict(r.headers)) for r in recording.requests]
+    sent = [(url, h.get("authorization"), h.get("x-request-id")) for url, h in heard]
+    assert sent == [
+        ("http://one.invalid/v1/chat/completions", "Bearer sk-one", "r-1"),
+        ("http://one.invalid/v1/chat/completions", "Bearer sk-one", "r-1"),
+        ("http://two.invalid/v1/chat/completions", "Bearer sk-one", "r-1"),
+        ("http://two.invalid/v1/chat/completions", "Bearer sk-two", "r-1"),
+        ("http://two.invalid/v1/chat/completions", None, None),
+    ]
+    assert [name for name, _ in recording.requests[0].headers] == [
+        "content-type",
+        "accept",
+        "authorization",
+        "x-request-id",
+    ]
 
 
 async def test_direct_api_streams_chunks_and_closes(
