@@ -113,6 +113,8 @@ class Lease:
     """One call to one endpoint, from dispatch to its end: counted while it lasts, its
     outcome told to the breaker once.  `refusal` is set when the breaker refused it."""
 
+    __slots__ = ("_book", "_closed", "_endpoint", "_judged", "_slug", "refusal")
+
     def __init__(
         self,
         book: HealthBook,

@@ -116,6 +116,17 @@ class _Moments:
     """One request's clock readings, taken by the driver as it carries out effects; and,
     only when capture is on (`capture_limit`), the first bytes of its prompt and answer."""
 
+    __slots__ = (
+        "_answer",
+        "_called",
+        "_cap",
+        "_first_byte",
+        "_prompt",
+        "_request_id",
+        "_start",
+        "_upstream",
+        "_wall",
+    )
 
     def __init__(self, request: GatewayRequest, capture_limit: int | None = None) -> None:
         self._wall = request.received_at
@@ -625,6 +636,17 @@ class StreamRelay:
     making to its `aclose()`, which the gateway's stream observer is told.
     """
 
+    __slots__ = (
+        "_chunks",
+        "_closed",
+        "_gateway",
+        "_lease",
+        "_machine",
+        "_moments",
+        "_observer",
+        "_out",
+        "_upstream",
+    )
 
     def __init__(
         self,
