@@ -35,8 +35,6 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import attrs
-
 from core._balance import AssessHealth, HealthAssessed, choose, is_retriable, permitted_candidates
 from core._caller import caller, credentials, identity_unavailable
 from core._catalog import Catalog
@@ -525,7 +523,18 @@ class RequestMachine(Kernel[State, RequestEffect]):
         request = self._current_request()
         self._bytes_in = len(request.body)
         self._prompt_estimate = estimate_prompt_tokens(self._sent)
-        self._request = attrs.evolve(request, body=b"")
+        # Made field by field rather than by `attrs.evolve`, which looks every field up
+        # first (a third of the cost; a test holds this to every field there is).
+        self._request = RequestReceived(
+            request_id=request.request_id,
+            route=request.route,
+            body=b"",
+            content_type=request.content_type,
+            authorization=request.authorization,
+            cluster=request.cluster,
+            framework=request.framework,
+            client=request.client,
+        )
         self._sent = {}
         self._valid = None  # read only to plan a call, and a stream's is never made again
         self._call = None

@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import event as note_event
 from hypothesis import given, settings
@@ -1066,3 +1067,18 @@ def test_a_logged_detail_is_short_and_never_quotes_a_secret(
     for secret in SECRETS:
         # Not the secret, nor a first part of it long enough to matter.
         assert secret[:8] not in entry.detail
+
+
+def test_a_stream_that_starts_forgets_the_body_and_keeps_every_other_field() -> None:
+    """The request kept once a stream starts is the one received with an empty body,
+    field by field: a field added to RequestReceived must be added there too."""
+    sent = attrs.evolve(request(stream=True, cluster="open", framework="vllm"), client="192.0.2.7")
+    assert all(getattr(sent, f.name) != f.default for f in attrs.fields(RequestReceived)), (
+        "every field set, so a dropped one shows"
+    )
+    machine = RequestMachine(CATALOG)
+    machine.receive(sent)
+    (call,) = machine.receive(IdentityResolved(identity=ALICE))
+    assert isinstance(call, CallAdaptor) and call.stream
+    machine.receive(StreamOpened())
+    assert machine._request == attrs.evolve(sent, body=b"")
