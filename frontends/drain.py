@@ -36,7 +36,7 @@ import anyio.abc
 import sniffio
 from anyio._backends import _asyncio as _anyio_asyncio
 
-__all__ = ["CUT_GRACE_SECONDS", "Drain", "serve_draining"]
+__all__ = ["CUT_GRACE_SECONDS", "Drain", "new_scope", "serve_draining"]
 
 log = logging.getLogger("inference_gateway")
 
@@ -84,7 +84,7 @@ class Drain:
 _SCOPES: dict[str, Callable[[], anyio.CancelScope]] = {}
 
 
-def _new_scope() -> anyio.CancelScope:
+def new_scope() -> anyio.CancelScope:
     """`anyio.CancelScope()`, made by the running loop's class directly: anyio's
     constructor looks the loop's backend up (sniffio, a module lookup, a factory) on each
     call, five times the cost of the scope itself."""
@@ -151,7 +151,7 @@ class _Cuttable:
         loop = None if drain._cut else asyncio._get_running_loop()
         task = None if loop is None else asyncio.current_task(loop)
         if task is None:
-            scope = self._scope = _new_scope()
+            scope = self._scope = new_scope()
             if drain._cut:
                 scope.cancel()
             scope.__enter__()

@@ -66,7 +66,7 @@ from core import (
 )
 from frontends.api_headers import authorization_for, passed_headers
 from frontends.caller import resolve_caller
-from frontends.drain import Drain, _new_scope
+from frontends.drain import Drain, new_scope
 from frontends.endpoint_health import HealthBook, HealthPolicy, Lease
 from frontends.identity import IdentityProvider
 from frontends.ids import new_id
@@ -715,7 +715,7 @@ class StreamRelay:
             self._lease.close()
         # The running loop's scope class, made directly: `anyio.CancelScope(shield=True)`
         # looks the backend up first, a third of the shield's cost, once per stream.
-        shield = _new_scope()
+        shield = new_scope()
         shield.shield = True
         with shield:
             if not self._machine.finished:
