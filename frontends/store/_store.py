@@ -58,7 +58,7 @@ class _Insert:
         compiled = _insert_ignoring_duplicates(dialect.name).compile(dialect=dialect)
         self.sql = str(compiled)
         names = tuple(compiled.positiontup or ()) if compiled.positional else _FIELDS
-        scope: dict[str, Any] = {"_datetime": datetime, "_UTC": UTC}
+        scope: dict[str, Any] = {"_datetime": datetime, "_UTC": UTC, "_D2": _TWO_DIGITS}
         parts: list[str] = []
         for index, name in enumerate(names):
             if not name.isidentifier():
@@ -85,17 +85,29 @@ class _Insert:
         return self._rows(records)
 
 
+# "00" to "99": a time stamp's two-digit fields, looked up rather than formatted.
+_TWO_DIGITS = tuple(f"{n:02d}" for n in range(100))
+
+# SQLite's text of a UTC `datetime` `v`, `YYYY-MM-DD HH:MM:SS.ffffff`.  `isoformat` (and
+# `%` formatting) cost about twice as much: C varargs formatting of each field, and
+# `isoformat` writes an offset too, only to be cut off.
+_SQLITE_TIME = (
+    "f'{str(v.year + 10000)[1:]}-{_D2[v.month]}-{_D2[v.day]} "
+    "{_D2[v.hour]}:{_D2[v.minute]}:{_D2[v.second]}.{str(v.microsecond + 1000000)[1:]}'"
+)
+
+
 def _row_code(value: str, processor: str, kind: Any, process: Any, dialect: sa.Dialect) -> str:
     """The expression binding one column's `value` as the driver takes it.
 
     SQLite keeps a time stamp as text, `YYYY-MM-DD HH:MM:SS.ffffff` in UTC (SQLAlchemy's
-    format for its DATETIME), which a UTC `datetime`'s own `isoformat` writes, less its
-    `+00:00`; PostgreSQL takes the UTC `datetime` itself.  A flag is an integer on SQLite
-    and itself on PostgreSQL.  Anything else goes through `processor`, the column's."""
+    format for its DATETIME, `_SQLITE_TIME`); PostgreSQL takes the UTC `datetime` itself.
+    A flag is an integer on SQLite and itself on PostgreSQL.  Anything else goes through
+    `processor`, the column's."""
     if process is None:
         return value
     if isinstance(kind, UTCDateTime):
-        plain = "v.isoformat(' ', 'microseconds')[:26]" if dialect.name == "sqlite" else "v"
+        plain = _SQLITE_TIME if dialect.name == "sqlite" else "v"
         return (
             f"(None if (v := {value}) is None else {plain} "
             f"if v.__class__ is _datetime and v.tzinfo is _UTC else {processor}(v))"
