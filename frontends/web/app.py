@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from itertools import chain
+from typing import Any
 
 from quart import Quart, Response, current_app, request
 from quart.sessions import NullSession, SessionInterface
@@ -153,7 +155,36 @@ def create_app(
 
     if freeze_startup_heap:
         app.while_serving(_freeze_startup_heap)  # last: after everything else has started
+    _checked_once(app)
     return app
+
+
+def _checked_once(app: Quart) -> None:
+    """Quart's `ensure_async` answered from a set for the app's own views and hooks.
+
+    Quart asks it of every view, hook and error handler it calls and of the session
+    interface (four times a request here), and each time it asks `inspect` whether the function is a coroutine function:
+    a handful of Python calls for an answer that never changes.  The functions registered
+    by now are asked once; the ones Quart keeps as they are (coroutine functions) are
+    handed back from the set, anything else (registered later, or not a coroutine
+    function) still goes through Quart's own `ensure_async`.  The set holds only what the
+    app holds anyway."""
+    ensure_async = app.ensure_async
+    registered = chain(
+        (app.session_interface.open_session,),
+        app.view_functions.values(),
+        *app.before_request_funcs.values(),
+        *app.after_request_funcs.values(),
+        *app.teardown_request_funcs.values(),
+    )
+    kept = frozenset(function for function in registered if ensure_async(function) is function)
+
+    def checked(function: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+        if function in kept:
+            return function
+        return ensure_async(function)
+
+    app.ensure_async = checked  # type: ignore[method-assign,assignment]
 
 
 async def _freeze_startup_heap() -> AsyncGenerator[None, None]:
