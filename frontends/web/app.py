@@ -163,12 +163,12 @@ def _checked_once(app: Quart) -> None:
     """Quart's `ensure_async` answered from a set for the app's own views and hooks.
 
     Quart asks it of every view, hook and error handler it calls and of the session
-    interface (four times a request here), and each time it asks `inspect` whether the function is a coroutine function:
-    a handful of Python calls for an answer that never changes.  The functions registered
-    by now are asked once; the ones Quart keeps as they are (coroutine functions) are
-    handed back from the set, anything else (registered later, or not a coroutine
-    function) still goes through Quart's own `ensure_async`.  The set holds only what the
-    app holds anyway."""
+    interface (four times a request here), and each time it asks `inspect` whether the
+    function is a coroutine function: a handful of Python calls for an answer that never
+    changes.  The functions registered by now are asked once; the ones Quart keeps as
+    they are (coroutine functions) are handed back from the set, anything else
+    (registered later, or not a coroutine function) still goes through Quart's own
+    `ensure_async`.  The set holds only what the app holds anyway."""
     ensure_async = app.ensure_async
     registered = chain(
         (app.session_interface.open_session,),
