@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, cast
 
 from quart import Request, Response, current_app, request
@@ -115,7 +116,7 @@ def current_request_id() -> str | None:
 
 
 def to_quart(answer: GatewayResponse | CoreResponse) -> Response:
-    headers = Headers(answer.headers)
+    headers = _headers(answer.headers)
     body: Any = answer.body
     stream = getattr(answer, "stream", None)
     response = Response(
@@ -124,3 +125,27 @@ def to_quart(answer: GatewayResponse | CoreResponse) -> Response:
     if stream is not None:
         response.timeout = None
     return response
+
+
+def _headers(pairs: Sequence[tuple[str, str]]) -> Headers:
+    """The answer's header pairs as werkzeug's `Headers`, filled in one step.
+
+    Its constructor adds them one by one, each through its option and value checks
+    (about 6k instructions a pair, three on a stream's answer); pairs that are already
+    strings, with no line break in a value, pass those checks unchanged, so they are
+    kept as they are.  Anything else goes through the constructor, which converts or
+    refuses it as it always did."""
+    kept = []
+    for pair in pairs:
+        name, value = pair
+        if (
+            name.__class__ is not str
+            or value.__class__ is not str
+            or "\n" in value
+            or "\r" in value
+        ):
+            return Headers(pairs)
+        kept.append(pair if pair.__class__ is tuple else (name, value))
+    headers = Headers()
+    headers._list = kept
+    return headers
