@@ -12,7 +12,7 @@ from werkzeug.local import LocalProxy
 from core import OpenAIRoute
 from core import Response as CoreResponse
 from frontends.api_headers import authorization_for, passed_headers
-from frontends.gateway import Gateway, GatewayRequest, GatewayResponse
+from frontends.gateway import ByteStream, Gateway, GatewayRequest, GatewayResponse
 from frontends.listings import Listings
 from frontends.request_log import RequestLog
 from frontends.usage import Operators
@@ -116,26 +116,29 @@ def current_request_id() -> str | None:
 
 
 def to_quart(answer: GatewayResponse | CoreResponse) -> Response:
-    headers = _headers(answer.headers)
-    body: Any = answer.body
     stream = getattr(answer, "stream", None)
-    response = Response(
-        stream if stream is not None else body, status=answer.status, headers=headers
-    )
+    body: Any = answer.body
+    kept = _plain_pairs(answer.headers)
+    if kept is not None and (stream is not None or body.__class__ is bytes):
+        response: Response = _Answer(stream, body, answer.status, kept)
+    else:
+        response = Response(
+            stream if stream is not None else body,
+            status=answer.status,
+            headers=Headers(answer.headers),
+        )
     if stream is not None:
         response.timeout = None
     return response
 
 
-def _headers(pairs: Sequence[tuple[str, str]]) -> Headers:
-    """The answer's header pairs as werkzeug's `Headers`, filled in one step.
-
-    Its constructor adds them one by one, each through its option and value checks
-    (about 6k instructions a pair, three on a stream's answer); pairs that are already
-    strings, with no line break in a value, pass those checks unchanged, so they are
-    kept as they are.  Anything else goes through the constructor, which converts or
-    refuses it as it always did."""
+def _plain_pairs(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]] | None:
+    """The answer's header pairs as a list werkzeug's `Headers` keeps, when they need
+    none of the work Quart's `Response` would do on them: strings, no line break in a
+    value (what werkzeug's per-pair checks pass unchanged), a content type given (none
+    to default) and no content length (none to replace).  Else None."""
     kept = []
+    typed = False
     for pair in pairs:
         name, value = pair
         if (
@@ -144,8 +147,38 @@ def _headers(pairs: Sequence[tuple[str, str]]) -> Headers:
             or "\n" in value
             or "\r" in value
         ):
-            return Headers(pairs)
+            return None
+        lowered = name.lower()
+        if lowered == "content-type":
+            typed = True
+        elif lowered == "content-length":
+            return None
         kept.append(pair if pair.__class__ is tuple else (name, value))
-    headers = Headers()
-    headers._list = kept
-    return headers
+    return kept if typed else None
+
+
+class _Answer(Response):
+    """Quart's `Response` for a body of bytes or a stream, with headers that need no work
+    (`_plain_pairs`): the same attributes and the same headers, `Content-Length` last
+    for a body, as Quart's constructor gives it, without its general steps (the headers
+    added one by one through werkzeug's checks, the content-type default looked up,
+    the body's type tested against its classes, the length set through a header
+    property): about 21k instructions off a JSON answer and 8k off a stream's."""
+
+    def __init__(
+        self,
+        stream: ByteStream | None,
+        body: bytes,
+        status: int,
+        pairs: list[tuple[str, str]],
+    ) -> None:
+        headers = Headers()
+        headers._list = pairs
+        self.headers = headers
+        self.status = status
+        self.timeout = Ellipsis
+        if stream is None:
+            self.response = self.data_body_class(body)
+            pairs.append(("Content-Length", str(len(body))))
+        else:
+            self.response = self.iterable_body_class(stream)
