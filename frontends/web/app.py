@@ -180,8 +180,11 @@ def _checked_once(app: Quart) -> None:
     kept = frozenset(function for function in registered if ensure_async(function) is function)
 
     def checked(function: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-        if function in kept:
-            return function
+        try:
+            if function in kept:
+                return function
+        except TypeError:  # an unhashable callable: not one of ours
+            pass
         return ensure_async(function)
 
     app.ensure_async = checked  # type: ignore[method-assign,assignment]
