@@ -182,17 +182,9 @@ class Breaker(Kernel[BreakerState, BreakerEffect]):
     def passes(self) -> bool:
         """Whether a call may go out with no `Dispatched` told: a closed breaker admits
         every call and notes nothing of it (its table's cell), so the driver, which
-        dispatches on every request, need neither make the event nor read the clock."""
+        dispatches on every request, need neither make the event nor read the clock.
+        (Likewise a `Succeeded` while closed with no failure counted changes nothing.)"""
         return self._state is B.CLOSED
-
-    def succeeded_closed(self) -> bool:
-        """A success told with no `Succeeded` event, when the breaker is closed: what its
-        cell does (the count of consecutive failures starts again).  False when it is
-        not closed: then the event must be sent."""
-        if self._state is not B.CLOSED:
-            return False
-        self.failures = 0
-        return True
 
     def reopens_at(self) -> float:
         """While OPEN: when the next call becomes a probe."""

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from core._balance import AssessHealth, HealthAssessed, choose, is_retriable, permitted_candidates
@@ -203,7 +204,7 @@ class RequestMachine(Kernel[State, RequestEffect]):
         limits: RequestLimits = DEFAULT_LIMITS,
         balanced: bool = False,
         responses: ResponseDirectory | None = None,
-        waves_through: Callable[[str], bool] | None = None,
+        cleared: AbstractSet[str] = frozenset(),
     ) -> None:
         """`quota` None: no limits at all (the driver has no counters to reserve on).
         `limits`: what a request's JSON may be (depth, messages; see `core._limits`).
@@ -218,15 +219,15 @@ class RequestMachine(Kernel[State, RequestEffect]):
         `balanced`: the driver answers `AssessHealth` (it keeps endpoint health), so the
         machine chooses among every endpoint that may serve a request and retries a call
         that failed before any byte reached the client once elsewhere (`core._balance`).
-        `waves_through(slug)`: the driver's word that an endpoint takes a call now with
-        nothing against it (its breaker closed, its model not reported stopped or
-        queued); a lone candidate it vouches for is chosen without `AssessHealth`, since
+        `cleared`: the slugs the driver vouches for now (its breaker closed, its model not
+        reported stopped or queued), a set it keeps up to date and the machine reads when
+        it chooses; a lone candidate in it is chosen without `AssessHealth`, since
         `choose` could choose nothing else.  Most requests have one candidate, and the
         round trip cost each of them an effect, an event and an assessment.
         """
         super().__init__()
         self._balanced = balanced
-        self._waves_through = waves_through
+        self._cleared = cleared
         self._candidates: tuple[EndpointRecord, ...] = ()
         self._valid: ValidRequest | None = None
         self._retried = False
@@ -303,10 +304,9 @@ class RequestMachine(Kernel[State, RequestEffect]):
             self._candidates = permitted_candidates(
                 self._catalog, identity, endpoint, request.route, pinned=pinned
             )
-            waves_through, candidates = self._waves_through, self._candidates
-            lone = candidates[0] if len(candidates) == 1 else None
-            if lone is not None and waves_through and waves_through(lone.endpoint_slug):
-                return self._prepare(lone)
+            candidates = self._candidates
+            if len(candidates) == 1 and candidates[0].endpoint_slug in self._cleared:
+                return self._prepare(candidates[0])
             slugs = tuple(e.endpoint_slug for e in self._candidates)
             return S.CHOOSING, (AssessHealth(slugs=slugs),)
         return self._prepare(endpoint)

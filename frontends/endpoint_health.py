@@ -29,6 +29,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -100,9 +101,10 @@ class _Endpoint:
     look-up (its slug case-folded once), not one per dict (breakers, outstanding calls,
     the catalog's record) per step of its call."""
 
-    __slots__ = ("breaker", "cluster", "model", "outstanding")
+    __slots__ = ("breaker", "cluster", "model", "outstanding", "slug")
 
-    def __init__(self, cluster: str, model: str, breaker: Breaker) -> None:
+    def __init__(self, slug: str, cluster: str, model: str, breaker: Breaker) -> None:
+        self.slug = slug  # as the catalog spells it
         self.cluster = cluster
         self.model = model.casefold()  # as the job reports' states are keyed
         self.breaker = breaker
@@ -174,9 +176,17 @@ class HealthBook:
         self._clock = clock
         # The catalog never changes: each endpoint's entry is made once, by case-folded slug.
         self._endpoints = {
-            e.endpoint_slug.lower(): _Endpoint(e.cluster, e.model, Breaker(self.policy.breaker))
+            e.endpoint_slug.lower(): _Endpoint(
+                e.endpoint_slug, e.cluster, e.model, Breaker(self.policy.breaker)
+            )
             for e in catalog.endpoints
         }
+        # The endpoints with nothing against them: breaker closed, model not reported
+        # stopped or queued (however old the report: a stale one only sends a request the
+        # long way, through `assess`), by the catalog's slug.  Kept up to date as each
+        # breaker and report changes; the request machine is handed this set (data, read
+        # when it chooses) so that a lone candidate in it skips `AssessHealth`.
+        self._cleared = {e.slug for e in self._endpoints.values()}
         self._reports: dict[str, _Report] = {}
         self._reading: dict[str, anyio.Event] = {}  # a cluster whose status is being read
         self._turn = 0  # rotates ties between equally loaded endpoints
@@ -190,20 +200,19 @@ class HealthBook:
         entries = tuple(self._health(slug, now) for slug in effect.slugs)
         return HealthAssessed(endpoints=entries, turn=self._turn)
 
-    def waves_through(self, slug: str) -> bool:
-        """Whether `slug` takes a call now with nothing against it: its breaker closed and
-        its model not reported stopped or queued (however old the report: a stale one
-        only sends the request the long way, through `assess`).  The request machine
-        asks it of a lone candidate instead of `AssessHealth`; a yes counts as one
-        assessment, so the turn moves on as `assess` moves it."""
-        endpoint = self._endpoints.get(slug.lower())
-        if endpoint is None or not endpoint.breaker.passes:
-            return False
+    @property
+    def cleared(self) -> AbstractSet[str]:
+        """The slugs with nothing against them now (a live view, not a copy)."""
+        return self._cleared
+
+    def _classify(self, endpoint: _Endpoint) -> None:
         report = self._reports.get(endpoint.cluster)
-        if report is not None and report.states.get(endpoint.model) in _REFUSING:
-            return False
-        self._turn = (self._turn + 1) % (1 << 30)
-        return True
+        if endpoint.breaker.passes and (
+            report is None or report.states.get(endpoint.model) not in _REFUSING
+        ):
+            self._cleared.add(endpoint.slug)
+        else:
+            self._cleared.discard(endpoint.slug)
 
     def _health(self, slug: str, now: float) -> EndpointHealth:
         endpoint = self._endpoints.get(slug.lower())
@@ -236,7 +245,9 @@ class HealthBook:
         if breaker.passes:
             endpoint.outstanding += 1
             return Lease(self, slug, endpoint, None)
-        for effect in breaker.receive(Dispatched(at=self._clock())):
+        effects = breaker.receive(Dispatched(at=self._clock()))
+        self._classify(endpoint)
+        for effect in effects:
             if isinstance(effect, Refused):
                 detail = f"circuit breaker open; retry in {effect.retry_after}s"
                 return Lease(self, slug, endpoint, AdaptorFailed(status=503, detail=detail))
@@ -250,11 +261,12 @@ class HealthBook:
 
     def _outcome(self, slug: str, endpoint: _Endpoint, failed: bool) -> None:
         breaker = endpoint.breaker
-        if not failed and breaker.succeeded_closed():
-            return
+        if not failed and breaker.passes and not breaker.failures:
+            return  # closed with no failure counted: `Succeeded` would change nothing
         before = breaker.state
         at = self._clock()
         breaker.receive(Failed(at=at) if failed else Succeeded(at=at))
+        self._classify(endpoint)
         if breaker.state is not before:
             log.warning(
                 "endpoint %s: circuit breaker %s -> %s", slug, before.value, breaker.state.value
@@ -264,6 +276,7 @@ class HealthBook:
         endpoint.outstanding = max(0, endpoint.outstanding - 1)
         if abandoned:
             endpoint.breaker.receive(Abandoned(at=self._clock()))
+            self._classify(endpoint)
 
     # -- cluster status -----------------------------------------------------------------
 
@@ -303,6 +316,9 @@ class HealthBook:
         done = self._reading[cluster] = anyio.Event()
         try:
             self._reports[cluster] = await self._fetch(cluster)
+            for endpoint in self._endpoints.values():
+                if endpoint.cluster == cluster:
+                    self._classify(endpoint)
         finally:
             del self._reading[cluster]
             done.set()

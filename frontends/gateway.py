@@ -438,7 +438,7 @@ class Gateway:
             limits=self._request_limits,
             balanced=True,
             responses=self.responses.directory,
-            waves_through=self.health.waves_through,
+            cleared=self.health.cleared,
         )
         moments = _Moments(request, self._capture_limit)
         pending = deque(

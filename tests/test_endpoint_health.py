@@ -190,24 +190,26 @@ def test_a_report_three_ttls_old_is_no_longer_trusted() -> None:
     assert assessed(health).model_state is ModelState.UNKNOWN
 
 
-def test_an_endpoint_is_waved_through_only_with_nothing_against_it() -> None:
-    """`waves_through` vouches for an endpoint only while `assess` would admit it for
-    sure; each yes moves the turn on as an assessment does."""
+def test_an_endpoint_is_cleared_only_while_nothing_is_against_it() -> None:
+    """`cleared` holds an endpoint exactly while its breaker is closed and its model is
+    not reported stopped or queued, kept up to date as breakers and reports change."""
     clock, cluster = ManualClock(), CountingCluster()
     health = book(clock, cluster, breaker=BreakerPolicy(failures=1, cooldown=10), status_ttl=1)
-    assert health.waves_through(SLUG) and health.waves_through(SLUG.upper())
-    assert health.assess(AssessHealth(slugs=[SLUG])).turn == 3
-    assert not health.waves_through("no-such-endpoint")
+    cleared = health.cleared
+    assert SLUG in cleared and "no-such-endpoint" not in cleared
     with health.leased(SLUG) as call:
         call.judge(AdaptorFailed(status=502))
-    assert not health.waves_through(SLUG)  # open: the long way says when to retry
+    assert SLUG not in cleared  # open: the long way says when to retry
     clock.advance(10)
     with health.leased(SLUG) as probe:
         probe.judge(AdaptorReturned(result="{}"))
-    assert health.waves_through(SLUG)
+    assert SLUG in cleared
     cluster.state = "stopped"
     anyio.run(health.jobs, "hpc")
-    assert not health.waves_through(SLUG)
+    assert SLUG not in cleared
     clock.advance(3.5)  # a stale report: the long way, which no longer trusts it
-    assert not health.waves_through(SLUG)
+    assert SLUG not in cleared
     assert assessed(health).admits
+    cluster.state = "running"
+    anyio.run(health.jobs, "hpc")
+    assert SLUG in cleared
