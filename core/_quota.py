@@ -223,9 +223,11 @@ def plan(
     policy: QuotaPolicy,
     *,
     embeddings: bool = False,
+    prompt_tokens: int | None = None,
 ) -> tuple[Reservation, ...]:
-    """The reservations this request must make; empty when no limit applies."""
-    tokens = estimate_prompt_tokens(body)
+    """The reservations this request must make; empty when no limit applies.
+    `prompt_tokens`: `estimate_prompt_tokens(body)` when the caller has it already."""
+    tokens = estimate_prompt_tokens(body) if prompt_tokens is None else prompt_tokens
     if not embeddings:
         tokens += _max_tokens(body, policy.default_max_tokens)
     slug, user = endpoint.endpoint_slug, identity.username

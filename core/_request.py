@@ -318,8 +318,16 @@ class RequestMachine(Kernel[State, RequestEffect]):
         call = self._call_for(endpoint)
         if self._quota is not None:
             embeddings = request.route is OpenAIRoute.EMBEDDINGS
+            # The body sent is this one (`_call_for`), so its estimate serves a stream's
+            # usage later too (`_forget_the_body`) and is worked out once.
+            self._prompt_estimate = estimate_prompt_tokens(valid.body)
             self._reservations = plan(
-                endpoint, identity, valid.body, self._quota, embeddings=embeddings
+                endpoint,
+                identity,
+                valid.body,
+                self._quota,
+                embeddings=embeddings,
+                prompt_tokens=self._prompt_estimate,
             )
         if self._reservations:
             self._call = call
@@ -390,7 +398,12 @@ class RequestMachine(Kernel[State, RequestEffect]):
             identity = self._identity
             assert identity is not None, "a retry follows a call made for a known caller"
             self._reservations = plan(
-                again, identity, self._current_valid().body, self._quota, embeddings=embeddings
+                again,
+                identity,
+                self._current_valid().body,
+                self._quota,
+                embeddings=embeddings,
+                prompt_tokens=self._prompt_estimate,
             )
         call = self._call_for(again)
         request_id = self._current_request().request_id
@@ -522,7 +535,8 @@ class RequestMachine(Kernel[State, RequestEffect]):
         runs to hundreds of kilobytes; thousands of open streams must not hold them all."""
         request = self._current_request()
         self._bytes_in = len(request.body)
-        self._prompt_estimate = estimate_prompt_tokens(self._sent)
+        if self._prompt_estimate is None:
+            self._prompt_estimate = estimate_prompt_tokens(self._sent)
         # Made field by field rather than by `attrs.evolve`, which looks every field up
         # first (a third of the cost; a test holds this to every field there is).
         self._request = RequestReceived(
