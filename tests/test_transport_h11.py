@@ -312,7 +312,7 @@ async def test_limits_hold_on_a_connection_that_keeps_being_reused(
 
     async def steady_then_silent(exchange: Exchange) -> None:
         await exchange.start(200, [("content-type", "text/event-stream")])
-        for index in range(6):
+        for index in range(10):  # 1 s: twice the idle limit, 0.4 s to spare at each
             await anyio.sleep(0.1)  # the backend's pace, not a synchronisation
             await exchange.send(b"data: %d\n\n" % index)
         await exchange.wait_disconnect()
@@ -323,7 +323,7 @@ async def test_limits_hold_on_a_connection_that_keeps_being_reused(
     routes = {"/ok": _ok, "/steady": steady_then_silent, "/silent": silent}
     async with serving(routes) as server:
         stream = await transport.open_stream(
-            _get(server, "/steady", Timeout(connect=5, read=5, first_byte=5, idle=0.3))
+            _get(server, "/steady", Timeout(connect=5, read=5, first_byte=5, idle=0.5))
         )
         received = []
         try:
@@ -332,7 +332,7 @@ async def test_limits_hold_on_a_connection_that_keeps_being_reused(
                     received.append(chunk)
         finally:
             await stream.aclose()
-        assert len(received) == 6
+        assert len(received) == 10
         assert (await transport.send(_get(server, "/ok", Timeout(read=30)))).body == b"ok"
         with anyio.fail_after(5), pytest.raises(FirstByteTimeout):
             await transport.send(_get(server, "/silent", Timeout(read=30, first_byte=0.2)))
