@@ -27,8 +27,7 @@ so several replicas share one ledger.
 from __future__ import annotations
 
 import enum
-from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -249,33 +248,85 @@ def plan(
     )
 
 
-# One reservation's entry in a window: (made at (ms), amount held).  A pair of ints, not
-# a list or a class: entries stay a minute, so at a thousand requests a second a process
-# holds some hundred thousand of them, and the garbage collector stops tracking a tuple of
-# ints the first time it sees one, where a list it would walk in every full collection
-# (tens of milliseconds, in the tail of every request waiting meanwhile).  `settle`
-# replaces an entry with a new pair, which keeps its place in the window.
+# One reservation's entry in a window, as the window hands it out: (made at (ms), amount).
 _Entry = tuple[int, int]
-_AT, _AMOUNT = 0, 1
 
 
-@attrs.define
 class _Window:
     """One key's entries in the order they were made (so the oldest leave first), and
-    their running total (so a reserve costs the entries leaving, not a scan of all)."""
+    their running total (so a reserve costs the entries leaving, not a scan of all).
 
-    entries: OrderedDict[str, _Entry] = attrs.field(factory=OrderedDict)
-    total: int = 0
+    Kept in plain dicts of ints and strings, each entry under a sequence number: made at,
+    amount, and the reservation id both ways.  Such dicts hold nothing the garbage
+    collector tracks, so it never walks them.  Entries stay a minute: at a thousand
+    requests a second a process holds some hundred thousand, and as objects in a tracked
+    container (lists, or tuples in an `OrderedDict`) every full collection visited each
+    of them, for tens of milliseconds while every request waited.  The oldest entry is
+    found by walking the sequence numbers up from the last one that left, each number
+    once."""
+
+    __slots__ = ("_amounts", "_ats", "_head", "_ids", "_next", "_seqs", "total")
+
+    def __init__(self) -> None:
+        self._ats: dict[int, int] = {}  # sequence number -> made at (ms)
+        self._amounts: dict[int, int] = {}  # sequence number -> amount held
+        self._seqs: dict[str, int] = {}  # reservation id -> sequence number
+        self._ids: dict[int, str] = {}  # sequence number -> reservation id
+        self._head = 0  # no live entry has a smaller sequence number
+        self._next = 0
+        self.total = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._seqs)
 
     def expire(self, now_ms: int) -> None:
         horizon = now_ms - WINDOW_MS
-        entries = self.entries
-        while entries:
-            oldest = next(iter(entries.values()))
-            if oldest[_AT] > horizon:
-                return
-            entries.popitem(last=False)
-            self.total -= oldest[_AMOUNT]
+        ats, seq, end = self._ats, self._head, self._next
+        while seq < end:
+            at = ats.get(seq)
+            if at is not None:
+                if at > horizon:
+                    break
+                self._forget(seq)
+            seq += 1
+        self._head = seq
+
+    def put(self, reservation_id: str, at: int, amount: int) -> None:
+        """Hold `amount` for `reservation_id`, made at `at`: the newest entry (one it
+        held before is given back first)."""
+        previous = self._seqs.get(reservation_id)
+        if previous is not None:
+            self._forget(previous)
+        seq = self._next
+        self._next = seq + 1
+        self._ats[seq] = at
+        self._amounts[seq] = amount
+        self._seqs[reservation_id] = seq
+        self._ids[seq] = reservation_id
+        self.total += amount
+
+    def settle(self, reservation_id: str, used: int) -> None:
+        seq = self._seqs.get(reservation_id)
+        if seq is not None:
+            self.total += used - self._amounts[seq]
+            self._amounts[seq] = used
+
+    def pop(self, reservation_id: str) -> None:
+        seq = self._seqs.get(reservation_id)
+        if seq is not None:
+            self._forget(seq)
+
+    def oldest_first(self) -> Iterator[_Entry]:
+        ats, amounts = self._ats, self._amounts
+        for seq in range(self._head, self._next):
+            at = ats.get(seq)
+            if at is not None:
+                yield at, amounts[seq]
+
+    def _forget(self, seq: int) -> None:
+        del self._ats[seq]
+        self.total -= self._amounts.pop(seq)
+        del self._seqs[self._ids.pop(seq)]
 
 
 @attrs.define
@@ -297,7 +348,7 @@ class Ledger:
         if window is None:
             return None
         window.expire(now_ms)
-        if not window.entries:
+        if not window:
             del self._keys[key]
             return None
         return window
@@ -325,7 +376,7 @@ class Ledger:
             window = self._window(wanted.key, now_ms)
             held = 0 if window is None else window.total
             if held + wanted.amount > wanted.capacity:
-                entries = () if window is None else window.entries.values()
+                entries = () if window is None else window.oldest_first()
                 return Refusal(
                     limit=wanted.limit,
                     retry_after=_retry_after(entries, wanted, held, now_ms),
@@ -335,14 +386,9 @@ class Ledger:
             found.append(window)
         keys = self._keys
         for wanted, window in zip(reservations, found, strict=True):
-            if not window.entries:  # new (or emptied by the same reserve's expiry)
+            if not window:  # new (or emptied by the same reserve's expiry)
                 keys[wanted.key] = window
-            made = window.entries
-            previous = made.pop(reservation_id, None)
-            if previous is not None:
-                window.total -= previous[_AMOUNT]
-            made[reservation_id] = (now_ms, wanted.amount)
-            window.total += wanted.amount
+            window.put(reservation_id, now_ms, wanted.amount)
         return None
 
     def settle(self, reservation_id: str, keys: Iterable[str], used: int) -> None:
@@ -350,10 +396,8 @@ class Ledger:
         used = max(0, used)
         for key in keys:
             window = self._keys.get(key)
-            entry = None if window is None else window.entries.get(reservation_id)
-            if window is not None and entry is not None:
-                window.total += used - entry[_AMOUNT]
-                window.entries[reservation_id] = (entry[_AT], used)
+            if window is not None:
+                window.settle(reservation_id, used)
 
     def release(self, reservation_id: str, keys: Iterable[str]) -> None:
         """Give back everything `reservation_id` holds (a request refused before its call)."""
@@ -361,10 +405,8 @@ class Ledger:
             window = self._keys.get(key)
             if window is None:
                 continue
-            entry = window.entries.pop(reservation_id, None)
-            if entry is not None:
-                window.total -= entry[_AMOUNT]
-            if not window.entries:
+            window.pop(reservation_id)
+            if not window:
                 del self._keys[key]
 
 
@@ -376,9 +418,10 @@ def _retry_after(entries: Iterable[_Entry], wanted: Reservation, held: int, now_
     need = held + wanted.amount - wanted.capacity
     freed = 0
     for entry in entries:
-        freed += entry[_AMOUNT]
+        at, amount = entry
+        freed += amount
         if freed >= need:
-            return max(1, -(-(entry[_AT] + WINDOW_MS - now_ms) // 1000))
+            return max(1, -(-(at + WINDOW_MS - now_ms) // 1000))
     return WINDOW_MS // 1000
 
 
