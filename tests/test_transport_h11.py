@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 
-from tests.support.scripted_http import Exchange, ScriptedServer, serving
+from tests.support.scripted_http import Exchange, ScriptedServer, chunks_until, serving
 from transports import (
     BackendRequest,
     ConnectionLimits,
@@ -325,13 +325,7 @@ async def test_limits_hold_on_a_connection_that_keeps_being_reused(
         stream = await transport.open_stream(
             _get(server, "/steady", Timeout(connect=5, read=5, first_byte=5, idle=0.5))
         )
-        received = []
-        try:
-            with pytest.raises(IdleTimeout):
-                async for chunk in stream.chunks():
-                    received.append(chunk)
-        finally:
-            await stream.aclose()
+        received = await chunks_until(stream, IdleTimeout)
         assert len(received) == 10
         assert (await transport.send(_get(server, "/ok", Timeout(read=30)))).body == b"ok"
         with anyio.fail_after(5), pytest.raises(FirstByteTimeout):

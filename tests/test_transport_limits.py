@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 import anyio
 import pytest
 
-from tests.support.scripted_http import Exchange, ScriptedServer, serving
+from tests.support.scripted_http import Exchange, ScriptedServer, chunks_until, serving
 from transports import (
     AnswerTooLarge,
     BackendRequest,
@@ -151,13 +151,7 @@ async def test_a_started_stream_gone_silent_is_an_idle_timeout(transport: Transp
     timeout = Timeout(connect=5, read=5, first_byte=5, idle=0.2)
     async with serving({"/stall": _one_chunk_then_silence}) as server:
         stream = await transport.open_stream(_get(server, "/stall", timeout))
-        received = []
-        try:
-            with pytest.raises(IdleTimeout):
-                async for chunk in stream.chunks():
-                    received.append(chunk)
-        finally:
-            await stream.aclose()
+        received = await chunks_until(stream, IdleTimeout)
         await _gone(server)
     assert received == [b"data: 1\n\n"]
 
@@ -210,13 +204,7 @@ async def test_a_stream_past_its_total_is_a_total_timeout_though_it_keeps_sendin
     timeout = Timeout(connect=5, read=5, first_byte=5, idle=5, total=0.35)
     async with serving({"/steady": _slow_but_steady}) as server:
         stream = await transport.open_stream(_get(server, "/steady", timeout))
-        received = []
-        try:
-            with pytest.raises(TotalTimeout):
-                async for chunk in stream.chunks():
-                    received.append(chunk)
-        finally:
-            await stream.aclose()
+        received = await chunks_until(stream, TotalTimeout)
         await _gone(server)
     assert len(received) < 8
 

@@ -24,9 +24,20 @@ import anyio
 import anyio.abc
 import attrs
 import h11
+import pytest
 from anyio.streams.tls import TLSStream
 
-__all__ = ["ConnectionRecord", "Exchange", "Route", "ScriptedServer", "SeenRequest", "serving"]
+from transports import BackendStream
+
+__all__ = [
+    "ConnectionRecord",
+    "Exchange",
+    "Route",
+    "ScriptedServer",
+    "SeenRequest",
+    "chunks_until",
+    "serving",
+]
 
 READ_SIZE = 64 * 1024
 
@@ -215,3 +226,16 @@ async def serving(
             yield server
         finally:
             tg.cancel_scope.cancel()
+
+
+async def chunks_until(stream: BackendStream, error: type[BaseException]) -> list[bytes]:
+    """What a backend stream gives before it fails with `error`, as it must; the stream
+    closed either way."""
+    received: list[bytes] = []
+    try:
+        with pytest.raises(error):
+            async for chunk in stream.chunks():
+                received.append(chunk)
+    finally:
+        await stream.aclose()
+    return received
